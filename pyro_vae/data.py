@@ -1,0 +1,174 @@
+"""Data sets: the embedded digits, users' array files, and binarization.
+
+Every split is a float tensor ``(N, *event_shape)``; image data are ``(N, C, H, W)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+#: The seed of the fixed train/validation/test split and of the fixed evaluation binarization.
+SPLIT_SEED = 0
+BINARIZE_SEED = 1234
+
+
+@dataclass
+class DataSplits:
+    """A data set split three ways. Each split: (N, *event_shape), float32."""
+
+    name: str
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    def __post_init__(self) -> None:
+        for split in ("train", "valid", "test"):
+            x = getattr(self, split)
+            if x.shape[0] == 0:
+                raise DataError(
+                    f"the {split} split of {self.name!r} is empty; provide more data points"
+                )
+            if tuple(x.shape[1:]) != tuple(self.train.shape[1:]):
+                raise DataError(
+                    f"the {split} split has data-point shape {tuple(x.shape[1:])} but train has "
+                    f"{tuple(self.train.shape[1:])}; every split needs the same shape"
+                )
+            if not torch.isfinite(x).all():
+                raise DataError(
+                    f"the {split} split of {self.name!r} contains NaN or infinite values; "
+                    "clean or impute the data first"
+                )
+
+
+def split_indices(n: int, fractions: tuple[float, float] = (0.1, 0.1), seed: int = SPLIT_SEED):
+    """A fixed permutation of ``range(n)`` cut into train, validation and test indices."""
+    if n < 3:
+        raise DataError(f"need at least 3 data points to split into train/valid/test, got {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_valid = max(1, round(fractions[0] * n))
+    n_test = max(1, round(fractions[1] * n))
+    return perm[n_valid + n_test :], perm[:n_valid], perm[n_valid : n_valid + n_test]
+
+
+def load_digits() -> DataSplits:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, shipped with scikit-learn).
+
+    Scaled from 0..16 to [0, 1], shape (N, 1, 8, 8); fixed split 1,437 / 180 / 180.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    tr, va, te = split_indices(x.shape[0])
+    return DataSplits(
+        "digits", x[tr], x[va], x[te], labels={"train": y[tr], "valid": y[va], "test": y[te]}
+    )
+
+
+def _as_float(array: np.ndarray, source: str) -> torch.Tensor:
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+        raise DataError(f"{source}: array dtype {array.dtype} is not numeric; save a numeric array")
+    if array.ndim < 2:
+        raise DataError(
+            f"{source}: array has shape {array.shape}; need (N, features...) with one row per "
+            "data point"
+        )
+    x = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    if array.dtype == np.uint8:
+        x = x / 255.0  # 8-bit pixels -> [0, 1]
+    return x
+
+
+_SPLIT_KEYS = {
+    "train": ("train", "x_train"),
+    "valid": ("valid", "val", "validation", "x_valid", "x_val"),
+    "test": ("test", "x_test"),
+}
+
+
+def load_array_file(path: str | Path) -> DataSplits:
+    """A user's ``.npy`` (one array, split 80/10/10) or ``.npz`` file.
+
+    An ``.npz`` with ``train`` (or ``x_train``) and optionally ``valid``/``val`` and ``test``
+    keys uses those splits (a missing one is cut from train); an ``.npz`` with a single array
+    is split like an ``.npy``. ``uint8`` arrays are scaled from 0..255 to [0, 1].
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file {str(path)!r} does not exist; check the path")
+    if path.suffix not in (".npy", ".npz"):
+        raise DataError(
+            f"data file {str(path)!r} is not .npy or .npz; save the array with numpy.save/savez"
+        )
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for unreadable files
+        raise DataError(f"cannot read {str(path)!r} as a numpy file ({exc}); re-save it") from exc
+    name = path.stem
+    if isinstance(loaded, np.ndarray):
+        arrays = {"x": loaded}
+    else:
+        with loaded:
+            arrays = {k: loaded[k] for k in loaded.files}
+    found = {
+        split: next((arrays[k] for k in keys if k in arrays), None)
+        for split, keys in _SPLIT_KEYS.items()
+    }
+    if found["train"] is None:
+        if len(arrays) != 1:
+            raise DataError(
+                f"{str(path)!r} holds arrays {sorted(arrays)}; name them train/valid/test or "
+                "save a single array"
+            )
+        x = _as_float(next(iter(arrays.values())), str(path))
+        tr, va, te = split_indices(x.shape[0])
+        return DataSplits(name, x[tr], x[va], x[te])
+    train = _as_float(found["train"], str(path))
+    splits = {"train": train}
+    for split in ("valid", "test"):
+        if found[split] is not None:
+            splits[split] = _as_float(found[split], str(path))
+    if len(splits) < 3:
+        tr, va, te = split_indices(train.shape[0])
+        splits.setdefault("valid", train[va])
+        splits.setdefault("test", train[te])
+        splits["train"] = train[tr]
+    return DataSplits(name, splits["train"], splits["valid"], splits["test"])
+
+
+DATASETS = {"digits": load_digits}
+
+
+def load_dataset(name_or_path: str) -> DataSplits:
+    """A built-in data set by name (``digits``) or a user's ``.npy``/``.npz`` file by path."""
+    if name_or_path in DATASETS:
+        return DATASETS[name_or_path]()
+    if name_or_path.endswith((".npy", ".npz")) or Path(name_or_path).exists():
+        return load_array_file(name_or_path)
+    raise DataError(
+        f"unknown data set {name_or_path!r}; use one of {sorted(DATASETS)} or the path of a "
+        ".npy/.npz file"
+    )
+
+
+def dynamic_binarize(x: torch.Tensor) -> torch.Tensor:
+    """A fresh Bernoulli draw per element: x in [0, 1] -> {0, 1}. Call once per batch."""
+    return torch.bernoulli(x)
+
+
+def static_binarize(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:
+    """One fixed, seeded Bernoulli draw per element, the same on every call."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.bernoulli(x.cpu(), generator=gen).to(x.device)
