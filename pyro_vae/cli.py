@@ -14,8 +14,10 @@ from .errors import PyroVAEError
 def _hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"hidden sizes must be integers like 256,128, got {text!r}")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"hidden sizes must be integers like 256,128, got {text!r}"
+        ) from exc
     if not sizes or any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"hidden sizes must be positive integers, got {text!r}")
     return sizes
@@ -39,18 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
         "figures and the test log-likelihood (importance sampling).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    train.add_argument("--dataset", default="digits", help="built-in name (digits) or a .npy/.npz path")
+    train.add_argument(
+        "--dataset", default="digits", help="built-in name (digits) or a .npy/.npz path"
+    )
     train.add_argument("--epochs", type=int, default=300)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--latent-dim", type=int, default=2)
-    train.add_argument("--hidden", type=_hidden, default=(256, 128), help="encoder hidden sizes, e.g. 256,128 (decoder mirrors)")
+    train.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=(256, 128),
+        help="encoder hidden sizes, e.g. 256,128 (decoder mirrors)",
+    )
     train.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
-    train.add_argument("--likelihood-scale", type=float, default=0.1, help="scale of the normal likelihood")
+    train.add_argument(
+        "--likelihood-scale", type=float, default=0.1, help="scale of the normal likelihood"
+    )
     train.add_argument("--objective", choices=sorted(OBJECTIVES), default="elbo")
     train.add_argument("--num-particles", type=int, default=1, help="ELBO particles per step")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num-samples", type=int, default=1000, help="importance samples K for the test log-likelihood")
+    train.add_argument(
+        "--num-samples",
+        type=int,
+        default=1000,
+        help="importance samples K for the test log-likelihood",
+    )
     train.add_argument("--output-dir", type=Path, default=Path("runs"))
     train.add_argument("--name", default=None, help="run name (default: <dataset>-<time>)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -114,10 +130,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_scores(r: dict) -> None:
     n = r["num_test_points"]
-    print(f"test ELBO:           {r['test_elbo']:9.3f} +- {r['test_elbo_stderr']:.3f} nats per data point (n={n})")
+    elbo, elbo_se = r["test_elbo"], r["test_elbo_stderr"]
+    ll, ll_se = r["test_log_likelihood"], r["test_log_likelihood_stderr"]
+    print(f"test ELBO:           {elbo:9.3f} +- {elbo_se:.3f} nats per data point (n={n})")
     print(
-        f"test log-likelihood: {r['test_log_likelihood']:9.3f} +- {r['test_log_likelihood_stderr']:.3f}"
-        f" nats per data point (importance sampling, K={r['num_samples']}, mean ESS {r['mean_ess']:.1f})"
+        f"test log-likelihood: {ll:9.3f} +- {ll_se:.3f} nats per data point "
+        f"(importance sampling, K={r['num_samples']}, mean ESS {r['mean_ess']:.1f})"
     )
 
 

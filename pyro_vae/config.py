@@ -62,7 +62,9 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; known keys are {sorted(known)}")
+            raise ConfigError(
+                f"unknown model config keys {unknown}; known keys are {sorted(known)}"
+            )
         return cls(**d)
 
 

@@ -29,7 +29,7 @@ class Likelihood(PyroModule):
         raise NotImplementedError
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise :class:`DataError` unless every value of ``x`` lies in this likelihood's support."""
+        """Raise :class:`DataError` unless every value of ``x`` is in this likelihood's support."""
         name = type(self).__name__
         if not torch.isfinite(x).all():
             raise DataError(

@@ -30,7 +30,9 @@ class MLPEncoder(nn.Module):
     x: (*batch, *event_shape) -> (*batch, out_features). Event dimensions are flattened.
     """
 
-    def __init__(self, event_shape: Sequence[int], out_features: int, hidden: Sequence[int] = (256, 128)):
+    def __init__(
+        self, event_shape: Sequence[int], out_features: int, hidden: Sequence[int] = (256, 128)
+    ):
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
         self.net = _mlp(math.prod(self.event_shape), hidden, out_features)

@@ -36,10 +36,17 @@ def as_images(x: torch.Tensor) -> torch.Tensor | None:
 
 
 def tile(images: torch.Tensor, ncol: int, pad: int = 1) -> np.ndarray:
-    """(n, H, W, C) -> one (rows*(H+pad)-pad, ncol*(W+pad)-pad, C) mosaic, padding white."""
+    """(n, H, W, C) -> one (rows*(H+pad)-pad, ncol*(W+pad)-pad, C) mosaic.
+
+    Padding is drawn white: 0 for one channel (shown with an inverted gray map), 1 for RGB.
+    """
     n, h, w, c = images.shape
     nrow = math.ceil(n / ncol)
-    out = np.ones((nrow * (h + pad) - pad, ncol * (w + pad) - pad, c), dtype=np.float32)
+    out = np.full(
+        (nrow * (h + pad) - pad, ncol * (w + pad) - pad, c),
+        fill_value=0.0 if c == 1 else 1.0,
+        dtype=np.float32,
+    )
     for i in range(n):
         r, q = divmod(i, ncol)
         out[r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = images[i]
@@ -88,7 +95,9 @@ def plot_image_grid(x: torch.Tensor, path: str | Path, title: str, ncol: int = 8
     ncol = min(ncol, images.shape[0])
     mosaic = tile(images, ncol)
     scale = 0.6 if images.shape[1] <= 16 else 1.0
-    fig, ax = plt.subplots(figsize=(scale * ncol + 0.5, scale * mosaic.shape[0] / images.shape[1] + 0.7))
+    fig, ax = plt.subplots(
+        figsize=(scale * ncol + 0.5, scale * mosaic.shape[0] / images.shape[1] + 0.7)
+    )
     _show(ax, mosaic, title)
     return save_figure(fig, path)
 
@@ -101,7 +110,9 @@ def plot_reconstructions(
     if a is None or b is None:
         return None
     ncol = min(ncol, a.shape[0])
-    fig, axes = plt.subplots(1, 2, figsize=(2 * (0.6 * ncol + 0.5), 0.6 * math.ceil(a.shape[0] / ncol) + 0.8))
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2 * (0.6 * ncol + 0.5), 0.6 * math.ceil(a.shape[0] / ncol) + 0.8)
+    )
     _show(axes[0], tile(a, ncol), "input")
     _show(axes[1], tile(b, ncol), "reconstruction (posterior mean)")
     return save_figure(fig, path)

@@ -47,18 +47,26 @@ def write_figures(vae: VAE, data: DataSplits, history, run_dir: Path, seed: int 
     x = data.test[:32]
     for path in (
         plots.plot_image_grid(samples, run_dir / "samples.png", "samples from the model, E[x | z]"),
-        plots.plot_reconstructions(x, vae.reconstruct(eval_data(vae, x)), run_dir / "reconstructions.png"),
+        plots.plot_reconstructions(
+            x, vae.reconstruct(eval_data(vae, x)), run_dir / "reconstructions.png"
+        ),
     ):
         if path is not None:
             written.append(path)
     return written
 
 
-def score(vae: VAE, data: DataSplits, num_samples: int = 1000, batch_size: int | None = None) -> LogLikelihood:
+def score(
+    vae: VAE, data: DataSplits, num_samples: int = 1000, batch_size: int | None = None
+) -> LogLikelihood:
     """Test-split importance-sampled log-likelihood (and ELBO) of a trained model."""
     vae.eval()
     return log_likelihood(
-        vae.model, vae.guide, eval_data(vae, data.test), num_samples=num_samples, batch_size=batch_size
+        vae.model,
+        vae.guide,
+        eval_data(vae, data.test),
+        num_samples=num_samples,
+        batch_size=batch_size,
     )
 
 
@@ -121,9 +129,13 @@ def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
         config = json.loads(config_path.read_text())
         model_config = ModelConfig.from_dict(config["model"])
     except FileNotFoundError as exc:
-        raise CheckpointError(f"{str(config_path)!r} is missing; is {str(run)!r} a run directory?") from exc
+        raise CheckpointError(
+            f"{str(config_path)!r} is missing; is {str(run)!r} a run directory?"
+        ) from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{str(config_path)!r} is not a valid run configuration ({exc})") from exc
+        raise CheckpointError(
+            f"{str(config_path)!r} is not a valid run configuration ({exc})"
+        ) from exc
     state = load_checkpoint(run / "checkpoint.pt")
     vae = build_vae(model_config)
     try:

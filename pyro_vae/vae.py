@@ -44,7 +44,8 @@ class VAE(PyroModule):
         super().__init__()
         if prior.latent_dim != posterior.latent_dim:
             raise ValueError(
-                f"prior latent_dim {prior.latent_dim} != posterior latent_dim {posterior.latent_dim}"
+                f"prior latent_dim {prior.latent_dim} differs from posterior latent_dim "
+                f"{posterior.latent_dim}; build both with the same latent_dim"
             )
         self.encoder = encoder
         self.decoder = decoder
@@ -58,11 +59,11 @@ class VAE(PyroModule):
         return self.prior.latent_dim
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q(z | x). x: (*batch, *event_shape) -> distribution, batch ``batch``, event (latent_dim,)."""
+        """q(z | x) for x: (*batch, *event_shape); batch shape ``batch``, event (latent_dim,)."""
         return self.posterior(self.encoder(x))
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """p(x | z). z: (*batch, latent_dim) -> distribution, batch ``batch``, event ``event_shape``."""
+        """p(x | z) for z: (*batch, latent_dim); batch shape ``batch``, event ``event_shape``."""
         batch = z.shape[:-1]
         k = self.likelihood.num_params
         params = self.decoder(z).reshape(*batch, k, *self.event_shape)
