@@ -61,3 +61,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"pyro-vae reads version {FORMAT_VERSION}; use the matching pyro-vae release"
         )
     return state
+
+
+def restore_model(module: torch.nn.Module, model_state: Any, source: str) -> None:
+    """Load ``model_state`` into ``module``; a mismatch raises :class:`CheckpointError`."""
+    try:
+        module.load_state_dict(model_state)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(
+            f"checkpoint in {source!r} does not match the model's architecture ({first}); "
+            "rebuild the model with the checkpoint's configuration or retrain"
+        ) from exc

@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default=None, help="run name (default: <dataset>-<time>)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--clip-grad",
+        type=float,
+        default=None,
+        metavar="NORM",
+        help="clip the total gradient 2-norm of each step to NORM",
+    )
+    train.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its last completed epoch with its own config.json "
+        "(--epochs may extend it)",
+    )
 
     ev = sub.add_parser(
         "evaluate",
@@ -92,6 +107,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .runs import train_run
     from .train import TrainConfig
 
+    if args.resume is not None:
+        return _cmd_resume(args)
     data = load_dataset(args.dataset)
     model_config = ModelConfig(
         event_shape=data.event_shape,
@@ -107,6 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         objective=args.objective,
         num_particles=args.num_particles,
+        clip_grad=args.clip_grad,
     )
     if args.num_samples < 1:
         raise _usage(f"--num-samples must be at least 1, got {args.num_samples}")
@@ -126,6 +144,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {results['epochs']} epochs in {results['train_seconds']:.1f} s")
     _print_scores(results)
     return 0
+
+
+#: Options ``train --resume`` accepts; every other setting comes from the run's config.json.
+RESUME_OPTIONS = {"resume", "epochs", "no_progress", "debug"}
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .runs import resume_run
+
+    conflicting = sorted(set(args.given) - RESUME_OPTIONS)
+    if conflicting:
+        flags = ", ".join("--" + name.replace("_", "-") for name in conflicting)
+        raise _usage(
+            f"{flags} cannot be combined with --resume: the run's config.json fixes every "
+            "setting (only --epochs and --no-progress are allowed); drop them"
+        )
+    epochs = args.epochs if "epochs" in args.given else None
+    results = resume_run(args.resume, epochs=epochs, progress=not args.no_progress)
+    print(f"run directory: {args.resume} (resumed)")
+    print(f"trained {results['epochs']} epochs in {results['train_seconds']:.1f} s")
+    _print_scores(results)
+    return 0
+
+
+def _given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """Destinations of the options written on the command line (not left at their defaults)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for a in sub._actions:
+                    a.default = argparse.SUPPRESS
+        elif action.dest != "help":
+            action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv)
+    return set(vars(given)) - {"command"}
 
 
 def _print_scores(r: dict) -> None:
@@ -167,6 +220,7 @@ def _usage(message: str) -> PyroVAEError:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.given = _given_options(build_parser(), argv)
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate}
     try:
         return commands[args.command](args)
@@ -178,6 +232,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError, ValueError) as exc:
+        # Not raised on purpose (full disk, a torch failure): still one line, exit 1.
+        if args.debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(
+            f"pyro-vae: error: {type(exc).__name__}: {first} (rerun with --debug for the "
+            "traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .validation import check_tensor
 
 #: The seed of the fixed train/validation/test split and of the fixed evaluation binarization.
 SPLIT_SEED = 0
@@ -34,7 +35,7 @@ class DataSplits:
 
     def __post_init__(self) -> None:
         for split in ("train", "valid", "test"):
-            x = getattr(self, split)
+            x = check_tensor(getattr(self, split), f"the {split} split of {self.name!r}")
             if x.shape[0] == 0:
                 raise DataError(
                     f"the {split} split of {self.name!r} is empty; provide more data points"

@@ -17,6 +17,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from .errors import DataError
+from .validation import check_evaluation_inputs
 
 #: Upper bound on particles x data points per pass: keeps memory bounded whatever K is.
 DEFAULT_PARTICLE_BUDGET = 2**16
@@ -173,6 +174,7 @@ def log_likelihood(
     ``batch_size * particle_chunk`` samples whatever K is; by default K = 1000 fits in one
     chunk, so the guide (encoder) runs once per data point.
     """
+    check_evaluation_inputs(model, guide, data, num_samples, batch_size, particle_chunk)
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     n = data.shape[0]

@@ -13,15 +13,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 
 from . import plots
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, restore_model
 from .config import ModelConfig, build_vae
 from .data import DataSplits, load_dataset
 from .errors import CheckpointError, ConfigError
 from .evaluation import LogLikelihood, log_likelihood
-from .train import TrainConfig, eval_data, fit
+from .train import CHECKPOINT, FitResult, TrainConfig, eval_data, fit
 from .vae import VAE
 
 
@@ -98,16 +99,30 @@ def train_run(
     data = data if data is not None else load_dataset(dataset)
     if model_config is None:
         model_config = ModelConfig(event_shape=data.event_shape, **model_options)
-    vae = build_vae(model_config)
     run = prepare_run_dir(run_dir, overwrite)
+    # Seed before building: the initial weights are part of what the seed fixes.
+    pyro.set_rng_seed(train_config.seed)
+    vae = build_vae(model_config)
     (run / "config.json").write_text(
         json.dumps(
-            {"dataset": dataset, "model": model_config.to_dict(), "train": asdict(train_config)},
+            {
+                "dataset": dataset,
+                "model": model_config.to_dict(),
+                "train": asdict(train_config),
+                "num_samples": num_samples,
+            },
             indent=2,
         )
     )
     result = fit(vae, data, train_config, run, model_config=model_config, progress=progress)
-    write_figures(vae, data, result.history, run, seed=train_config.seed)
+    return finish_run(vae, data, result, run, train_config.seed, num_samples)
+
+
+def finish_run(
+    vae: VAE, data: DataSplits, result: FitResult, run: Path, seed: int, num_samples: int
+) -> dict[str, Any]:
+    """Figures, test score and ``results.json`` of a trained run; returns the results."""
+    write_figures(vae, data, result.history, run, seed=seed)
     test = score(vae, data, num_samples)
     results = {
         "epochs": result.epochs,
@@ -119,9 +134,45 @@ def train_run(
     return results
 
 
-def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
-    """Rebuild the model of a run directory from its configuration and checkpoint."""
+def resume_run(
+    run_dir: str | Path,
+    epochs: int | None = None,
+    progress: bool = True,
+    data: DataSplits | None = None,
+) -> dict[str, Any]:
+    """Continue a run directory from its last completed epoch, then score it like train_run.
+
+    Everything comes from ``config.json`` and ``checkpoint.pt``: model, optimizer and
+    random-number state are restored, so a run killed at any moment and resumed ends with
+    the same metrics as an uninterrupted run (CPU). ``epochs`` may extend the run; it is
+    recorded in ``config.json``. A run killed before its first checkpoint starts over.
+    """
     run = Path(run_dir)
+    config, model_config = read_run_config(run)
+    try:
+        train_config = TrainConfig(**config["train"])
+    except TypeError as exc:
+        raise CheckpointError(
+            f"{str(run / 'config.json')!r} has unknown training settings ({exc}); restore the "
+            "run's original config.json"
+        ) from exc
+    if epochs is not None and epochs != train_config.epochs:
+        train_config = TrainConfig(**{**asdict(train_config), "epochs": epochs})
+        config["train"] = asdict(train_config)
+        (run / "config.json").write_text(json.dumps(config, indent=2))
+    data = data if data is not None else load_dataset(config["dataset"])
+    pyro.set_rng_seed(train_config.seed)
+    vae = build_vae(model_config)
+    resume = (run / CHECKPOINT).exists()
+    result = fit(
+        vae, data, train_config, run, model_config=model_config, progress=progress, resume=resume
+    )
+    num_samples = int(config.get("num_samples", 1000))
+    return finish_run(vae, data, result, run, train_config.seed, num_samples)
+
+
+def read_run_config(run: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """``config.json`` of a run directory and the model configuration it names."""
     if not run.is_dir():
         raise CheckpointError(f"run directory {str(run)!r} does not exist; check the path")
     config_path = run / "config.json"
@@ -136,14 +187,19 @@ def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
         raise CheckpointError(
             f"{str(config_path)!r} is not a valid run configuration ({exc})"
         ) from exc
-    state = load_checkpoint(run / "checkpoint.pt")
-    vae = build_vae(model_config)
-    try:
-        vae.load_state_dict(state["model_state"])
-    except (RuntimeError, KeyError) as exc:
+    return config, model_config
+
+
+def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
+    """Rebuild the model of a run directory from its configuration and checkpoint."""
+    run = Path(run_dir)
+    config, model_config = read_run_config(run)
+    state = load_checkpoint(run / CHECKPOINT)
+    if "model_state" not in state:
         raise CheckpointError(
-            f"checkpoint in {str(run)!r} does not match its config.json model (different "
-            "architecture); retrain or restore the matching config"
-        ) from exc
+            f"checkpoint in {str(run)!r} holds no model_state; it is not a pyro-vae run checkpoint"
+        )
+    vae = build_vae(model_config)
+    restore_model(vae, state["model_state"], str(run))
     vae.eval()
     return vae, config

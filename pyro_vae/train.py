@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,13 +14,30 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .config import ModelConfig
 from .data import DataSplits, dynamic_binarize, static_binarize
-from .errors import ConfigError, DataError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .evaluation import log_likelihood
 from .objectives import make_objective
+from .rng import get_rng_state, set_rng_state
 from .vae import VAE
+from .validation import check_finite_config, check_positive_int, check_tensor
+
+#: File names inside a run directory.
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+#: What a resumable checkpoint holds besides the format version.
+CHECKPOINT_KEYS = (
+    "train_config",
+    "model_state",
+    "optimizer_state",
+    "epoch",
+    "history",
+    "rng_state",
+)
+#: Training settings a resumed run may change: only how long it runs.
+RESUMABLE_CHANGES = ("epochs",)
 
 
 @dataclass
@@ -33,6 +51,8 @@ class TrainConfig:
     objective: str = "elbo"
     num_particles: int = 1
     valid_num_samples: int = 10
+    #: Largest total gradient 2-norm per step; ``None`` leaves gradients unchanged.
+    clip_grad: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -41,6 +61,10 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        for name in ("num_particles", "valid_num_samples"):
+            check_positive_int(getattr(self, name), name)
+        if self.clip_grad is not None:
+            check_finite_config(self.clip_grad, "clip_grad (--clip-grad)")
 
 
 @dataclass
@@ -59,6 +83,15 @@ def eval_data(vae: VAE, x: torch.Tensor) -> torch.Tensor:
 
 def check_fit(vae: VAE, data: DataSplits, batch_size: int) -> None:
     """Refuse data the model cannot use, before any training."""
+    if not isinstance(vae, VAE):
+        raise ConfigError(
+            f"fit trains a pyro_vae.VAE, got {type(vae).__name__}; build one with build_vae"
+        )
+    if not isinstance(data, DataSplits):
+        raise DataError(
+            f"fit needs a pyro_vae.data.DataSplits, got {type(data).__name__}; wrap tensors "
+            "with DataSplits(name, train, valid, test) or use load_dataset"
+        )
     if data.event_shape != vae.event_shape:
         raise DataError(
             f"data points have shape {data.event_shape} but the model expects {vae.event_shape}; "
@@ -70,6 +103,7 @@ def check_fit(vae: VAE, data: DataSplits, batch_size: int) -> None:
             "lower --batch-size"
         )
     for split in ("train", "valid", "test"):
+        check_tensor(getattr(data, split), f"the {split} split", vae.event_shape)
         vae.likelihood.check_data(getattr(data, split))
 
 
@@ -80,6 +114,7 @@ def fit(
     run_dir: str | Path | None = None,
     model_config: ModelConfig | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> FitResult:
     """Train ``vae`` on ``data.train`` by stochastic variational inference.
 
@@ -88,44 +123,44 @@ def fit(
     reported figure is per data point, in nats. After each epoch the validation ELBO is
     estimated with ``config.valid_num_samples`` particles per point. With ``run_dir``, writes
     ``config.json``, ``checkpoint.pt`` (each epoch, atomically) and ``metrics.jsonl``.
+
+    With ``resume``, continues from ``run_dir/checkpoint.pt``: model, optimizer and every
+    random-number generator are restored, so the run ends exactly as an uninterrupted one
+    would (CPU). A non-finite loss, gradient or parameter raises :class:`TrainingError` naming
+    the epoch and step; the checkpoint of the last good epoch is never overwritten.
     """
     check_fit(vae, data, config.batch_size)
+    if resume and run_dir is None:
+        raise ConfigError("resume needs the run directory to continue from; pass run_dir")
     pyro.set_rng_seed(config.seed)
     loss_fn = make_objective(config.objective, config.num_particles)(vae.model, vae.guide)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     valid = eval_data(vae, data.valid)
     run = Path(run_dir) if run_dir is not None else None
+    history: list[dict[str, Any]] = []
     if run is not None:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "metrics.jsonl").write_text("")
-    history: list[dict[str, Any]] = []
-    n = data.train.shape[0]
-    start = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
+        if resume:
+            history = resume_state(run, vae, optimizer, config)
+        write_metrics(run, history)
+    first = len(history) + 1
+    start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    bar = tqdm(
+        range(first, config.epochs + 1),
+        initial=first - 1,
+        total=config.epochs,
+        desc="train",
+        unit="epoch",
+        disable=not progress,
+    )
     for epoch in bar:
         vae.train()
-        perm = torch.randperm(n)
-        total, seen = 0.0, 0
-        for step, i in enumerate(range(0, n, config.batch_size)):
-            x = data.train[perm[i : i + config.batch_size]]
-            if vae.likelihood.binarize:
-                x = dynamic_binarize(x)
-            loss = loss_fn(x) / x.shape[0]
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss is {float(loss)} at epoch {epoch}, step {step}; lower the learning "
-                    "rate or check the data scale"
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * x.shape[0]
-            seen += x.shape[0]
+        train_elbo = train_epoch(vae, loss_fn, optimizer, data.train, config, epoch, run)
         vae.eval()
         val = log_likelihood(vae.model, vae.guide, valid, num_samples=config.valid_num_samples)
         record = {
             "epoch": epoch,
-            "train_elbo": -total / seen,
+            "train_elbo": train_elbo,
             "valid_elbo": val.elbo,
             "valid_elbo_stderr": val.elbo_stderr,
             f"valid_iwae{config.valid_num_samples}": val.mean,
@@ -133,18 +168,167 @@ def fit(
         }
         history.append(record)
         bar.set_postfix(train=f"{record['train_elbo']:.2f}", valid=f"{val.elbo:.2f}")
-        if run is not None:
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_checkpoint(
-                run / "checkpoint.pt",
-                {
-                    "model_config": model_config.to_dict() if model_config else None,
-                    "train_config": asdict(config),
-                    "model_state": vae.state_dict(),
-                    "optimizer_state": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "torch_rng_state": torch.get_rng_state(),
-                },
-            )
+        end_epoch(vae, optimizer, config, model_config, history, run)
     return FitResult(history, config.epochs, time.perf_counter() - start)
+
+
+def train_epoch(
+    vae: VAE,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: torch.Tensor,
+    config: TrainConfig,
+    epoch: int,
+    run: Path | None = None,
+) -> float:
+    """One pass over ``train`` in a fresh random order; returns the mean ELBO per data point.
+
+    train: (N, *event_shape).
+    """
+    n = train.shape[0]
+    perm = torch.randperm(n)
+    total, seen = 0.0, 0
+    for step, i in enumerate(range(0, n, config.batch_size)):
+        x = train[perm[i : i + config.batch_size]]
+        if vae.likelihood.binarize:
+            x = dynamic_binarize(x)
+        loss = loss_fn(x) / x.shape[0]
+        check_finite_step(loss, None, epoch, step, run)
+        optimizer.zero_grad()
+        loss.backward()
+        norm = clip_gradients(vae, config.clip_grad)
+        check_finite_step(loss, norm, epoch, step, run)
+        optimizer.step()
+        total += loss.item() * x.shape[0]
+        seen += x.shape[0]
+    return -total / seen
+
+
+def clip_gradients(vae: VAE, max_norm: float | None) -> torch.Tensor:
+    """Rescale the gradients to total 2-norm at most ``max_norm`` (no change when ``None``).
+
+    Returns the total gradient norm before clipping. With ``max_norm=None`` the scale factor
+    is exactly 1, so results match an unclipped run bit for bit.
+    """
+    limit = math.inf if max_norm is None else max_norm
+    return torch.nn.utils.clip_grad_norm_(vae.parameters(), limit)
+
+
+def _fault(problem: str, epoch: int, step: int | None, run: Path | None) -> TrainingError:
+    where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+    kept = (
+        f"; the last good checkpoint is kept in {str(run)!r}"
+        if run is not None and (run / CHECKPOINT).is_file()
+        else ""
+    )
+    return TrainingError(
+        f"{problem} at {where}{kept}; lower --lr, pass --clip-grad (e.g. 10), or check the "
+        "data scale"
+    )
+
+
+def check_finite_step(
+    loss: torch.Tensor, grad_norm: torch.Tensor | None, epoch: int, step: int, run: Path | None
+) -> None:
+    """Stop on a non-finite loss or gradient norm, naming where it happened and the fixes."""
+    if not bool(torch.isfinite(loss)):
+        raise _fault(f"training loss is {float(loss)}", epoch, step, run)
+    if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
+        raise _fault(f"gradient norm is {float(grad_norm)}", epoch, step, run)
+
+
+def end_epoch(
+    vae: VAE,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    model_config: ModelConfig | None,
+    history: list[dict[str, Any]],
+    run: Path | None,
+) -> None:
+    """Refuse non-finite parameters, then append the metrics line and checkpoint the epoch.
+
+    The metrics line is written before the checkpoint; on resume, lines past the
+    checkpointed epoch are dropped, so a crash between the two loses nothing and
+    duplicates nothing.
+    """
+    epoch = history[-1]["epoch"]
+    for name, p in vae.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise _fault(f"parameter {name!r} became non-finite", epoch, None, run)
+    if run is None:
+        return
+    append_metrics(run, history[-1])
+    save_checkpoint(
+        run / CHECKPOINT,
+        {
+            "model_config": model_config.to_dict() if model_config else None,
+            "train_config": asdict(config),
+            "model_state": vae.state_dict(),
+            "optimizer_state": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "rng_state": get_rng_state(),
+        },
+    )
+
+
+def resume_state(
+    run: Path, vae: VAE, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> list[dict[str, Any]]:
+    """Restore model, optimizer and random-number state from ``run``'s checkpoint.
+
+    Returns the metrics history up to the checkpointed epoch.
+    """
+    # A kill during a checkpoint write leaves its temporary file; the checkpoint is intact.
+    for stale in run.glob(f".{CHECKPOINT}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    state = load_checkpoint(run / CHECKPOINT)
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint in {str(run)!r} lacks {missing}; it was not written by this version "
+            "of fit, so it cannot be resumed: start again with --overwrite"
+        )
+    saved = {k: v for k, v in state["train_config"].items() if k not in RESUMABLE_CHANGES}
+    now = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ConfigError(
+            f"cannot resume {str(run)!r} with different training settings {diff}; resume with "
+            "the run's own configuration or start a new run"
+        )
+    restore_model(vae, state["model_state"], str(run))
+    try:
+        optimizer.load_state_dict(state["optimizer_state"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"the optimizer state in {str(run)!r} does not match the model ({exc}); "
+            "start again with --overwrite"
+        ) from exc
+    set_rng_state(state["rng_state"])
+    history = list(state["history"])
+    if len(history) != state["epoch"]:
+        raise CheckpointError(
+            f"checkpoint in {str(run)!r} is inconsistent (epoch {state['epoch']}, "
+            f"{len(history)} metric records); start again with --overwrite"
+        )
+    return history
+
+
+def write_metrics(run: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` atomically with exactly ``history``'s records."""
+    text = "".join(json.dumps(r) + "\n" for r in history)
+    tmp = run / f".{METRICS}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run / METRICS)
+
+
+def append_metrics(run: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's record to ``metrics.jsonl`` and make it durable."""
+    with open(run / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,45 @@
+"""Random-number state: capture and restore every generator training draws from.
+
+Training draws minibatch orders, binarizations and latent samples from torch's global
+generator; Python's ``random`` and NumPy's global generator are captured too, so a resumed
+run continues the very same random stream as an uninterrupted one (on CPU).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The state of torch's, Python's and NumPy's global generators, as checkpoint-safe values.
+
+    Only tensors, numbers, strings, lists and dicts: ``torch.load(weights_only=True)`` reads it.
+    """
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators from :func:`get_rng_state`'s output."""
+    try:
+        torch.set_rng_state(state["torch"])
+        version, mt, gauss = state["python"]
+        random.setstate((version, tuple(mt), gauss))
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"the checkpoint's random-number state is unreadable ({exc}); it is corrupted, "
+            "restart the run with --overwrite"
+        ) from exc
