@@ -232,7 +232,7 @@ def check_finite_step(
 ) -> None:
     """Stop on a non-finite loss or gradient norm, naming where it happened and the fixes."""
     if not bool(torch.isfinite(loss)):
-        raise _fault(f"training loss is {float(loss)}", epoch, step, run)
+        raise _fault(f"training loss is {loss.item()}", epoch, step, run)
     if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
         raise _fault(f"gradient norm is {float(grad_norm)}", epoch, step, run)
 

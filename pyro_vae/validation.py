@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 
 from .errors import ConfigError, DataError
 
@@ -88,12 +89,14 @@ def check_evaluation_inputs(
         check_observed_shapes(model, guide, data[: min(2, data.shape[0])])
 
 
-def check_observed_shapes(model: Callable, guide: Callable, x: torch.Tensor) -> None:
-    """Trace guide and model on ``x`` and refuse an observation the model would broadcast.
+def check_observed_shapes(
+    model: Callable, guide: Callable, x: torch.Tensor, data_plate: str = "data"
+) -> None:
+    """Trace guide and model on ``x`` and refuse data the model would broadcast.
 
-    x: (n, *event_shape). Every observed site's value must have exactly the shape of its
-    distribution (batch_shape + event_shape) with n leading: otherwise log p(x) is silently
-    summed or repeated over the wrong points.
+    x: (n, *event_shape). Every sample site's value must have exactly the shape of its
+    distribution (batch_shape + event_shape) and the data plate must have n entries:
+    otherwise log p(x) is silently summed or repeated over the wrong points.
     """
     try:
         with poutine.block():
@@ -105,16 +108,19 @@ def check_observed_shapes(model: Callable, guide: Callable, x: torch.Tensor) -> 
             f"the model cannot read data of shape {tuple(x.shape)} ({first}); pass data shaped "
             "(N, *event_shape) as in training"
         ) from exc
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or not site["is_observed"]:
-            continue
-        expected = tuple(site["fn"].batch_shape + site["fn"].event_shape)
-        got = tuple(site["value"].shape)
-        if got != expected or got[:1] != tuple(x.shape[:1]):
-            raise DataError(
-                f"observed site {name!r} got values of shape {got} but its distribution has "
-                f"shape {expected}; pass data shaped (N, *event_shape) as in training"
-            )
+    for trace in (guide_trace, model_trace):
+        for name, site in prune_subsample_sites(trace).nodes.items():
+            if site["type"] != "sample":
+                continue
+            expected = tuple(site["fn"].batch_shape + site["fn"].event_shape)
+            got = tuple(site["value"].shape)
+            sizes = [f.size for f in site["cond_indep_stack"] if f.name == data_plate]
+            if got != expected or (sizes and sizes[0] != x.shape[0]):
+                raise DataError(
+                    f"data of shape {tuple(x.shape)} is broadcast at site {name!r} (values "
+                    f"{got}, distribution {expected}); pass data shaped (N, *event_shape) as in "
+                    "training"
+                )
 
 
 def check_finite_config(value: float, name: str, positive: bool = True) -> None:

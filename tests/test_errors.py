@@ -1,0 +1,355 @@
+"""Bad inputs at the library's edges and the CLI: each raises one clear, one-line error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import cli
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.config import ModelConfig, build_vae
+from pyro_vae.data import DataSplits, load_array_file, load_dataset
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
+from pyro_vae.evaluation import log_likelihood
+from pyro_vae.runs import load_run, prepare_run_dir
+from pyro_vae.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENT = (6,)
+
+
+def tiny_vae(likelihood: str = "bernoulli"):
+    torch.manual_seed(0)
+    return build_vae(
+        ModelConfig(event_shape=EVENT, latent_dim=2, hidden=(8,), likelihood=likelihood)
+    )
+
+
+def tiny_data(n: int = 20, event=EVENT, fill=None) -> DataSplits:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((n + 10, *event), generator=g)
+    if fill is not None:
+        x = torch.full_like(x, fill)
+    return DataSplits("tiny", x[:n], x[n : n + 5], x[n + 5 :])
+
+
+def _ll(data, **kw):
+    vae = tiny_vae()
+    return log_likelihood(vae.model, vae.guide, data, num_samples=kw.pop("num_samples", 3), **kw)
+
+
+def _ll_plain_model(data):
+    # A model given as a plain function (no VAE behind it): the traced shapes are checked.
+    vae = tiny_vae()
+    return log_likelihood(lambda x: vae.model(x), lambda x: vae.guide(x), data, num_samples=3)
+
+
+def _fit(data, **config):
+    return fit(
+        tiny_vae(), data, TrainConfig(**{"epochs": 1, "batch_size": 5, **config}), progress=False
+    )
+
+
+def _splits(train, valid=None, test=None):
+    ok = torch.rand(4, *EVENT)
+    return DataSplits("bad", train, ok if valid is None else valid, ok if test is None else test)
+
+
+def _saved(tmp: Path, name: str, array) -> str:
+    path = tmp / name
+    np.save(path, array, allow_pickle=True)
+    return str(path)
+
+
+NAN = torch.rand(10, *EVENT).index_put_(
+    (torch.tensor([3]), torch.tensor([1])), torch.tensor(float("nan"))
+)
+
+# (id, call(tmp_path), exception type, message fragment)
+LIBRARY_CASES = [
+    ("ll-numpy", lambda t: _ll(np.zeros((4, 6), np.float32)), DataError, "must be a torch.Tensor"),
+    ("ll-list", lambda t: _ll([[0.0] * 6]), DataError, "must be a torch.Tensor, got list"),
+    (
+        "ll-int-dtype",
+        lambda t: _ll(torch.ones(4, 6, dtype=torch.int64)),
+        DataError,
+        "dtype torch.int64",
+    ),
+    ("ll-1d", lambda t: _ll(torch.rand(6)), DataError, "need (N, *event_shape)"),
+    ("ll-empty", lambda t: _ll(torch.rand(0, 6)), DataError, "is empty"),
+    ("ll-nan", lambda t: _ll(NAN), DataError, "1 NaN or infinite"),
+    ("ll-inf", lambda t: _ll(torch.full((3, 6), float("inf"))), DataError, "NaN or infinite"),
+    ("ll-wrong-event", lambda t: _ll(torch.rand(4, 7)), DataError, "model expects (6,)"),
+    ("ll-extra-dim", lambda t: _ll(torch.rand(4, 1, 6)), DataError, "model expects (6,)"),
+    ("ll-plain-extra-dim", lambda t: _ll_plain_model(torch.rand(4, 2, 6)), DataError, "shape"),
+    ("ll-plain-wrong-event", lambda t: _ll_plain_model(torch.rand(4, 5)), DataError, "cannot read"),
+    ("ll-zero-samples", lambda t: _ll(torch.rand(4, 6), num_samples=0), ConfigError, "num_samples"),
+    ("ll-float-samples", lambda t: _ll(torch.rand(4, 6), num_samples=2.5), ConfigError, "integer"),
+    ("ll-zero-batch", lambda t: _ll(torch.rand(4, 6), batch_size=0), ConfigError, "batch_size"),
+    (
+        "latent-zero",
+        lambda t: ModelConfig(event_shape=EVENT, latent_dim=0),
+        ConfigError,
+        "latent_dim must be at least 1",
+    ),
+    (
+        "hidden-zero",
+        lambda t: ModelConfig(event_shape=EVENT, hidden=(0,)),
+        ConfigError,
+        "hidden sizes",
+    ),
+    (
+        "unknown-likelihood",
+        lambda t: ModelConfig(event_shape=EVENT, likelihood="gamma"),
+        ConfigError,
+        "unknown likelihood",
+    ),
+    ("epochs-zero", lambda t: TrainConfig(epochs=0), ConfigError, "epochs must be at least 1"),
+    ("lr-nan", lambda t: TrainConfig(lr=float("nan")), ConfigError, "learning rate"),
+    ("clip-negative", lambda t: TrainConfig(clip_grad=-1.0), ConfigError, "clip_grad"),
+    ("particles-zero", lambda t: TrainConfig(num_particles=0), ConfigError, "num_particles"),
+    (
+        "fit-batch-too-big",
+        lambda t: _fit(tiny_data(), batch_size=50),
+        ConfigError,
+        "exceeds the 20 training points",
+    ),
+    ("fit-shape-mismatch", lambda t: _fit(tiny_data(event=(7,))), DataError, "model expects (6,)"),
+    (
+        "fit-outside-support",
+        lambda t: _fit(tiny_data(fill=3.0)),
+        DataError,
+        "outside the Bernoulli",
+    ),
+    (
+        "fit-not-splits",
+        lambda t: _fit(torch.rand(20, 6)),
+        DataError,
+        "needs a pyro_vae.data.DataSplits",
+    ),
+    (
+        "splits-empty",
+        lambda t: _splits(torch.rand(0, 6)),
+        DataError,
+        "train split of 'bad' is empty",
+    ),
+    (
+        "splits-int",
+        lambda t: _splits(torch.ones(5, 6, dtype=torch.uint8)),
+        DataError,
+        "dtype torch.uint8",
+    ),
+    (
+        "splits-nan",
+        lambda t: _splits(torch.rand(5, 6), valid=NAN),
+        DataError,
+        "valid split of 'bad' contains 1 NaN",
+    ),
+    (
+        "splits-shape",
+        lambda t: _splits(torch.rand(5, 6), test=torch.rand(5, 3)),
+        DataError,
+        "every split needs the same shape",
+    ),
+    ("dataset-unknown", lambda t: load_dataset("imagenet"), DataError, "unknown data set"),
+    ("file-missing", lambda t: load_array_file(t / "nope.npy"), DataError, "does not exist"),
+    (
+        "file-object-dtype",
+        lambda t: load_array_file(_saved(t, "o.npy", np.array([{}, {}], dtype=object))),
+        DataError,
+        "cannot read",
+    ),
+    (
+        "file-1d",
+        lambda t: load_array_file(_saved(t, "v.npy", np.arange(10.0))),
+        DataError,
+        "one row per data point",
+    ),
+    (
+        "checkpoint-missing",
+        lambda t: load_checkpoint(t / "none.pt"),
+        CheckpointError,
+        "no checkpoint",
+    ),
+    ("run-missing", lambda t: load_run(t / "no-run"), CheckpointError, "does not exist"),
+    ("rundir-exists", lambda t: prepare_run_dir(_nonempty(t)), ConfigError, "pass --overwrite"),
+]
+
+
+def _nonempty(tmp: Path) -> Path:
+    run = tmp / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("precious")
+    return run
+
+
+@pytest.mark.parametrize(
+    "call, exc_type, fragment", [c[1:] for c in LIBRARY_CASES], ids=[c[0] for c in LIBRARY_CASES]
+)
+def test_library_refuses_bad_input(tmp_path, call, exc_type, fragment):
+    with pytest.raises(exc_type) as info:
+        call(tmp_path)
+    message = str(info.value)
+    assert isinstance(info.value, PyroVAEError)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_prepare_run_dir_keeps_files_unless_overwrite(tmp_path):
+    run = _nonempty(tmp_path)
+    with pytest.raises(ConfigError):
+        prepare_run_dir(run)
+    assert (run / "keep.txt").read_text() == "precious"
+    assert prepare_run_dir(run, overwrite=True) == run
+    assert list(run.iterdir()) == []
+
+
+def _array_file(tmp: Path, name: str, array: np.ndarray) -> str:
+    path = tmp / name
+    np.save(path, array)
+    return str(path)
+
+
+def _resumable_run(tmp: Path) -> str:
+    out = tmp / "runs"
+    assert cli.main(_train(out, "r", "--epochs", "1")) == 0
+    return str(out / "r")
+
+
+def _truncated_run(tmp: Path) -> str:
+    run = Path(_resumable_run(tmp))
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    return str(run)
+
+
+def _train(out: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "train", "--dataset", "digits", "--hidden", "8", "--num-samples", "2", "--no-progress",
+        "--output-dir", str(out), "--name", name, *extra,
+    ]  # fmt: skip
+
+
+# (id, argv(tmp_path), fragment of the one stderr line); every case exits with code 2.
+CLI_CASES = [
+    ("epochs-zero", lambda t: _train(t, "a", "--epochs", "0"), "epochs must be at least 1"),
+    ("batch-too-big", lambda t: _train(t, "a", "--batch-size", "100000"), "exceeds the 1437"),
+    ("lr-negative", lambda t: _train(t, "a", "--lr", "-1"), "learning rate must be a positive"),
+    ("lr-nan", lambda t: _train(t, "a", "--lr", "nan"), "learning rate must be a positive"),
+    ("latent-zero", lambda t: _train(t, "a", "--latent-dim", "0"), "latent_dim must be at least 1"),
+    ("clip-zero", lambda t: _train(t, "a", "--clip-grad", "0"), "clip_grad (--clip-grad) must be"),
+    ("particles-zero", lambda t: _train(t, "a", "--num-particles", "0"), "num_particles"),
+    ("num-samples-zero", lambda t: _train(t, "a", "--num-samples", "0"), "--num-samples must be"),
+    ("dataset-unknown", lambda t: _train(t, "a", "--dataset", "cifar"), "unknown data set 'cifar'"),
+    ("dataset-missing", lambda t: _train(t, "a", "--dataset", str(t / "x.npy")), "does not exist"),
+    (
+        "dataset-nan",
+        lambda t: _train(t, "a", "--dataset", _array_file(t, "n.npy", np.full((30, 4), np.nan))),
+        "NaN or infinite",
+    ),
+    (
+        "dataset-outside-support",
+        lambda t: _train(
+            t, "a", "--batch-size", "8", "--dataset", _array_file(t, "o.npy", np.full((30, 4), 7.0))
+        ),
+        "outside the Bernoulli likelihood's support",
+    ),
+    (
+        "run-dir-exists",
+        lambda t: _train(_nonempty(t).parent, "run", "--epochs", "1"),
+        "--overwrite",
+    ),
+    ("evaluate-missing", lambda t: ["evaluate", str(t / "nowhere")], "does not exist"),
+    ("evaluate-truncated", lambda t: ["evaluate", _truncated_run(t)], "corrupted, truncated"),
+    ("resume-missing", lambda t: ["train", "--resume", str(t / "nowhere")], "does not exist"),
+    (
+        "resume-conflict",
+        lambda t: ["train", "--resume", _resumable_run(t), "--lr", "0.1"],
+        "--lr cannot be combined with --resume",
+    ),
+    ("resume-truncated", lambda t: ["train", "--resume", _truncated_run(t)], "truncated"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, fragment", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES]
+)
+def test_cli_prints_one_line_and_exits_2(tmp_path, capsys, argv, fragment):
+    args = argv(tmp_path)
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pyro-vae: error: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+
+
+def test_cli_debug_shows_the_exception(tmp_path):
+    with pytest.raises(ConfigError, match="epochs must be at least 1"):
+        cli.main(["--debug", *_train(tmp_path, "a", "--epochs", "0")])
+
+
+def test_cli_bad_flag_value_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(_train(tmp_path, "a", "--hidden", "abc"))
+    assert info.value.code == 2
+    assert "hidden sizes must be integers" in capsys.readouterr().err
+
+
+def test_cli_process_prints_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *_train(tmp_path, "a", "--latent-dim", "0")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "pyro-vae: error: latent_dim must be at least 1, got 0"
+    ]
+
+
+class _PoisonAfter:
+    """Multiplies a tensor by NaN from the ``n``-th training-mode call on (0-based)."""
+
+    def __init__(self, module: torch.nn.Module, n: int):
+        self.module, self.n, self.calls = module, n, 0
+
+    def __call__(self, value: torch.Tensor) -> torch.Tensor:
+        if self.module.training:
+            self.calls += 1
+            if self.calls > self.n:
+                return value * float("nan")
+        return value
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path, where):
+    vae, data = tiny_vae(), tiny_data()
+    # 20 points, batch 10: two steps per epoch, so call 3 is epoch 2, step 0.
+    poison = _PoisonAfter(vae, 2)
+    if where == "loss":
+        vae.decoder.register_forward_hook(lambda m, i, out: poison(out))
+    else:
+        vae.decoder.net[0].weight.register_hook(poison)
+    config = TrainConfig(epochs=3, batch_size=10, valid_num_samples=2)
+    with pytest.raises(TrainingError) as info:
+        fit(vae, data, config, run_dir=tmp_path, progress=False)
+    message = str(info.value)
+    assert f"{where} " in message or f"{where} norm" in message
+    assert "at epoch 2, step 0" in message
+    assert "last good checkpoint is kept" in message and "--clip-grad" in message
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model_state"].values())
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
