@@ -1,0 +1,154 @@
+"""Checkpoints: atomic writes, safe loading, and a clear error for every kind of bad file."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import checkpoint
+from pyro_vae.checkpoint import FORMAT_VERSION, load_checkpoint, restore_model, save_checkpoint
+from pyro_vae.config import ModelConfig, build_vae
+from pyro_vae.data import DataSplits
+from pyro_vae.errors import CheckpointError
+from pyro_vae.runs import load_run, train_run
+from pyro_vae.train import TrainConfig
+
+
+class _Exploit:
+    """Unpickling this object would create ``marker``: the code a checkpoint must never run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _state() -> dict:
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(4,), latent_dim=2, hidden=(3,)))
+    return {"model_state": vae.state_dict(), "epoch": 3, "history": [{"epoch": 1, "x": 0.5}]}
+
+
+def test_round_trip_keeps_tensors_and_records_the_format_version(tmp_path):
+    state = _state()
+    save_checkpoint(tmp_path / "c.pt", state)
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert loaded["format_version"] == FORMAT_VERSION
+    assert loaded["epoch"] == 3 and loaded["history"] == state["history"]
+    for k, v in state["model_state"].items():
+        assert torch.equal(loaded["model_state"][k], v)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"], "no temporary file left behind"
+
+
+def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"epoch": 1})
+    before = path.read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"epoch": 2})
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_a_checkpoint_that_runs_code_on_unpickling_is_refused(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    payload = {"format_version": FORMAT_VERSION, "model_state": _Exploit(marker)}
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    # The file really is an exploit: plain unpickling runs its code.
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Exploit(probe)))
+    assert probe.exists()
+    with pytest.raises(CheckpointError, match="corrupted, truncated or not a pyro-vae"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b[: len(b) // 2], id="truncated"),
+        pytest.param(lambda b: b[:100], id="truncated-header"),
+        pytest.param(lambda b: b"", id="empty"),
+        pytest.param(lambda b: bytes(64) + b[64:], id="zeroed-header"),
+        pytest.param(lambda b: b"this is not a checkpoint\n" * 10, id="text"),
+    ],
+)
+def test_damaged_checkpoints_are_refused(tmp_path, damage):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, _state())
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match="cannot load checkpoint") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_format_version_is_refused(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"format_version": FORMAT_VERSION + 1, "epoch": 1}, path)
+    with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1}"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [[1, 2, 3], {"epoch": 1}], ids=["not-a-dict", "no-version"])
+def test_foreign_files_are_refused(tmp_path, content):
+    path = tmp_path / "c.pt"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match="not a pyro-vae checkpoint"):
+        load_checkpoint(path)
+
+
+def test_wrong_architecture_is_refused(tmp_path):
+    state = _state()["model_state"]
+    other = build_vae(ModelConfig(event_shape=(4,), latent_dim=2, hidden=(5,)))
+    with pytest.raises(CheckpointError, match="does not match the model's architecture"):
+        restore_model(other, state, "c.pt")
+    with pytest.raises(CheckpointError, match="does not match"):
+        restore_model(other, {"bogus": torch.zeros(1)}, "c.pt")
+
+
+def _tiny_run(tmp_path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(30, 4, generator=g)
+    data = DataSplits("tiny", x[:20], x[20:25], x[25:])
+    config = ModelConfig(event_shape=(4,), latent_dim=2, hidden=(3,))
+    train = TrainConfig(epochs=1, batch_size=10, valid_num_samples=2)
+    train_run("tiny", config, train, tmp_path / "run", num_samples=2, progress=False, data=data)
+    return tmp_path / "run"
+
+
+def test_run_checkpoint_stores_version_and_configuration_and_reloads(tmp_path):
+    run = _tiny_run(tmp_path)
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["format_version"] == FORMAT_VERSION
+    assert state["model_config"]["hidden"] == [3]
+    assert state["train_config"]["batch_size"] == 10
+    vae, config = load_run(run)
+    assert config["dataset"] == "tiny"
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, state["model_state"][k])
+
+
+def test_run_whose_config_no_longer_matches_its_checkpoint_is_refused(tmp_path):
+    run = _tiny_run(tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["hidden"] = [7]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not match the model's architecture"):
+        load_run(run)

@@ -1,0 +1,158 @@
+"""Resume and determinism: a killed run, resumed, ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae import cli
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.config import ModelConfig
+from pyro_vae.data import DataSplits
+from pyro_vae.errors import ConfigError
+from pyro_vae.runs import resume_run, train_run
+from pyro_vae.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+WALL_TIME = {"seconds", "train_seconds"}
+
+
+def _metrics(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_TIME} for line in lines]
+
+
+def _results(run: Path) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    return {k: v for k, v in results.items() if k not in WALL_TIME}
+
+
+def _train_args(out: Path, name: str) -> list[str]:
+    return [
+        "train", "--dataset", "digits", "--epochs", "5", "--hidden", "64,32",
+        "--batch-size", "16", "--num-samples", "10", "--seed", "3", "--no-progress",
+        "--output-dir", str(out), "--name", name,
+    ]  # fmt: skip
+
+
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae", *_train_args(tmp_path, "killed")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = killed / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (killed / "results.json").exists(), "the run must be killed before it ends"
+    done = load_checkpoint(killed / "checkpoint.pt")["epoch"]
+    assert 1 <= done < 5
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "train", "--resume", str(killed), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert list(killed.glob(".*.tmp")) == []
+
+    # The uninterrupted run with the same seed, in this process.
+    assert cli.main(_train_args(tmp_path, "full")) == 0
+    full = tmp_path / "full"
+    assert len(_metrics(full)) == 5
+    assert _metrics(killed) == _metrics(full)
+    assert _results(killed) == _results(full)
+
+
+def _tiny(seed: int = 0) -> tuple[DataSplits, ModelConfig]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(40, 5, generator=g)
+    return DataSplits("tiny", x[:30], x[30:35], x[35:]), ModelConfig(
+        event_shape=(5,), latent_dim=2, hidden=(6,)
+    )
+
+
+def _run(tmp_path: Path, name: str, epochs: int, seed: int = 0, **train) -> Path:
+    data, model = _tiny()
+    config = TrainConfig(epochs=epochs, batch_size=8, seed=seed, valid_num_samples=3, **train)
+    train_run("tiny", model, config, tmp_path / name, num_samples=5, progress=False, data=data)
+    return tmp_path / name
+
+
+def test_same_seed_gives_identical_results_and_another_seed_does_not(tmp_path):
+    a, b, c = (_run(tmp_path, n, 2, seed=s) for n, s in (("a", 0), ("b", 0), ("c", 1)))
+    assert _metrics(a) == _metrics(b) and _results(a) == _results(b)
+    sa, sb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    for k, v in sa["model_state"].items():
+        assert torch.equal(v, sb["model_state"][k])
+    assert _metrics(a) != _metrics(c)
+
+
+def test_resume_extends_a_finished_run_exactly(tmp_path):
+    full = _run(tmp_path, "full", 3)
+    short = _run(tmp_path, "short", 2)
+    data, _ = _tiny()
+    resume_run(short, epochs=3, progress=False, data=data)
+    assert _metrics(short) == _metrics(full)
+    assert _results(short) == _results(full)
+    assert json.loads((short / "config.json").read_text())["train"]["epochs"] == 3
+
+
+def test_resume_drops_metrics_past_the_checkpoint_and_torn_lines(tmp_path):
+    full = _run(tmp_path, "full", 3)
+    short = _run(tmp_path, "short", 2)
+    # As if killed after writing epoch 3's metrics but before its checkpoint, mid-line.
+    with open(short / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 3, "train_elbo": 0.0}) + "\n" + '{"epoch": 4, "tra')
+    data, _ = _tiny()
+    resume_run(short, epochs=3, progress=False, data=data)
+    assert _metrics(short) == _metrics(full)
+
+
+def test_resume_refuses_changed_training_settings(tmp_path):
+    run = _run(tmp_path, "run", 1)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["lr"] = 0.5
+    (run / "config.json").write_text(json.dumps(config))
+    data, _ = _tiny()
+    with pytest.raises(ConfigError, match=r"different training settings \['lr'\]"):
+        resume_run(run, progress=False, data=data)
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
+    full = _run(tmp_path, "full", 2)
+    early = _run(tmp_path, "early", 2)
+    # As if killed during epoch 1: a config but no checkpoint and no metrics yet.
+    for name in ("checkpoint.pt", "metrics.jsonl", "results.json"):
+        (early / name).unlink()
+    data, _ = _tiny()
+    resume_run(early, progress=False, data=data)
+    assert _metrics(early) == _metrics(full)
+
+
+def test_gradient_clipping_changes_training_and_is_recorded(tmp_path):
+    plain = _run(tmp_path, "plain", 1)
+    clipped = _run(tmp_path, "clipped", 1, clip_grad=0.01)
+    assert _metrics(plain) != _metrics(clipped)
+    assert load_checkpoint(clipped / "checkpoint.pt")["train_config"]["clip_grad"] == 0.01
