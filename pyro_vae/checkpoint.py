@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"cannot load checkpoint {str(path)!r}: it is corrupted, truncated or not a "
-            f"pyro-vae checkpoint ({first[:160]})"
+            f"cannot load checkpoint {str(path)!r}: it is truncated, corrupted, or holds objects "
+            f"other than tensors (refused: they could run code) ({_reason(exc)}); restore it "
+            "from a backup or retrain"
         ) from exc
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{str(path)!r} is not a pyro-vae checkpoint (no format_version)")
@@ -73,3 +74,13 @@ def restore_model(module: torch.nn.Module, model_state: Any, source: str) -> Non
             f"checkpoint in {source!r} does not match the model's architecture ({first}); "
             "rebuild the model with the checkpoint's configuration or retrain"
         ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The informative part of torch.load's error, without its advice to disable safety."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if found:
+        text = found.group(1)
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    return first.split(". ")[0][:160]

@@ -22,7 +22,7 @@ from .config import ModelConfig, build_vae
 from .data import DataSplits, load_dataset
 from .errors import CheckpointError, ConfigError
 from .evaluation import LogLikelihood, log_likelihood
-from .train import CHECKPOINT, FitResult, TrainConfig, eval_data, fit
+from .train import CHECKPOINT, FitResult, TrainConfig, check_fit, eval_data, fit
 from .vae import VAE
 
 
@@ -32,7 +32,8 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     if path.exists() and any(path.iterdir()):
         if not overwrite:
             raise ConfigError(
-                f"run directory {str(path)!r} already exists; pass --overwrite or choose --name"
+                f"run directory {str(path)!r} already exists; pass --overwrite to replace it, "
+                "--resume to continue it, or choose another --name"
             )
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -99,10 +100,11 @@ def train_run(
     data = data if data is not None else load_dataset(dataset)
     if model_config is None:
         model_config = ModelConfig(event_shape=data.event_shape, **model_options)
-    run = prepare_run_dir(run_dir, overwrite)
     # Seed before building: the initial weights are part of what the seed fixes.
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
+    check_fit(vae, data, train_config.batch_size)  # before any file is written
+    run = prepare_run_dir(run_dir, overwrite)
     (run / "config.json").write_text(
         json.dumps(
             {

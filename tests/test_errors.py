@@ -266,7 +266,7 @@ CLI_CASES = [
         "--overwrite",
     ),
     ("evaluate-missing", lambda t: ["evaluate", str(t / "nowhere")], "does not exist"),
-    ("evaluate-truncated", lambda t: ["evaluate", _truncated_run(t)], "corrupted, truncated"),
+    ("evaluate-truncated", lambda t: ["evaluate", _truncated_run(t)], "is truncated, corrupted"),
     ("resume-missing", lambda t: ["train", "--resume", str(t / "nowhere")], "does not exist"),
     (
         "resume-conflict",
@@ -290,6 +290,8 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys, argv, fragment):
     assert lines[0].startswith("pyro-vae: error: ")
     assert fragment in lines[0]
     assert "Traceback" not in err
+    if "--name" in args and args[args.index("--name") + 1] == "a":
+        assert not (tmp_path / "a").exists(), "a refused run leaves no run directory behind"
 
 
 def test_cli_debug_shows_the_exception(tmp_path):
@@ -333,6 +335,7 @@ class _PoisonAfter:
         return value
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path, where):
     vae, data = tiny_vae(), tiny_data()
