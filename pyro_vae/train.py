@@ -141,7 +141,7 @@ def fit(
     if run is not None:
         run.mkdir(parents=True, exist_ok=True)
         if resume:
-            history = resume_state(run, vae, optimizer, config)
+            history = resume_state(run, vae, optimizer, config, model_config)
         write_metrics(run, history)
     first = len(history) + 1
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
@@ -273,7 +273,11 @@ def end_epoch(
 
 
 def resume_state(
-    run: Path, vae: VAE, optimizer: torch.optim.Optimizer, config: TrainConfig
+    run: Path,
+    vae: VAE,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    model_config: ModelConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Restore model, optimizer and random-number state from ``run``'s checkpoint.
 
@@ -296,6 +300,16 @@ def resume_state(
         raise ConfigError(
             f"cannot resume {str(run)!r} with different training settings {diff}; resume with "
             "the run's own configuration or start a new run"
+        )
+    saved_model = state.get("model_config")
+    if (
+        model_config is not None
+        and saved_model is not None
+        and saved_model != model_config.to_dict()
+    ):
+        raise ConfigError(
+            f"cannot resume {str(run)!r} with a different model than its checkpoint's; resume "
+            "with the run's own config.json or start a new run"
         )
     restore_model(vae, state["model_state"], str(run))
     try:

@@ -273,6 +273,11 @@ CLI_CASES = [
         lambda t: ["train", "--resume", _resumable_run(t), "--lr", "0.1"],
         "--lr cannot be combined with --resume",
     ),
+    (
+        "non-finite-training",
+        lambda t: _train(t, "nan", "--likelihood", "normal", "--lr", "1e8", "--epochs", "2"),
+        "at epoch 1, step",
+    ),
     ("resume-truncated", lambda t: ["train", "--resume", _truncated_run(t)], "truncated"),
 ]
 

@@ -140,6 +140,16 @@ def test_resume_refuses_changed_training_settings(tmp_path):
         resume_run(run, progress=False, data=data)
 
 
+def test_resume_refuses_a_different_model(tmp_path):
+    run = _run(tmp_path, "run", 1)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["likelihood"] = "normal"  # same parameter shapes, another model
+    (run / "config.json").write_text(json.dumps(config))
+    data, _ = _tiny()
+    with pytest.raises(ConfigError, match="different model"):
+        resume_run(run, progress=False, data=data)
+
+
 def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
     full = _run(tmp_path, "full", 2)
     early = _run(tmp_path, "early", 2)
