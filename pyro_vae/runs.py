@@ -158,6 +158,14 @@ def resume_run(
             f"{str(run / 'config.json')!r} has unknown training settings ({exc}); restore the "
             "run's original config.json"
         ) from exc
+    resume = (run / CHECKPOINT).exists()
+    if resume and epochs is not None:
+        done = load_checkpoint(run / CHECKPOINT).get("epoch", 0)
+        if epochs < done:
+            raise ConfigError(
+                f"{str(run)!r} has already trained {done} epochs, more than the {epochs} asked "
+                f"for; pass --epochs {done} or more"
+            )
     if epochs is not None and epochs != train_config.epochs:
         train_config = TrainConfig(**{**asdict(train_config), "epochs": epochs})
         config["train"] = asdict(train_config)
@@ -165,7 +173,6 @@ def resume_run(
     data = data if data is not None else load_dataset(config["dataset"])
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
-    resume = (run / CHECKPOINT).exists()
     result = fit(
         vae, data, train_config, run, model_config=model_config, progress=progress, resume=resume
     )

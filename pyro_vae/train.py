@@ -142,6 +142,11 @@ def fit(
         run.mkdir(parents=True, exist_ok=True)
         if resume:
             history = resume_state(run, vae, optimizer, config, model_config)
+            if len(history) > config.epochs:
+                raise ConfigError(
+                    f"{str(run)!r} has already trained {len(history)} epochs, more than the "
+                    f"{config.epochs} asked for; pass --epochs {len(history)} or more"
+                )
         write_metrics(run, history)
     first = len(history) + 1
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)

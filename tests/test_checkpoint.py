@@ -68,7 +68,7 @@ def test_a_checkpoint_that_runs_code_on_unpickling_is_refused(tmp_path, writer):
     path = tmp_path / "evil.pt"
     payload = {"format_version": FORMAT_VERSION, "model_state": _Exploit(marker)}
     if writer == "pickle":
-        path.write_bytes(pickle.dumps(payload))
+        path.write_bytes(pickle.dumps(payload, protocol=2))
     else:
         torch.save(payload, path)
     # The file really is an exploit: plain unpickling runs its code.

@@ -140,6 +140,14 @@ def test_resume_refuses_changed_training_settings(tmp_path):
         resume_run(run, progress=False, data=data)
 
 
+def test_resume_refuses_fewer_epochs_than_already_trained(tmp_path):
+    run = _run(tmp_path, "run", 2)
+    data, _ = _tiny()
+    with pytest.raises(ConfigError, match="already trained 2 epochs"):
+        resume_run(run, epochs=1, progress=False, data=data)
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     run = _run(tmp_path, "run", 1)
     config = json.loads((run / "config.json").read_text())
