@@ -17,7 +17,7 @@ import pyro
 import torch
 
 from . import plots
-from .checkpoint import load_checkpoint, restore_model
+from .checkpoint import load_checkpoint
 from .config import ModelConfig, build_vae
 from .data import DataSplits, load_dataset
 from .errors import CheckpointError, ConfigError
@@ -82,42 +82,6 @@ def summary(result: LogLikelihood) -> dict[str, float]:
         "num_test_points": int(result.per_example.numel()),
         "mean_ess": float(result.ess.mean()),
     }
-
-
-def train_run(
-    dataset: str,
-    model_config: ModelConfig | None,
-    train_config: TrainConfig,
-    run_dir: str | Path,
-    num_samples: int = 1000,
-    overwrite: bool = False,
-    progress: bool = True,
-    data: DataSplits | None = None,
-    **model_options: Any,
-) -> dict[str, Any]:
-    """Load ``dataset``, build, train, score on the test split (IS, ``num_samples``), and write
-    every file of a run directory. Returns the results written to ``results.json``."""
-    data = data if data is not None else load_dataset(dataset)
-    if model_config is None:
-        model_config = ModelConfig(event_shape=data.event_shape, **model_options)
-    # Seed before building: the initial weights are part of what the seed fixes.
-    pyro.set_rng_seed(train_config.seed)
-    vae = build_vae(model_config)
-    check_fit(vae, data, train_config.batch_size)  # before any file is written
-    run = prepare_run_dir(run_dir, overwrite)
-    (run / "config.json").write_text(
-        json.dumps(
-            {
-                "dataset": dataset,
-                "model": model_config.to_dict(),
-                "train": asdict(train_config),
-                "num_samples": num_samples,
-            },
-            indent=2,
-        )
-    )
-    result = fit(vae, data, train_config, run, model_config=model_config, progress=progress)
-    return finish_run(vae, data, result, run, train_config.seed, num_samples)
 
 
 def finish_run(
@@ -199,16 +163,67 @@ def read_run_config(run: Path) -> tuple[dict[str, Any], ModelConfig]:
     return config, model_config
 
 
+def train_run(
+    dataset: str,
+    model_config: ModelConfig | None,
+    train_config: TrainConfig,
+    run_dir: str | Path,
+    num_samples: int = 1000,
+    overwrite: bool = False,
+    progress: bool = True,
+    data: DataSplits | None = None,
+    **model_options: Any,
+) -> dict[str, Any]:
+    """Load ``dataset``, build, train, score on the test split (IS, ``num_samples``), and write
+    every file of a run directory. Returns the results written to ``results.json``."""
+    data = data if data is not None else load_dataset(dataset)
+    if model_config is None:
+        model_config = ModelConfig(event_shape=data.event_shape, **model_options)
+    # Seed before building: the initial weights are part of what the seed fixes.
+    pyro.set_rng_seed(train_config.seed)
+    vae = build_vae(model_config)
+    check_fit(vae, data, train_config.batch_size)  # before any file is written
+    run = prepare_run_dir(run_dir, overwrite)
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "dataset": dataset,
+                "model": model_config.to_dict(),
+                "train": asdict(train_config),
+                "num_samples": num_samples,
+            },
+            indent=2,
+        )
+    )
+    result = fit(vae, data, train_config, run, model_config=model_config, progress=progress)
+    return finish_run(vae, data, result, run, train_config.seed, num_samples)
+
+
 def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
     """Rebuild the model of a run directory from its configuration and checkpoint."""
     run = Path(run_dir)
-    config, model_config = read_run_config(run)
-    state = load_checkpoint(run / CHECKPOINT)
-    if "model_state" not in state:
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {str(run)!r} does not exist; check the path")
+    config_path = run / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        model_config = ModelConfig.from_dict(config["model"])
+    except FileNotFoundError as exc:
         raise CheckpointError(
-            f"checkpoint in {str(run)!r} holds no model_state; it is not a pyro-vae run checkpoint"
-        )
+            f"{str(config_path)!r} is missing; is {str(run)!r} a run directory?"
+        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{str(config_path)!r} is not a valid run configuration ({exc})"
+        ) from exc
+    state = load_checkpoint(run / "checkpoint.pt")
     vae = build_vae(model_config)
-    restore_model(vae, state["model_state"], str(run))
+    try:
+        vae.load_state_dict(state["model_state"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint in {str(run)!r} does not match its config.json model (different "
+            "architecture); retrain or restore the matching config"
+        ) from exc
     vae.eval()
     return vae, config

@@ -160,12 +160,12 @@ def fit(
     )
     for epoch in bar:
         vae.train()
-        train_elbo = train_epoch(vae, loss_fn, optimizer, data.train, config, epoch, run)
+        train_metrics = train_epoch(vae, loss_fn, optimizer, data.train, config, epoch, run)
         vae.eval()
         val = log_likelihood(vae.model, vae.guide, valid, num_samples=config.valid_num_samples)
         record = {
             "epoch": epoch,
-            "train_elbo": train_elbo,
+            **train_metrics,
             "valid_elbo": val.elbo,
             "valid_elbo_stderr": val.elbo_stderr,
             f"valid_iwae{config.valid_num_samples}": val.mean,
@@ -185,10 +185,11 @@ def train_epoch(
     config: TrainConfig,
     epoch: int,
     run: Path | None = None,
-) -> float:
-    """One pass over ``train`` in a fresh random order; returns the mean ELBO per data point.
+) -> dict[str, float]:
+    """One pass over ``train`` in a fresh random order; returns the epoch's training metrics
+    (``train_elbo``: mean ELBO per data point).
 
-    train: (N, *event_shape).
+    train: (N, *event_shape). Each step's loss and gradient are checked before the update.
     """
     n = train.shape[0]
     perm = torch.randperm(n)
@@ -206,7 +207,7 @@ def train_epoch(
         optimizer.step()
         total += loss.item() * x.shape[0]
         seen += x.shape[0]
-    return -total / seen
+    return {"train_elbo": -total / seen}
 
 
 def clip_gradients(vae: VAE, max_norm: float | None) -> torch.Tensor:
