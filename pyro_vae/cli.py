@@ -44,31 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--dataset", default="digits", help="built-in name (digits) or a .npy/.npz path"
     )
-    train.add_argument("--epochs", type=int, default=300)
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--epochs", type=int, default=300, help="passes over the training split")
+    train.add_argument("--batch-size", type=int, default=64, help="data points per SVI step")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    train.add_argument("--latent-dim", type=int, default=2)
+    train.add_argument("--latent-dim", type=int, default=2, help="dimension of z")
     train.add_argument(
         "--hidden",
         type=_hidden,
         default=(256, 128),
         help="encoder hidden sizes, e.g. 256,128 (decoder mirrors)",
     )
-    train.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli")
+    train.add_argument(
+        "--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli", help="p(x | z)"
+    )
     train.add_argument(
         "--likelihood-scale", type=float, default=0.1, help="scale of the normal likelihood"
     )
-    train.add_argument("--objective", choices=sorted(OBJECTIVES), default="elbo")
+    train.add_argument(
+        "--objective", choices=sorted(OBJECTIVES), default="elbo", help="training objective"
+    )
     train.add_argument("--num-particles", type=int, default=1, help="ELBO particles per step")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="random seed (same seed, same run)")
     train.add_argument(
         "--num-samples",
         type=int,
         default=1000,
         help="importance samples K for the test log-likelihood",
     )
-    train.add_argument("--output-dir", type=Path, default=Path("runs"))
-    train.add_argument("--name", default=None, help="run name (default: <dataset>-<time>)")
+    train.add_argument(
+        "--output-dir", type=Path, default=Path("runs"), help="parent of the run directory"
+    )
+    train.add_argument("--name", default=None, help="run name; <dataset>-<time> when omitted")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
@@ -97,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     ev.add_argument("--num-samples", type=int, default=1000, help="importance samples K")
     ev.add_argument("--batch-size", type=int, default=None, help="data points per pass")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="random seed of the estimator")
+    for command in (train, ev):
+        # SUPPRESS keeps a top-level --debug from being reset by the subcommand's default.
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
     return parser
 
 

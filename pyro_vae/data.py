@@ -141,11 +141,17 @@ def load_array_file(path: str | Path) -> DataSplits:
     for split in ("valid", "test"):
         if found[split] is not None:
             splits[split] = _as_float(found[split], str(path))
-    if len(splits) < 3:
-        tr, va, te = split_indices(train.shape[0])
-        splits.setdefault("valid", train[va])
-        splits.setdefault("test", train[te])
-        splits["train"] = train[tr]
+    missing = [split for split in ("valid", "test") if split not in splits]
+    if missing:
+        # Carve only the missing splits from train, 10% each, so no data point is dropped.
+        n = train.shape[0]
+        if n < len(missing) + 1:
+            raise DataError(f"{str(path)!r}: {n} training points are too few to split")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+        cut = max(1, round(0.1 * n))
+        for i, split in enumerate(missing):
+            splits[split] = train[perm[i * cut : (i + 1) * cut]]
+        splits["train"] = train[perm[len(missing) * cut :]]
     return DataSplits(name, splits["train"], splits["valid"], splits["test"])
 
 

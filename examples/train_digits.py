@@ -1,0 +1,26 @@
+"""Train a VAE on the embedded digits from Python, score it, and save a sample grid.
+
+Run: python examples/train_digits.py
+"""
+
+from pathlib import Path
+
+import pyro_vae
+from pyro_vae.data import load_digits
+from pyro_vae.evaluation import log_likelihood
+from pyro_vae.plots import plot_image_grid
+from pyro_vae.train import TrainConfig, eval_data, fit
+
+
+def main() -> None:
+    data = load_digits()
+    vae = pyro_vae.build_vae(pyro_vae.ModelConfig(event_shape=data.event_shape, latent_dim=2))
+    fit(vae, data, TrainConfig(epochs=100, seed=0))
+    result = log_likelihood(vae.model, vae.guide, eval_data(vae, data.test), num_samples=1000)
+    print(result)
+    out = plot_image_grid(vae.sample(64), Path("digits-samples.png"), "samples, E[x | z]")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
