@@ -42,7 +42,9 @@ def check_tensor(
             "point (use x.unsqueeze(-1) for scalar data points)"
         )
     if x.shape[0] == 0:
-        raise DataError(f"{what} is empty (shape {tuple(x.shape)}); pass at least one data point")
+        raise DataError(
+            f"{what} has no data points (shape {tuple(x.shape)}); pass at least one data point"
+        )
     if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
         raise DataError(
             f"{what} points have shape {tuple(x.shape[1:])} but the model expects "

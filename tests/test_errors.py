@@ -82,7 +82,7 @@ LIBRARY_CASES = [
         "dtype torch.int64",
     ),
     ("ll-1d", lambda t: _ll(torch.rand(6)), DataError, "need (N, *event_shape)"),
-    ("ll-empty", lambda t: _ll(torch.rand(0, 6)), DataError, "is empty"),
+    ("ll-empty", lambda t: _ll(torch.rand(0, 6)), DataError, "has no data points"),
     ("ll-nan", lambda t: _ll(NAN), DataError, "1 NaN or infinite"),
     ("ll-inf", lambda t: _ll(torch.full((3, 6), float("inf"))), DataError, "NaN or infinite"),
     ("ll-wrong-event", lambda t: _ll(torch.rand(4, 7)), DataError, "model expects (6,)"),
@@ -137,7 +137,7 @@ LIBRARY_CASES = [
         "splits-empty",
         lambda t: _splits(torch.rand(0, 6)),
         DataError,
-        "train split of 'bad' is empty",
+        "train split of 'bad' has no data points",
     ),
     (
         "splits-int",
