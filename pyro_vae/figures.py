@@ -137,8 +137,9 @@ def figure_attribute(
         moved,
         strengths,
         path,
-        title=f"attribute vector mean(z | {positive}) - mean(z | {negative}) added to "
-        f"label-{negative} inputs",
+        title=f"z + s v, v = mean(z | {positive}) - mean(z | {negative}),\n"
+        f"for test inputs labelled {negative}",
+        inputs=data.test[idx],
     )
 
 

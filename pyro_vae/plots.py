@@ -287,21 +287,33 @@ def plot_attribute(
     moved: torch.Tensor,
     strengths: Sequence[float],
     path: str | Path,
-    title: str = "attribute vector added to test inputs' codes",
+    title: str = "attribute vector added to\ntest inputs' codes",
+    inputs: torch.Tensor | None = None,
 ) -> Path | None:
-    """Rows: inputs; columns: z + s v for each strength s. moved: (S, n, C, H, W)."""
+    """Rows: inputs; columns: the input itself (if given), then z + s v for each strength s.
+
+    moved: (S, n, C, H, W); inputs: (n, C, H, W).
+    """
     s, n = moved.shape[:2]
-    imgs = as_images(moved.transpose(0, 1).reshape(s * n, *moved.shape[2:]))
+    columns = moved.transpose(0, 1)  # (n, S, ...)
+    labels = [f"{v:+.1f}" for v in strengths]
+    if inputs is not None:
+        columns = torch.cat([inputs.unsqueeze(1).to(moved.dtype), columns], dim=1)
+        labels = ["input", *labels]
+    ncol = columns.shape[1]
+    imgs = as_images(columns.reshape(n * ncol, *moved.shape[2:]))
     if imgs is None:
         return None
     cell = cell_inches(imgs.shape[1])
-    fig, ax = plt.subplots(figsize=(cell * s + 1.2, cell * n + 1.0), layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(max(cell * ncol + 1.2, 4.5), cell * n + 1.3), layout="constrained"
+    )
     _show_cells(
         ax,
         imgs,
-        s,
+        ncol,
         title,
-        col_labels=[f"{v:+.1f}" for v in strengths],
+        col_labels=labels,
         row_labels=[str(i) for i in range(n)],
         xlabel="strength s (0: reconstruction)",
         ylabel="input",
