@@ -173,7 +173,11 @@ def candidate_dirs(name: str, data_dir: Path) -> list[Path]:
     return dirs
 
 
-def network_available(host: str = "pypi.org", port: int = 443, timeout: float = 3.0) -> bool:
+#: Seconds a stalled download may wait on the network before it counts as failed.
+DOWNLOAD_TIMEOUT = 60.0
+
+
+def network_available(host: str = "github.com", port: int = 443, timeout: float = 3.0) -> bool:
     """Whether a TCP connection opens within ``timeout`` seconds (no data is sent)."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -211,8 +215,13 @@ def _download(name: str, data_dir: Path) -> None:
 
     cls = getattr(torchvision.datasets, IMAGE_DATASETS[name].torchvision_class)
     data_dir.mkdir(parents=True, exist_ok=True)
-    for train in (True, False):
-        cls(str(data_dir), train=train, download=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # torchvision's urllib calls have no timeout
+    try:
+        for train in (True, False):
+            cls(str(data_dir), train=train, download=True)
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def load_image_dataset(
@@ -243,7 +252,12 @@ def load_image_dataset(
             if spec.idx:
                 _download(name, root)
                 return load_idx_folder(root / spec.torchvision_class / "raw", name, spec.valid_size)
-            return _load_cifar10(root, download=True)
+            previous = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
+            try:
+                return _load_cifar10(root, download=True)
+            finally:
+                socket.setdefaulttimeout(previous)
         except (OSError, RuntimeError) as exc:
             reason = f"the download failed ({str(exc).splitlines()[0][:120]})"
     where = ", ".join(str(p) for p in searched)

@@ -1,7 +1,8 @@
 """Figures: ELBO curves, image grids and latent-space pictures (matplotlib, no display needed).
 
-Every figure uses a constrained layout and is saved at :data:`DPI` without cropping, so its
-pixel size is ``figsize * DPI``. The file type follows the path's suffix (``.png``, ``.pdf``).
+Every figure here uses a constrained layout and is saved at :data:`DPI` without cropping, so
+its pixel size is ``figsize * DPI`` (a figure without a layout engine is cropped instead).
+The file type follows the path's suffix (``.png``, ``.pdf``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ def _show(ax, mosaic: np.ndarray, title: str) -> None:
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    if fig.get_layout_engine() is None:
+        # no layout engine: crop to the drawn content so nothing is cut off
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    else:
+        fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
