@@ -27,6 +27,8 @@ class DataSplits:
     valid: torch.Tensor
     test: torch.Tensor
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Names of the integer labels (index = label), for legends; ``None`` if unnamed.
+    label_names: list[str] | None = None
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -252,4 +254,5 @@ def binarize_splits(data: DataSplits, mode: str, seed: int = BINARIZE_SEED) -> D
         static_binarize(data.valid, seed + 1),
         static_binarize(data.test, seed + 2),
         labels=dict(data.labels),
+        label_names=data.label_names,
     )

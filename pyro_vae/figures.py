@@ -68,6 +68,7 @@ def figure_latent(model, data: DataSplits, path: str | Path) -> Path:
         path,
         axis_labels,
         title=f"{_model_name(model)} {what} of {len(x)} {data.name} test points",
+        names=data.label_names,
     )
 
 
@@ -154,6 +155,7 @@ def comparison_panel(model, data: DataSplits, name: str, n: int = 12) -> dict:
         "name": name,
         "points": points,
         "labels": labels[: len(x)] if labels is not None else None,
+        "names": data.label_names,
         "axis_labels": axis_labels,
         "images": images,
         "u": u,

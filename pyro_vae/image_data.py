@@ -139,15 +139,32 @@ class ImageDataset:
     valid_size: int
     idx: bool  # stored as the four IDX files
     hint: str = ""
+    label_names: tuple[str, ...] | None = None
 
 
 IMAGE_DATASETS = {
     "mnist": ImageDataset("MNIST", 10_000, True),
     "fashion-mnist": ImageDataset(
-        "FashionMNIST", 10_000, True, "or on Debian/Ubuntu: apt-get install dataset-fashion-mnist"
+        "FashionMNIST",
+        10_000,
+        True,
+        "or on Debian/Ubuntu: apt-get install dataset-fashion-mnist",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat")
+        + ("Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     ),
-    "kmnist": ImageDataset("KMNIST", 10_000, True),
-    "cifar10": ImageDataset("CIFAR10", 5_000, False),
+    "kmnist": ImageDataset(
+        "KMNIST",
+        10_000,
+        True,
+        label_names=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    ),
+    "cifar10": ImageDataset(
+        "CIFAR10",
+        5_000,
+        False,
+        label_names=("airplane", "automobile", "bird", "cat", "deer")
+        + ("dog", "frog", "horse", "ship", "truck"),
+    ),
 }
 
 #: Where Debian's dataset packages put their files (``dataset-fashion-mnist``).
@@ -237,6 +254,12 @@ def load_image_dataset(
         raise DataError(f"unknown image data set {name!r}; choose one of {sorted(IMAGE_DATASETS)}")
     spec = IMAGE_DATASETS[name]
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    data = _find_or_download(name, spec, root, download)
+    data.label_names = list(spec.label_names) if spec.label_names else None
+    return data
+
+
+def _find_or_download(name: str, spec: ImageDataset, root: Path, download: bool) -> DataSplits:
     if spec.idx:
         searched = candidate_dirs(name, root)
         for folder in searched:
@@ -325,4 +348,5 @@ def load_image_folder(folder: str | Path, name: str | None = None) -> DataSplits
     if classes:
         y = torch.tensor([label for label, _ in files], dtype=torch.long)
         labels = {"train": y[tr], "valid": y[va], "test": y[te]}
-    return DataSplits(name or folder.name, x[tr], x[va], x[te], labels=labels)
+    names = [c.name for c in classes] or None
+    return DataSplits(name or folder.name, x[tr], x[va], x[te], labels=labels, label_names=names)

@@ -339,7 +339,14 @@ def plot_model_comparison(
     k = len(panels)
     fig, axes = plt.subplots(2, k, figsize=(5.5 * k, 10), layout="constrained", squeeze=False)
     for j, p in enumerate(panels):
-        _scatter(axes[0, j], np.asarray(p["points"]), p["labels"], p["axis_labels"], p["name"])
+        _scatter(
+            axes[0, j],
+            np.asarray(p["points"]),
+            p["labels"],
+            p["axis_labels"],
+            p["name"],
+            p.get("names"),
+        )
         imgs = as_images(p["images"])
         if imgs is None:
             axes[1, j].set_axis_off()

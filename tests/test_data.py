@@ -108,6 +108,7 @@ def test_system_dataset_folder_is_found_automatically(tmp_path, monkeypatch, no_
     make_idx_folder(tmp_path / "share" / "fashion-mnist", compress=True)
     data = load_dataset("fashion-mnist", data_dir=tmp_path / "empty")
     assert data.name == "fashion-mnist" and data.test.shape == (12, 1, 6, 6)
+    assert data.label_names[0] == "T-shirt/top" and len(data.label_names) == 10
 
 
 @pytest.mark.parametrize("download", [True, False])
@@ -180,6 +181,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
     assert 0.0 <= float(data.train.min()) and float(data.train.max()) <= 1.0
     all_labels = torch.cat([data.labels[s] for s in ("train", "valid", "test")])
     assert sorted(all_labels.tolist()) == [0] * 5 + [1] * 5
+    assert data.label_names == ["a", "b"]
 
 
 def test_image_folder_rgb_and_mixed_sizes(tmp_path):
