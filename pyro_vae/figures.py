@@ -134,12 +134,16 @@ def figure_attribute(
     if len(idx) == 0:
         idx = torch.arange(min(n, data.test.shape[0]))
     moved = ls.apply_attribute(model, _inputs(model, data.test[idx]), vector, strengths)
+    names = data.label_names or []
+    pos, neg = (
+        f"{label} ({names[label]})" if 0 <= label < len(names) else str(label)
+        for label in (positive, negative)
+    )
     return plots.plot_attribute(
         moved,
         strengths,
         path,
-        title=f"z + s v, v = mean(z | {positive}) - mean(z | {negative}),\n"
-        f"for test inputs labelled {negative}",
+        title=f"z + s v, v = mean(z | {pos}) - mean(z | {neg}),\nfor test inputs labelled {neg}",
         inputs=data.test[idx],
     )
 
