@@ -205,24 +205,61 @@ def network_available(host: str = "github.com", port: int = 443, timeout: float 
 
 def _cifar_present(root: Path) -> bool:
     folder = root / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    names = [*CIFAR_TRAIN_BATCHES, "test_batch"]
     return all((folder / n).is_file() for n in names)
 
 
+CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file of CIFAR-10's python version -> (images (n, 3, 32, 32) uint8, labels (n,)).
+
+    The file is a pickled dict with ``data`` (n, 3072: the red, green, blue planes of each
+    32x32 image) and ``labels``. Unpickling runs code: read only files from the official archive.
+    """
+    import pickle
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"cannot read CIFAR-10 batch {str(path)!r} ({type(exc).__name__}); re-extract "
+            "cifar-10-python.tar.gz"
+        ) from exc
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+        raise DataError(
+            f"CIFAR-10 batch {str(path)!r} has data {data.shape} and labels {labels.shape}; "
+            "expected (n, 3072) and (n,); re-extract cifar-10-python.tar.gz"
+        )
+    return data.reshape(-1, 3, 32, 32), labels
+
+
 def _load_cifar10(root: Path, download: bool) -> DataSplits:
-    import torchvision
+    """CIFAR-10 from ``root/cifar-10-batches-py`` (downloaded there first if ``download``)."""
+    if download:
+        import torchvision
 
-    train = torchvision.datasets.CIFAR10(str(root), train=True, download=download)
-    test = torchvision.datasets.CIFAR10(str(root), train=False, download=download)
+        for train in (True, False):
+            torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+    folder = root / "cifar-10-batches-py"
+    train = [read_cifar_batch(folder / name) for name in CIFAR_TRAIN_BATCHES]
+    x_test, y_test = read_cifar_batch(folder / "test_batch")
 
-    def as_tensor(ds):
-        x = torch.as_tensor(ds.data).permute(0, 3, 1, 2).float() / 255.0
-        return x, torch.as_tensor(ds.targets, dtype=torch.long)
+    def as_float(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a).float() / 255.0
 
-    x_train, y_train = as_tensor(train)
-    x_test, y_test = as_tensor(test)
     return _carve_valid(
-        "cifar10", x_train, y_train, x_test, y_test, IMAGE_DATASETS["cifar10"].valid_size
+        "cifar10",
+        as_float(np.concatenate([x for x, _ in train])),
+        torch.as_tensor(np.concatenate([y for _, y in train])),
+        as_float(x_test),
+        torch.as_tensor(y_test),
+        IMAGE_DATASETS["cifar10"].valid_size,
     )
 
 

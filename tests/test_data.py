@@ -226,3 +226,23 @@ def test_binarize_choice_must_fit_the_likelihood():
     for config, mode in ((bern, "none"), (normal, "dynamic"), (bern, "often")):
         with pytest.raises(ConfigError):
             check_binarize(config, mode)
+
+
+def test_cifar10_batches_are_read_as_rgb_planes(tmp_path, no_network):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [*image_data.CIFAR_TRAIN_BATCHES, "test_batch"]:
+        data = np.zeros((4, 3072), dtype=np.uint8)
+        data[:, :1024] = 255  # the red plane of every image
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [0, 1, 2, 3]}, f)
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    assert data.train.shape[1:] == (3, 32, 32) and data.test.shape == (4, 3, 32, 32)
+    assert data.train.shape[0] + data.valid.shape[0] == 20
+    assert bool((data.test[:, 0] == 1).all()) and bool((data.test[:, 1:] == 0).all())
+    assert data.labels["test"].tolist() == [0, 1, 2, 3] and data.label_names[0] == "airplane"
+    (folder / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="re-extract"):
+        load_dataset("cifar10", data_dir=tmp_path)
