@@ -40,7 +40,7 @@ def figure_samples(
             "an autoencoder has no prior to sample from; use the aggregate-posterior sampler "
             "(--source aggregate)"
         )
-    train_x = _inputs(model, data.train[: MAX_SCATTER_POINTS * 4])
+    train_x = _inputs(model, data.train[: MAX_SCATTER_POINTS * 4]) if source != "prior" else None
     images = ls.sample_images(model, n, source, train_x=train_x, seed=seed)
     what = "the prior p(z)" if source == "prior" else "a mixture fitted\nto the training codes"
     return plots.plot_image_grid(
