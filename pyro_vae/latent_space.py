@@ -42,12 +42,15 @@ def prior_quantiles(prior, probs: torch.Tensor, num_samples: int = 100_000) -> t
     ``Independent(Normal)``); otherwise empirical quantiles of ``num_samples`` prior draws.
     """
     pz = prior()
-    base = getattr(pz, "base_dist", pz)
-    try:
-        return base.icdf(probs.unsqueeze(-1).expand(-1, pz.event_shape[0]))
-    except (NotImplementedError, AttributeError):
-        draws = pz.sample((num_samples,))
-        return torch.quantile(draws, probs, dim=0)
+    # Only an Independent wrapper has independent marginals whose icdf is the base's icdf;
+    # a flow (TransformedDistribution) also has a base_dist, but its quantiles are not the base's.
+    if isinstance(pz, torch.distributions.Independent):
+        try:
+            return pz.base_dist.icdf(probs.unsqueeze(-1).expand(-1, pz.event_shape[0]))
+        except (NotImplementedError, AttributeError):
+            pass
+    draws = pz.sample((num_samples,))
+    return torch.quantile(draws, probs, dim=0)
 
 
 def manifold_grid(prior, n: int = 15, tail: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:

@@ -155,3 +155,23 @@ def test_decode_plane_covers_the_codes_extent():
     codes = ls.latent_codes(ae, torch.rand(30, 1, 4, 4))
     images, u, v = ls.decode_plane(ae, codes, n=4)
     assert images.shape == (16, 1, 4, 4) and u.shape == (4,) and v.shape == (4,)
+
+
+class ShiftedFlowPrior(Prior):
+    """z = 3 + 2 e, e ~ N(0, I), written as a transformed distribution (like a flow prior)."""
+
+    def forward(self):
+        base = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
+        shift = torch.distributions.AffineTransform(3.0, 2.0, event_dim=1)
+        return dist.TransformedDistribution(base, [shift])
+
+
+def test_prior_quantiles_of_a_transformed_prior_are_not_its_base_quantiles():
+    torch.manual_seed(0)
+    probs = torch.tensor([0.1, 0.5, 0.9])
+    q = ls.prior_quantiles(ShiftedFlowPrior(2), probs, num_samples=100_000)
+    exact = 3 + 2 * torch.distributions.Normal(0.0, 1.0).icdf(probs)
+    # sample-quantile standard error: sqrt(p (1 - p) / n) / density, density of N(3, 2^2)
+    dens = torch.distributions.Normal(3.0, 2.0).log_prob(exact).exp()
+    se = torch.sqrt(probs * (1 - probs) / 100_000) / dens
+    assert bool(((q - exact.unsqueeze(-1)).abs() < 5 * se.unsqueeze(-1)).all())
