@@ -198,15 +198,24 @@ def load_dataset(
     Names: ``digits`` (shipped with scikit-learn) and the image sets of
     :data:`pyro_vae.image_data.IMAGE_DATASETS` (``mnist``, ``fashion-mnist``, ``kmnist``,
     ``cifar10``; looked for under ``data_dir``, downloaded there only if missing and
-    ``download``). Paths: a ``.npy``/``.npz`` file or a folder of images.
+    ``download``). Paths: a ``.npy``/``.npz`` file, a folder of the four MNIST-style IDX
+    files, or a folder of images.
     """
-    from .image_data import IMAGE_DATASETS, load_image_dataset, load_image_folder
+    from .image_data import (
+        IMAGE_DATASETS,
+        find_idx_files,
+        load_idx_folder,
+        load_image_dataset,
+        load_image_folder,
+    )
 
     if name_or_path in DATASETS:
         return DATASETS[name_or_path]()
     if name_or_path in IMAGE_DATASETS:
         return load_image_dataset(name_or_path, data_dir=data_dir, download=download)
     if Path(name_or_path).is_dir():
+        if find_idx_files(Path(name_or_path)) is not None:
+            return load_idx_folder(name_or_path)
         return load_image_folder(name_or_path)
     if name_or_path.endswith((".npy", ".npz")) or Path(name_or_path).exists():
         return load_array_file(name_or_path)

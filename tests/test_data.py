@@ -94,6 +94,8 @@ def test_idx_folder_gives_scaled_images_labels_and_a_fixed_valid_split(tmp_path,
         assert int(arrays["train-labels-idx1-ubyte"][i]) == int(y)
     again = load_idx_folder(tmp_path, "toy", valid_size=10)
     torch.testing.assert_close(again.valid, data.valid)
+    by_path = load_dataset(str(tmp_path))  # a folder of IDX files given as --dataset
+    torch.testing.assert_close(by_path.test, data.test)
 
 
 def test_named_data_set_found_in_torchvision_layout_without_network(tmp_path, no_network):
