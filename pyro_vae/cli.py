@@ -42,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     train.add_argument(
-        "--dataset", default="digits", help="built-in name (digits) or a .npy/.npz path"
+        "--dataset",
+        default="digits",
+        help="digits, mnist, fashion-mnist, kmnist, cifar10, a .npy/.npz path or an image folder",
     )
+    _add_data_arguments(train)
     train.add_argument("--epochs", type=int, default=300, help="passes over the training split")
     train.add_argument("--batch-size", type=int, default=64, help="data points per SVI step")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -92,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue RUN_DIR from its last completed epoch with its own config.json "
         "(--epochs may extend it)",
     )
+    train.add_argument(
+        "--model",
+        choices=["vae", "ae"],
+        default="vae",
+        help="vae, or ae: the deterministic autoencoder baseline with the same networks",
+    )
+    train.add_argument("--format", choices=["png", "pdf"], default="png", help="figure format")
 
     ev = sub.add_parser(
         "evaluate",
@@ -104,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-samples", type=int, default=1000, help="importance samples K")
     ev.add_argument("--batch-size", type=int, default=None, help="data points per pass")
     ev.add_argument("--seed", type=int, default=0, help="random seed of the estimator")
-    for command in (train, ev):
+    subcommands = [train, ev, *_add_application_parsers(sub)]
+    for command in subcommands:
         # SUPPRESS keeps a top-level --debug from being reset by the subcommand's default.
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
@@ -112,15 +123,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where image data sets are looked for and downloaded "
+        "(default $PYRO_VAE_DATA_DIR or ~/.cache/pyro-vae/data; /usr/share/datasets is also "
+        "searched)",
+    )
+    parser.add_argument(
+        "--binarize",
+        choices=["dynamic", "static", "none"],
+        default=None,
+        help="dynamic: fresh draw each batch; static: one seeded draw; none: gray values "
+        "(default: what the likelihood needs)",
+    )
+
+
+FIGURE_KINDS = (
+    "elbo",
+    "samples",
+    "reconstructions",
+    "latent",
+    "manifold",
+    "interpolation",
+    "attribute",
+    "compare",
+)
+
+
+def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
+    sample = sub.add_parser(
+        "sample",
+        help="draw a grid of samples from a trained run",
+        description="Decode z drawn from the prior, or from a Gaussian mixture fitted to the "
+        "training data's codes (the aggregate posterior), into a grid of images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    sample.add_argument("-n", "--num", type=int, default=64, help="number of samples")
+    sample.add_argument("--source", choices=["prior", "aggregate"], default="prior")
+    sample.add_argument("--output", type=Path, default=None, help="default RUN_DIR/samples-SOURCE")
+    sample.add_argument("--format", choices=["png", "pdf"], default="png")
+    sample.add_argument("--seed", type=int, default=0)
+
+    plot = sub.add_parser(
+        "plot",
+        help="draw one figure of a trained run",
+        description="elbo: training curves; samples; reconstructions; latent: test codes by "
+        "label (PCA beyond 2-D); manifold: decoded prior-quantile grid (2-D latents); "
+        "interpolation: linear and spherical; attribute: mean code of --positive minus "
+        "--negative added to inputs; compare: this run beside --against RUN (e.g. an AE).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    plot.add_argument("--kind", choices=FIGURE_KINDS, required=True)
+    plot.add_argument("--output", type=Path, default=None, help="default RUN_DIR/KIND.FORMAT")
+    plot.add_argument("--format", choices=["png", "pdf"], default="png")
+    plot.add_argument("--seed", type=int, default=0)
+    plot.add_argument("--source", choices=["prior", "aggregate"], default="prior")
+    plot.add_argument("--steps", type=int, default=10, help="interpolation steps")
+    plot.add_argument(
+        "--pair", type=int, nargs=2, default=None, metavar=("I", "J"), help="test indices"
+    )
+    plot.add_argument("--positive", type=int, default=None, help="attribute: label to add")
+    plot.add_argument("--negative", type=int, default=None, help="attribute: label to remove")
+    plot.add_argument(
+        "--strengths",
+        type=lambda t: [float(v) for v in t.split(",")],
+        default=[-2.0, -1.0, 0.0, 1.0, 2.0],
+        help="attribute strengths, comma-separated",
+    )
+    plot.add_argument("--against", type=Path, default=None, help="compare: the other run dir")
+    return [sample, plot]
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import ModelConfig
-    from .data import load_dataset
-    from .runs import train_run
+    from .runs import load_run_data, train_run
     from .train import TrainConfig
 
     if args.resume is not None:
         return _cmd_resume(args)
-    data = load_dataset(args.dataset)
+    data = load_run_data(
+        {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize}
+    )
     model_config = ModelConfig(
         event_shape=data.event_shape,
         latent_dim=args.latent_dim,
@@ -150,10 +238,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         data=data,
+        kind=args.model,
+        data_dir=args.data_dir,
+        binarize=args.binarize,
+        fmt=args.format,
     )
     print(f"run directory: {run_dir}")
     print(f"trained {results['epochs']} epochs in {results['train_seconds']:.1f} s")
-    _print_scores(results)
+    if args.model == "ae":
+        print(
+            f"test reconstruction NLL: {results['test_reconstruction_nll']:9.3f} +- "
+            f"{results['test_reconstruction_nll_stderr']:.3f} nats per data point "
+            f"(n={results['num_test_points']})"
+        )
+    else:
+        _print_scores(results)
     return 0
 
 
@@ -206,19 +305,109 @@ def _print_scores(r: dict) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
 
-    from .data import load_dataset
-    from .runs import load_run, score, summary
+    from .runs import load_run, load_run_data, score, summary
 
     if args.num_samples < 1:
         raise _usage(f"--num-samples must be at least 1, got {args.num_samples}")
     if args.batch_size is not None and args.batch_size < 1:
         raise _usage(f"--batch-size must be at least 1, got {args.batch_size}")
     vae, config = load_run(args.run_dir)
-    data = load_dataset(config["dataset"])
+    if config.get("kind") == "ae":
+        raise _usage(
+            f"{str(args.run_dir)!r} is an autoencoder run: it has no likelihood p(x) to score; "
+            "its test reconstruction NLL is in results.json"
+        )
+    data = load_run_data(config)
     pyro.set_rng_seed(args.seed)
     result = score(vae, data, num_samples=args.num_samples, batch_size=args.batch_size)
     print(f"run directory: {args.run_dir}")
     _print_scores(summary(result))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from . import figures
+    from .runs import load_run, load_run_data
+
+    if args.num < 1:
+        raise _usage(f"-n must be at least 1, got {args.num}")
+    model, config = load_run(args.run_dir)
+    data = load_run_data(config)
+    out = args.output or args.run_dir / f"samples-{args.source}.{args.format}"
+    path = figures.figure_samples(model, data, out, source=args.source, n=args.num, seed=args.seed)
+    print(f"wrote {path}" if path else "data are not images; nothing drawn")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from . import figures, plots
+    from .runs import load_run, load_run_data
+
+    model, config = load_run(args.run_dir)
+    out = args.output or args.run_dir / f"{args.kind}.{args.format}"
+    torch.manual_seed(args.seed)
+    if args.kind == "elbo":
+        history = [
+            json.loads(line)
+            for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        if config.get("kind") == "ae":
+            path = plots.plot_reconstruction_nll(history, out)
+        else:
+            path = plots.plot_elbo(history, out, title=f"ELBO on {config['dataset']}")
+        print(f"wrote {path}")
+        return 0
+    data = load_run_data(config)
+    if args.kind == "samples":
+        path = figures.figure_samples(model, data, out, source=args.source, seed=args.seed)
+    elif args.kind == "reconstructions":
+        path = figures.figure_reconstructions(model, data, out)
+    elif args.kind == "latent":
+        path = figures.figure_latent(model, data, out)
+    elif args.kind == "manifold":
+        path = figures.figure_manifold(model, data, out)
+    elif args.kind == "interpolation":
+        if args.steps < 2:
+            raise _usage(f"--steps must be at least 2, got {args.steps}")
+        pair = tuple(args.pair) if args.pair else None
+        path = figures.figure_interpolation(model, data, out, steps=args.steps, pair=pair)
+    elif args.kind == "attribute":
+        if args.positive is None or args.negative is None:
+            raise _usage("--kind attribute needs --positive LABEL and --negative LABEL")
+        path = figures.figure_attribute(
+            model, data, out, args.positive, args.negative, strengths=args.strengths
+        )
+    else:  # compare
+        if args.against is None:
+            raise _usage("--kind compare needs --against OTHER_RUN_DIR (e.g. an --model ae run)")
+        other, other_config = load_run(args.against)
+        if other_config["dataset"] != config["dataset"]:
+            raise _usage(
+                f"runs were trained on different data ({config['dataset']!r} and "
+                f"{other_config['dataset']!r}); compare runs on the same data set"
+            )
+        name = "autoencoder" if config.get("kind") == "ae" else "VAE"
+        other_name = "autoencoder" if other_config.get("kind") == "ae" else "VAE"
+        if name == other_name:
+            name, other_name = (
+                f"{name} ({args.run_dir.name})",
+                f"{other_name} ({args.against.name})",
+            )
+        models = (
+            {other_name: other, name: model}
+            if other_name.startswith("auto")
+            else {
+                name: model,
+                other_name: other,
+            }
+        )
+        path = figures.figure_comparison(models, data, out)
+    print(f"wrote {path}" if path else "data are not images; nothing drawn")
     return 0
 
 
@@ -232,7 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.given = _given_options(build_parser(), argv)
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate}
+    commands = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "sample": _cmd_sample,
+        "plot": _cmd_plot,
+    }
     try:
         return commands[args.command](args)
     except PyroVAEError as exc:

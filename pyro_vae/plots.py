@@ -1,4 +1,9 @@
-"""Figures: ELBO curves and image grids (matplotlib, written without a display)."""
+"""Figures: ELBO curves, image grids and latent-space pictures (matplotlib, no display needed).
+
+Every figure here uses a constrained layout and is saved at :data:`DPI` without cropping, so
+its pixel size is ``figsize * DPI`` (a figure without a layout engine is cropped instead).
+The file type follows the path's suffix (``.png``, ``.pdf``).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import torch  # noqa: E402
 
 TRAIN_COLOR = "#1f77b4"
 VALID_COLOR = "#d62728"
+DPI = 120
 
 
 def as_images(x: torch.Tensor) -> torch.Tensor | None:
@@ -65,7 +71,11 @@ def _show(ax, mosaic: np.ndarray, title: str) -> None:
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    if fig.get_layout_engine() is None:
+        # no layout engine: crop to the drawn content so nothing is cut off
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    else:
+        fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -73,7 +83,7 @@ def save_figure(fig, path: str | Path) -> Path:
 def plot_elbo(history: Sequence[dict[str, Any]], path: str | Path, title: str = "ELBO") -> Path:
     """Train and validation ELBO per data point (nats) against epoch."""
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     ax.plot(epochs, [r["train_elbo"] for r in history], color=TRAIN_COLOR, label="train")
     valid = np.array([r["valid_elbo"] for r in history])
     err = np.array([r.get("valid_elbo_stderr", 0.0) for r in history])
@@ -96,7 +106,8 @@ def plot_image_grid(x: torch.Tensor, path: str | Path, title: str, ncol: int = 8
     mosaic = tile(images, ncol)
     scale = 0.6 if images.shape[1] <= 16 else 1.0
     fig, ax = plt.subplots(
-        figsize=(scale * ncol + 0.5, scale * mosaic.shape[0] / images.shape[1] + 0.7)
+        figsize=(scale * ncol + 0.5, scale * mosaic.shape[0] / images.shape[1] + 0.7),
+        layout="constrained",
     )
     _show(ax, mosaic, title)
     return save_figure(fig, path)
@@ -111,8 +122,264 @@ def plot_reconstructions(
         return None
     ncol = min(ncol, a.shape[0])
     fig, axes = plt.subplots(
-        1, 2, figsize=(2 * (0.6 * ncol + 0.5), 0.6 * math.ceil(a.shape[0] / ncol) + 0.8)
+        1,
+        2,
+        figsize=(2 * (0.6 * ncol + 0.5), 0.6 * math.ceil(a.shape[0] / ncol) + 0.8),
+        layout="constrained",
     )
     _show(axes[0], tile(a, ncol), "input")
     _show(axes[1], tile(b, ncol), "reconstruction (posterior mean)")
+    return save_figure(fig, path)
+
+
+# --- latent-space figures -------------------------------------------------------------------
+
+LABEL_CMAP = "tab10"
+
+
+def cell_inches(side: int) -> float:
+    """Display size (inches) of one image in a grid: small images get fewer inches."""
+    return 0.45 if side <= 16 else 0.6
+
+
+def _show_cells(
+    ax,
+    images: torch.Tensor,
+    ncol: int,
+    title: str,
+    col_labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+) -> None:
+    """Mosaic of (n, H, W, C) images with optional tick labels at column/row centres."""
+    n, h, w, _ = images.shape
+    nrow = math.ceil(n / ncol)
+    _show(ax, tile(images, ncol), title)
+    if col_labels is None and row_labels is None:
+        return
+    ax.set_axis_on()
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xticks([q * (w + 1) + (w - 1) / 2 for q in range(ncol)] if col_labels else [])
+    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(nrow)] if row_labels else [])
+    if col_labels:
+        ax.set_xticklabels(col_labels, fontsize=8)
+    if row_labels:
+        ax.set_yticklabels(row_labels, fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
+def _thin(values: Sequence[float], every: int) -> list[str]:
+    return [f"{v:.2g}" if i % every == 0 else "" for i, v in enumerate(values)]
+
+
+def _scatter(ax, points: np.ndarray, labels, axis_labels, title: str, names=None) -> None:
+    """2-D points coloured by integer label (tab10, legend) or one colour without labels."""
+    size = 16 if len(points) <= 1000 else 5  # visible dots for small sets, no blobs for large
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=size, color=TRAIN_COLOR, alpha=0.6, linewidths=0)
+    else:
+        y = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels)
+        classes = np.unique(y)
+        if len(classes) <= 10:
+            cmap = plt.get_cmap(LABEL_CMAP)
+            for c in classes:
+                m = y == c
+                name = names[int(c)] if names is not None and int(c) < len(names) else str(c)
+                ax.scatter(
+                    points[m, 0],
+                    points[m, 1],
+                    s=size,
+                    color=cmap(int(c) % 10),
+                    label=name,
+                    alpha=0.7,
+                    linewidths=0,
+                )
+            ax.legend(
+                title="label",
+                markerscale=2.5,
+                fontsize=8,
+                loc="center left",
+                bbox_to_anchor=(1.0, 0.5),
+                frameon=False,
+            )
+        else:
+            sc = ax.scatter(points[:, 0], points[:, 1], s=size, c=y, cmap="viridis", linewidths=0)
+            plt.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
+def plot_latent_scatter(
+    points: np.ndarray,
+    labels: torch.Tensor | None,
+    path: str | Path,
+    axis_labels: Sequence[str] = ("z1", "z2"),
+    title: str = "latent codes of the test data",
+    names: Sequence[str] | None = None,
+) -> Path:
+    """Scatter of 2-D latent points (n, 2) coloured by label; figure 6.5 x 5 inches."""
+    fig, ax = plt.subplots(figsize=(6.5, 5), layout="constrained")
+    _scatter(ax, np.asarray(points), labels, axis_labels, title, names)
+    return save_figure(fig, path)
+
+
+def plot_manifold(
+    images: torch.Tensor,
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    path: str | Path,
+    title: str = "latent manifold: E[x | z] on a grid of prior quantiles",
+    axis_labels: Sequence[str] = ("z1", "z2"),
+) -> Path | None:
+    """Decoded grid (len(z2) rows, top = largest z2, x len(z1) columns) with z values on the axes.
+
+    images: (len(z1) * len(z2), C, H, W).
+    """
+    imgs = as_images(images)
+    if imgs is None:
+        return None
+    n1, n2 = len(z1), len(z2)
+    cell = cell_inches(imgs.shape[1])
+    fig, ax = plt.subplots(figsize=(cell * n1 + 1.0, cell * n2 + 1.0), layout="constrained")
+    every = 1 if n1 <= 8 else 2
+    _show_cells(
+        ax,
+        imgs,
+        n1,
+        title,
+        col_labels=_thin(z1.tolist(), every),
+        row_labels=_thin(z2.flip(0).tolist(), every),
+        xlabel=axis_labels[0],
+        ylabel=axis_labels[1],
+    )
+    return save_figure(fig, path)
+
+
+def plot_interpolations(
+    strips: dict[str, torch.Tensor],
+    path: str | Path,
+    title: str = "interpolation between the codes of two test inputs",
+) -> Path | None:
+    """One row per method ({name: (steps, C, H, W)}), columns t = 0 ... 1."""
+    rows = [as_images(v) for v in strips.values()]
+    if any(r is None for r in rows):
+        return None
+    steps = rows[0].shape[0]
+    cell = cell_inches(rows[0].shape[1])
+    fig, ax = plt.subplots(
+        figsize=(cell * steps + 1.4, cell * len(rows) + 1.0), layout="constrained"
+    )
+    t = np.linspace(0, 1, steps)
+    _show_cells(
+        ax,
+        torch.cat(rows),
+        steps,
+        title,
+        col_labels=[f"{v:.2f}" for v in t],
+        row_labels=list(strips),
+        xlabel="t (0 and 1: reconstructions of the two inputs)",
+    )
+    return save_figure(fig, path)
+
+
+def plot_attribute(
+    moved: torch.Tensor,
+    strengths: Sequence[float],
+    path: str | Path,
+    title: str = "attribute vector added to\ntest inputs' codes",
+    inputs: torch.Tensor | None = None,
+) -> Path | None:
+    """Rows: inputs; columns: the input itself (if given), then z + s v for each strength s.
+
+    moved: (S, n, C, H, W); inputs: (n, C, H, W).
+    """
+    s, n = moved.shape[:2]
+    columns = moved.transpose(0, 1)  # (n, S, ...)
+    labels = [f"{v:+.1f}" for v in strengths]
+    if inputs is not None:
+        columns = torch.cat([inputs.unsqueeze(1).to(moved.dtype), columns], dim=1)
+        labels = ["input", *labels]
+    ncol = columns.shape[1]
+    imgs = as_images(columns.reshape(n * ncol, *moved.shape[2:]))
+    if imgs is None:
+        return None
+    cell = cell_inches(imgs.shape[1])
+    fig, ax = plt.subplots(
+        figsize=(max(cell * ncol + 1.2, 4.5), cell * n + 1.3), layout="constrained"
+    )
+    _show_cells(
+        ax,
+        imgs,
+        ncol,
+        title,
+        col_labels=labels,
+        row_labels=[str(i) for i in range(n)],
+        xlabel="strength s (0: reconstruction)",
+        ylabel="input",
+    )
+    return save_figure(fig, path)
+
+
+def plot_model_comparison(
+    panels: Sequence[dict[str, Any]],
+    path: str | Path,
+    title: str = "latent space: autoencoder vs VAE",
+) -> Path | None:
+    """Side by side, one column per model: its latent scatter above its decoded grid.
+
+    Each panel: ``name``, ``points`` (n, 2), ``labels`` or None, ``axis_labels``,
+    ``images`` (k*k, C, H, W) decoded on a grid over the codes' extent, ``u``, ``v`` (k,).
+    """
+    k = len(panels)
+    fig, axes = plt.subplots(2, k, figsize=(5.5 * k, 10), layout="constrained", squeeze=False)
+    for j, p in enumerate(panels):
+        _scatter(
+            axes[0, j],
+            np.asarray(p["points"]),
+            p["labels"],
+            p["axis_labels"],
+            p["name"],
+            p.get("names"),
+        )
+        imgs = as_images(p["images"])
+        if imgs is None:
+            axes[1, j].set_axis_off()
+            continue
+        every = 1 if len(p["u"]) <= 8 else 2
+        _show_cells(
+            axes[1, j],
+            imgs,
+            len(p["u"]),
+            f"{p['name']}: decoded grid over the codes' extent",
+            col_labels=_thin(p["u"].tolist(), every),
+            row_labels=_thin(p["v"].flip(0).tolist(), every),
+            xlabel=p["axis_labels"][0],
+            ylabel=p["axis_labels"][1],
+        )
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_reconstruction_nll(
+    history: Sequence[dict[str, Any]], path: str | Path, title: str = "reconstruction loss"
+) -> Path:
+    """An autoencoder's train and validation reconstruction NLL (nats per data point)."""
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    ax.plot(epochs, [r["train_nll"] for r in history], color=TRAIN_COLOR, label="train")
+    valid = np.array([r["valid_nll"] for r in history])
+    err = np.array([r.get("valid_nll_stderr", 0.0) for r in history])
+    ax.plot(epochs, valid, color=VALID_COLOR, label="validation")
+    ax.fill_between(epochs, valid - 2 * err, valid + 2 * err, color=VALID_COLOR, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("-log p(x | z(x)) per data point (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return save_figure(fig, path)

@@ -2,7 +2,10 @@
 
 A run directory holds ``config.json`` (data set, model and training configuration),
 ``checkpoint.pt``, ``metrics.jsonl``, ``results.json`` and the figures ``elbo.png``,
-``samples.png`` and ``reconstructions.png``.
+``samples.png``, ``reconstructions.png``, ``latent.png``, ``interpolation.png`` and, for a 2-D
+latent space, ``manifold.png`` (``.pdf`` on request). An autoencoder baseline run
+(``kind: "ae"``) holds ``loss.png`` instead of ``elbo.png`` and its samples come from a mixture
+fitted to its training codes.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import pyro
 import torch
 
 from . import plots
+from .autoencoder import build_autoencoder, fit_autoencoder, mean_reconstruction_nll
 from .checkpoint import load_checkpoint
 from .config import ModelConfig, build_vae
-from .data import DataSplits, load_dataset
+from .data import BINARIZE_MODES, DataSplits, binarize_splits, load_dataset
 from .errors import CheckpointError, ConfigError
 from .evaluation import LogLikelihood, log_likelihood
 from .train import CHECKPOINT, FitResult, TrainConfig, check_fit, eval_data, fit
@@ -40,22 +44,49 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
-def write_figures(vae: VAE, data: DataSplits, history, run_dir: Path, seed: int = 0) -> list[Path]:
-    """ELBO curve, 64 samples from the model and 32 test reconstructions."""
+def write_figures(
+    vae: VAE, data: DataSplits, history, run_dir: Path, seed: int = 0, fmt: str = "png"
+) -> list[Path]:
+    """The standard figures of a run (see the module docstring); returns the paths written.
+
+    Works for a VAE and for the autoencoder baseline (``history`` records of either fit loop).
+    """
+    from . import figures
+
+    if fmt not in FIGURE_FORMATS:
+        raise ConfigError(f"unknown figure format {fmt!r}; choose one of {list(FIGURE_FORMATS)}")
+    run_dir = Path(run_dir)
     torch.manual_seed(seed)
-    written = [plots.plot_elbo(history, run_dir / "elbo.png", title=f"ELBO on {data.name}")]
+    is_vae = hasattr(vae, "prior")
+    if is_vae:
+        written = [plots.plot_elbo(history, run_dir / f"elbo.{fmt}", title=f"ELBO on {data.name}")]
+    else:
+        written = [
+            plots.plot_reconstruction_nll(
+                history,
+                run_dir / f"loss.{fmt}",
+                title=f"autoencoder reconstruction loss on {data.name}",
+            )
+        ]
     vae.eval()
-    samples = vae.sample(64)
-    x = data.test[:32]
-    for path in (
-        plots.plot_image_grid(samples, run_dir / "samples.png", "samples from the model, E[x | z]"),
-        plots.plot_reconstructions(
-            x, vae.reconstruct(eval_data(vae, x)), run_dir / "reconstructions.png"
-        ),
-    ):
+    jobs = [
+        (figures.figure_samples, {"source": "prior" if is_vae else "aggregate", "seed": seed}),
+        (figures.figure_reconstructions, {}),
+        (figures.figure_latent, {}),
+        (figures.figure_interpolation, {}),
+    ]
+    names = ["samples", "reconstructions", "latent", "interpolation"]
+    if is_vae and vae.latent_dim == 2:
+        jobs.append((figures.figure_manifold, {}))
+        names.append("manifold")
+    for name, (make, options) in zip(names, jobs, strict=True):
+        path = make(vae, data, run_dir / f"{name}.{fmt}", **options)
         if path is not None:
             written.append(path)
     return written
+
+
+FIGURE_FORMATS = ("png", "pdf")
 
 
 def score(
@@ -85,10 +116,16 @@ def summary(result: LogLikelihood) -> dict[str, float]:
 
 
 def finish_run(
-    vae: VAE, data: DataSplits, result: FitResult, run: Path, seed: int, num_samples: int
+    vae: VAE,
+    data: DataSplits,
+    result: FitResult,
+    run: Path,
+    seed: int,
+    num_samples: int,
+    fmt: str = "png",
 ) -> dict[str, Any]:
     """Figures, test score and ``results.json`` of a trained run; returns the results."""
-    write_figures(vae, data, result.history, run, seed=seed)
+    write_figures(vae, data, result.history, run, seed=seed, fmt=fmt)
     test = score(vae, data, num_samples)
     results = {
         "epochs": result.epochs,
@@ -115,6 +152,11 @@ def resume_run(
     """
     run = Path(run_dir)
     config, model_config = read_run_config(run)
+    if config.get("kind", "vae") != "vae":
+        raise ConfigError(
+            f"{str(run)!r} is an autoencoder run, which cannot be resumed; retrain it with "
+            "--overwrite"
+        )
     try:
         train_config = TrainConfig(**config["train"])
     except TypeError as exc:
@@ -134,14 +176,15 @@ def resume_run(
         train_config = TrainConfig(**{**asdict(train_config), "epochs": epochs})
         config["train"] = asdict(train_config)
         (run / "config.json").write_text(json.dumps(config, indent=2))
-    data = data if data is not None else load_dataset(config["dataset"])
+    data = data if data is not None else load_run_data(config)
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
     result = fit(
         vae, data, train_config, run, model_config=model_config, progress=progress, resume=resume
     )
     num_samples = int(config.get("num_samples", 1000))
-    return finish_run(vae, data, result, run, train_config.seed, num_samples)
+    fmt = config.get("figure_format", "png")
+    return finish_run(vae, data, result, run, train_config.seed, num_samples, fmt)
 
 
 def read_run_config(run: Path) -> tuple[dict[str, Any], ModelConfig]:
@@ -172,13 +215,44 @@ def train_run(
     overwrite: bool = False,
     progress: bool = True,
     data: DataSplits | None = None,
+    kind: str = "vae",
+    data_dir: str | Path | None = None,
+    binarize: str | None = None,
+    fmt: str = "png",
     **model_options: Any,
 ) -> dict[str, Any]:
     """Load ``dataset``, build, train, score on the test split (IS, ``num_samples``), and write
-    every file of a run directory. Returns the results written to ``results.json``."""
-    data = data if data is not None else load_dataset(dataset)
+    every file of a run directory. Returns the results written to ``results.json``.
+
+    ``kind="ae"`` trains the deterministic autoencoder baseline with the same networks and
+    likelihood (:mod:`pyro_vae.autoencoder`) and scores its test reconstruction NLL instead.
+    ``binarize`` (``dynamic``/``static``/``none``; default: the likelihood's own choice) and
+    ``data_dir`` are recorded so that later commands load the same data.
+    """
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
+    if fmt not in FIGURE_FORMATS:
+        raise ConfigError(f"unknown figure format {fmt!r}; choose one of {list(FIGURE_FORMATS)}")
+    data_options = {
+        "data_dir": str(data_dir) if data_dir is not None else None,
+        "binarize": binarize,
+    }
+    data = data if data is not None else load_run_data({"dataset": dataset, **data_options})
     if model_config is None:
         model_config = ModelConfig(event_shape=data.event_shape, **model_options)
+    check_binarize(model_config, binarize)
+    if kind == "ae":
+        return _train_autoencoder_run(
+            dataset,
+            model_config,
+            train_config,
+            run_dir,
+            overwrite,
+            progress,
+            data,
+            data_options,
+            fmt,
+        )
     # Seed before building: the initial weights are part of what the seed fixes.
     pyro.set_rng_seed(train_config.seed)
     vae = build_vae(model_config)
@@ -191,16 +265,22 @@ def train_run(
                 "model": model_config.to_dict(),
                 "train": asdict(train_config),
                 "num_samples": num_samples,
+                "figure_format": fmt,
+                **_data_record(data_options),
             },
             indent=2,
         )
     )
     result = fit(vae, data, train_config, run, model_config=model_config, progress=progress)
-    return finish_run(vae, data, result, run, train_config.seed, num_samples)
+    return finish_run(vae, data, result, run, train_config.seed, num_samples, fmt)
 
 
 def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
-    """Rebuild the model of a run directory from its configuration and checkpoint."""
+    """Rebuild the model of a run directory from its configuration and checkpoint.
+
+    Returns a :class:`VAE`, or an :class:`~pyro_vae.autoencoder.Autoencoder` for a run with
+    ``"kind": "ae"`` in its ``config.json``.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise CheckpointError(f"run directory {str(run)!r} does not exist; check the path")
@@ -217,7 +297,7 @@ def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
             f"{str(config_path)!r} is not a valid run configuration ({exc})"
         ) from exc
     state = load_checkpoint(run / "checkpoint.pt")
-    vae = build_vae(model_config)
+    vae = build_autoencoder(model_config) if config.get("kind") == "ae" else build_vae(model_config)
     try:
         vae.load_state_dict(state["model_state"])
     except (RuntimeError, KeyError) as exc:
@@ -227,3 +307,81 @@ def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
         ) from exc
     vae.eval()
     return vae, config
+
+
+# --- data options and the autoencoder baseline run -------------------------------------------
+
+MODEL_KINDS = ("vae", "ae")
+
+
+def _data_record(data_options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data_options.items() if v is not None}
+
+
+def check_binarize(model_config: ModelConfig, binarize: str | None) -> None:
+    """Refuse a binarization the likelihood cannot honour.
+
+    Bernoulli-type likelihoods binarize [0, 1] data (dynamic by default, or ``static``);
+    likelihoods of continuous data take the data as they are (``none``).
+    """
+    if binarize is None:
+        return
+    if binarize not in BINARIZE_MODES:
+        raise ConfigError(
+            f"unknown binarization {binarize!r}; choose one of {list(BINARIZE_MODES)}"
+        )
+    from .config import build_likelihood
+
+    binary = build_likelihood(model_config).binarize
+    if binary and binarize == "none":
+        raise ConfigError(
+            f"the {model_config.likelihood} likelihood needs binary data and binarizes [0, 1] "
+            "data itself; use --binarize dynamic or static, or a likelihood for gray values "
+            "(e.g. --likelihood normal)"
+        )
+    if not binary and binarize == "dynamic":
+        raise ConfigError(
+            f"dynamic binarization is done by Bernoulli-type likelihoods, not "
+            f"{model_config.likelihood}; use --binarize static (fixed binary data) or none"
+        )
+
+
+def load_run_data(config: dict[str, Any]) -> DataSplits:
+    """The data of a run (``dataset``, ``data_dir``, ``binarize`` from its config.json)."""
+    data = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
+    binarize = config.get("binarize")
+    return binarize_splits(data, binarize) if binarize else data
+
+
+def _train_autoencoder_run(
+    dataset, model_config, train_config, run_dir, overwrite, progress, data, data_options, fmt
+) -> dict[str, Any]:
+    ae = build_autoencoder(model_config)
+    run = prepare_run_dir(run_dir, overwrite)
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "dataset": dataset,
+                "kind": "ae",
+                "model": model_config.to_dict(),
+                "train": asdict(train_config),
+                **_data_record(data_options),
+            },
+            indent=2,
+        )
+    )
+    result = fit_autoencoder(ae, data, train_config, run, model_config, progress=progress)
+    write_figures(ae, data, result.history, run, seed=train_config.seed, fmt=fmt)
+    ae.eval()
+    nll, nll_se = mean_reconstruction_nll(ae, eval_data(ae, data.test))
+    results = {
+        "kind": "ae",
+        "epochs": result.epochs,
+        "train_seconds": result.seconds,
+        "final_valid_nll": result.history[-1]["valid_nll"],
+        "test_reconstruction_nll": nll,
+        "test_reconstruction_nll_stderr": nll_se,
+        "num_test_points": int(data.test.shape[0]),
+    }
+    (run / "results.json").write_text(json.dumps(results, indent=2))
+    return results

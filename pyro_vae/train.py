@@ -82,8 +82,12 @@ def eval_data(vae: VAE, x: torch.Tensor) -> torch.Tensor:
 
 
 def check_fit(vae: VAE, data: DataSplits, batch_size: int) -> None:
-    """Refuse data the model cannot use, before any training."""
-    if not isinstance(vae, VAE):
+    """Refuse data the model cannot use, before any training.
+
+    ``vae`` is anything with ``event_shape`` and ``likelihood`` (a VAE, or the autoencoder
+    baseline).
+    """
+    if not (hasattr(vae, "event_shape") and hasattr(vae, "likelihood")):
         raise ConfigError(
             f"fit trains a pyro_vae.VAE, got {type(vae).__name__}; build one with build_vae"
         )
@@ -129,6 +133,11 @@ def fit(
     would (CPU). A non-finite loss, gradient or parameter raises :class:`TrainingError` naming
     the epoch and step; the checkpoint of the last good epoch is never overwritten.
     """
+    if not isinstance(vae, VAE):
+        raise ConfigError(
+            f"fit trains a pyro_vae.VAE, got {type(vae).__name__}; build one with build_vae "
+            "(fit_autoencoder trains the autoencoder baseline)"
+        )
     check_fit(vae, data, config.batch_size)
     if resume and run_dir is None:
         raise ConfigError("resume needs the run directory to continue from; pass run_dir")

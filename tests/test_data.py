@@ -1,69 +1,250 @@
-"""The embedded digits and users' array files."""
+"""Data loaders: IDX files (gzipped and plain), torchvision-style folders, the offline-missing
+message, array files with labels, folders of images, and binarization."""
+
+from __future__ import annotations
+
+import gzip
+import struct
 
 import numpy as np
 import pytest
 import torch
 
-from pyro_vae.data import load_array_file, load_dataset, load_digits, static_binarize
+from pyro_vae import image_data
+from pyro_vae.data import binarize_splits, load_array_file, load_dataset
 from pyro_vae.errors import DataError
+from pyro_vae.image_data import load_idx_folder, load_image_dataset, load_image_folder, read_idx
 
 
-def test_digits_split_is_fixed_and_scaled():
-    a, b = load_digits(), load_digits()
-    assert a.event_shape == (1, 8, 8)
-    assert (a.train.shape[0], a.valid.shape[0], a.test.shape[0]) == (1437, 180, 180)
-    assert torch.equal(a.test, b.test)
-    assert float(a.train.min()) == 0.0 and float(a.train.max()) == 1.0
-    assert a.labels["test"].shape == (180,)
+def write_idx(path, array: np.ndarray, compress: bool) -> None:
+    """The IDX format: 0x00 0x00 0x08 ndim, big-endian uint32 sizes, uint8 data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
 
 
-def test_static_binarization_is_fixed():
-    x = load_digits().test
-    b1, b2 = static_binarize(x), static_binarize(x)
-    assert torch.equal(b1, b2)
-    assert set(b1.unique().tolist()) <= {0.0, 1.0}
-    # Mean of the draws matches the intensities (binomial standard error).
-    n = x.numel()
-    se = float((x * (1 - x)).sum().sqrt() / n)
-    assert abs(float(b1.mean() - x.mean())) < 4 * se
+def make_idx_folder(folder, n_train=60, n_test=12, side=6, compress=True, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, side, side)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, side, side)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
+    }
+    for name, a in arrays.items():
+        write_idx(folder / name, a, compress)
+    return arrays
 
 
-def test_npy_is_split(tmp_path):
-    x = np.random.default_rng(0).random((50, 3, 4)).astype(np.float32)
-    np.save(tmp_path / "a.npy", x)
-    d = load_dataset(str(tmp_path / "a.npy"))
-    assert d.event_shape == (3, 4)
-    assert d.train.shape[0] + d.valid.shape[0] + d.test.shape[0] == 50
-    rows = torch.cat([d.train, d.valid, d.test]).reshape(50, -1)
-    assert torch.equal(rows.sort(0).values, torch.as_tensor(x).reshape(50, -1).sort(0).values)
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any download attempt fails the test; the network is reported absent."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(image_data, "network_available", lambda *a, **k: False)
+    monkeypatch.setattr(image_data, "_download", forbidden)
 
 
-def test_npz_named_splits_and_uint8(tmp_path):
-    tr = np.full((20, 4), 255, dtype=np.uint8)
-    te = np.zeros((5, 4), dtype=np.uint8)
-    np.savez(tmp_path / "b.npz", train=tr, test=te)
-    d = load_array_file(tmp_path / "b.npz")
-    assert d.test.shape == (5, 4) and float(d.test.max()) == 0.0
-    assert float(d.train.max()) == 1.0  # 8-bit scaled to [0, 1]
-    assert d.train.shape[0] + d.valid.shape[0] == 20
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_roundtrip(tmp_path, compress):
+    a = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
+    write_idx(tmp_path / "a-idx3-ubyte", a, compress)
+    path = tmp_path / ("a-idx3-ubyte.gz" if compress else "a-idx3-ubyte")
+    out = read_idx(path)
+    assert out.shape == (2, 3, 4) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, a)
 
 
-@pytest.mark.parametrize(
-    "make, message",
-    [
-        (lambda p: np.save(p / "c.npy", np.arange(10.0)), "one row per data point"),
-        (lambda p: np.savez(p / "c.npz", a=np.ones((5, 2)), b=np.ones((5, 2))), "train/valid/test"),
-        (lambda p: np.save(p / "c.npy", np.array([["a", "b"]] * 4)), "not numeric"),
-        (lambda p: np.save(p / "c.npy", np.ones((2, 3))), "at least 3"),
-    ],
-)
-def test_bad_array_files(tmp_path, make, message):
-    make(tmp_path)
-    path = next(tmp_path.iterdir())
-    with pytest.raises(DataError, match=message):
-        load_array_file(path)
+def test_read_idx_rejects_bad_magic_and_truncation(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(DataError, match="magic number"):
+        read_idx(tmp_path / "bad")
+    write_idx(tmp_path / "t", np.zeros((4, 2, 2)), compress=False)
+    (tmp_path / "short").write_bytes((tmp_path / "t").read_bytes()[:-3])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "short")
 
 
-def test_unknown_dataset_name():
-    with pytest.raises(DataError, match="unknown data set"):
-        load_dataset("no-such-set")
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_folder_gives_scaled_images_labels_and_a_fixed_valid_split(tmp_path, compress):
+    arrays = make_idx_folder(tmp_path, compress=compress)
+    data = load_idx_folder(tmp_path, "toy", valid_size=10)
+    assert data.train.shape == (50, 1, 6, 6) and data.valid.shape == (10, 1, 6, 6)
+    assert data.test.shape == (12, 1, 6, 6)
+    expected_test = torch.as_tensor(arrays["t10k-images-idx3-ubyte"] / 255.0, dtype=torch.float32)
+    torch.testing.assert_close(data.test[:, 0], expected_test)
+    torch.testing.assert_close(
+        data.labels["test"], torch.as_tensor(arrays["t10k-labels-idx1-ubyte"])
+    )
+    # train + valid is a permutation of the original training set, images kept with labels
+    x_all = torch.cat([data.train, data.valid])[:, 0].reshape(60, -1)
+    y_all = torch.cat([data.labels["train"], data.labels["valid"]])
+    orig = torch.as_tensor(arrays["train-images-idx3-ubyte"] / 255.0, dtype=torch.float32)
+    for x, y in zip(x_all, y_all, strict=True):
+        i = int(((orig.reshape(60, -1) - x).abs().sum(1)).argmin())
+        assert int(arrays["train-labels-idx1-ubyte"][i]) == int(y)
+    again = load_idx_folder(tmp_path, "toy", valid_size=10)
+    torch.testing.assert_close(again.valid, data.valid)
+    by_path = load_dataset(str(tmp_path))  # a folder of IDX files given as --dataset
+    torch.testing.assert_close(by_path.test, data.test)
+
+
+def test_named_data_set_found_in_torchvision_layout_without_network(tmp_path, no_network):
+    make_idx_folder(tmp_path / "KMNIST" / "raw")
+    data = load_image_dataset("kmnist", data_dir=tmp_path)
+    assert data.name == "kmnist" and data.train.shape[1:] == (1, 6, 6)
+    assert set(data.labels) == {"train", "valid", "test"}
+
+
+def test_system_dataset_folder_is_found_automatically(tmp_path, monkeypatch, no_network):
+    monkeypatch.setattr(image_data, "SYSTEM_DATA_DIRS", (tmp_path / "share",))
+    make_idx_folder(tmp_path / "share" / "fashion-mnist", compress=True)
+    data = load_dataset("fashion-mnist", data_dir=tmp_path / "empty")
+    assert data.name == "fashion-mnist" and data.test.shape == (12, 1, 6, 6)
+    assert data.label_names[0] == "T-shirt/top" and len(data.label_names) == 10
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_missing_offline_data_set_gives_one_clear_message(
+    tmp_path, monkeypatch, no_network, download
+):
+    monkeypatch.setattr(image_data, "SYSTEM_DATA_DIRS", (tmp_path / "share",))
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist", data_dir=tmp_path / "mine", download=download)
+    message = str(info.value)
+    assert "\n" not in message
+    assert (
+        str(tmp_path / "mine") in message and str(tmp_path / "share" / "fashion-mnist") in message
+    )
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert ("no network" if download else "downloads are off") in message
+
+
+def test_missing_cifar_offline_names_its_folder(tmp_path, no_network):
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        load_dataset("cifar10", data_dir=tmp_path)
+
+
+def test_array_file_labels_single_array(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 3)).astype(np.float32)
+    y = np.arange(40) % 4
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    data = load_array_file(tmp_path / "d.npz")
+    assert data.train.shape[0] + data.valid.shape[0] + data.test.shape[0] == 40
+    for split in ("train", "valid", "test"):
+        xs, ys = getattr(data, split), data.labels[split]
+        for row, label in zip(xs, ys, strict=True):
+            i = int((torch.as_tensor(x) - row).abs().sum(1).argmin())
+            assert y[i] == int(label)
+
+
+def test_array_file_labels_named_splits_and_bad_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(
+        tmp_path / "s.npz",
+        x_train=rng.random((30, 2)),
+        y_train=np.arange(30) % 3,
+        x_test=rng.random((6, 2)),
+        y_test=np.arange(6) % 3,
+    )
+    data = load_array_file(tmp_path / "s.npz")
+    assert data.labels["test"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert len(data.labels["train"]) == data.train.shape[0]
+    np.savez(tmp_path / "b.npz", x=rng.random((10, 2)), y=np.arange(9))
+    with pytest.raises(DataError, match="labels"):
+        load_array_file(tmp_path / "b.npz")
+
+
+def _save_images(folder, arrays, mode):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(arrays):
+        Image.fromarray(a, mode=mode).save(folder / f"{i}.png")
+
+
+def test_image_folder_with_class_subfolders(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        _save_images(tmp_path / label, rng.integers(0, 256, (5, 4, 7), dtype=np.uint8), "L")
+    data = load_image_folder(tmp_path)
+    n = data.train.shape[0] + data.valid.shape[0] + data.test.shape[0]
+    assert n == 10 and data.train.shape[1:] == (1, 4, 7)
+    assert 0.0 <= float(data.train.min()) and float(data.train.max()) <= 1.0
+    all_labels = torch.cat([data.labels[s] for s in ("train", "valid", "test")])
+    assert sorted(all_labels.tolist()) == [0] * 5 + [1] * 5
+    assert data.label_names == ["a", "b"]
+
+
+def test_image_folder_rgb_and_mixed_sizes(tmp_path):
+    rng = np.random.default_rng(0)
+    _save_images(tmp_path / "rgb", rng.integers(0, 256, (4, 5, 5, 3), dtype=np.uint8), "RGB")
+    data = load_dataset(str(tmp_path / "rgb"))
+    assert data.train.shape[1:] == (3, 5, 5) and data.labels == {}
+    _save_images(tmp_path / "mixed", [np.zeros((5, 5), np.uint8), np.zeros((6, 5), np.uint8)], "L")
+    (tmp_path / "mixed" / "2.png").write_bytes((tmp_path / "mixed" / "0.png").read_bytes())
+    with pytest.raises(DataError, match="differ in size"):
+        load_image_folder(tmp_path / "mixed")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_image_folder(tmp_path / "none")
+
+
+def test_binarization_modes(tmp_path):
+    np.save(tmp_path / "g.npy", np.full((50, 4), 0.5, dtype=np.float32))
+    data = load_array_file(tmp_path / "g.npy")
+    assert binarize_splits(data, "none") is data and binarize_splits(data, "dynamic") is data
+    static = binarize_splits(data, "static")
+    again = binarize_splits(data, "static")
+    for split in ("train", "valid", "test"):
+        x = getattr(static, split)
+        assert set(x.unique().tolist()) <= {0.0, 1.0}
+        torch.testing.assert_close(x, getattr(again, split))
+    # one seeded draw of Bernoulli(0.5): the mean of 200 values is within 4 standard errors
+    assert abs(float(static.train.mean()) - 0.5) < 4 * 0.5 / np.sqrt(static.train.numel())
+    with pytest.raises(DataError, match="unknown binarization"):
+        binarize_splits(data, "sometimes")
+
+
+def test_binarize_choice_must_fit_the_likelihood():
+    from pyro_vae.config import ModelConfig
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.runs import check_binarize
+
+    bern = ModelConfig(event_shape=(4,), likelihood="bernoulli")
+    normal = ModelConfig(event_shape=(4,), likelihood="normal")
+    for config, mode in ((bern, "dynamic"), (bern, "static"), (normal, "none"), (normal, "static")):
+        check_binarize(config, mode)
+    for config, mode in ((bern, "none"), (normal, "dynamic"), (bern, "often")):
+        with pytest.raises(ConfigError):
+            check_binarize(config, mode)
+
+
+def test_cifar10_batches_are_read_as_rgb_planes(tmp_path, no_network):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [*image_data.CIFAR_TRAIN_BATCHES, "test_batch"]:
+        data = np.zeros((4, 3072), dtype=np.uint8)
+        data[:, :1024] = 255  # the red plane of every image
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [0, 1, 2, 3]}, f)
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    assert data.train.shape[1:] == (3, 32, 32) and data.test.shape == (4, 3, 32, 32)
+    assert data.train.shape[0] + data.valid.shape[0] == 20
+    assert bool((data.test[:, 0] == 1).all()) and bool((data.test[:, 1:] == 0).all())
+    assert data.labels["test"].tolist() == [0, 1, 2, 3] and data.label_names[0] == "airplane"
+    (folder / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="re-extract"):
+        load_dataset("cifar10", data_dir=tmp_path)
