@@ -33,6 +33,10 @@ class TrainConfig:
     objective: str = "elbo"
     num_particles: int = 1
     valid_num_samples: int = 10
+    beta: float = 1.0
+    warmup: str = "none"
+    warmup_epochs: float = 0.0
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -83,15 +87,25 @@ def fit(
 ) -> FitResult:
     """Train ``vae`` on ``data.train`` by stochastic variational inference.
 
-    Each step minimizes -ELBO(x_batch) / batch_size with Adam over the VAE's parameters
-    (Pyro's ``ELBOModule`` route: ``elbo(model, guide)`` is a differentiable loss), so every
-    reported figure is per data point, in nats. After each epoch the validation ELBO is
-    estimated with ``config.valid_num_samples`` particles per point. With ``run_dir``, writes
+    Each step minimizes the objective's loss / batch_size (``config.objective``: ELBO,
+    IWAE-K, DReG, with KL weight and free bits, see :mod:`pyro_vae.objectives`) with Adam
+    over the VAE's parameters, so every reported figure is per data point, in nats.
+    ``train_elbo`` is always the true (beta = 1) ELBO of the training batches, ``train_loss``
+    what was minimized. After each epoch the validation ELBO is estimated with
+    ``config.valid_num_samples`` particles per point. With ``run_dir``, writes
     ``config.json``, ``checkpoint.pt`` (each epoch, atomically) and ``metrics.jsonl``.
     """
     check_fit(vae, data, config.batch_size)
     pyro.set_rng_seed(config.seed)
-    loss_fn = make_objective(config.objective, config.num_particles)(vae.model, vae.guide)
+    objective = make_objective(
+        config.objective,
+        config.num_particles,
+        beta=config.beta,
+        warmup=config.warmup,
+        warmup_epochs=config.warmup_epochs,
+        free_bits=config.free_bits,
+    )
+    steps_per_epoch = math.ceil(data.train.shape[0] / config.batch_size)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     valid = eval_data(vae, data.valid)
     run = Path(run_dir) if run_dir is not None else None
@@ -105,12 +119,14 @@ def fit(
     for epoch in bar:
         vae.train()
         perm = torch.randperm(n)
-        total, seen = 0.0, 0
+        total, total_elbo, seen = 0.0, 0.0, 0
         for step, i in enumerate(range(0, n, config.batch_size)):
             x = data.train[perm[i : i + config.batch_size]]
             if vae.likelihood.binarize:
                 x = dynamic_binarize(x)
-            loss = loss_fn(x) / x.shape[0]
+            kl_weight = objective.kl_weight(epoch - 1 + step / steps_per_epoch)
+            value = objective.loss(vae.model, vae.guide, x, kl_weight)
+            loss = value.loss / x.shape[0]
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss is {float(loss)} at epoch {epoch}, step {step}; lower the learning "
@@ -120,12 +136,15 @@ def fit(
             loss.backward()
             optimizer.step()
             total += loss.item() * x.shape[0]
+            total_elbo += value.elbo
             seen += x.shape[0]
         vae.eval()
         val = log_likelihood(vae.model, vae.guide, valid, num_samples=config.valid_num_samples)
         record = {
             "epoch": epoch,
-            "train_elbo": -total / seen,
+            "train_elbo": total_elbo / seen,
+            "train_loss": total / seen,
+            "kl_weight": kl_weight,
             "valid_elbo": val.elbo,
             "valid_elbo_stderr": val.elbo_stderr,
             f"valid_iwae{config.valid_num_samples}": val.mean,
