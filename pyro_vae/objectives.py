@@ -22,11 +22,10 @@ import pyro
 import pyro.infer
 import torch
 from pyro import poutine
-from pyro.distributions import Independent
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution, Independent, kl_divergence
 
 from .errors import ConfigError
 from .evaluation import particle_dim_of, site_term
@@ -393,7 +392,9 @@ class Objective:
         scaled_guide = LatentScale(kl_weight, self.latent_sites)(guide)
         loss = self._pyro_elbo.differentiable_loss(scaled_model, scaled_guide, x)
         with torch.no_grad():
-            true = iwae_loss(model, guide, x, 1, latent_sites=self.latent_sites).elbo
+            true = iwae_loss(
+                model, guide, x, self.num_particles, latent_sites=self.latent_sites
+            ).elbo
         return LossValue(loss, true)
 
 

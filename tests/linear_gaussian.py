@@ -35,6 +35,21 @@ class LinearGaussian(nn.Module):
             self.enc.weight.copy_(0.3 * torch.randn(2 * L, D, generator=g))
             self.enc.bias.zero_()
 
+    def set_encoder_to_posterior(self, noise=0.0, seed=2):
+        """Encoder weights of the exact posterior (needs ``orthogonal=True``), plus noise."""
+        g = torch.Generator().manual_seed(seed)
+        W, b = self.W.detach(), self.b.detach()
+        S = torch.linalg.inv(torch.eye(self.L) + W.T @ W / self.s**2)
+        A = (W @ S / self.s**2).T  # loc = A (x - b)
+        raw = torch.log(torch.expm1(S.diagonal().sqrt()))  # softplus^-1 of the posterior sd
+        with torch.no_grad():
+            self.enc.weight.zero_()
+            self.enc.weight[: self.L] = A
+            self.enc.bias[: self.L] = -A @ b
+            self.enc.bias[self.L :] = raw
+            self.enc.weight.add_(noise * torch.randn(self.enc.weight.shape, generator=g))
+            self.enc.bias.add_(noise * torch.randn(self.enc.bias.shape, generator=g))
+
     def model(self, x):
         with pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", dist.Normal(torch.zeros(self.L), 1.0).to_event(1))
