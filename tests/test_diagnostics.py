@@ -1,9 +1,9 @@
 import pyro
 import torch
+from ppca_encoder import LinearGaussian
 
 from pyro_vae.diagnostics import khat_summary, posterior_inference_data, psis_khat
 from pyro_vae.evaluation import log_likelihood
-from tests.linear_gaussian import LinearGaussian
 
 
 def _khat(lg, x, scale):

@@ -1,7 +1,7 @@
 import pyro
+from ppca_encoder import LinearGaussian
 
 from pyro_vae.gaps import inference_gaps
-from tests.linear_gaussian import LinearGaussian
 
 
 def test_local_elbo_reaches_log_px_and_untrained_encoder_has_amortization_gap():
@@ -23,3 +23,21 @@ def test_local_elbo_reaches_log_px_and_untrained_encoder_has_amortization_gap():
     assert gaps.amortization_gap.mean() > 2.0
     s = gaps.summary()
     assert set(s) >= {"approximation gap", "amortization gap", "log p(x)"}
+
+
+def test_cli_trains_with_objective_options_and_prints_gaps_table(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim"]
+    args += ["2", "--objective", "dreg", "--num-particles", "3", "--warmup", "linear"]
+    args += ["--warmup-epochs", "2", "--beta", "0.5", "--num-samples", "10"]
+    args += ["--output-dir", str(tmp_path), "--name", "r", "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    run = str(tmp_path / "r")
+    args = [run, "--method", "gaps", "--num-samples", "50", "--num-points", "4"]
+    assert main(["evaluate", *args, "--ais-steps", "3", "--gap-steps", "3"]) == 0
+    out = capsys.readouterr().out
+    for row in ("ELBO", "IWAE-5", "IS (K=50)", "AIS", "amortization gap", "PSIS k-hat"):
+        assert row in out
+    assert main(["train", "--dataset", "digits", "--warmup", "linear"]) == 2  # no length

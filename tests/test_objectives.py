@@ -3,6 +3,7 @@ import math
 import pyro
 import pytest
 import torch
+from ppca_encoder import LinearGaussian
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import log_weights
@@ -14,7 +15,6 @@ from pyro_vae.objectives import (
     make_objective,
     per_dim_kl,
 )
-from tests.linear_gaussian import LinearGaussian
 
 
 def test_trace_elbo_and_meanfield_agree_within_mc_error():

@@ -1,4 +1,4 @@
-"""Linear-Gaussian model (probabilistic PCA) with exact log p(x) and exact posterior.
+"""Linear-Gaussian model (probabilistic PCA) with a trainable linear encoder as guide.
 
 p(z) = N(0, I_L), p(x | z) = N(W z + b, s^2 I_D)  =>  p(x) = N(b, W W^T + s^2 I),
 p(z | x) = N(S W^T (x - b) / s^2, S), S = (I + W^T W / s^2)^-1.
