@@ -158,6 +158,11 @@ def ais_log_likelihood(
         batch_size = min(n, 64)
     betas = sigmoid_schedule(num_steps)
     particle_dim = particle_dim_of(model, guide, data[:1])
+    if particle_dim != -2:
+        raise ConfigError(
+            "AIS supports programs whose only plate is the data plate (chains at dim -2); "
+            "flatten the other plates into the event shape"
+        )
     est, se, acc = [], [], []
     for start in range(0, n, batch_size):
         x = data[start : start + batch_size]

@@ -77,10 +77,13 @@ def posterior_inference_data(
         raise ValueError(f"expected one data point, got a batch of {x.shape[0]}")
     if seed is not None:
         pyro.set_rng_seed(seed)
-    with pyro.plate("particles", num_samples, dim=-2):
+    from .evaluation import particle_dim_of
+
+    pdim = particle_dim_of(model, guide, x)
+    with pyro.plate("particles", num_samples, dim=pdim):
         trace = poutine.trace(guide).get_trace(x)
     z = trace.nodes[site]["value"].reshape(num_samples, -1)  # (K, latent_dim)
-    lw = _log_weights_at(model, guide, x, trace, num_samples)
+    lw = _log_weights_at(model, x, trace, num_samples, pdim)
     idx = torch.multinomial(torch.softmax(lw, 0), num_samples, replacement=True)
     dims = {site: [f"{site}_dim"]}
     idata = az.from_dict(
@@ -98,13 +101,14 @@ def posterior_inference_data(
     return idata
 
 
-def _log_weights_at(model, guide, x, guide_trace, num_samples) -> torch.Tensor:
+def _log_weights_at(model, x, guide_trace, num_samples, pdim) -> torch.Tensor:
+    """(K,) log weights of one data point at the guide trace's samples."""
     import pyro
     from pyro import poutine
 
     from .evaluation import _site_terms
 
-    with pyro.plate("particles", num_samples, dim=-2):
+    with pyro.plate("particles", num_samples, dim=pdim):
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
     from pyro.poutine.util import prune_subsample_sites
 
@@ -112,6 +116,6 @@ def _log_weights_at(model, guide, x, guide_trace, num_samples) -> torch.Tensor:
     guide_trace = prune_subsample_sites(guide_trace)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
-    lp = _site_terms(model_trace, -2, "data", num_samples, 1)
-    lq = _site_terms(guide_trace, -2, "data", num_samples, 1)
+    lp = _site_terms(model_trace, pdim, "data", num_samples, 1)
+    lq = _site_terms(guide_trace, pdim, "data", num_samples, 1)
     return (lp - lq)[:, 0]

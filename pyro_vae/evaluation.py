@@ -3,6 +3,8 @@
 Contract: the model observes site ``"x"`` and every sample site of model and guide lies
 inside ``pyro.plate(data_plate, ...)``; vectorized particles are added on the left, so the
 per-example log weights keep the data dimension until after the logsumexp over particles.
+Further estimators on the same contract: ``ais`` (annealed importance sampling), ``gaps``
+(approximation and amortization gaps), ``diagnostics`` (PSIS k-hat, posterior InferenceData).
 """
 
 from __future__ import annotations
