@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +34,8 @@ class InferenceReport:
         width = max(len(r[0]) for r in self.rows)
         lines = [f"{'estimate':<{width}}  {'nats':>10}  {'stderr':>8}  {'points':>6}"]
         for name, mean, se, n in self.rows:
-            lines.append(f"{name:<{width}}  {mean:10.3f}  {se:8.3f}  {n:6d}")
+            err = f"{se:8.3f}" if math.isfinite(se) else f"{'-':>8}"
+            lines.append(f"{name:<{width}}  {mean:10.3f}  {err}  {n:6d}")
         if self.khat:
             lines.append(
                 f"PSIS k-hat: {100 * self.khat['frac_over_0.7']:.1f}% of points over "
