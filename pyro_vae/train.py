@@ -45,6 +45,18 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        self.make_objective()  # refuse bad objective options before any file is written
+
+    def make_objective(self):
+        """The training objective these options describe (:mod:`pyro_vae.objectives`)."""
+        return make_objective(
+            self.objective,
+            self.num_particles,
+            beta=self.beta,
+            warmup=self.warmup,
+            warmup_epochs=self.warmup_epochs,
+            free_bits=self.free_bits,
+        )
 
 
 @dataclass
@@ -97,14 +109,7 @@ def fit(
     """
     check_fit(vae, data, config.batch_size)
     pyro.set_rng_seed(config.seed)
-    objective = make_objective(
-        config.objective,
-        config.num_particles,
-        beta=config.beta,
-        warmup=config.warmup,
-        warmup_epochs=config.warmup_epochs,
-        free_bits=config.free_bits,
-    )
+    objective = config.make_objective()
     steps_per_epoch = math.ceil(data.train.shape[0] / config.batch_size)
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     valid = eval_data(vae, data.valid)

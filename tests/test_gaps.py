@@ -40,4 +40,7 @@ def test_cli_trains_with_objective_options_and_prints_gaps_table(tmp_path, capsy
     out = capsys.readouterr().out
     for row in ("ELBO", "IWAE-5", "IS (K=50)", "AIS", "amortization gap", "PSIS k-hat"):
         assert row in out
-    assert main(["train", "--dataset", "digits", "--warmup", "linear"]) == 2  # no length
+    bad = ["train", "--warmup", "linear", "--output-dir", str(tmp_path), "--name", "bad"]
+    assert main(bad) == 2  # a warm-up needs its length
+    assert "warmup_epochs" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
