@@ -3,6 +3,8 @@
 Contract: the model observes site ``"x"`` and every sample site of model and guide lies
 inside ``pyro.plate(data_plate, ...)``; vectorized particles are added on the left, so the
 per-example log weights keep the data dimension until after the logsumexp over particles.
+Further estimators on the same contract: ``ais`` (annealed importance sampling), ``gaps``
+(approximation and amortization gaps), ``diagnostics`` (PSIS k-hat, posterior InferenceData).
 """
 
 from __future__ import annotations
@@ -89,32 +91,47 @@ def _particle_dim(model: Callable, guide: Callable, x: torch.Tensor, *args, **kw
     return -(nesting + 1)
 
 
+def site_term(
+    name: str, site: dict, particle_dim: int, data_plate: str, num_particles: int, batch: int
+) -> torch.Tensor:
+    """One sample site's (scaled) log-probability ``site["log_prob"]`` as (particles, batch).
+
+    Every dimension except the particle dimension and the data plate's is summed out.
+    """
+    frames = {f.name: f for f in site["cond_indep_stack"]}
+    if data_plate not in frames:
+        raise DataError(
+            f"sample site {name!r} is outside plate {data_plate!r}; per-example weights "
+            f"need every sample site inside the data plate"
+        )
+    n_dims = -particle_dim
+    data_dim = frames[data_plate].dim
+    lp = site["log_prob"]
+    lp = lp.reshape((1,) * (n_dims - lp.dim()) + tuple(lp.shape))
+    keep = {0, n_dims + data_dim}
+    others = [d for d in range(n_dims) if d not in keep]
+    if others:
+        lp = lp.sum(others, keepdim=True)
+    lp = lp.reshape(lp.shape[0], lp.shape[n_dims + data_dim])
+    return lp.expand(num_particles, batch)
+
+
 def _site_terms(trace, particle_dim: int, data_plate: str, num_particles: int, batch: int):
     """Sum each sample site's log-probability to shape (particles, batch)."""
     total: torch.Tensor | None = None
-    n_dims = -particle_dim
     for name, site in trace.nodes.items():
         if site["type"] != "sample":
             continue
-        frames = {f.name: f for f in site["cond_indep_stack"]}
-        if data_plate not in frames:
-            raise DataError(
-                f"sample site {name!r} is outside plate {data_plate!r}; per-example weights "
-                f"need every sample site inside the data plate"
-            )
-        data_dim = frames[data_plate].dim
-        lp = site["log_prob"]
-        lp = lp.reshape((1,) * (n_dims - lp.dim()) + tuple(lp.shape))
-        keep = {0, n_dims + data_dim}
-        others = [d for d in range(n_dims) if d not in keep]
-        if others:
-            lp = lp.sum(others, keepdim=True)
-        lp = lp.reshape(lp.shape[0], lp.shape[n_dims + data_dim])
-        lp = lp.expand(num_particles, batch)
+        lp = site_term(name, site, particle_dim, data_plate, num_particles, batch)
         total = lp if total is None else total + lp
     if total is None:
         raise DataError("the program has no sample sites; nothing to weigh")
     return total
+
+
+def particle_dim_of(model: Callable, guide: Callable, x: torch.Tensor) -> int:
+    """The first free dimension left of every plate used by ``model`` and ``guide``."""
+    return _particle_dim(model, guide, x)
 
 
 def log_weights(

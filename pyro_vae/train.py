@@ -19,7 +19,7 @@ from .config import ModelConfig
 from .data import DataSplits, dynamic_binarize, static_binarize
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .evaluation import log_likelihood
-from .objectives import make_objective
+from .objectives import Objective, make_objective
 from .rng import get_rng_state, set_rng_state
 from .vae import VAE
 from .validation import check_finite_config, check_positive_int, check_tensor
@@ -53,6 +53,10 @@ class TrainConfig:
     valid_num_samples: int = 10
     #: Largest total gradient 2-norm per step; ``None`` leaves gradients unchanged.
     clip_grad: float | None = None
+    beta: float = 1.0
+    warmup: str = "none"
+    warmup_epochs: float = 0.0
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -65,6 +69,18 @@ class TrainConfig:
             check_positive_int(getattr(self, name), name)
         if self.clip_grad is not None:
             check_finite_config(self.clip_grad, "clip_grad (--clip-grad)")
+        self.make_objective()  # refuse bad objective options before any file is written
+
+    def make_objective(self):
+        """The training objective these options describe (:mod:`pyro_vae.objectives`)."""
+        return make_objective(
+            self.objective,
+            self.num_particles,
+            beta=self.beta,
+            warmup=self.warmup,
+            warmup_epochs=self.warmup_epochs,
+            free_bits=self.free_bits,
+        )
 
 
 @dataclass
@@ -122,10 +138,12 @@ def fit(
 ) -> FitResult:
     """Train ``vae`` on ``data.train`` by stochastic variational inference.
 
-    Each step minimizes -ELBO(x_batch) / batch_size with Adam over the VAE's parameters
-    (Pyro's ``ELBOModule`` route: ``elbo(model, guide)`` is a differentiable loss), so every
-    reported figure is per data point, in nats. After each epoch the validation ELBO is
-    estimated with ``config.valid_num_samples`` particles per point. With ``run_dir``, writes
+    Each step minimizes the objective's loss / batch_size (``config.objective``: ELBO,
+    IWAE-K, DReG, with KL weight and free bits, see :mod:`pyro_vae.objectives`) with Adam
+    over the VAE's parameters, so every reported figure is per data point, in nats.
+    ``train_elbo`` is always the true (beta = 1) ELBO of the training batches, ``train_loss``
+    what was minimized. After each epoch the validation ELBO is estimated with
+    ``config.valid_num_samples`` particles per point. With ``run_dir``, writes
     ``config.json``, ``checkpoint.pt`` (each epoch, atomically) and ``metrics.jsonl``.
 
     With ``resume``, continues from ``run_dir/checkpoint.pt``: model, optimizer and every
@@ -142,7 +160,7 @@ def fit(
     if resume and run_dir is None:
         raise ConfigError("resume needs the run directory to continue from; pass run_dir")
     pyro.set_rng_seed(config.seed)
-    loss_fn = make_objective(config.objective, config.num_particles)(vae.model, vae.guide)
+    objective = config.make_objective()
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
     valid = eval_data(vae, data.valid)
     run = Path(run_dir) if run_dir is not None else None
@@ -169,7 +187,7 @@ def fit(
     )
     for epoch in bar:
         vae.train()
-        train_metrics = train_epoch(vae, loss_fn, optimizer, data.train, config, epoch, run)
+        train_metrics = train_epoch(vae, objective, optimizer, data.train, config, epoch, run)
         vae.eval()
         val = log_likelihood(vae.model, vae.guide, valid, num_samples=config.valid_num_samples)
         record = {
@@ -188,26 +206,31 @@ def fit(
 
 def train_epoch(
     vae: VAE,
-    loss_fn: torch.nn.Module,
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     train: torch.Tensor,
     config: TrainConfig,
     epoch: int,
     run: Path | None = None,
 ) -> dict[str, float]:
-    """One pass over ``train`` in a fresh random order; returns the epoch's training metrics
-    (``train_elbo``: mean ELBO per data point).
+    """One pass over ``train`` in a fresh random order; returns the epoch's training metrics:
+    ``train_elbo`` (true, beta = 1, ELBO per data point), ``train_loss`` (what was minimized,
+    per data point) and ``kl_weight`` (at the last step).
 
     train: (N, *event_shape). Each step's loss and gradient are checked before the update.
     """
     n = train.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
     perm = torch.randperm(n)
-    total, seen = 0.0, 0
+    total, total_elbo, seen = 0.0, 0.0, 0
+    kl_weight = 1.0
     for step, i in enumerate(range(0, n, config.batch_size)):
         x = train[perm[i : i + config.batch_size]]
         if vae.likelihood.binarize:
             x = dynamic_binarize(x)
-        loss = loss_fn(x) / x.shape[0]
+        kl_weight = objective.kl_weight(epoch - 1 + step / steps_per_epoch)
+        value = objective.loss(vae.model, vae.guide, x, kl_weight)
+        loss = value.loss / x.shape[0]
         check_finite_step(loss, None, epoch, step, run)
         optimizer.zero_grad()
         loss.backward()
@@ -215,8 +238,9 @@ def train_epoch(
         check_finite_step(loss, norm, epoch, step, run)
         optimizer.step()
         total += loss.item() * x.shape[0]
+        total_elbo += value.elbo
         seen += x.shape[0]
-    return {"train_elbo": -total / seen}
+    return {"train_elbo": total_elbo / seen, "train_loss": total / seen, "kl_weight": kl_weight}
 
 
 def clip_gradients(vae: VAE, max_norm: float | None) -> torch.Tensor:

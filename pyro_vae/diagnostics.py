@@ -1,0 +1,121 @@
+"""Diagnostics of importance-sampled estimates, and one data point's posterior for ArviZ."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+#: Above this PSIS shape the importance-sampling estimate is unreliable (Vehtari et al. 2024).
+KHAT_UNRELIABLE = 0.7
+
+
+def _arviz():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
+    """Pareto-smoothed importance sampling shape k-hat per data point.
+
+    log_weights: (K, N), as ``log_likelihood(..., keep_log_weights=True).log_weights`` ->
+    (N,). k-hat estimates the tail index of the weight distribution by fitting a generalized
+    Pareto distribution to its largest weights (``arviz.psislw``; Vehtari, Simpson, Gelman,
+    Yao & Gabry 2024). k < 0.5: finite variance; k > 0.7: the estimate is unreliable.
+    Points whose log weights are all equal (to 1e-4; zero variance) get k = -inf.
+    """
+    az = _arviz()
+    lw = log_weights.detach().double().T.contiguous().numpy()  # arviz: samples last
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, k = az.psislw(lw)
+    k = torch.as_tensor(np.asarray(k), dtype=log_weights.dtype)
+    # equal weights (the exact posterior as proposal) have no tail: the GPD fit degenerates
+    spread = log_weights.max(0).values - log_weights.min(0).values
+    return torch.where(spread < 1e-4, torch.full_like(k, -math.inf), k)
+
+
+def khat_summary(khat: torch.Tensor) -> dict[str, float]:
+    """Fraction of points over 0.5 and over :data:`KHAT_UNRELIABLE`, and the largest k-hat."""
+    return {
+        "frac_over_0.5": float((khat > 0.5).float().mean()),
+        "frac_over_0.7": float((khat > KHAT_UNRELIABLE).float().mean()),
+        "max": float(khat.max()),
+    }
+
+
+@torch.no_grad()
+def posterior_inference_data(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    site: str = "z",
+    seed: int | None = None,
+):
+    """q(z | x) samples and importance-resampled samples for ONE data point, as InferenceData.
+
+    x: (1, *event_shape). Groups: ``posterior`` holds the importance-
+    resampled draws (sampling-importance-resampling: z_k ~ q, resampled with probabilities
+    w_k / sum_j w_j, w_k = p(x, z_k) / q(z_k | x); closer to p(z | x) than q as K grows),
+    the raw draws from q(z | x) are in group ``variational`` and the
+    log weights in ``sample_stats`` (``log_weight``, one chain). ``arviz.summary(idata)``
+    summarizes the resampled posterior; ``arviz.summary(idata, group="variational")`` q.
+    """
+    import pyro
+    import xarray as xr
+    from pyro import poutine
+
+    az = _arviz()
+    if x.shape[0] != 1:
+        raise ValueError(f"expected one data point, got a batch of {x.shape[0]}")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    from .evaluation import particle_dim_of
+
+    pdim = particle_dim_of(model, guide, x)
+    with pyro.plate("particles", num_samples, dim=pdim):
+        trace = poutine.trace(guide).get_trace(x)
+    z = trace.nodes[site]["value"].reshape(num_samples, -1)  # (K, latent_dim)
+    lw = _log_weights_at(model, x, trace, num_samples, pdim)
+    idx = torch.multinomial(torch.softmax(lw, 0), num_samples, replacement=True)
+    dims = {site: [f"{site}_dim"]}
+    idata = az.from_dict(
+        posterior={site: z[idx].numpy()[None]},
+        sample_stats={"log_weight": lw.numpy()[None]},
+        dims=dims,
+    )
+    variational = xr.Dataset(
+        {site: (("chain", "draw", f"{site}_dim"), z.numpy()[None])},
+        coords={"chain": [0], "draw": np.arange(num_samples)},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        idata.add_groups(variational=variational)
+    return idata
+
+
+def _log_weights_at(model, x, guide_trace, num_samples, pdim) -> torch.Tensor:
+    """(K,) log weights of one data point at the guide trace's samples."""
+    import pyro
+    from pyro import poutine
+
+    from .evaluation import _site_terms
+
+    with pyro.plate("particles", num_samples, dim=pdim):
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    from pyro.poutine.util import prune_subsample_sites
+
+    model_trace = prune_subsample_sites(model_trace)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    lp = _site_terms(model_trace, pdim, "data", num_samples, 1)
+    lq = _site_terms(guide_trace, pdim, "data", num_samples, 1)
+    return (lp - lq)[:, 0]

@@ -1,0 +1,118 @@
+"""One table of bounds and estimates for a model/guide pair: ELBO, IWAE-k, IS, AIS, gaps, k-hat."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .ais import ais_log_likelihood
+from .diagnostics import KHAT_UNRELIABLE, khat_summary, psis_khat
+from .errors import ConfigError
+from .evaluation import log_likelihood
+from .gaps import inference_gaps
+
+METHODS = ("is", "ais", "gaps")
+
+
+@dataclass
+class InferenceReport:
+    """Rows (name, mean over data points, standard error, number of points), in nats, and the
+    PSIS k-hat summary of the importance-sampled estimate."""
+
+    rows: list[tuple[str, float, float, int]] = field(default_factory=list)
+    khat: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def unreliable(self) -> bool:
+        """True when some data points have k-hat above 0.7."""
+        return self.khat.get("frac_over_0.7", 0.0) > 0
+
+    def table(self) -> str:
+        width = max(len(r[0]) for r in self.rows)
+        lines = [f"{'estimate':<{width}}  {'nats':>10}  {'stderr':>8}  {'points':>6}"]
+        for name, mean, se, n in self.rows:
+            err = f"{se:8.3f}" if math.isfinite(se) else f"{'-':>8}"
+            lines.append(f"{name:<{width}}  {mean:10.3f}  {err}  {n:6d}")
+        if self.khat:
+            lines.append(
+                f"PSIS k-hat: {100 * self.khat['frac_over_0.7']:.1f}% of points over "
+                f"{KHAT_UNRELIABLE}, {100 * self.khat['frac_over_0.5']:.1f}% over 0.5, "
+                f"max {self.khat['max']:.2f}"
+            )
+        return "\n".join(lines)
+
+
+def inference_report(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    method: str = "is",
+    *,
+    num_samples: int = 1000,
+    ks: Sequence[int] = (1, 5, 50),
+    num_points: int = 100,
+    ais_steps: int = 500,
+    ais_chains: int = 8,
+    gap_steps: int = 500,
+    family: Callable | None = None,
+    init_params: Callable | None = None,
+    batch_size: int | None = None,
+) -> InferenceReport:
+    """Bounds and estimates of log p(x) per data point, mean and standard error over ``data``.
+
+    data: (N, *event_shape). ``is``: ELBO, IWAE-k for each k in ``ks`` (k = 1 is an ELBO
+    estimate), importance sampling with ``num_samples``, and PSIS k-hat. ``ais`` adds AIS
+    (:func:`~pyro_vae.ais.ais_log_likelihood`) and IS on the first ``num_points`` points;
+    ``gaps`` adds the inference gaps (:func:`~pyro_vae.gaps.inference_gaps`, which needs the
+    guide's posterior ``family`` and ``init_params``) on those points, with AIS in log p(x).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    report = InferenceReport()
+    n = data.shape[0]
+    ll = log_likelihood(
+        model, guide, data, num_samples, batch_size=batch_size, keep_log_weights=True
+    )
+    report.rows.append(("ELBO", ll.elbo, ll.elbo_stderr, n))
+    for k in ks:
+        if 1 < k < num_samples:
+            r = log_likelihood(model, guide, data, k, batch_size=batch_size)
+            report.rows.append((f"IWAE-{k}", r.mean, r.stderr, n))
+    report.rows.append((f"IS (K={num_samples})", ll.mean, ll.stderr, n))
+    report.khat = khat_summary(psis_khat(ll.log_weights))
+    if method == "is":
+        return report
+    sub = data[:num_points]
+    m = sub.shape[0]
+    sub_is = ll.per_example[:m]
+    report.rows.append((f"IS (K={num_samples}), subset", float(sub_is.mean()), _se(sub_is), m))
+    ais = ais_log_likelihood(model, guide, sub, num_steps=ais_steps, num_chains=ais_chains)
+    report.rows.append(
+        (f"AIS ({ais_steps} steps x {ais_chains} chains), subset", ais.mean, ais.stderr, m)
+    )
+    report.rows.append(("AIS Monte Carlo stderr", ais.mc_stderr, float("nan"), m))
+    report.rows.append(("AIS acceptance rate", float(ais.acceptance.mean()), float("nan"), m))
+    if method == "ais":
+        return report
+    if family is None or init_params is None:
+        raise ConfigError("gaps need the guide's posterior family and initial parameters")
+    gaps = inference_gaps(
+        model,
+        guide,
+        sub,
+        family,
+        init_params,
+        num_samples=num_samples,
+        num_steps=gap_steps,
+        ais_per_example=ais.per_example,
+    )
+    for name, (mean, se) in gaps.summary().items():
+        report.rows.append((f"{name}, subset", mean, se, m))
+    return report
+
+
+def _se(v: torch.Tensor) -> float:
+    return float(v.std() / v.numel() ** 0.5) if v.numel() > 1 else float("nan")

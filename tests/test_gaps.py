@@ -1,0 +1,46 @@
+import pyro
+from ppca_encoder import LinearGaussian
+
+from pyro_vae.gaps import inference_gaps
+
+
+def test_local_elbo_reaches_log_px_and_untrained_encoder_has_amortization_gap():
+    # orthogonal W: the exact posterior is a diagonal normal, inside the guide's family
+    lg = LinearGaussian(orthogonal=True)
+    x = lg.sample_x(8)
+    pyro.set_rng_seed(0)
+    gaps = inference_gaps(
+        lg.model, lg.guide, x, lg.family, lg.enc,
+        num_samples=500, num_steps=400, num_particles=8, lr=0.05,
+    )  # fmt: skip
+    exact = lg.log_px(x)
+    # the optimum of the family is the exact posterior: local ELBO = log p(x), no gap
+    assert (gaps.elbo_local - exact).abs().max() < 0.03
+    assert (gaps.log_px - exact).abs().max() < 0.03
+    assert gaps.approximation_gap.abs().max() < 0.03
+    # the untrained linear encoder is far from the posterior
+    assert gaps.amortization_gap.min() > 0.1
+    assert gaps.amortization_gap.mean() > 2.0
+    s = gaps.summary()
+    assert set(s) >= {"approximation gap", "amortization gap", "log p(x)"}
+
+
+def test_cli_trains_with_objective_options_and_prints_gaps_table(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    args = ["train", "--dataset", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim"]
+    args += ["2", "--objective", "dreg", "--num-particles", "3", "--warmup", "linear"]
+    args += ["--warmup-epochs", "2", "--beta", "0.5", "--num-samples", "10"]
+    args += ["--output-dir", str(tmp_path), "--name", "r", "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    run = str(tmp_path / "r")
+    args = [run, "--method", "gaps", "--num-samples", "50", "--num-points", "4"]
+    assert main(["evaluate", *args, "--ais-steps", "3", "--gap-steps", "3"]) == 0
+    out = capsys.readouterr().out
+    for row in ("ELBO", "IWAE-5", "IS (K=50)", "AIS", "amortization gap", "PSIS k-hat"):
+        assert row in out
+    bad = ["train", "--warmup", "linear", "--output-dir", str(tmp_path), "--name", "bad"]
+    assert main(bad) == 2  # a warm-up needs its length
+    assert "warmup_epochs" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
