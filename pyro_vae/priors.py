@@ -63,6 +63,8 @@ class LearnedNormal(Prior):
         super().__init__(latent_dim)
         loc_t = torch.as_tensor(loc, dtype=torch.get_default_dtype()).expand(self.latent_dim)
         scale_t = torch.as_tensor(scale, dtype=torch.get_default_dtype()).expand(self.latent_dim)
+        if not bool((scale_t > 1e-4).all()):
+            raise ValueError(f"LearnedNormal scale must exceed 1e-4, got {scale}")
         self.loc = nn.Parameter(loc_t.clone())
         self.raw_scale = nn.Parameter(torch.log(torch.expm1(scale_t - 1e-4)).clone())
 
