@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -95,3 +97,36 @@ def test_iaf_context_changes_the_distribution():
 def test_iaf_needs_two_latent_dims():
     with pytest.raises(ValueError, match="latent_dim >= 2"):
         IAF(1)
+
+
+def test_iaf_fits_a_non_gaussian_posterior_a_diagonal_normal_cannot():
+    """Banana target p(z) ~ N(z1; 0, 1) N(z2; z1^2, 0.3^2), log Z = log(2 pi 0.3) known.
+
+    The ELBO is log Z - KL(q || p): a diagonal normal stays ~0.75 nats below log Z,
+    a 4-step IAF gets within a few hundredths after a short fit.
+    """
+    torch.manual_seed(0)
+    log_z = math.log(2 * math.pi * 0.3)
+
+    def log_p(z):
+        return -0.5 * z[..., 0] ** 2 - 0.5 * ((z[..., 1] - z[..., 0] ** 2) / 0.3) ** 2
+
+    elbos = {}
+    for family in (POSTERIORS["diagonal"](2), IAF(2, steps=4, context_dim=4, hidden=(32,))):
+        params = torch.zeros(family.num_params, requires_grad=True)
+        optim = torch.optim.Adam([*family.parameters(), params], lr=5e-3)
+        for _ in range(600):
+            q = family(params)
+            z = q.rsample((128,))
+            loss = -(log_p(z) - q.log_prob(z)).mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+        with torch.no_grad():
+            q = family(params)
+            z = q.sample((20000,))
+            elbos[type(family).__name__] = float((log_p(z) - q.log_prob(z)).mean())
+    # Monte Carlo stderr of these ELBOs is ~0.01 nats (20000 draws).
+    assert elbos["DiagonalNormal"] < log_z - 0.5
+    assert elbos["IAF"] > log_z - 0.1
+    assert elbos["IAF"] <= log_z + 0.05  # a lower bound, up to Monte Carlo error
