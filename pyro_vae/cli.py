@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--likelihood-scale", type=float, default=0.1, help="scale of the normal likelihood"
     )
+    _add_part_arguments(train)
     train.add_argument(
         "--objective", choices=sorted(OBJECTIVES), default="elbo", help="training objective"
     )
@@ -219,6 +220,65 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     return [sample, plot]
 
 
+def _add_part_arguments(train: argparse.ArgumentParser) -> None:
+    """--prior, --posterior, --arch, the parts' options and --config FILE."""
+    from .config import ARCHS
+    from .posteriors import POSTERIORS
+    from .priors import PRIORS
+
+    parts = train.add_argument_group("model parts")
+    parts.add_argument("--prior", choices=sorted(PRIORS), default="normal")
+    parts.add_argument("--posterior", choices=sorted(POSTERIORS), default="diagonal")
+    parts.add_argument("--arch", choices=list(ARCHS), default="mlp", help="encoder/decoder nets")
+    parts.add_argument("--n-components", type=int, default=10, help="mixture prior components")
+    parts.add_argument("--num-pseudo-inputs", type=int, default=50, help="VampPrior pseudo-inputs")
+    parts.add_argument("--flow-layers", type=int, default=2, help="flow prior layers")
+    parts.add_argument("--rank", type=int, default=2, help="low_rank posterior rank")
+    parts.add_argument("--iaf-steps", type=int, default=2, help="IAF posterior steps")
+    parts.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML or JSON file of the same options (keys like latent_dim, prior); "
+        "flags given on the command line win",
+    )
+
+
+_PART_KEYS = (
+    "prior", "posterior", "arch", "n_components", "num_pseudo_inputs", "flow_layers", "rank",
+    "iaf_steps",
+)  # fmt: skip
+
+
+def _apply_config_file(args: argparse.Namespace) -> dict:
+    """Fill args from --config where the flag was left at its default; return model extras.
+
+    Keys that are ModelConfig fields without a flag (e.g. iaf_context, channels) are returned.
+    """
+    import dataclasses
+
+    from .config import ModelConfig, load_config_file
+    from .errors import ConfigError
+
+    if args.config is None:
+        return {}
+    defaults = build_parser().parse_args(["train"])
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"event_shape"}
+    extras = {}
+    for key, value in load_config_file(args.config).items():
+        if key in vars(defaults) and key not in ("command", "config"):
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, tuple(value) if isinstance(value, list) else value)
+        elif key in model_fields:
+            extras[key] = value
+        else:
+            raise ConfigError(
+                f"unknown key {key!r} in config file {args.config}; use option names such as "
+                "latent_dim, prior, posterior, likelihood, epochs"
+            )
+    return extras
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import ModelConfig
     from .runs import load_run_data, train_run
@@ -226,6 +286,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         return _cmd_resume(args)
+    model_extras = _apply_config_file(args)
     data = load_run_data(
         {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize}
     )
@@ -235,6 +296,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         hidden=args.hidden,
         likelihood=args.likelihood,
         likelihood_scale=args.likelihood_scale,
+        **{key: getattr(args, key) for key in _PART_KEYS},
+        **model_extras,
     )
     train_config = TrainConfig(
         epochs=args.epochs,

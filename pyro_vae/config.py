@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .likelihoods import LIKELIHOODS
-from .nets import MLPDecoder, MLPEncoder
-from .posteriors import POSTERIORS
-from .priors import PRIORS
+from .nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from .posteriors import IAF, POSTERIORS, LowRankNormal
+from .priors import PRIORS, FlowPrior, GaussianMixture, VampPrior
 from .vae import VAE
 
 
@@ -28,10 +31,19 @@ class ModelConfig:
     posterior: str = "diagonal"
     arch: str = "mlp"
     extra: dict[str, Any] = field(default_factory=dict)
+    # Options of the parts; each is used only by the part named in its comment.
+    n_components: int = 10  # prior "mixture"
+    num_pseudo_inputs: int = 50  # prior "vamp"
+    flow_layers: int = 2  # prior "flow"
+    rank: int = 2  # posterior "low_rank"
+    iaf_steps: int = 2  # posterior "iaf"
+    iaf_context: int = 16  # posterior "iaf": encoder context features
+    channels: tuple[int, ...] = (32, 64)  # arch "conv": encoder channels (decoder mirrors)
 
     def __post_init__(self) -> None:
         self.event_shape = tuple(int(s) for s in self.event_shape)
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.channels = tuple(int(c) for c in self.channels)
         self.validate()
 
     def validate(self) -> None:
@@ -46,15 +58,33 @@ class ModelConfig:
         ):
             if name not in table:
                 raise ConfigError(f"unknown {kind} {name!r}; choose one of {sorted(table)}")
-        if self.arch != "mlp":
-            raise ConfigError(f"unknown arch {self.arch!r}; choose one of ['mlp']")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown arch {self.arch!r}; choose one of {list(ARCHS)}")
         if not self.event_shape or math.prod(self.event_shape) < 1:
             raise ConfigError(f"event_shape must be non-empty, got {self.event_shape}")
+        self._validate_parts()
+
+    def _validate_parts(self) -> None:
+        for key in ("n_components", "num_pseudo_inputs", "flow_layers", "rank", "iaf_steps"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.iaf_context < 0:
+            raise ConfigError(f"iaf_context must be non-negative, got {self.iaf_context}")
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ConfigError(f"channels must be positive integers, got {list(self.channels)}")
+        if self.arch == "conv" and len(self.event_shape) not in (2, 3):
+            raise ConfigError(
+                f"arch 'conv' needs images shaped (C, H, W) or (H, W), but data points have "
+                f"shape {self.event_shape}; use --arch mlp"
+            )
+        if self.posterior == "iaf" and self.latent_dim < 2:
+            raise ConfigError("posterior 'iaf' needs latent_dim >= 2; use --posterior diagonal")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["event_shape"] = list(self.event_shape)
         d["hidden"] = list(self.hidden)
+        d["channels"] = list(self.channels)
         return d
 
     @classmethod
@@ -68,19 +98,86 @@ class ModelConfig:
         return cls(**d)
 
 
+ARCHS = ("mlp", "conv")
+
+
 def build_likelihood(config: ModelConfig):
     cls = LIKELIHOODS[config.likelihood]
-    if config.likelihood == "normal":
+    if config.likelihood in ("normal", "normal_learned"):
         return cls(scale=config.likelihood_scale)
     return cls()
 
 
+def build_prior(config: ModelConfig):
+    """The prior named by ``config.prior`` with its options."""
+    d = config.latent_dim
+    if config.prior == "mixture":
+        return GaussianMixture(d, n_components=config.n_components)
+    if config.prior == "vamp":
+        return VampPrior(d, config.event_shape, num_pseudo_inputs=config.num_pseudo_inputs)
+    if config.prior == "flow":
+        return FlowPrior(d, flow_layers=config.flow_layers)
+    return PRIORS[config.prior](d)
+
+
+def build_posterior(config: ModelConfig):
+    """The posterior family named by ``config.posterior`` with its options."""
+    d = config.latent_dim
+    if config.posterior == "low_rank":
+        return LowRankNormal(d, rank=config.rank)
+    if config.posterior == "iaf":
+        return IAF(d, steps=config.iaf_steps, context_dim=config.iaf_context)
+    return POSTERIORS[config.posterior](d)
+
+
 def build_vae(config: ModelConfig) -> VAE:
     """Build a :class:`VAE` from a :class:`ModelConfig`; heads are sized from the parts."""
-    prior = PRIORS[config.prior](config.latent_dim)
-    posterior = POSTERIORS[config.posterior](config.latent_dim)
+    prior = build_prior(config)
+    posterior = build_posterior(config)
     likelihood = build_likelihood(config)
     n_out = likelihood.num_params * math.prod(config.event_shape)
-    encoder = MLPEncoder(config.event_shape, posterior.num_params, config.hidden)
-    decoder = MLPDecoder(config.latent_dim, n_out, tuple(reversed(config.hidden)))
+    if config.arch == "conv":
+        encoder = ConvEncoder(
+            config.event_shape, posterior.num_params, config.channels, config.hidden[0]
+        )
+        decoder = ConvDecoder(
+            config.latent_dim,
+            config.event_shape,
+            likelihood.num_params,
+            tuple(reversed(config.channels)),
+            config.hidden[0],
+        )
+    else:
+        encoder = MLPEncoder(config.event_shape, posterior.num_params, config.hidden)
+        decoder = MLPDecoder(config.latent_dim, n_out, tuple(reversed(config.hidden)))
     return VAE(encoder, decoder, prior, likelihood, posterior, config.event_shape)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or JSON config file into a flat dict of option names.
+
+    TOML needs Python >= 3.11 (``tomllib``); on 3.10 use JSON.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read config file {path}: {exc.strerror}; check the path"
+        ) from exc
+    try:
+        if path.suffix.lower() == ".toml":
+            if sys.version_info < (3, 11):
+                raise ConfigError(
+                    f"TOML config {path} needs Python >= 3.11; write it as JSON instead"
+                )
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"config file {path} is not valid: {exc}; fix its syntax") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table of options, got {type(values)}")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}

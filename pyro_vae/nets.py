@@ -54,3 +54,97 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+def _image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
+    """(C, H, W) from (C, H, W) or (H, W) (one channel)."""
+    shape = tuple(int(s) for s in event_shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 3:
+        return shape  # type: ignore[return-value]
+    raise ValueError(f"conv nets need images shaped (C, H, W) or (H, W), got {shape}")
+
+
+def _downsampled(size: int, layers: int) -> list[int]:
+    """Spatial sizes after each stride-2, kernel-3, padding-1 conv: s -> ceil(s / 2)."""
+    sizes = [size]
+    for _ in range(layers):
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional encoder for images of any channel count and size.
+
+    x: (*batch, *event_shape) -> (*batch, out_features), event_shape (C, H, W) or (H, W).
+    Stride-2 3x3 convolutions (each halves H and W, rounding up), then a linear head.
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        out_features: int,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 256,
+    ):
+        super().__init__()
+        self.event_shape = tuple(int(s) for s in event_shape)
+        c, h, w = _image_shape(self.event_shape)
+        self.image_shape = (c, h, w)
+        layers: list[nn.Module] = []
+        width = c
+        for ch in channels:
+            layers += [nn.Conv2d(width, ch, 3, stride=2, padding=1), nn.Softplus()]
+            width = ch
+        self.convs = nn.Sequential(*layers)
+        hs, ws = _downsampled(h, len(channels)), _downsampled(w, len(channels))
+        self.head = _mlp(width * hs[-1] * ws[-1], (hidden,), out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[: x.dim() - len(self.event_shape)]
+        y = self.convs(x.reshape(-1, *self.image_shape))
+        return self.head(y.flatten(1)).reshape(*batch, -1)
+
+
+class ConvDecoder(nn.Module):
+    """Convolutional decoder: z -> a linear layer -> stride-2 transposed convs -> crop.
+
+    z: (*batch, latent_dim) -> (*batch, num_params * prod(event_shape)), laid out as
+    (num_params, C, H, W) per point, as the VAE reshapes it. Leading dims are flattened for
+    the convolutions and restored after. Mirrors :class:`ConvEncoder`'s spatial sizes.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        event_shape: Sequence[int],
+        num_params: int = 1,
+        channels: Sequence[int] = (64, 32),
+        hidden: int = 256,
+    ):
+        super().__init__()
+        self.event_shape = tuple(int(s) for s in event_shape)
+        c, h, w = _image_shape(self.event_shape)
+        self.out_shape = (num_params * c, h, w)
+        n = len(channels)
+        self.start = (channels[0], _downsampled(h, n)[-1], _downsampled(w, n)[-1])
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, channels[0] * self.start[1] * self.start[2]),
+            nn.Softplus(),
+        )
+        layers: list[nn.Module] = []
+        widths = list(channels) + [channels[-1]]
+        for i in range(n):
+            # kernel 4, stride 2, padding 1 doubles H and W exactly.
+            layers += [nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1), nn.Softplus()]
+        self.deconvs = nn.Sequential(*layers)
+        self.out = nn.Conv2d(channels[-1], self.out_shape[0], 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        y = self.fc(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
+        y = self.deconvs(y)[..., : self.out_shape[1], : self.out_shape[2]]
+        return self.out(y).reshape(*batch, -1)

@@ -29,7 +29,11 @@ class VAE(PyroModule):
         prior: returns p(z) with ``event_shape == (latent_dim,)``.
         likelihood: maps decoder parameters to an element-wise p(x | z).
         posterior: maps encoder outputs to q(z | x).
-        event_shape: shape of one data point, e.g. ``(1, 28, 28)``.
+        event_shape: shape of one data point, e.g. ``(1, 28, 28)``; if omitted, taken from
+            ``encoder.event_shape`` (the built-in networks have it).
+
+    A prior with a ``bind(encoder, posterior)`` method (the VampPrior) is bound to this VAE's
+    encoder and posterior family here.
     """
 
     def __init__(
@@ -39,7 +43,7 @@ class VAE(PyroModule):
         prior: Prior,
         likelihood: Likelihood,
         posterior: Posterior,
-        event_shape: Sequence[int],
+        event_shape: Sequence[int] | None = None,
     ):
         super().__init__()
         if prior.latent_dim != posterior.latent_dim:
@@ -47,6 +51,15 @@ class VAE(PyroModule):
                 f"prior latent_dim {prior.latent_dim} differs from posterior latent_dim "
                 f"{posterior.latent_dim}; build both with the same latent_dim"
             )
+        if event_shape is None:
+            event_shape = getattr(encoder, "event_shape", None)
+            if event_shape is None:
+                raise ValueError(
+                    "pass event_shape (the shape of one data point): the encoder has none"
+                )
+        bind = getattr(prior, "bind", None)
+        if callable(bind):
+            bind(encoder, posterior)
         self.encoder = encoder
         self.decoder = decoder
         self.prior = prior

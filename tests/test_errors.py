@@ -125,7 +125,7 @@ LIBRARY_CASES = [
         "fit-outside-support",
         lambda t: _fit(tiny_data(fill=3.0)),
         DataError,
-        "outside the Bernoulli",
+        "Bernoulli likelihood needs values in [0, 1]",
     ),
     (
         "fit-not-splits",
@@ -258,7 +258,7 @@ CLI_CASES = [
         lambda t: _train(
             t, "a", "--batch-size", "8", "--dataset", _array_file(t, "o.npy", np.full((30, 4), 7.0))
         ),
-        "outside the Bernoulli likelihood's support",
+        "Bernoulli likelihood needs values in [0, 1]",
     ),
     (
         "run-dir-exists",

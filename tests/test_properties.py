@@ -24,7 +24,11 @@ event_shapes = st.lists(st.integers(1, 3), min_size=1, max_size=3).map(tuple)
 @FEW
 @given(batch=batch_shapes, latent=st.integers(1, 4), name=st.sampled_from(sorted(POSTERIORS)))
 def test_posterior_shapes_and_finite_log_prob(batch, latent, name):
-    family = POSTERIORS[name](latent)
+    assume(not (name == "iaf" and latent < 2))  # an autoregressive flow needs 2+ dims
+    # Built as a VAE builds it: some families need options beyond latent_dim.
+    family = build_vae(
+        ModelConfig(event_shape=(3,), latent_dim=latent, hidden=(5,), posterior=name)
+    ).posterior
     q = family(torch.randn(*batch, family.num_params) * 3)
     assert q.batch_shape == batch and q.event_shape == (latent,)
     z = q.rsample()
@@ -35,7 +39,8 @@ def test_posterior_shapes_and_finite_log_prob(batch, latent, name):
 @FEW
 @given(latent=st.integers(1, 4), n=st.integers(1, 5), name=st.sampled_from(sorted(PRIORS)))
 def test_prior_shapes_and_finite_log_prob(latent, n, name):
-    p = PRIORS[name](latent)()
+    # Built as a VAE builds it: a VampPrior is bound to the encoder and posterior family.
+    p = build_vae(ModelConfig(event_shape=(3,), latent_dim=latent, hidden=(5,), prior=name)).prior()
     assert p.event_shape == (latent,)
     z = p.sample((n,))
     assert z.shape == (n, latent) and torch.isfinite(p.log_prob(z)).all()

@@ -101,7 +101,7 @@ def test_cli_train_then_evaluate(tmp_path, capsys):
         (None, "does not exist"),
         (b"not a numpy file", "cannot read"),
         ("nan", "NaN"),
-        ("range", "outside the Bernoulli likelihood's support"),
+        ("range", "Bernoulli likelihood needs values in [0, 1]; data range"),
     ],
 )
 def test_cli_bad_data_is_one_line(tmp_path, capsys, content, message):

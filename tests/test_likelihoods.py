@@ -1,0 +1,187 @@
+"""Likelihoods: normalization over the support, stability, support checks, head sizes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pyro_vae.config import ModelConfig, build_vae
+from pyro_vae.errors import DataError
+from pyro_vae.likelihoods import (
+    LIKELIHOODS,
+    Bernoulli,
+    ContinuousBernoulli,
+    DiscretizedLogistic,
+    HeteroscedasticNormal,
+    Laplace,
+    LearnedScaleNormal,
+    NegativeBinomial,
+    Normal,
+    Poisson,
+)
+
+
+def _params(*columns: float) -> torch.Tensor:
+    """One element's decoder outputs: (1, num_params) in float64."""
+    return torch.tensor([columns], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_shapes_follow_the_contract(name):
+    lik = LIKELIHOODS[name]()
+    d = lik(torch.randn(5, 2, 3, lik.num_params))
+    assert d.batch_shape == (5, 2, 3) and d.event_shape == ()
+
+
+def test_bernoulli_sums_to_one():
+    d = Bernoulli()(_params(0.7))
+    assert float(d.log_prob(torch.tensor([[0.0], [1.0]], dtype=torch.float64)).exp().sum()) == (
+        pytest.approx(1.0, abs=1e-12)
+    )
+
+
+@pytest.mark.parametrize("loc,raw_scale", [(0.5, -2.0), (-1.0, 0.0), (2.0, -4.0), (0.3, -8.0)])
+def test_discretized_logistic_sums_to_one_over_256_levels(loc, raw_scale):
+    d = DiscretizedLogistic()(_params(loc, raw_scale))
+    levels = (torch.arange(256, dtype=torch.float64) / 255)[:, None]
+    probs = d.log_prob(levels).exp()
+    assert torch.all(probs >= 0)
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_discretized_logistic_bin_mass_is_cdf_difference():
+    d = DiscretizedLogistic()(_params(0.4, -1.0))
+    scale = float(torch.nn.functional.softplus(torch.tensor(-1.0))) + 1e-3
+    x = 100 / 255
+    sig = lambda t: 1 / (1 + math.exp(-t))  # noqa: E731
+    expected = sig((x + 0.5 / 255 - 0.4) / scale) - sig((x - 0.5 / 255 - 0.4) / scale)
+    got = float(d.log_prob(torch.tensor([[x]], dtype=torch.float64)).exp())
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_discretized_logistic_samples_lie_on_the_grid():
+    d = DiscretizedLogistic()(torch.randn(50, 2))
+    x = d.sample((3,))
+    assert DiscretizedLogistic.support.check(x).all()
+
+
+@pytest.mark.parametrize("rate_raw", [-3.0, 0.0, 2.0, 15.0])
+def test_poisson_sums_to_one(rate_raw):
+    d = Poisson()(_params(rate_raw))
+    counts = torch.arange(400, dtype=torch.float64)[:, None]  # tail beyond 400 is < 1e-100
+    assert float(d.log_prob(counts).exp().sum()) == pytest.approx(1.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("logit,raw_total", [(-2.0, 0.0), (0.5, 1.0), (1.0, -2.0)])
+def test_negative_binomial_sums_to_one(logit, raw_total):
+    d = NegativeBinomial()(_params(logit, raw_total))
+    # Geometric-type tail: p = sigmoid(logit) <= 0.74, so mass beyond 2000 is < 1e-200.
+    counts = torch.arange(2000, dtype=torch.float64)[:, None]
+    assert float(d.log_prob(counts).exp().sum()) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("logit", [-12.0, -5.0, -1e-2, -1e-5, 0.0, 1e-6, 3e-3, 0.2, 5.0, 12.0])
+def test_continuous_bernoulli_integrates_to_one(logit):
+    """lambda = sigmoid(logit) near 0 (logit -12), near 0.5 (|logit| tiny) and near 1."""
+    d = ContinuousBernoulli()(_params(logit))
+    x = torch.linspace(0, 1, 200001, dtype=torch.float64)[:, None]
+    dens = d.log_prob(x).exp()[:, 0]
+    assert float(torch.trapezoid(dens, x[:, 0])) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_continuous_bernoulli_float32_is_stable_near_half():
+    """In float32 the probs-form normalizer cancels near lambda = 0.5; ours does not."""
+    logits = torch.tensor([[-1e-3], [-1e-7], [0.0], [1e-7], [1e-3]])
+    d = ContinuousBernoulli()(logits)
+    lp = d.log_prob(torch.full((5, 1), 0.3))
+    # Exact: log C -> log 2 as logit -> 0, and the Bernoulli part -> log(1/2).
+    assert torch.allclose(lp, torch.full((5, 1), 0.0), atol=2e-3)
+    assert torch.isfinite(lp).all()
+
+
+def test_continuous_bernoulli_matches_torch_away_from_half():
+    logits = torch.tensor([-4.0, -0.7, 1.3, 6.0], dtype=torch.float64)
+    x = torch.tensor([0.1, 0.5, 0.8, 0.99], dtype=torch.float64)
+    ours = ContinuousBernoulli()(logits[:, None]).log_prob(x)
+    ref = torch.distributions.ContinuousBernoulli(logits=logits).log_prob(x)
+    assert torch.allclose(ours, ref, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "lik,params",
+    [
+        (Normal(scale=0.3), (0.2,)),
+        (LearnedScaleNormal(scale=0.4), (-0.1,)),
+        (HeteroscedasticNormal(), (0.5, -1.0)),
+        (Laplace(), (0.0, 0.3)),
+    ],
+)
+def test_continuous_likelihoods_integrate_to_one(lik, params):
+    d = lik(_params(*params))
+    x = torch.linspace(-15, 15, 300001, dtype=torch.float64)[:, None]
+    dens = d.log_prob(x).detach().exp()[:, 0]
+    assert float(torch.trapezoid(dens, x[:, 0])) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_learned_scale_is_a_parameter_starting_at_scale():
+    lik = LearnedScaleNormal(scale=0.25)
+    assert float(lik.scale.detach()) == pytest.approx(0.25, abs=1e-5)
+    assert len(list(lik.parameters())) == 1
+
+
+@pytest.mark.parametrize(
+    "lik,data,pattern",
+    [
+        (
+            Poisson(),
+            [0.0, 0.5, 1.0],
+            r"Poisson likelihood needs non-negative integer counts; "
+            r"data range \[0, 1\] has non-integers",
+        ),
+        (NegativeBinomial(), [-1.0, 2.0], r"NegativeBinomial.*data range \[-1, 2\]"),
+        (
+            Bernoulli(),
+            [0.0, 2.0],
+            r"Bernoulli likelihood needs values in \[0, 1\]; "
+            r"data range \[0, 2\]",
+        ),
+        (ContinuousBernoulli(), [-0.5, 0.5], r"ContinuousBernoulli.*\[-0.5, 0.5\]"),
+        (
+            DiscretizedLogistic(),
+            [0.0, 0.1234],
+            r"DiscretizedLogistic likelihood needs 8-bit"
+            r".*between the 256 levels",
+        ),
+        (Normal(), [0.0, float("nan")], r"NaN"),
+    ],
+)
+def test_wrong_data_is_refused_with_part_and_range(lik, data, pattern):
+    with pytest.raises(DataError, match=pattern):
+        lik.check_data(torch.tensor(data))
+
+
+@pytest.mark.parametrize(
+    "lik,data",
+    [
+        (Poisson(), [0.0, 3.0, 17.0]),
+        (NegativeBinomial(), [0.0, 1.0, 250.0]),
+        (ContinuousBernoulli(), [0.0, 0.37, 1.0]),
+        (DiscretizedLogistic(), [0.0, 1 / 255, 0.4, 1.0]),
+        (Laplace(), [-3.0, 5.0]),
+    ],
+)
+def test_right_data_is_accepted(lik, data):
+    x = torch.tensor(data)
+    if isinstance(lik, DiscretizedLogistic):
+        x = torch.tensor([0, 1, 102, 255]) / 255.0
+    lik.check_data(x)
+
+
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_decoder_head_is_sized_from_num_params(name):
+    vae = build_vae(ModelConfig(event_shape=(2, 3), latent_dim=2, hidden=(4,), likelihood=name))
+    out = vae.decoder(torch.zeros(1, 2))
+    assert out.shape == (1, LIKELIHOODS[name].num_params * 6)
+    assert vae.decode(torch.zeros(4, 2)).batch_shape == (4,)
