@@ -149,35 +149,37 @@ class LearnedScaleNormal(Likelihood):
         return dist.Normal(loc, self.scale.expand_as(loc))
 
 
-class HeteroscedasticNormal(Likelihood):
+class _LocScale(Likelihood):
+    """A location-scale family with both parameters from the decoder, element by element.
+
+    params[..., 0] is the location, the scale is softplus(params[..., 1]) + ``min_scale``.
+    """
+
+    num_params = 2
+    support = constraints.real
+    family: type[dist.TorchDistribution]
+
+    def __init__(self, min_scale: float = 1e-3):
+        super().__init__()
+        self.min_scale = float(min_scale)
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return self.family(params[..., 0], softplus(params[..., 1]) + self.min_scale)
+
+
+class HeteroscedasticNormal(_LocScale):
     """p(x | mu, s) = N(x; mu, s^2) with a per-element scale from the decoder.
 
     params[..., 0] is the mean, s = softplus(params[..., 1]) + ``min_scale``.
     """
 
-    num_params = 2
-    support = constraints.real
-
-    def __init__(self, min_scale: float = 1e-3):
-        super().__init__()
-        self.min_scale = float(min_scale)
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(params[..., 0], softplus(params[..., 1]) + self.min_scale)
+    family = dist.Normal
 
 
-class Laplace(Likelihood):
+class Laplace(_LocScale):
     """p(x | mu, b) = Laplace(x; mu, b), b = softplus(params[..., 1]) + ``min_scale``."""
 
-    num_params = 2
-    support = constraints.real
-
-    def __init__(self, min_scale: float = 1e-3):
-        super().__init__()
-        self.min_scale = float(min_scale)
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Laplace(params[..., 0], softplus(params[..., 1]) + self.min_scale)
+    family = dist.Laplace
 
 
 class _ContinuousBernoulliLogits(dist.ContinuousBernoulli):

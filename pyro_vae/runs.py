@@ -282,20 +282,7 @@ def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
     ``"kind": "ae"`` in its ``config.json``.
     """
     run = Path(run_dir)
-    if not run.is_dir():
-        raise CheckpointError(f"run directory {str(run)!r} does not exist; check the path")
-    config_path = run / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-        model_config = ModelConfig.from_dict(config["model"])
-    except FileNotFoundError as exc:
-        raise CheckpointError(
-            f"{str(config_path)!r} is missing; is {str(run)!r} a run directory?"
-        ) from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{str(config_path)!r} is not a valid run configuration ({exc})"
-        ) from exc
+    config, model_config = read_run_config(run)
     state = load_checkpoint(run / "checkpoint.pt")
     vae = build_autoencoder(model_config) if config.get("kind") == "ae" else build_vae(model_config)
     try:
