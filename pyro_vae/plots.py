@@ -80,21 +80,36 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_elbo(history: Sequence[dict[str, Any]], path: str | Path, title: str = "ELBO") -> Path:
-    """Train and validation ELBO per data point (nats) against epoch."""
+def plot_curves(
+    history: Sequence[dict[str, Any]],
+    path: str | Path,
+    train_key: str,
+    valid_key: str,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """A train and a validation curve against epoch; the validation band is +-2 standard
+    errors (``<valid_key>_stderr`` when recorded)."""
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    ax.plot(epochs, [r["train_elbo"] for r in history], color=TRAIN_COLOR, label="train")
-    valid = np.array([r["valid_elbo"] for r in history])
-    err = np.array([r.get("valid_elbo_stderr", 0.0) for r in history])
+    ax.plot(epochs, [r[train_key] for r in history], color=TRAIN_COLOR, label="train")
+    valid = np.array([r[valid_key] for r in history])
+    err = np.array([r.get(f"{valid_key}_stderr", 0.0) for r in history])
     ax.plot(epochs, valid, color=VALID_COLOR, label="validation")
     ax.fill_between(epochs, valid - 2 * err, valid + 2 * err, color=VALID_COLOR, alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO per data point (nats)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+def plot_elbo(history: Sequence[dict[str, Any]], path: str | Path, title: str = "ELBO") -> Path:
+    """Train and validation ELBO per data point (nats) against epoch."""
+    return plot_curves(
+        history, path, "train_elbo", "valid_elbo", "ELBO per data point (nats)", title
+    )
 
 
 def plot_image_grid(x: torch.Tensor, path: str | Path, title: str, ncol: int = 8) -> Path | None:
@@ -372,16 +387,6 @@ def plot_reconstruction_nll(
     history: Sequence[dict[str, Any]], path: str | Path, title: str = "reconstruction loss"
 ) -> Path:
     """An autoencoder's train and validation reconstruction NLL (nats per data point)."""
-    epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    ax.plot(epochs, [r["train_nll"] for r in history], color=TRAIN_COLOR, label="train")
-    valid = np.array([r["valid_nll"] for r in history])
-    err = np.array([r.get("valid_nll_stderr", 0.0) for r in history])
-    ax.plot(epochs, valid, color=VALID_COLOR, label="validation")
-    ax.fill_between(epochs, valid - 2 * err, valid + 2 * err, color=VALID_COLOR, alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("-log p(x | z(x)) per data point (nats)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(fig, path)
+    return plot_curves(
+        history, path, "train_nll", "valid_nll", "-log p(x | z(x)) per data point (nats)", title
+    )
