@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from parts_fashion_mnist import ROOT, read_idx_images  # noqa: E402
 
+from pyro_vae.ais import ais_log_likelihood  # noqa: E402
 from pyro_vae.config import ModelConfig, build_vae  # noqa: E402
 from pyro_vae.data import dynamic_binarize, static_binarize  # noqa: E402
 from pyro_vae.evaluation import log_likelihood  # noqa: E402
@@ -68,6 +69,12 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--local", type=int, default=0, help="test images for the gap split")
     parser.add_argument("--local-steps", type=int, default=300)
+    parser.add_argument(
+        "--local-on", choices=["test", "train"], default="test", help="images of the gap split"
+    )
+    parser.add_argument(
+        "--ais-steps", type=int, default=0, help="also AIS (8 chains) for log p(x) in the split"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -130,15 +137,23 @@ def main() -> None:
     print(line, flush=True)
     result = {"args": vars(args), "test": test, "train": train, "line": line}
     if args.local:
+        sub = (test_b if args.local_on == "test" else train_b)[: args.local]
+        ais = None
+        if args.ais_steps:
+            ais = ais_log_likelihood(vae.model, vae.guide, sub, num_steps=args.ais_steps)
+            ais = ais.per_example
+            result["ais"] = float(ais.mean())
+            print(f"AIS log p(x) on the split: {float(ais.mean()):.2f}", flush=True)
         gaps = vae_inference_gaps(
             vae,
-            test_b[: args.local],
+            sub,
             num_samples=args.num_samples,
             elbo_samples=args.num_samples,
             num_steps=args.local_steps,
+            ais_per_example=ais,
         )
         summary = gaps.summary()
-        print(f"gap split on {args.local} test images: {summary}", flush=True)
+        print(f"gap split on {args.local} {args.local_on} images: {summary}", flush=True)
         result["gaps"] = summary
     if args.out is not None:
         torch.save(result, args.out)
