@@ -236,6 +236,9 @@ def _add_part_arguments(train: argparse.ArgumentParser) -> None:
     parts.add_argument("--rank", type=int, default=2, help="low_rank posterior rank")
     parts.add_argument("--iaf-steps", type=int, default=2, help="IAF posterior steps")
     parts.add_argument(
+        "--iaf-hidden", type=_hidden, default=(64,), help="IAF MADE hidden sizes, e.g. 320,320"
+    )
+    parts.add_argument(
         "--config",
         type=Path,
         default=None,
@@ -246,7 +249,7 @@ def _add_part_arguments(train: argparse.ArgumentParser) -> None:
 
 _PART_KEYS = (
     "prior", "posterior", "arch", "n_components", "num_pseudo_inputs", "flow_layers", "rank",
-    "iaf_steps",
+    "iaf_steps", "iaf_hidden",
 )  # fmt: skip
 
 

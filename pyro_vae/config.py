@@ -38,12 +38,14 @@ class ModelConfig:
     rank: int = 2  # posterior "low_rank"
     iaf_steps: int = 2  # posterior "iaf"
     iaf_context: int = 16  # posterior "iaf": encoder context features
+    iaf_hidden: tuple[int, ...] = (64,)  # posterior "iaf": hidden sizes of each step's MADE
     channels: tuple[int, ...] = (32, 64)  # arch "conv": encoder channels (decoder mirrors)
 
     def __post_init__(self) -> None:
         self.event_shape = tuple(int(s) for s in self.event_shape)
         self.hidden = tuple(int(h) for h in self.hidden)
         self.channels = tuple(int(c) for c in self.channels)
+        self.iaf_hidden = tuple(int(h) for h in self.iaf_hidden)
         self.validate()
 
     def validate(self) -> None:
@@ -70,6 +72,8 @@ class ModelConfig:
                 raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.iaf_context < 0:
             raise ConfigError(f"iaf_context must be non-negative, got {self.iaf_context}")
+        if not self.iaf_hidden or any(h < 1 for h in self.iaf_hidden):
+            raise ConfigError(f"iaf_hidden must be positive integers, got {list(self.iaf_hidden)}")
         if not self.channels or any(c < 1 for c in self.channels):
             raise ConfigError(f"channels must be positive integers, got {list(self.channels)}")
         if self.arch == "conv" and len(self.event_shape) not in (2, 3):
@@ -85,6 +89,7 @@ class ModelConfig:
         d["event_shape"] = list(self.event_shape)
         d["hidden"] = list(self.hidden)
         d["channels"] = list(self.channels)
+        d["iaf_hidden"] = list(self.iaf_hidden)
         return d
 
     @classmethod
@@ -126,7 +131,9 @@ def build_posterior(config: ModelConfig):
     if config.posterior == "low_rank":
         return LowRankNormal(d, rank=config.rank)
     if config.posterior == "iaf":
-        return IAF(d, steps=config.iaf_steps, context_dim=config.iaf_context)
+        return IAF(
+            d, steps=config.iaf_steps, context_dim=config.iaf_context, hidden=config.iaf_hidden
+        )
     return POSTERIORS[config.posterior](d)
 
 

@@ -211,6 +211,8 @@ def test_cli_train_with_parts_then_evaluate(tmp_path, capsys):
             "--no-progress",
             "--hidden",
             "16",
+            "--iaf-hidden",
+            "8,8",
         ]
     )
     assert rc == 0
@@ -218,6 +220,7 @@ def test_cli_train_with_parts_then_evaluate(tmp_path, capsys):
     model = run_config["model"]
     assert (model["prior"], model["posterior"], model["arch"]) == ("vamp", "iaf", "conv")
     assert model["num_pseudo_inputs"] == 5 and model["latent_dim"] == 3
+    assert model["iaf_hidden"] == [8, 8]
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "r"), "--num-samples", "3"]) == 0
     assert "test log-likelihood" in capsys.readouterr().out
@@ -241,3 +244,18 @@ def test_cli_refuses_wrong_likelihood_for_data(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "Poisson likelihood needs non-negative integer counts" in err
+
+
+def test_iaf_hidden_reaches_every_step_and_round_trips():
+    config = ModelConfig(
+        event_shape=(4,), latent_dim=3, posterior="iaf", iaf_steps=2, iaf_hidden=(5, 7)
+    )
+    again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and again.iaf_hidden == (5, 7)
+    vae = build_vae(again)
+    for step in vae.posterior.steps:
+        # MADE layers: (context + latent) -> 5 -> 7 -> 2 * latent outputs
+        shapes = [tuple(layer.weight.shape) for layer in step.nn.layers]
+        assert shapes == [(5, 3 + 16), (7, 5), (6, 7)]
+    with pytest.raises(ConfigError, match="iaf_hidden"):
+        ModelConfig(event_shape=(4,), latent_dim=3, posterior="iaf", iaf_hidden=(0,))
