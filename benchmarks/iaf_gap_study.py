@@ -5,7 +5,7 @@ hidden sizes and context size) exactly like ``parts_fashion_mnist.py`` and repor
 images and on a subset of the TRAINING images: the ELBO, the importance-sampled log p(x) and
 their difference (the total inference gap, log p(x) - ELBO = KL(q(z|x) || p(z|x))). With
 ``--local N`` it also splits the test gap of the first N test images into approximation and
-amortization gaps (Cremer et al., 2018) with ``pyro_vae.gaps.vae_inference_gaps``.
+amortization gaps (Cremer et al., 2018) with ``pyro_vae.infer.gaps.vae_inference_gaps``.
 Per-image test log p(x) are saved to ``--out`` for paired comparisons between runs.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/iaf_gap_study.py --posterior diagonal \
@@ -28,11 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from parts_fashion_mnist import ROOT, read_idx_images  # noqa: E402
 
-from pyro_vae.ais import ais_log_likelihood  # noqa: E402
-from pyro_vae.config import ModelConfig, build_vae  # noqa: E402
 from pyro_vae.data import dynamic_binarize, static_binarize  # noqa: E402
-from pyro_vae.evaluation import log_likelihood  # noqa: E402
-from pyro_vae.gaps import vae_inference_gaps  # noqa: E402
+from pyro_vae.infer import (
+    ais_log_likelihood,  # noqa: E402
+    log_likelihood,  # noqa: E402
+    vae_inference_gaps,  # noqa: E402
+)
+from pyro_vae.models import ModelConfig, build_vae  # noqa: E402
 
 
 def ints(text: str) -> tuple[int, ...]:

@@ -23,12 +23,9 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_vae.ais import ais_log_likelihood
-from pyro_vae.config import ModelConfig, build_vae
 from pyro_vae.data import DataSplits, static_binarize
-from pyro_vae.diagnostics import psis_khat
-from pyro_vae.evaluation import log_likelihood
-from pyro_vae.gaps import vae_inference_gaps
+from pyro_vae.infer import ais_log_likelihood, log_likelihood, psis_khat, vae_inference_gaps
+from pyro_vae.models import ModelConfig, build_vae
 from pyro_vae.train import TrainConfig, fit
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")

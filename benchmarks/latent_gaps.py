@@ -16,9 +16,9 @@ import sys
 import numpy as np
 import torch
 
-from pyro_vae import latent_space as ls
+from pyro_vae.analysis import latent_space as ls
+from pyro_vae.data import eval_data
 from pyro_vae.runs import load_run, load_run_data
-from pyro_vae.train import eval_data
 
 
 @torch.no_grad()

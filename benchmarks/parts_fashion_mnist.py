@@ -20,9 +20,9 @@ import numpy as np
 import pyro
 import torch
 
-from pyro_vae.config import ModelConfig, build_vae
 from pyro_vae.data import dynamic_binarize, static_binarize
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.infer import log_likelihood
+from pyro_vae.models import ModelConfig, build_vae
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 

@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.infer import log_likelihood
 
 torch.manual_seed(0)
 W, b, s = torch.randn(5, 2), torch.randn(5), 0.5

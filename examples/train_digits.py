@@ -6,10 +6,10 @@ Run: python examples/train_digits.py
 from pathlib import Path
 
 import pyro_vae
-from pyro_vae.data import load_digits
-from pyro_vae.evaluation import log_likelihood
-from pyro_vae.plots import plot_image_grid
-from pyro_vae.train import TrainConfig, eval_data, fit
+from pyro_vae.analysis import plot_image_grid
+from pyro_vae.data import eval_data, load_digits
+from pyro_vae.infer import log_likelihood
+from pyro_vae.train import TrainConfig, fit
 
 
 def main() -> None:

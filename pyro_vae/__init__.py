@@ -1,7 +1,7 @@
 """pyro_vae: variational autoencoders as two Pyro programs.
 
 ``VAE.model(x)`` defines p(z) p(x | z), ``VAE.guide(x)`` defines q(z | x); SVI optimizes the
-ELBO and :func:`pyro_vae.evaluation.log_likelihood` scores any model/guide pair.
+ELBO and :func:`pyro_vae.infer.log_likelihood` scores any model/guide pair.
 """
 
 import pyro
@@ -10,16 +10,17 @@ import pyro
 # state_dict checkpoints and several models side by side all just work.
 pyro.settings.set(module_local_params=True)
 
-from .config import ModelConfig, build_vae  # noqa: E402
-from .errors import (  # noqa: E402
+from pyro_vae import moved  # noqa: E402
+from pyro_vae.errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
     DataError,
     PyroVAEError,
     TrainingError,
 )
-from .evaluation import LogLikelihood, log_likelihood  # noqa: E402
-from .vae import VAE  # noqa: E402
+from pyro_vae.infer.importance import LogLikelihood, log_likelihood  # noqa: E402
+from pyro_vae.models.config import ModelConfig, build_vae  # noqa: E402
+from pyro_vae.models.vae import VAE  # noqa: E402
 
 __all__ = [
     "VAE",
@@ -34,3 +35,5 @@ __all__ = [
     "TrainingError",
 ]
 __version__ = "0.1.0"
+
+moved.install()

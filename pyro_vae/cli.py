@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import PyroVAEError
+from pyro_vae.errors import PyroVAEError
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -24,8 +24,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .likelihoods import LIKELIHOODS
-    from .objectives import OBJECTIVES
+    from pyro_vae.infer.objectives import OBJECTIVES
+    from pyro_vae.parts.likelihoods import LIKELIHOODS
 
     parser = argparse.ArgumentParser(
         prog="pyro-vae",
@@ -222,9 +222,9 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
 
 def _add_part_arguments(train: argparse.ArgumentParser) -> None:
     """--prior, --posterior, --arch, the parts' options and --config FILE."""
-    from .config import ARCHS
-    from .posteriors import POSTERIORS
-    from .priors import PRIORS
+    from pyro_vae.models.config import ARCHS
+    from pyro_vae.parts.posteriors import POSTERIORS
+    from pyro_vae.parts.priors import PRIORS
 
     parts = train.add_argument_group("model parts")
     parts.add_argument("--prior", choices=sorted(PRIORS), default="normal")
@@ -260,8 +260,8 @@ def _apply_config_file(args: argparse.Namespace) -> dict:
     """
     import dataclasses
 
-    from .config import ModelConfig, load_config_file
-    from .errors import ConfigError
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.models.config import ModelConfig, load_config_file
 
     if args.config is None:
         return {}
@@ -283,9 +283,9 @@ def _apply_config_file(args: argparse.Namespace) -> dict:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import ModelConfig
-    from .runs import load_run_data, train_run
-    from .train import TrainConfig
+    from pyro_vae.models.config import ModelConfig
+    from pyro_vae.runs.pipeline import load_run_data, train_run
+    from pyro_vae.train.loop import TrainConfig
 
     if args.resume is not None:
         return _cmd_resume(args)
@@ -351,7 +351,7 @@ RESUME_OPTIONS = {"resume", "epochs", "no_progress", "debug"}
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from .runs import resume_run
+    from pyro_vae.runs.pipeline import resume_run
 
     conflicting = sorted(set(args.given) - RESUME_OPTIONS)
     if conflicting:
@@ -395,7 +395,7 @@ def _print_scores(r: dict) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
 
-    from .runs import load_run, load_run_data, score, summary
+    from pyro_vae.runs.pipeline import load_run, load_run_data, score, summary
 
     if args.num_samples < 1:
         raise _usage(f"--num-samples must be at least 1, got {args.num_samples}")
@@ -418,8 +418,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from . import figures
-    from .runs import load_run, load_run_data
+    from pyro_vae.analysis import figures
+    from pyro_vae.runs.pipeline import load_run, load_run_data
 
     if args.num < 1:
         raise _usage(f"-n must be at least 1, got {args.num}")
@@ -436,8 +436,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     import torch
 
-    from . import figures, plots
-    from .runs import load_run, load_run_data
+    from pyro_vae.analysis import figures, plots
+    from pyro_vae.runs.pipeline import load_run, load_run_data
 
     model, config = load_run(args.run_dir)
     out = args.output or args.run_dir / f"{args.kind}.{args.format}"
@@ -504,8 +504,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _print_inference_report(args: argparse.Namespace, vae, data) -> int:
-    from .inference_report import inference_report
-    from .train import eval_data
+    from pyro_vae.data.binarize import eval_data
+    from pyro_vae.infer.report import inference_report
 
     if args.num_points < 1:
         raise _usage(f"--num-points must be at least 1, got {args.num_points}")
@@ -534,7 +534,7 @@ def _print_inference_report(args: argparse.Namespace, vae, data) -> int:
 
 
 def _usage(message: str) -> PyroVAEError:
-    from .errors import ConfigError
+    from pyro_vae.errors import ConfigError
 
     return ConfigError(message)
 

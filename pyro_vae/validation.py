@@ -15,7 +15,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from .errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError
 
 
 def check_tensor(

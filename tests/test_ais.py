@@ -2,8 +2,8 @@ import pyro
 import pytest
 from ppca_encoder import LinearGaussian
 
-from pyro_vae.ais import ais_log_likelihood, sigmoid_schedule
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer import ais_log_likelihood, sigmoid_schedule
 
 
 def test_ais_converges_to_exact_log_likelihood_from_a_poor_start():

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from pyro_vae.autoencoder import Autoencoder, build_autoencoder, fit_autoencoder
-from pyro_vae.config import ModelConfig, build_vae
 from pyro_vae.data import load_digits
+from pyro_vae.models import Autoencoder, ModelConfig, build_autoencoder, build_vae
 from pyro_vae.runs import load_run, train_run
-from pyro_vae.train import TrainConfig
+from pyro_vae.train import TrainConfig, fit_autoencoder
 
 
 def small_digits():

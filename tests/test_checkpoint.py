@@ -9,13 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae import checkpoint
-from pyro_vae.checkpoint import FORMAT_VERSION, load_checkpoint, restore_model, save_checkpoint
-from pyro_vae.config import ModelConfig, build_vae
 from pyro_vae.data import DataSplits
 from pyro_vae.errors import CheckpointError
+from pyro_vae.models import ModelConfig, build_vae
 from pyro_vae.runs import load_run, train_run
-from pyro_vae.train import TrainConfig
+from pyro_vae.train import (
+    FORMAT_VERSION,
+    TrainConfig,
+    checkpoint,
+    load_checkpoint,
+    restore_model,
+    save_checkpoint,
+)
 
 
 class _Exploit:

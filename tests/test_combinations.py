@@ -12,12 +12,10 @@ import torch
 from torch import nn
 
 from pyro_vae import VAE
-from pyro_vae.config import ModelConfig, build_vae, load_config_file
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import log_likelihood
-from pyro_vae.likelihoods import LIKELIHOODS, Normal
-from pyro_vae.posteriors import POSTERIORS, FullRankNormal
-from pyro_vae.priors import PRIORS, LearnedNormal
+from pyro_vae.infer import log_likelihood
+from pyro_vae.models import ModelConfig, build_vae, load_config_file
+from pyro_vae.parts import LIKELIHOODS, POSTERIORS, PRIORS, FullRankNormal, LearnedNormal, Normal
 
 EVENT_SHAPE = (1, 3, 3)
 

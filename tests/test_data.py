@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import image_data
-from pyro_vae.data import binarize_splits, load_array_file, load_dataset
+from pyro_vae.data import (
+    binarize_splits,
+    load_array_file,
+    load_dataset,
+    load_idx_folder,
+    load_image_dataset,
+    load_image_folder,
+    read_idx,
+)
+from pyro_vae.data import images as image_data
 from pyro_vae.errors import DataError
-from pyro_vae.image_data import load_idx_folder, load_image_dataset, load_image_folder, read_idx
 
 
 def write_idx(path, array: np.ndarray, compress: bool) -> None:
@@ -217,8 +224,8 @@ def test_binarization_modes(tmp_path):
 
 
 def test_binarize_choice_must_fit_the_likelihood():
-    from pyro_vae.config import ModelConfig
     from pyro_vae.errors import ConfigError
+    from pyro_vae.models import ModelConfig
     from pyro_vae.runs import check_binarize
 
     bern = ModelConfig(event_shape=(4,), likelihood="bernoulli")

@@ -2,8 +2,7 @@ import pyro
 import torch
 from ppca_encoder import LinearGaussian
 
-from pyro_vae.diagnostics import khat_summary, posterior_inference_data, psis_khat
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.infer import khat_summary, log_likelihood, posterior_inference_data, psis_khat
 
 
 def _khat(lg, x, scale):

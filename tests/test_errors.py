@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from pyro_vae import cli
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.config import ModelConfig, build_vae
 from pyro_vae.data import DataSplits, load_array_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.infer import log_likelihood
+from pyro_vae.models import ModelConfig, build_vae
 from pyro_vae.runs import load_run, prepare_run_dir
-from pyro_vae.train import TrainConfig, fit
+from pyro_vae.train import TrainConfig, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENT = (6,)

@@ -1,7 +1,7 @@
 import pyro
 from ppca_encoder import LinearGaussian
 
-from pyro_vae.gaps import inference_gaps
+from pyro_vae.infer import inference_gaps
 
 
 def test_local_elbo_reaches_log_px_and_untrained_encoder_has_amortization_gap():

@@ -9,11 +9,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae import latent_space as ls
-from pyro_vae.autoencoder import build_autoencoder
-from pyro_vae.config import ModelConfig, build_vae
+from pyro_vae.analysis import latent_space as ls
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.priors import Prior
+from pyro_vae.models import ModelConfig, build_autoencoder, build_vae
+from pyro_vae.parts import Prior
 
 
 def tiny_models(latent_dim=2):

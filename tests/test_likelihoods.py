@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from pyro_vae.config import ModelConfig, build_vae
 from pyro_vae.errors import DataError
-from pyro_vae.likelihoods import (
+from pyro_vae.models import ModelConfig, build_vae
+from pyro_vae.parts import (
     LIKELIHOODS,
     Bernoulli,
     ContinuousBernoulli,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from linear_gaussian import LinearGaussian
 
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.infer import log_likelihood
 
 
 @pytest.fixture

@@ -8,10 +8,15 @@ import torch
 from torch import nn
 
 from pyro_vae import VAE
-from pyro_vae.likelihoods import Bernoulli, DiscretizedLogistic
-from pyro_vae.nets import ConvDecoder, ConvEncoder, MLPDecoder
-from pyro_vae.posteriors import DiagonalNormal
-from pyro_vae.priors import StandardNormal
+from pyro_vae.parts import (
+    Bernoulli,
+    ConvDecoder,
+    ConvEncoder,
+    DiagonalNormal,
+    DiscretizedLogistic,
+    MLPDecoder,
+    StandardNormal,
+)
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,12 @@ import torch
 from ppca_encoder import LinearGaussian
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import log_weights
-from pyro_vae.objectives import (
+from pyro_vae.infer import (
     KLSchedule,
     Objective,
     dreg_loss,
     iwae_loss,
+    log_weights,
     make_objective,
     per_dim_kl,
 )
@@ -152,8 +152,8 @@ def test_free_bits_floor_per_dimension():
     ],
 )
 def test_fit_trains_with_any_objective_and_reports_true_elbo(opts):
-    from pyro_vae.config import ModelConfig, build_vae
     from pyro_vae.data import DataSplits
+    from pyro_vae.models import ModelConfig, build_vae
     from pyro_vae.train import TrainConfig, fit
 
     g = torch.Generator().manual_seed(0)

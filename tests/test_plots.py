@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyro_vae import plots
+from pyro_vae.analysis import plots
 from pyro_vae.cli import main
 
 

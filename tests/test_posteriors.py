@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pyro_vae.posteriors import IAF, POSTERIORS, FullRankNormal, LowRankNormal
+from pyro_vae.parts import IAF, POSTERIORS, FullRankNormal, LowRankNormal
 
 
 def _family(name: str, latent_dim: int = 3):

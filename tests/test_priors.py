@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae.posteriors import DiagonalNormal
-from pyro_vae.priors import (
+from pyro_vae.parts import (
     PRIORS,
+    DiagonalNormal,
     FlowPrior,
     GaussianMixture,
     LearnedNormal,
@@ -120,7 +120,7 @@ def test_vamp_prior_log_prob_is_logsumexp_over_components():
 
 
 def test_vamp_prior_is_bound_by_vae_and_pseudo_inputs_train():
-    from pyro_vae.config import ModelConfig, build_vae
+    from pyro_vae.models import ModelConfig, build_vae
 
     vae = build_vae(
         ModelConfig(

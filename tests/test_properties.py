@@ -7,13 +7,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pyro_vae.config import ModelConfig, build_vae
 from pyro_vae.errors import DataError
-from pyro_vae.evaluation import log_likelihood, log_weights
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.nets import MLPDecoder, MLPEncoder
-from pyro_vae.posteriors import POSTERIORS
-from pyro_vae.priors import PRIORS
+from pyro_vae.infer import log_likelihood, log_weights
+from pyro_vae.models import ModelConfig, build_vae
+from pyro_vae.parts import LIKELIHOODS, POSTERIORS, PRIORS, MLPDecoder, MLPEncoder
 from pyro_vae.validation import check_tensor
 
 FEW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from pyro_vae import cli
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.config import ModelConfig
 from pyro_vae.data import DataSplits
 from pyro_vae.errors import ConfigError
+from pyro_vae.models import ModelConfig
 from pyro_vae.runs import resume_run, train_run
-from pyro_vae.train import TrainConfig
+from pyro_vae.train import TrainConfig, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WALL_TIME = {"seconds", "train_seconds"}

@@ -7,10 +7,10 @@ import torch
 
 from pyro_vae import ModelConfig, build_vae
 from pyro_vae.cli import main
-from pyro_vae.data import load_digits
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.data import eval_data, load_digits
+from pyro_vae.infer import log_likelihood
 from pyro_vae.runs import load_run, train_run
-from pyro_vae.train import TrainConfig, eval_data, fit
+from pyro_vae.train import TrainConfig, fit
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pyro import poutine
 
 from pyro_vae import ModelConfig, build_vae
 from pyro_vae.data import load_digits, static_binarize
-from pyro_vae.evaluation import log_likelihood
+from pyro_vae.infer import log_likelihood
 
 
 @pytest.fixture
@@ -84,11 +84,8 @@ def test_is_k1_matches_elbo_in_expectation(vae, batch):
 
 
 def test_latent_dims_must_match():
-    from pyro_vae.likelihoods import Bernoulli
-    from pyro_vae.nets import MLPDecoder, MLPEncoder
-    from pyro_vae.posteriors import DiagonalNormal
-    from pyro_vae.priors import StandardNormal
-    from pyro_vae.vae import VAE
+    from pyro_vae.models import VAE
+    from pyro_vae.parts import Bernoulli, DiagonalNormal, MLPDecoder, MLPEncoder, StandardNormal
 
     with pytest.raises(ValueError, match="latent_dim"):
         VAE(

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .ais import ais_log_likelihood
-from .diagnostics import KHAT_UNRELIABLE, khat_summary, psis_khat
-from .errors import ConfigError
-from .evaluation import log_likelihood
-from .gaps import inference_gaps
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer.ais import ais_log_likelihood
+from pyro_vae.infer.diagnostics import KHAT_UNRELIABLE, khat_summary, psis_khat
+from pyro_vae.infer.gaps import inference_gaps
+from pyro_vae.infer.importance import log_likelihood
 
 METHODS = ("is", "ais", "gaps")
 

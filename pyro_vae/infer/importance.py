@@ -18,8 +18,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from .errors import DataError
-from .validation import check_evaluation_inputs
+from pyro_vae.errors import DataError
+from pyro_vae.validation import check_evaluation_inputs
 
 #: Upper bound on particles x data points per pass: keeps memory bounded whatever K is.
 DEFAULT_PARTICLE_BUDGET = 2**16

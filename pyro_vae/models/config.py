@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .likelihoods import LIKELIHOODS
-from .nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from .posteriors import IAF, POSTERIORS, LowRankNormal
-from .priors import PRIORS, FlowPrior, GaussianMixture, VampPrior
-from .vae import VAE
+from pyro_vae.errors import ConfigError
+from pyro_vae.models.vae import VAE
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyro_vae.parts.posteriors import IAF, POSTERIORS, LowRankNormal
+from pyro_vae.parts.priors import PRIORS, FlowPrior, GaussianMixture, VampPrior
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from pyro_vae.errors import CheckpointError
 
 FORMAT_VERSION = 1
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from pyro_vae.errors import ConfigError, DataError
 
 
 @torch.no_grad()

@@ -27,8 +27,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import Distribution, Independent, kl_divergence
 
-from .errors import ConfigError
-from .evaluation import particle_dim_of, site_term
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer.importance import particle_dim_of, site_term
 
 #: Objective names accepted by :func:`make_objective` and ``pyro-vae train --objective``.
 OBJECTIVES = {

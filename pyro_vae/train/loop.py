@@ -14,15 +14,16 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, restore_model, save_checkpoint
-from .config import ModelConfig
-from .data import DataSplits, dynamic_binarize, static_binarize
-from .errors import CheckpointError, ConfigError, DataError, TrainingError
-from .evaluation import log_likelihood
-from .objectives import Objective, make_objective
-from .rng import get_rng_state, set_rng_state
-from .vae import VAE
-from .validation import check_finite_config, check_positive_int, check_tensor
+from pyro_vae.data.binarize import dynamic_binarize, eval_data
+from pyro_vae.data.splits import DataSplits
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, TrainingError
+from pyro_vae.infer.importance import log_likelihood
+from pyro_vae.infer.objectives import Objective, make_objective
+from pyro_vae.models.config import ModelConfig
+from pyro_vae.models.vae import VAE
+from pyro_vae.train.checkpoint import load_checkpoint, restore_model, save_checkpoint
+from pyro_vae.train.rng import get_rng_state, set_rng_state
+from pyro_vae.validation import check_finite_config, check_positive_int, check_tensor
 
 #: File names inside a run directory.
 CHECKPOINT = "checkpoint.pt"
@@ -90,11 +91,6 @@ class FitResult:
     history: list[dict[str, Any]]
     epochs: int
     seconds: float
-
-
-def eval_data(vae: VAE, x: torch.Tensor) -> torch.Tensor:
-    """The tensor a model is scored on: one fixed binarization for Bernoulli-type likelihoods."""
-    return static_binarize(x) if vae.likelihood.binarize else x
 
 
 def check_fit(vae: VAE, data: DataSplits, batch_size: int) -> None:

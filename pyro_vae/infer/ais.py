@@ -17,8 +17,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
-from .errors import ConfigError, DataError
-from .evaluation import _stderr, particle_dim_of, site_term
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.infer.importance import _stderr, particle_dim_of, site_term
 
 ADAPT = 0.5
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from . import latent_space as ls
-from . import plots
-from .data import DataSplits
-from .errors import ConfigError, DataError
-from .train import eval_data
+from pyro_vae.analysis import latent_space as ls
+from pyro_vae.analysis import plots
+from pyro_vae.data.binarize import eval_data
+from pyro_vae.data.splits import DataSplits
+from pyro_vae.errors import ConfigError, DataError
 
 #: Test points shown in latent scatters (all of them for small test sets).
 MAX_SCATTER_POINTS = 5000

@@ -17,7 +17,7 @@ import pyro
 import torch
 from torch.distributions import Distribution
 
-from .evaluation import _stderr, log_likelihood, log_weights, particle_dim_of
+from pyro_vae.infer.importance import _stderr, log_likelihood, log_weights, particle_dim_of
 
 
 @dataclass

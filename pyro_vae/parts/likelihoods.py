@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn.functional import logsigmoid, softplus
 
-from .errors import DataError
+from pyro_vae.errors import DataError
 
 
 class Likelihood(PyroModule):

@@ -19,15 +19,19 @@ from typing import Any
 import pyro
 import torch
 
-from . import plots
-from .autoencoder import build_autoencoder, fit_autoencoder, mean_reconstruction_nll
-from .checkpoint import load_checkpoint
-from .config import ModelConfig, build_vae
-from .data import BINARIZE_MODES, DataSplits, binarize_splits, load_dataset
-from .errors import CheckpointError, ConfigError
-from .evaluation import LogLikelihood, log_likelihood
-from .train import CHECKPOINT, FitResult, TrainConfig, check_fit, eval_data, fit
-from .vae import VAE
+from pyro_vae.analysis import plots
+from pyro_vae.models.autoencoder import build_autoencoder, mean_reconstruction_nll
+from pyro_vae.train.autoencoder import fit_autoencoder
+from pyro_vae.train.checkpoint import load_checkpoint
+from pyro_vae.models.config import ModelConfig, build_vae
+from pyro_vae.data.binarize import BINARIZE_MODES, binarize_splits
+from pyro_vae.data.splits import DataSplits
+from pyro_vae.data.catalog import load_dataset
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.infer.importance import LogLikelihood, log_likelihood
+from pyro_vae.train.loop import CHECKPOINT, FitResult, TrainConfig, check_fit, fit
+from pyro_vae.data.binarize import eval_data
+from pyro_vae.models.vae import VAE
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
@@ -51,7 +55,7 @@ def write_figures(
 
     Works for a VAE and for the autoencoder baseline (``history`` records of either fit loop).
     """
-    from . import figures
+    from pyro_vae.analysis import figures
 
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"unknown figure format {fmt!r}; choose one of {list(FIGURE_FORMATS)}")
@@ -317,7 +321,7 @@ def check_binarize(model_config: ModelConfig, binarize: str | None) -> None:
         raise ConfigError(
             f"unknown binarization {binarize!r}; choose one of {list(BINARIZE_MODES)}"
         )
-    from .config import build_likelihood
+    from pyro_vae.models.config import build_likelihood
 
     binary = build_likelihood(model_config).binarize
     if binary and binarize == "none":

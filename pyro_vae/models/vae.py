@@ -11,9 +11,9 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from .likelihoods import Likelihood
-from .posteriors import Posterior
-from .priors import Prior
+from pyro_vae.parts.likelihoods import Likelihood
+from pyro_vae.parts.posteriors import Posterior
+from pyro_vae.parts.priors import Prior
 
 
 class VAE(PyroModule):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from pyro_vae.errors import CheckpointError
 
 
 def get_rng_state() -> dict[str, Any]:

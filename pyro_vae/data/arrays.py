@@ -1,67 +1,14 @@
-"""Data sets: the embedded digits, users' array files, and binarization.
-
-Every split is a float tensor ``(N, *event_shape)``; image data are ``(N, C, H, W)`` in [0, 1].
-"""
+"""Readers of in-memory data: the embedded 8x8 digits and users' ``.npy``/``.npz`` array files."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DataError
-from .validation import check_tensor
-
-#: The seed of the fixed train/validation/test split and of the fixed evaluation binarization.
-SPLIT_SEED = 0
-BINARIZE_SEED = 1234
-
-
-@dataclass
-class DataSplits:
-    """A data set split three ways. Each split: (N, *event_shape), float32."""
-
-    name: str
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
-    labels: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: Names of the integer labels (index = label), for legends; ``None`` if unnamed.
-    label_names: list[str] | None = None
-
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.shape[1:])
-
-    def __post_init__(self) -> None:
-        for split in ("train", "valid", "test"):
-            x = check_tensor(getattr(self, split), f"the {split} split of {self.name!r}")
-            if x.shape[0] == 0:
-                raise DataError(
-                    f"the {split} split of {self.name!r} is empty; provide more data points"
-                )
-            if tuple(x.shape[1:]) != tuple(self.train.shape[1:]):
-                raise DataError(
-                    f"the {split} split has data-point shape {tuple(x.shape[1:])} but train has "
-                    f"{tuple(self.train.shape[1:])}; every split needs the same shape"
-                )
-            if not torch.isfinite(x).all():
-                raise DataError(
-                    f"the {split} split of {self.name!r} contains NaN or infinite values; "
-                    "clean or impute the data first"
-                )
-
-
-def split_indices(n: int, fractions: tuple[float, float] = (0.1, 0.1), seed: int = SPLIT_SEED):
-    """A fixed permutation of ``range(n)`` cut into train, validation and test indices."""
-    if n < 3:
-        raise DataError(f"need at least 3 data points to split into train/valid/test, got {n}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_valid = max(1, round(fractions[0] * n))
-    n_test = max(1, round(fractions[1] * n))
-    return perm[n_valid + n_test :], perm[:n_valid], perm[n_valid : n_valid + n_test]
+from pyro_vae.data.splits import SPLIT_SEED, DataSplits, split_indices
+from pyro_vae.errors import DataError
 
 
 def load_digits() -> DataSplits:
@@ -194,83 +141,3 @@ def load_array_file(path: str | Path) -> DataSplits:
     if set(labels) != {"train", "valid", "test"}:
         labels = {}  # figures need labels for every split or none
     return DataSplits(name, splits["train"], splits["valid"], splits["test"], labels=labels)
-
-
-DATASETS = {"digits": load_digits}
-
-
-def load_dataset(
-    name_or_path: str, data_dir: str | Path | None = None, download: bool = True
-) -> DataSplits:
-    """A data set by name or path.
-
-    Names: ``digits`` (shipped with scikit-learn) and the image sets of
-    :data:`pyro_vae.image_data.IMAGE_DATASETS` (``mnist``, ``fashion-mnist``, ``kmnist``,
-    ``cifar10``; looked for under ``data_dir``, downloaded there only if missing and
-    ``download``). Paths: a ``.npy``/``.npz`` file, a folder of the four MNIST-style IDX
-    files, or a folder of images.
-    """
-    from .image_data import (
-        IMAGE_DATASETS,
-        find_idx_files,
-        load_idx_folder,
-        load_image_dataset,
-        load_image_folder,
-    )
-
-    if name_or_path in DATASETS:
-        return DATASETS[name_or_path]()
-    if name_or_path in IMAGE_DATASETS:
-        return load_image_dataset(name_or_path, data_dir=data_dir, download=download)
-    if Path(name_or_path).is_dir():
-        if find_idx_files(Path(name_or_path)) is not None:
-            return load_idx_folder(name_or_path)
-        return load_image_folder(name_or_path)
-    if name_or_path.endswith((".npy", ".npz")) or Path(name_or_path).exists():
-        return load_array_file(name_or_path)
-    raise DataError(
-        f"unknown data set {name_or_path!r}; use one of {sorted(DATASETS) + sorted(IMAGE_DATASETS)}"
-        ", the path of a .npy/.npz file, or a folder of images"
-    )
-
-
-def dynamic_binarize(x: torch.Tensor) -> torch.Tensor:
-    """A fresh Bernoulli draw per element: x in [0, 1] -> {0, 1}. Call once per batch."""
-    return torch.bernoulli(x)
-
-
-def static_binarize(x: torch.Tensor, seed: int = BINARIZE_SEED) -> torch.Tensor:
-    """One fixed, seeded Bernoulli draw per element, the same on every call."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.bernoulli(x.cpu(), generator=gen).to(x.device)
-
-
-BINARIZE_MODES = ("dynamic", "static", "none")
-
-
-def binarize_splits(data: DataSplits, mode: str, seed: int = BINARIZE_SEED) -> DataSplits:
-    """Apply a binarization choice to every split of data in [0, 1].
-
-    ``dynamic``: unchanged here; Bernoulli-type likelihoods draw a fresh binarization of each
-    training batch (and score one fixed draw). ``static``: one seeded draw per split, kept for
-    the whole run. ``none``: unchanged (gray values, for likelihoods of continuous data).
-    """
-    if mode not in BINARIZE_MODES:
-        raise DataError(f"unknown binarization {mode!r}; choose one of {list(BINARIZE_MODES)}")
-    if mode != "static":
-        return data
-    for split in ("train", "valid", "test"):
-        x = getattr(data, split)
-        if float(x.min()) < 0 or float(x.max()) > 1:
-            raise DataError(
-                f"static binarization needs data in [0, 1], the {split} split has range "
-                f"[{float(x.min()):g}, {float(x.max()):g}]; rescale or use --binarize none"
-            )
-    return DataSplits(
-        data.name,
-        static_binarize(data.train, seed),
-        static_binarize(data.valid, seed + 1),
-        static_binarize(data.test, seed + 2),
-        labels=dict(data.labels),
-        label_names=data.label_names,
-    )

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import SPLIT_SEED, DataSplits
-from .errors import DataError
+from pyro_vae.data.splits import SPLIT_SEED, DataSplits
+from pyro_vae.errors import DataError
 
 #: IDX element types (the third byte of the magic number) -> big-endian numpy dtype.
 _IDX_DTYPES = {
@@ -339,7 +339,7 @@ def load_image_folder(folder: str | Path, name: str | None = None) -> DataSplits
     """
     from PIL import Image
 
-    from .data import split_indices
+    from pyro_vae.data.splits import split_indices
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -77,7 +77,7 @@ def posterior_inference_data(
         raise ValueError(f"expected one data point, got a batch of {x.shape[0]}")
     if seed is not None:
         pyro.set_rng_seed(seed)
-    from .evaluation import particle_dim_of
+    from pyro_vae.infer.importance import particle_dim_of
 
     pdim = particle_dim_of(model, guide, x)
     with pyro.plate("particles", num_samples, dim=pdim):
@@ -106,7 +106,7 @@ def _log_weights_at(model, x, guide_trace, num_samples, pdim) -> torch.Tensor:
     import pyro
     from pyro import poutine
 
-    from .evaluation import _site_terms
+    from pyro_vae.infer.importance import _site_terms
 
     with pyro.plate("particles", num_samples, dim=pdim):
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)

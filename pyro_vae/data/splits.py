@@ -1,0 +1,61 @@
+"""Data sets: the embedded digits, users' array files, and binarization.
+
+Every split is a float tensor ``(N, *event_shape)``; image data are ``(N, C, H, W)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pyro_vae.errors import DataError
+from pyro_vae.validation import check_tensor
+
+#: The seed of the fixed train/validation/test split.
+SPLIT_SEED = 0
+
+
+@dataclass
+class DataSplits:
+    """A data set split three ways. Each split: (N, *event_shape), float32."""
+
+    name: str
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Names of the integer labels (index = label), for legends; ``None`` if unnamed.
+    label_names: list[str] | None = None
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    def __post_init__(self) -> None:
+        for split in ("train", "valid", "test"):
+            x = check_tensor(getattr(self, split), f"the {split} split of {self.name!r}")
+            if x.shape[0] == 0:
+                raise DataError(
+                    f"the {split} split of {self.name!r} is empty; provide more data points"
+                )
+            if tuple(x.shape[1:]) != tuple(self.train.shape[1:]):
+                raise DataError(
+                    f"the {split} split has data-point shape {tuple(x.shape[1:])} but train has "
+                    f"{tuple(self.train.shape[1:])}; every split needs the same shape"
+                )
+            if not torch.isfinite(x).all():
+                raise DataError(
+                    f"the {split} split of {self.name!r} contains NaN or infinite values; "
+                    "clean or impute the data first"
+                )
+
+
+def split_indices(n: int, fractions: tuple[float, float] = (0.1, 0.1), seed: int = SPLIT_SEED):
+    """A fixed permutation of ``range(n)`` cut into train, validation and test indices."""
+    if n < 3:
+        raise DataError(f"need at least 3 data points to split into train/valid/test, got {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_valid = max(1, round(fractions[0] * n))
+    n_test = max(1, round(fractions[1] * n))
+    return perm[n_valid + n_test :], perm[:n_valid], perm[n_valid : n_valid + n_test]

@@ -1,0 +1,71 @@
+"""A deterministic autoencoder baseline built from the same networks and likelihood as a VAE.
+
+z = encoder(x) (a point, not a distribution) and the loss is the reconstruction negative
+log-likelihood -log p(x | decoder(z)) under the VAE's likelihood: the ELBO without the
+sampling of z and without the KL term. Nothing pulls the codes towards a prior, so the code
+space has gaps between clusters and off them decodes poorly (the lecture's "limitations").
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_vae.models.config import ModelConfig, build_likelihood
+from pyro_vae.parts.nets import MLPDecoder, MLPEncoder
+
+
+class Autoencoder(nn.Module):
+    """Encoder -> code z (latent_dim) -> decoder -> likelihood parameters.
+
+    Same interface as the VAE where it makes sense: ``encode(x)`` returns a point mass
+    ``Delta(z)`` (so ``.mean`` is the code), ``decode(z)`` returns p(x | z),
+    ``reconstruct(x)`` returns E[x | z(x)].
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood, event_shape, latent_dim):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.latent_dim = int(latent_dim)
+
+    def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """x: (*batch, *event_shape) -> Delta(z) with event_shape (latent_dim,)."""
+        return dist.Delta(self.encoder(x), event_dim=1)
+
+    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """z: (*batch, latent_dim) -> p(x | z) with event_shape ``event_shape``."""
+        batch = z.shape[:-1]
+        params = self.decoder(z).reshape(*batch, self.likelihood.num_params, *self.event_shape)
+        return self.likelihood(params.movedim(len(batch), -1)).to_event(len(self.event_shape))
+
+    def reconstruction_nll(self, x: torch.Tensor) -> torch.Tensor:
+        """-log p(x | decoder(encoder(x))) per data point: x: (batch, *event_shape) -> (batch,)."""
+        return -self.decode(self.encoder(x)).log_prob(x)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encoder(x)).mean
+
+
+def build_autoencoder(config: ModelConfig) -> Autoencoder:
+    """The VAE's networks with a code of ``latent_dim`` outputs instead of q(z|x)'s parameters."""
+    likelihood = build_likelihood(config)
+    n_out = likelihood.num_params * math.prod(config.event_shape)
+    encoder = MLPEncoder(config.event_shape, config.latent_dim, config.hidden)
+    decoder = MLPDecoder(config.latent_dim, n_out, tuple(reversed(config.hidden)))
+    return Autoencoder(encoder, decoder, likelihood, config.event_shape, config.latent_dim)
+
+
+@torch.no_grad()
+def mean_reconstruction_nll(ae: Autoencoder, x: torch.Tensor, batch_size: int = 2048):
+    """Mean and standard error of the reconstruction NLL (nats per data point) over x."""
+    nll = torch.cat(
+        [ae.reconstruction_nll(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    )
+    return float(nll.mean()), float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else 0.0
