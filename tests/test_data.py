@@ -447,3 +447,15 @@ def test_dynamic_binarization_draws_afresh_each_call():
     # 10,000 pixels: standard error sqrt(0.25 / 10000) = 0.005, so +-0.03 is six of them
     assert abs(differ - 0.5) < 0.03
     assert abs(float(a.mean()) - 0.5) < 0.03
+
+
+def test_head_keeps_the_first_points_and_their_labels():
+    from pyro_vae.data import load_digits
+
+    data = load_digits()
+    small = data.head(10)
+    assert small.train.shape[0] == small.valid.shape[0] == small.test.shape[0] == 10
+    assert torch.equal(small.test, data.test[:10])
+    assert torch.equal(small.labels["train"], data.labels["train"][:10])
+    with pytest.raises(DataError, match="at least 1"):
+        data.head(0)

@@ -36,6 +36,22 @@ class DataSplits:
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
+    def head(self, n: int) -> DataSplits:
+        """The first ``n`` points of every split (and of its labels): a quick, small run.
+
+        Each split: (min(n, N_split), *event_shape).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DataError(f"head needs a number of points of at least 1, got {n!r}")
+        return DataSplits(
+            self.name,
+            self.train[:n],
+            self.valid[:n],
+            self.test[:n],
+            labels={split: y[:n] for split, y in self.labels.items()},
+            label_names=self.label_names,
+        )
+
     def __post_init__(self) -> None:
         for split in ("train", "valid", "test"):
             x = getattr(self, split)
