@@ -93,7 +93,8 @@ def on_files(files, config):
     for script in sorted((Path(config.docs_dir) / TUTORIALS).glob("*.py")):
         out = run_tutorial(script, root)
         for path in sorted(out.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
+            # text outputs are inlined by on_page_markdown, not published as pages
+            if path.is_file() and not path.name.startswith(".") and path.suffix != ".md":
                 uri = f"{TUTORIALS}/generated/{script.stem}/{path.relative_to(out).as_posix()}"
                 files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
