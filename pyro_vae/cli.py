@@ -141,7 +141,12 @@ def build_parser(track: bool = False) -> argparse.ArgumentParser:
         prog="pyro-vae",
         description="Variational autoencoders as two Pyro programs: train, evaluate, plot.",
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if track else False,
+        help="show full tracebacks on errors",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(

@@ -76,7 +76,8 @@ def test_new_prior_trains_from_the_cli_with_plugin_then_evaluates(plugin_dir, tm
 def test_new_prior_trains_from_a_config_file(plugin_dir, tmp_path, capsys):
     cfg = tmp_path / "run.toml"
     cfg.write_text(
-        f'plugins = ["{MODULE}"]\nlatent_dim = 3\nepochs = 1\n[prior]\nname = "student_t"\ndf = 3.0\n'
+        f'plugins = ["{MODULE}"]\nlatent_dim = 3\nepochs = 1\n'
+        '[prior]\nname = "student_t"\ndf = 3.0\n'
     )
     assert main([*_train_args(tmp_path, "file", "--config", str(cfg)), "--epochs", "1"]) == 0
     run = json.loads((tmp_path / "file" / "config.json").read_text())
