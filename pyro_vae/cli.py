@@ -389,10 +389,7 @@ def _file_settings(path: Path) -> dict[str, Any]:
     model_keys = {*_model_config_fields(), *LEGACY_OPTIONS, *(f"{k}_options" for k in PART_KINDS)}
     for key, value in values.items():
         if key in typed:
-            hint = typed[key][0]
-            if key in ("output_dir", "data_dir"):
-                hint = str | None
-            values[key] = coerce(value, hint, f"{key} in config file {path}")
+            values[key] = coerce(value, typed[key][0], f"{key} in config file {path}")
         elif key not in model_keys:
             raise ConfigError(
                 f"unknown key {key!r} in config file {path}; use option names such as "

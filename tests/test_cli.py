@@ -107,6 +107,7 @@ def test_bad_config_files_are_one_line_and_exit_2(tmp_path, capsys, values, frag
         (["--n-components", "3"], "--n-components is an option of prior 'mixture', not 'normal'"),
         (["--posterior", "low_rank", "--posterior-opt", "rank=9"], "exceeds latent_dim 2"),
         (["--latent-dim", "0"], "latent_dim must be at least 1"),
+        (["--hidden", "100000,100000"], "would hold about 1e+10 weights"),
         (["--plugin", "no_such_module_here"], "cannot import module"),
         (["--plugin", "../evil.py"], "is not a module name"),
     ],

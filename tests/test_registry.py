@@ -168,3 +168,22 @@ def test_decorator_registration_from_python_registers_under_the_name():
     assert ModelConfig(event_shape=(3,), prior="test_only_flat").plugins() == {
         "prior": __name__
     }
+
+
+def test_tensor_options_are_recorded_as_numbers_and_unrecordable_defaults_left_out():
+    import torch
+
+    config = ModelConfig(
+        event_shape=(3,), prior="learned_normal", prior_options={"loc": torch.tensor([1.0, 2.0])}
+    )
+    assert config.to_dict()["prior_options"] == {"loc": [1.0, 2.0], "scale": 1.0}
+    assert build_vae(config).prior.loc.tolist() == [1.0, 2.0]
+    registry = Registry("widget", shared=())
+    zeros = torch.zeros(2)
+
+    class Widget:
+        def __init__(self, table: torch.Tensor = zeros):
+            self.table = table
+
+    registry.register("widget", Widget)
+    assert registry.check_options("widget", {}) == {}  # the constructor keeps its default

@@ -175,9 +175,27 @@ class Nets:
         raise NotImplementedError
 
 
+#: Largest network a config may ask for (weights of one MLP), refused before allocating.
+MAX_PARAMETERS = 500_000_000
+
+
 @register_arch("mlp")
 class MLPNets(Nets):
     """Fully connected nets: the encoder has ``hidden`` widths, the decoder mirrors them."""
+
+    @classmethod
+    def check_options(
+        cls, options: dict, event_shape: Sequence[int], latent_dim: int, hidden: Sequence[int]
+    ) -> None:
+        """Refuse sizes whose weights could not be allocated (before trying for minutes)."""
+        widths = [math.prod(event_shape), *hidden, latent_dim]
+        count = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+        if count > MAX_PARAMETERS:
+            raise ConfigError(
+                f"an encoder for data of shape {tuple(event_shape)} with hidden sizes "
+                f"{list(hidden)} and latent_dim {latent_dim} would hold about {count:.2g} "
+                f"weights (limit {MAX_PARAMETERS:.0e}); choose smaller sizes"
+            )
 
     def encoder(self, out_features: int) -> nn.Module:
         return MLPEncoder(self.event_shape, out_features, self.hidden)

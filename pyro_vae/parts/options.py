@@ -239,7 +239,18 @@ def _coerce_base(value: Any, base: Any, where: str) -> Any:
     )
 
 
+def is_json(value: Any) -> bool:
+    """True if ``value`` can be written to config.json as it is (tuples as lists)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _numbers(value: Any, where: str) -> Any:
+    if hasattr(value, "tolist") and callable(value.tolist):  # a tensor or array
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         return tuple(coerce(v, float, f"{where}[{i}]") for i, v in enumerate(value))
     return coerce(value, float, where)

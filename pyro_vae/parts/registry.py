@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.parts.options import Option, coerce, signature_options
+from pyro_vae.parts.options import Option, coerce, is_json, signature_options
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,9 @@ class Registry(Mapping[str, Callable[..., Any]]):
                     f"{where} needs option {key!r} ({option.describe()}); set it with "
                     f"--{self.kind}-opt {key}=VALUE or in the config's [{self.kind}] table"
                 )
-            else:
+            elif is_json(option.default):
                 checked[key] = option.default
+            # A default that JSON cannot record (e.g. a tensor) is left to the constructor.
         hook = getattr(entry.factory, "check_options", None)
         if callable(hook):
             hook(dict(checked), **{k: v for k, v in shared.items() if k in self.shared})
