@@ -101,7 +101,7 @@ LIBRARY_CASES = [
         "hidden-zero",
         lambda t: ModelConfig(event_shape=EVENT, hidden=(0,)),
         ConfigError,
-        "hidden sizes",
+        "hidden must be at least 1",
     ),
     (
         "unknown-likelihood",
@@ -298,9 +298,11 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys, argv, fragment):
         assert not (tmp_path / "a").exists(), "a refused run leaves no run directory behind"
 
 
-def test_cli_debug_shows_the_exception(tmp_path):
-    with pytest.raises(ConfigError, match="epochs must be at least 1"):
-        cli.main(["--debug", *_train(tmp_path, "a", "--epochs", "0")])
+def test_cli_debug_shows_the_exception(tmp_path, capsys):
+    # --debug adds the traceback; bad input still exits 2.
+    assert cli.main(["--debug", *_train(tmp_path, "a", "--epochs", "0")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ConfigError: epochs must be at least 1" in err
 
 
 def test_cli_bad_flag_value_is_a_usage_error(tmp_path, capsys):
