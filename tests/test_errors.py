@@ -162,7 +162,7 @@ LIBRARY_CASES = [
         "file-object-dtype",
         lambda t: load_array_file(_saved(t, "o.npy", np.array([{}, {}], dtype=object))),
         DataError,
-        "cannot read",
+        "pickled (object) array",
     ),
     (
         "file-1d",
