@@ -70,6 +70,13 @@ def _as_labels(array: np.ndarray, n: int, key: str, source: str) -> torch.Tensor
     return torch.as_tensor(array, dtype=torch.long)
 
 
+def _has_numpy_header(path: Path) -> bool:
+    """True when the file starts like a ``.npy`` (magic string) or an ``.npz`` (a zip)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return head.startswith((b"\x93NUMPY", b"PK\x03\x04"))
+
+
 def load_array_file(path: str | Path) -> DataSplits:
     """A user's ``.npy`` (one array, split 80/10/10) or ``.npz`` file.
 
@@ -94,9 +101,11 @@ def load_array_file(path: str | Path) -> DataSplits:
             with loaded:
                 arrays = {k: loaded[k] for k in loaded.files}
     except ValueError as exc:
-        if "allow_pickle" not in str(exc):
+        if "allow_pickle" not in str(exc) or not _has_numpy_header(path):
+            # numpy takes any file without its header for a pickle: say what it really is
             raise DataError(
-                f"cannot read {str(path)!r} as a numpy file ({exc}); re-save it"
+                f"cannot read {str(path)!r} as a numpy file (no .npy/.npz header); re-save it "
+                "with numpy.save/savez"
             ) from exc
         raise DataError(
             f"{str(path)!r} holds a pickled (object) array, which is never loaded because "
