@@ -114,8 +114,10 @@ class Registry(Mapping[str, Callable[..., Any]]):
         load it.
         """
         if not isinstance(name, str):
+            shown = name.__name__ if inspect.isclass(name) else type(name).__name__
             raise ConfigError(
-                f"{self.kind} must be a name (string), got {name!r}; choose one of {sorted(self)}"
+                f"{self.kind} must be a registered name (string), got {shown}; choose one of "
+                f"{sorted(self)} or register your class with @register_{self.kind}(\"name\")"
             )
         if name in self._entries:
             return name
