@@ -77,6 +77,8 @@ BAD_DICTS = [
      "prior 't' comes from module 'their_mod', which is not imported"),
     ("table-without-name", {"event_shape": [4], "prior": {"n_components": 3}},
      "the [prior] table needs a name"),
+    ("part-from-other-module", {"event_shape": [4], "prior": "mixture", "plugins": {"prior": "m"}},
+     "prior 'mixture' was saved from module 'm' but is registered here by"),
 ]  # fmt: skip
 
 
