@@ -53,6 +53,9 @@ def plugin_dir(tmp_path_factory):
     sys.path.insert(0, str(where))
     yield where
     sys.path.remove(str(where))
+    if "student_t" in PRIORS:
+        PRIORS.unregister("student_t")
+    sys.modules.pop(MODULE, None)
 
 
 def _train_args(out: Path, name: str, *extra: str) -> list[str]:
@@ -164,10 +167,14 @@ def test_decorator_registration_from_python_registers_under_the_name():
     class Flat(PRIORS["normal"]):
         pass
 
-    assert PRIORS["test_only_flat"] is Flat
-    assert ModelConfig(event_shape=(3,), prior="test_only_flat").plugins() == {
-        "prior": __name__
-    }
+    try:
+        assert PRIORS["test_only_flat"] is Flat
+        assert ModelConfig(event_shape=(3,), prior="test_only_flat").plugins() == {
+            "prior": __name__
+        }
+    finally:
+        PRIORS.unregister("test_only_flat")
+    assert "test_only_flat" not in PRIORS
 
 
 def test_tensor_options_are_recorded_as_numbers_and_unrecordable_defaults_left_out():

@@ -107,6 +107,13 @@ class Registry(Mapping[str, Callable[..., Any]]):
             self._aliases[alias] = name
         return factory
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` and its aliases (e.g. after a test, or to re-register in a notebook)."""
+        name = self.canonical(name)
+        del self._entries[name]
+        for alias in [a for a, target in self._aliases.items() if target == name]:
+            del self._aliases[alias]
+
     def canonical(self, name: Any, plugin: str | None = None) -> str:
         """The registered name ``name`` stands for (aliases resolve); else :class:`ConfigError`.
 
