@@ -152,6 +152,20 @@ def test_registering_is_one_call_or_a_decorator_and_names_are_checked():
     with pytest.raises(ConfigError, match="unknown widget 'nope'; choose one of"):
         registry.canonical("nope")
 
+    class Gadget:
+        def __init__(self, size: int = 2):
+            self.size = size
+
+        @classmethod
+        def check_options(cls, options):  # takes none of the shared sizes
+            if options["size"] % 2:
+                raise ValueError("size must be even")
+
+    registry.register("gadget", Gadget)
+    assert registry.build("gadget", {"size": 4}, latent_dim=2).size == 4
+    with pytest.raises(ConfigError, match="widget 'gadget': size must be even"):
+        registry.check_options("gadget", {"size": 3}, latent_dim=2)
+
 
 def test_every_builtin_part_builds_with_only_its_defaults():
     for name in PRIORS:
