@@ -6,10 +6,12 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models import ModelConfig
-from pyro_vae.parts import StandardNormal
+from pyro_vae.parts import ARCHS, LIKELIHOODS, POSTERIORS, PRIORS, StandardNormal
 
 EVENT = (1, 8, 8)
 
@@ -101,3 +103,28 @@ def test_defaults_are_filled_so_equal_models_compare_equal():
     b = ModelConfig(event_shape=list(EVENT), prior="mixture", prior_options={"n_components": 10})
     assert a == b
     assert json.loads(json.dumps(a.to_dict())) == b.to_dict()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    latent=st.integers(2, 4),
+    hidden=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    prior=st.sampled_from(sorted(PRIORS)),
+    likelihood=st.sampled_from(LIKELIHOODS.names()),
+    posterior=st.sampled_from(sorted(POSTERIORS)),
+    arch=st.sampled_from(sorted(ARCHS)),
+)
+def test_every_valid_config_round_trips_through_json(
+    latent, hidden, prior, likelihood, posterior, arch
+):
+    config = ModelConfig(
+        event_shape=EVENT,
+        latent_dim=latent,
+        hidden=hidden,
+        prior=prior,
+        likelihood=likelihood,
+        posterior=posterior,
+        arch=arch,
+    )
+    assert config.likelihood in LIKELIHOODS  # aliases become the canonical name
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
