@@ -115,7 +115,13 @@ def _train_config_fields() -> dict[str, tuple[Any, Any]]:
     from pyro_vae.train.loop import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
-    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(TrainConfig)}
+    return {f.name: (hints[f.name], _field_default(f)) for f in dataclasses.fields(TrainConfig)}
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def _model_config_fields() -> dict[str, tuple[Any, Any]]:
@@ -125,7 +131,7 @@ def _model_config_fields() -> dict[str, tuple[Any, Any]]:
     hints = typing.get_type_hints(ModelConfig)
     skip = {"event_shape", *(f"{kind}_options" for kind in PART_KINDS)}
     return {
-        f.name: (hints[f.name], f.default)
+        f.name: (hints[f.name], _field_default(f))
         for f in dataclasses.fields(ModelConfig)
         if f.name not in skip
     }
@@ -137,6 +143,9 @@ def build_parser(track: bool = False) -> argparse.ArgumentParser:
     With ``track``, ``train``'s flags get no defaults: parsing then yields only the flags
     written on the command line (how config files and --resume know what was given).
     """
+    from pyro_vae.infer.report import METHODS
+    from pyro_vae.runs.pipeline import score
+
     parser = OneLineParser(
         prog="pyro-vae",
         description="Variational autoencoders as two Pyro programs: train, evaluate, plot.",
@@ -166,13 +175,24 @@ def build_parser(track: bool = False) -> argparse.ArgumentParser:
         "sampled log-likelihood, each with its standard error.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    scoring = inspect.signature(score).parameters
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    ev.add_argument("--num-samples", type=int, default=1000, help="importance samples K")
-    ev.add_argument("--batch-size", type=int, default=None, help="data points per pass")
+    ev.add_argument(
+        "--num-samples",
+        type=int,
+        default=scoring["num_samples"].default,
+        help="importance samples K",
+    )
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=scoring["batch_size"].default,
+        help="data points per pass",
+    )
     ev.add_argument("--seed", type=int, default=0, help="random seed of the estimator")
     ev.add_argument(
         "--method",
-        choices=["is", "ais", "gaps"],
+        choices=list(METHODS),
         default=None,
         help="print a table: ELBO, IWAE-k, IS with PSIS k-hat; 'ais' adds AIS, 'gaps' the "
         "approximation and amortization gaps (on the first --num-points test points)",
@@ -215,6 +235,8 @@ FIGURE_KINDS = (
 
 
 def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
+    from pyro_vae.runs.pipeline import FIGURE_FORMATS
+
     sample = sub.add_parser(
         "sample",
         help="draw a grid of samples from a trained run",
@@ -226,7 +248,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     sample.add_argument("-n", "--num", type=int, default=64, help="number of samples")
     sample.add_argument("--source", choices=["prior", "aggregate"], default="prior")
     sample.add_argument("--output", type=Path, default=None, help="default RUN_DIR/samples-SOURCE")
-    sample.add_argument("--format", choices=["png", "pdf"], default="png")
+    sample.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
     sample.add_argument("--seed", type=int, default=0)
 
     plot = sub.add_parser(
@@ -241,7 +263,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     plot.add_argument("--kind", choices=FIGURE_KINDS, required=True)
     plot.add_argument("--output", type=Path, default=None, help="default RUN_DIR/KIND.FORMAT")
-    plot.add_argument("--format", choices=["png", "pdf"], default="png")
+    plot.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
     plot.add_argument("--seed", type=int, default=0)
     plot.add_argument("--source", choices=["prior", "aggregate"], default="prior")
     plot.add_argument("--steps", type=int, default=10, help="interpolation steps")

@@ -53,6 +53,9 @@ def plugin_dir(tmp_path_factory):
     sys.path.insert(0, str(where))
     yield where
     sys.path.remove(str(where))
+    if "student_t" in PRIORS:
+        PRIORS.unregister("student_t")
+    sys.modules.pop(MODULE, None)
 
 
 def _train_args(out: Path, name: str, *extra: str) -> list[str]:
@@ -149,6 +152,20 @@ def test_registering_is_one_call_or_a_decorator_and_names_are_checked():
     with pytest.raises(ConfigError, match="unknown widget 'nope'; choose one of"):
         registry.canonical("nope")
 
+    class Gadget:
+        def __init__(self, size: int = 2):
+            self.size = size
+
+        @classmethod
+        def check_options(cls, options):  # takes none of the shared sizes
+            if options["size"] % 2:
+                raise ValueError("size must be even")
+
+    registry.register("gadget", Gadget)
+    assert registry.build("gadget", {"size": 4}, latent_dim=2).size == 4
+    with pytest.raises(ConfigError, match="widget 'gadget': size must be even"):
+        registry.check_options("gadget", {"size": 3}, latent_dim=2)
+
 
 def test_every_builtin_part_builds_with_only_its_defaults():
     for name in PRIORS:
@@ -164,10 +181,14 @@ def test_decorator_registration_from_python_registers_under_the_name():
     class Flat(PRIORS["normal"]):
         pass
 
-    assert PRIORS["test_only_flat"] is Flat
-    assert ModelConfig(event_shape=(3,), prior="test_only_flat").plugins() == {
-        "prior": __name__
-    }
+    try:
+        assert PRIORS["test_only_flat"] is Flat
+        assert ModelConfig(event_shape=(3,), prior="test_only_flat").plugins() == {
+            "prior": __name__
+        }
+    finally:
+        PRIORS.unregister("test_only_flat")
+    assert "test_only_flat" not in PRIORS
 
 
 def test_tensor_options_are_recorded_as_numbers_and_unrecordable_defaults_left_out():

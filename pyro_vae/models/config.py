@@ -120,6 +120,14 @@ class ModelConfig:
         for kind, registry in REGISTRIES.items():
             if kind in d:
                 d[kind] = registry.canonical(d[kind], plugin=plugins.get(kind))
+                module = registry.entry(d[kind]).module
+                if kind in plugins and plugins[kind] != module:
+                    # Same name, other code: the weights would load into a different model.
+                    raise ConfigError(
+                        f"{kind} {d[kind]!r} was saved from module {plugins[kind]!r} but is "
+                        f"registered here by {module!r}; import {plugins[kind]} instead "
+                        f"(--plugin {plugins[kind]})"
+                    )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

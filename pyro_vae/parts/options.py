@@ -193,12 +193,11 @@ def _coerce_base(value: Any, base: Any, where: str) -> Any:
     if base is Any:
         return _json_value(value, where)
     if _is_union(base):
-        errors = []
         for arm in typing.get_args(base):
             try:
                 return coerce(value, arm, where)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise ConfigError(
             f"{where} must be {describe_hint(base)}, got {_show(value)}; give a value of that type"
         )

@@ -107,6 +107,13 @@ class Registry(Mapping[str, Callable[..., Any]]):
             self._aliases[alias] = name
         return factory
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` and its aliases (e.g. after a test, or to re-register in a notebook)."""
+        name = self.canonical(name)
+        del self._entries[name]
+        for alias in [a for a, target in self._aliases.items() if target == name]:
+            del self._aliases[alias]
+
     def canonical(self, name: Any, plugin: str | None = None) -> str:
         """The registered name ``name`` stands for (aliases resolve); else :class:`ConfigError`.
 
@@ -114,8 +121,10 @@ class Registry(Mapping[str, Callable[..., Any]]):
         load it.
         """
         if not isinstance(name, str):
+            shown = name.__name__ if inspect.isclass(name) else type(name).__name__
             raise ConfigError(
-                f"{self.kind} must be a name (string), got {name!r}; choose one of {sorted(self)}"
+                f"{self.kind} must be a registered name (string), got {shown}; choose one of "
+                f"{sorted(self)} or register your class with @register_{self.kind}(\"name\")"
             )
         if name in self._entries:
             return name
@@ -169,28 +178,40 @@ class Registry(Mapping[str, Callable[..., Any]]):
             # A default that JSON cannot record (e.g. a tensor) is left to the constructor.
         hook = getattr(entry.factory, "check_options", None)
         if callable(hook):
-            hook(dict(checked), **{k: v for k, v in shared.items() if k in self.shared})
+            sizes = {k: v for k, v in shared.items() if k in self.shared}
+            try:
+                hook(dict(checked), **_accepted(hook, sizes))
+            except ValueError as exc:  # ConfigError passes through as it is
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"{where}: {_first_line(exc)}; change its options") from exc
         return checked
 
     def build(self, name: str, options: Mapping[str, Any] | None = None, **shared: Any) -> Any:
         """The part ``name`` built with its (checked) ``options`` and the ``shared`` sizes."""
         entry = self.entry(name)
         checked = self.check_options(name, options, **shared)
-        params = _parameters(entry.factory)
-        accepted = {k: v for k, v in shared.items() if k in self.shared and k in params}
+        sizes = {k: v for k, v in shared.items() if k in self.shared}
         try:
-            return entry.factory(**accepted, **checked)
+            return entry.factory(**_accepted(entry.factory, sizes), **checked)
         except (ValueError, TypeError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [""])[0]
             raise ConfigError(
-                f"{self.kind} {entry.name!r} cannot be built with options {checked}: {first}; "
-                "change its options"
+                f"{self.kind} {entry.name!r} cannot be built with options {checked}: "
+                f"{_first_line(exc)}; change its options"
             ) from exc
 
 
-def _parameters(factory: Callable[..., Any]) -> set[str]:
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    return set(inspect.signature(target).parameters)
+def _accepted(func: Callable[..., Any], sizes: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``sizes`` that ``func`` (a class: its constructor) takes by name."""
+    target = func.__init__ if inspect.isclass(func) else func
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(sizes)
+    return {k: v for k, v in sizes.items() if k in params}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def _qualname(factory: Callable[..., Any]) -> str:
