@@ -1,6 +1,8 @@
 """MkDocs hooks: the library's version on every page, and tutorials executed at build time.
 
-Each ``docs/tutorials/*.py`` script runs once per change (its source, the package's sources
+Each tutorial, a ``docs/tutorials/NAME.py`` script beside its page ``NAME.md`` (underscores
+in the script's name are hyphens in the page's; other scripts there are modules the tutorials
+import), runs once per change (its source, the package's sources
 and the size setting are hashed) with ``PYRO_VAE_TUTORIAL_OUT`` naming a fresh folder in the
 cache (``.docs-cache/`` or ``$PYRO_VAE_DOCS_CACHE``). What it writes there is published under
 ``tutorials/generated/<script>/``, so every figure a page shows was produced by the code the
@@ -25,6 +27,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 TUTORIALS = "tutorials"
+FIGURE_SUFFIXES = (".png", ".svg")
 MARKER = re.compile(r"<!-- (source|output): ([\w./-]+) -->")
 
 
@@ -87,14 +90,25 @@ def on_config(config):
     return config
 
 
+def tutorial_scripts(docs_dir: Path) -> list[Path]:
+    """The scripts of ``docs/tutorials/`` that have a page of their own."""
+    folder = docs_dir / TUTORIALS
+    return [
+        p
+        for p in sorted(folder.glob("*.py"))
+        if (folder / f"{p.stem.replace('_', '-')}.md").is_file()
+    ]
+
+
 def on_files(files, config):
     """Run the tutorials and publish their outputs next to their pages."""
     root = Path(config.config_file_path).parent
-    for script in sorted((Path(config.docs_dir) / TUTORIALS).glob("*.py")):
+    for script in tutorial_scripts(Path(config.docs_dir)):
         out = run_tutorial(script, root)
         for path in sorted(out.rglob("*")):
-            # text outputs are inlined by on_page_markdown, not published as pages
-            if path.is_file() and not path.name.startswith(".") and path.suffix != ".md":
+            # figures are published; text is inlined by on_page_markdown; anything else a
+            # tutorial writes (run directories, checkpoints) stays in the cache
+            if path.is_file() and path.suffix in FIGURE_SUFFIXES:
                 uri = f"{TUTORIALS}/generated/{script.stem}/{path.relative_to(out).as_posix()}"
                 files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
