@@ -45,6 +45,14 @@ def test_every_subpackage_has_an_api_page():
         assert f"::: pyro_vae.{name}" in pages, f"docs/api/ has no page for pyro_vae.{name}"
 
 
+def tutorial_cache(request, tmp_path_factory):
+    """pytest's cache folder for tutorial outputs, or a fresh one without the cache plugin."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return tmp_path_factory.mktemp("pyro-vae-docs-tutorials")
+    return cache.mkdir("pyro-vae-docs-tutorials")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, request):
     missing = missing_docs_packages()
@@ -55,7 +63,7 @@ def site(tmp_path_factory, request):
         os.environ,
         PYRO_VAE_DOCS_QUICK="1",
         # tutorial outputs are reused while the scripts and the package are unchanged
-        PYRO_VAE_DOCS_CACHE=str(request.config.cache.mkdir("pyro-vae-docs-tutorials")),
+        PYRO_VAE_DOCS_CACHE=str(tutorial_cache(request, tmp_path_factory)),
         NO_MKDOCS_2_WARNING="1",
     )
     cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "-q"]
