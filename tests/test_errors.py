@@ -16,7 +16,7 @@ from pyro_vae.data import DataSplits, load_array_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
 from pyro_vae.infer import log_likelihood
 from pyro_vae.models import ModelConfig, build_vae
-from pyro_vae.runs import load_run, prepare_run_dir
+from pyro_vae.runs import RunDir, load_run
 from pyro_vae.train import TrainConfig, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ LIBRARY_CASES = [
         "no checkpoint",
     ),
     ("run-missing", lambda t: load_run(t / "no-run"), CheckpointError, "does not exist"),
-    ("rundir-exists", lambda t: prepare_run_dir(_nonempty(t)), ConfigError, "pass --overwrite"),
+    ("rundir-exists", lambda t: RunDir(_nonempty(t)).create(), ConfigError, "pass --overwrite"),
 ]
 
 
@@ -200,13 +200,17 @@ def test_library_refuses_bad_input(tmp_path, call, exc_type, fragment):
     assert "\n" not in message
 
 
-def test_prepare_run_dir_keeps_files_unless_overwrite(tmp_path):
+def test_run_dir_keeps_files_unless_overwrite_and_overwrites_only_runs(tmp_path):
     run = _nonempty(tmp_path)
-    with pytest.raises(ConfigError):
-        prepare_run_dir(run)
+    with pytest.raises(ConfigError, match="pass --overwrite"):
+        RunDir(run).create()
+    with pytest.raises(ConfigError, match="not a pyro-vae run directory"):
+        RunDir(run).create(overwrite=True)
     assert (run / "keep.txt").read_text() == "precious"
-    assert prepare_run_dir(run, overwrite=True) == run
-    assert list(run.iterdir()) == []
+    RunDir(run / "made").create()
+    (run / "made" / "old.png").write_text("from the earlier run")
+    RunDir(run / "made").create(overwrite=True)
+    assert [p.name for p in (run / "made").iterdir()] == [RunDir.MARKER]
 
 
 def _array_file(tmp: Path, name: str, array: np.ndarray) -> str:
@@ -351,7 +355,7 @@ def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path, wher
         vae.decoder.net[0].weight.register_hook(poison)
     config = TrainConfig(epochs=3, batch_size=10, valid_num_samples=2)
     with pytest.raises(TrainingError) as info:
-        fit(vae, data, config, run_dir=tmp_path, progress=False)
+        fit(vae, data, config, run_dir=RunDir(tmp_path), progress=False)
     message = str(info.value)
     assert f"{where} " in message or f"{where} norm" in message
     assert "at epoch 2, step 0" in message
