@@ -9,6 +9,7 @@ training codes.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ def write_figures(
     torch.manual_seed(seed)
     is_vae = model_kind(model) == "vae"
     name = printable(data.name)
+    if name != data.name:  # figure titles show the name; matplotlib cannot draw surrogates
+        data = copy.copy(data)
+        data.name = name
     if is_vae:
         written = [plots.plot_elbo(history, run.figure("elbo", fmt), title=f"ELBO on {name}")]
     else:
@@ -366,5 +370,6 @@ def load_run_data(config: dict[str, Any]) -> DataSplits:
     data = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
     binarize = config.get("binarize")
     data = binarize_splits(data, binarize) if binarize else data
+    data.name = printable(data.name)  # a file name shown in titles and messages
     check_fingerprint(data, config.get("data_fingerprint"), f"the run of {config['dataset']!r}")
     return data

@@ -66,7 +66,11 @@ class TrainConfig:
     free_bits: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "num_particles", "valid_num_samples"):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value!r}")
+        for name in ("num_particles", "valid_num_samples"):
             check_positive_int(getattr(self, name), name)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
@@ -74,7 +78,9 @@ class TrainConfig:
             raise ConfigError(
                 f"seed must be in [0, {MAX_SEED}], got {self.seed}; pick a smaller one"
             )
-        check_finite_config(self.lr, "learning rate (--lr)")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+            raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
         if self.clip_grad is not None:
             check_finite_config(self.clip_grad, "clip_grad (--clip-grad)")
         self.make_objective()  # refuse bad objective options before any file is written
