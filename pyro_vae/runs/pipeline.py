@@ -259,7 +259,7 @@ def resume_run(
                 train_config = TrainConfig(**{**asdict(train_config), "epochs": epochs})
         except (TypeError, KeyError) as exc:
             raise CheckpointError(
-                f"{run}/{RunDir.CONFIG} has missing or unknown training settings ({exc}); "
+                f"{run.quoted(RunDir.CONFIG)} has missing or unknown training settings ({exc}); "
                 "restore the run's original config.json"
             ) from exc
         data = data if data is not None else load_run_data(config)
@@ -279,20 +279,20 @@ def read_run_config(run: str | Path | RunDir) -> tuple[dict[str, Any], ModelConf
     """``config.json`` of a run directory and the model configuration it names."""
     run = RunDir(run)
     if not run.path.is_dir():
-        raise CheckpointError(f"run directory {run} does not exist; check the path")
+        raise CheckpointError(f"run directory {run.quoted()} does not exist; check the path")
     config = run.read_json(RunDir.CONFIG)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"{run}/{RunDir.CONFIG} has no model table; restore it")
+        raise CheckpointError(f"{run.quoted(RunDir.CONFIG)} has no model table; restore it")
     if config.get("kind", "vae") not in MODEL_KINDS:
         raise CheckpointError(
-            f"{run}/{RunDir.CONFIG} names kind {config.get('kind')!r}, not one of "
+            f"{run.quoted(RunDir.CONFIG)} names kind {config.get('kind')!r}, not one of "
             f"{list(MODEL_KINDS)}; restore it"
         )
     try:
         model_config = ModelConfig.from_dict(config["model"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
-            f"{run}/{RunDir.CONFIG} is not a valid run configuration ({exc}); restore it"
+            f"{run.quoted(RunDir.CONFIG)} is not a valid run configuration ({exc}); restore it"
         ) from exc
     return config, model_config
 
@@ -312,21 +312,21 @@ def load_run(run_dir: str | Path | RunDir) -> tuple[VAE | Autoencoder, dict[str,
     saved = state.get("model_config")
     if not isinstance(saved, dict):
         raise CheckpointError(
-            f"the checkpoint in {run} records no model configuration, so config.json cannot be "
-            "checked against it; retrain the run"
+            f"the checkpoint in {run.quoted()} records no model configuration, so config.json "
+            "cannot be checked against it; retrain the run"
         )
     try:
         saved = ModelConfig.from_dict(saved).to_dict()
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
-            f"the checkpoint in {run} has an invalid model config ({exc})"
+            f"the checkpoint in {run.quoted()} has an invalid model config ({exc})"
         ) from exc
     differing = config_differences(saved, model_config.to_dict())
     if state.get("kind", kind) != kind:
         differing = ["kind", *differing]
     if differing:
         raise CheckpointError(
-            f"{run}/{RunDir.CONFIG} differs from the checkpoint's model in {differing}; "
+            f"{run.quoted(RunDir.CONFIG)} differs from the checkpoint's model in {differing}; "
             "restore the run's original config.json"
         )
     model = build_model(model_config, kind)

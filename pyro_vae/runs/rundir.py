@@ -73,6 +73,10 @@ class RunDir:
     def __str__(self) -> str:
         return printable(str(self.path))
 
+    def quoted(self, name: str | None = None) -> str:
+        """The directory's (or one of its files') path, printable and quoted, for messages."""
+        return repr(printable(str(self.file(name) if name else self.path)))
+
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
@@ -117,16 +121,18 @@ class RunDir:
     def check_creatable(self, overwrite: bool = False) -> None:
         """Refuse, before anything is written, what :meth:`create` would refuse."""
         if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"{self} exists and is not a directory; choose another --name")
+            raise ConfigError(
+                f"{self.quoted()} exists and is not a directory; choose another --name"
+            )
         if self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()):
             if not overwrite:
                 raise ConfigError(
-                    f"run directory {self} already exists; pass --overwrite to replace it, "
-                    "--resume to continue it, or choose another --name"
+                    f"run directory {self.quoted()} already exists; pass --overwrite to replace "
+                    "it, --resume to continue it, or choose another --name"
                 )
             if not self.is_run():
                 raise ConfigError(
-                    f"--overwrite refused: {self} is not a pyro-vae run directory (no "
+                    f"--overwrite refused: {self.quoted()} is not a pyro-vae run directory (no "
                     f"{self.MARKER} or config.json + checkpoint); remove it yourself or choose "
                     "another --name"
                 )
@@ -182,7 +188,9 @@ class RunDir:
         try:
             return json.loads(path.read_text())
         except FileNotFoundError as exc:
-            raise CheckpointError(f"{printable(str(path))!r} is missing; is {self} a run?") from exc
+            raise CheckpointError(
+                f"{printable(str(path))!r} is missing; is {self.quoted()} a run?"
+            ) from exc
         except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"{printable(str(path))!r} is not valid JSON ({exc}); restore it from a backup"
@@ -231,7 +239,7 @@ class RunDir:
         """
         current = self.read_json(self.CONFIG) if self.has_config() else {}
         if not isinstance(current, dict):
-            raise CheckpointError(f"{self}/{self.CONFIG} is not a table; restore it")
+            raise CheckpointError(f"{self.quoted(self.CONFIG)} is not a table; restore it")
         merged = {**(defaults or {}), **current, **updates}
         if merged != current:
             self.write_json(self.CONFIG, merged)
@@ -252,8 +260,8 @@ class RunDir:
             except BlockingIOError:
                 holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown"
                 raise CheckpointError(
-                    f"run directory {self} is in use by another process ({printable(holder)}); "
-                    "wait for it to finish or stop it, then retry"
+                    f"run directory {self.quoted()} is in use by another process "
+                    f"({printable(holder)}); wait for it to finish or stop it, then retry"
                 ) from None
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             os.ftruncate(fd, 0)

@@ -308,7 +308,11 @@ def training_fault(
 ) -> TrainingError:
     """The error for a non-finite value during training: where, and the fixes."""
     where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
-    kept = f"; the last good checkpoint is kept in {run}" if run and run.has_checkpoint() else ""
+    kept = (
+        f"; the last good checkpoint is kept in {str(run)!r}"
+        if run is not None and run.has_checkpoint()
+        else ""
+    )
     return TrainingError(
         f"{problem} at {where}{kept}; lower --lr, pass --clip-grad (e.g. 10), or check the "
         "data scale"
@@ -375,25 +379,25 @@ def check_resumable(
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise CheckpointError(
-            f"checkpoint in {run} lacks {missing}; it was not written by this version of fit, "
-            "so it cannot be resumed: start again with --overwrite"
+            f"checkpoint in {str(run)!r} lacks {missing}; it was not written by this version "
+            "of fit, so it cannot be resumed: start again with --overwrite"
         )
     if state["kind"] != kind:
         raise CheckpointError(
-            f"checkpoint in {run} is of a {state['kind']!r} model, not {kind!r}; resume with "
-            "the run's own config.json"
+            f"checkpoint in {str(run)!r} is of a {state['kind']!r} model, not {kind!r}; "
+            "resume with the run's own config.json"
         )
     saved = {k: v for k, v in state["train_config"].items() if k not in RESUMABLE_CHANGES}
     now = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ConfigError(
-            f"cannot resume {run} with different training settings {diff}; resume with the "
+            f"cannot resume {str(run)!r} with different training settings {diff}; resume with the "
             "run's own configuration or start a new run"
         )
     if len(state["history"]) > config.epochs:
         raise ConfigError(
-            f"{run} has already trained {len(state['history'])} epochs, more than the "
+            f"{str(run)!r} has already trained {len(state['history'])} epochs, more than the "
             f"{config.epochs} asked for; pass --epochs {len(state['history'])} or more"
         )
     saved_model = state["model_config"]
@@ -401,7 +405,7 @@ def check_resumable(
         differing = config_differences(saved_model, model_config.to_dict())
         if differing:
             raise ConfigError(
-                f"cannot resume {run} with a model differing from its checkpoint's in "
+                f"cannot resume {str(run)!r} with a model differing from its checkpoint's in "
                 f"{differing}; resume with the run's own config.json or start a new run"
             )
 
@@ -429,14 +433,14 @@ def resume_state(
         optimizer.load_state_dict(state["optimizer_state"])
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(
-            f"the optimizer state in {run} does not match the model ({exc}); start again "
+            f"the optimizer state in {str(run)!r} does not match the model ({exc}); start again "
             "with --overwrite"
         ) from exc
     set_rng_state(state["rng_state"])
     history = list(state["history"])
     if len(history) != state["epoch"]:
         raise CheckpointError(
-            f"checkpoint in {run} is inconsistent (epoch {state['epoch']}, {len(history)} "
+            f"checkpoint in {str(run)!r} is inconsistent (epoch {state['epoch']}, {len(history)} "
             "metric records); start again with --overwrite"
         )
     return history
