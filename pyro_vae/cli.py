@@ -289,7 +289,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         return _cmd_resume(args)
+    overwrite = args.overwrite
     model_extras = _apply_config_file(args)
+    if args.overwrite != overwrite:
+        raise _usage(
+            "a config file cannot set overwrite (it deletes a run directory); pass --overwrite "
+            "on the command line"
+        )
     data = load_run_data(
         {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize}
     )

@@ -94,3 +94,12 @@ def test_printable_escapes_undecodable_and_control_characters():
     shown = printable(name)
     assert shown.isprintable() and "\\udce9" in shown and "\\n" in shown
     assert printable("digits") == "digits"
+
+
+def test_a_config_file_cannot_carry_overwrite(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"name": "r", "overwrite": True, "epochs": 1}))
+    code = cli.main(["train", "--config", str(config), "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot set overwrite" in err[0]
+    assert not (tmp_path / "out").exists()
