@@ -195,3 +195,18 @@ def test_train_loss_is_minus_train_elbo_when_beta_is_one(digits):
     for record in fit(vae, digits, config, progress=False).history:
         assert record["train_loss"] == pytest.approx(-record["train_elbo"], rel=1e-5)
         assert record["kl_weight"] == 1.0
+
+
+def test_fit_from_python_writes_a_run_that_load_run_and_evaluate_use(digits, tmp_path, capsys):
+    from pyro_vae.runs import RunDir
+
+    config = ModelConfig(event_shape=digits.event_shape, latent_dim=2, hidden=(16,))
+    vae = build_vae(config)
+    run = RunDir(tmp_path / "py")
+    fit(vae, digits, TrainConfig(epochs=1, batch_size=256), run_dir=run, model_config=config)
+    recorded = run.read_json(RunDir.CONFIG)
+    assert recorded["kind"] == "vae" and recorded["dataset"] == digits.name
+    model, _ = load_run(run.path)
+    torch.testing.assert_close(model.state_dict(), vae.state_dict())
+    assert main(["evaluate", str(run.path), "--num-samples", "5"]) == 0
+    assert "test log-likelihood" in capsys.readouterr().out
