@@ -473,7 +473,7 @@ def _train_settings(args: argparse.Namespace, given: set[str]) -> dict[str, Any]
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pyro_vae.models.config import PART_KINDS, ModelConfig
-    from pyro_vae.runs.pipeline import load_run_data, train_run
+    from pyro_vae.runs import RunDir, load_run_data, train_run
     from pyro_vae.train.loop import TrainConfig
 
     if args.resume is not None:
@@ -489,7 +489,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if s["num_samples"] < 1:
         raise _usage(f"--num-samples must be at least 1, got {s['num_samples']}")
     name = s["name"] or f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(s["output_dir"]) / name
+    run_dir = RunDir.named(s["output_dir"], name)
     results = train_run(
         s["dataset"],
         model_config,
@@ -585,10 +585,9 @@ def _print_scores(r: dict) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
 
-    from pyro_vae.runs.pipeline import load_run, load_run_data, score, summary
+    from pyro_vae.runs import check_size, load_run, load_run_data, score, summary
 
-    if args.num_samples < 1:
-        raise _usage(f"--num-samples must be at least 1, got {args.num_samples}")
+    check_size(args.num_samples, "--num-samples (importance samples per point)")
     if args.batch_size is not None and args.batch_size < 1:
         raise _usage(f"--batch-size must be at least 1, got {args.batch_size}")
     vae, config = load_run(args.run_dir)
@@ -609,10 +608,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pyro_vae.analysis import figures
-    from pyro_vae.runs.pipeline import load_run, load_run_data
+    from pyro_vae.runs import check_size, load_run, load_run_data
 
-    if args.num < 1:
-        raise _usage(f"-n must be at least 1, got {args.num}")
+    check_size(args.num, "-n (samples drawn)")
     model, config = load_run(args.run_dir)
     data = load_run_data(config)
     out = args.output or args.run_dir / f"samples-{args.source}.{args.format}"
@@ -622,22 +620,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from pyro_vae.analysis import figures, plots
-    from pyro_vae.runs.pipeline import load_run, load_run_data
+    from pyro_vae.runs import RunDir, check_size, load_run, load_run_data
 
+    if args.kind == "interpolation":
+        check_size(args.steps, "--steps (interpolation steps)")
     model, config = load_run(args.run_dir)
     out = args.output or args.run_dir / f"{args.kind}.{args.format}"
     torch.manual_seed(args.seed)
     if args.kind == "elbo":
-        history = [
-            json.loads(line)
-            for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
-        ]
+        history = RunDir(args.run_dir).read_metrics()
         if config.get("kind") == "ae":
             path = plots.plot_reconstruction_nll(history, out)
         else:
