@@ -505,8 +505,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         fmt=s["format"],
     )
     print(f"run directory: {run_dir}")
+    _print_run_results(results)
+    return 0
+
+
+def _print_run_results(results: dict) -> None:
     print(f"trained {results['epochs']} epochs in {results['train_seconds']:.1f} s")
-    if s["model"] == "ae":
+    if results.get("kind") == "ae":
         print(
             f"test reconstruction NLL: {results['test_reconstruction_nll']:9.3f} +- "
             f"{results['test_reconstruction_nll_stderr']:.3f} nats per data point "
@@ -514,7 +519,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         _print_scores(results)
-    return 0
 
 
 #: Options ``train --resume`` accepts; every other setting comes from the run's config.json.
@@ -534,8 +538,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     epochs = args.epochs if "epochs" in args.given else None
     results = resume_run(args.resume, epochs=epochs, progress=not args.no_progress)
     print(f"run directory: {args.resume} (resumed)")
-    print(f"trained {results['epochs']} epochs in {results['train_seconds']:.1f} s")
-    _print_scores(results)
+    _print_run_results(results)
     return 0
 
 

@@ -119,3 +119,14 @@ def test_autoencoder_gets_gradient_clipping_and_fault_checks():
         ae.decoder.net[-1].bias.fill_(float("nan"))
     with pytest.raises(TrainingError, match="epoch 1, step 0"):
         fit_autoencoder(ae, data, TrainConfig(epochs=1, batch_size=64), progress=False)
+
+
+def test_cli_resumes_an_autoencoder_run(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    common = ["--no-progress", "--hidden", "16", "--batch-size", "256"]
+    args = ["train", "--model", "ae", "--epochs", "1", "--output-dir", str(tmp_path), "--name", "a"]
+    assert main([*args, *common, "--num-samples", "2"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "a"), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(resumed)" in out and "trained 2 epochs" in out and "reconstruction NLL" in out

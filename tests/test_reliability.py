@@ -182,3 +182,12 @@ def test_undecodable_data_name_is_shown_escaped_in_figures(run, tmp_path, digits
     history = [json.loads(line) for line in run.file(RunDir.METRICS).read_text().splitlines()]
     written = write_figures(model, data, history, RunDir(tmp_path / "f"), fmt="png")
     assert written and all(p.is_file() for p in written)
+
+
+def test_checkpoint_from_before_model_kinds_resumes_as_a_vae(run, tmp_path, digits):
+    old = copy_run(run, tmp_path / "old")
+    state = load_checkpoint(old.file(RunDir.CHECKPOINT))
+    state.pop("format_version"), state.pop("kind")
+    save_checkpoint(old.file(RunDir.CHECKPOINT), state)
+    results = resume_run(old.path, epochs=2, progress=False, data=digits)
+    assert results["epochs"] == 2 and load_checkpoint(old.file(RunDir.CHECKPOINT))["kind"] == "vae"

@@ -376,15 +376,16 @@ def check_resumable(
     model_config: ModelConfig | None,
 ) -> None:
     """Refuse to resume a checkpoint of another format, kind, model or training settings."""
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    missing = [k for k in CHECKPOINT_KEYS if k not in state and k != "kind"]
     if missing:
         raise CheckpointError(
             f"checkpoint in {str(run)!r} lacks {missing}; it was not written by this version "
             "of fit, so it cannot be resumed: start again with --overwrite"
         )
-    if state["kind"] != kind:
+    saved_kind = state.get("kind", "vae")  # checkpoints before model kinds were VAEs
+    if saved_kind != kind:
         raise CheckpointError(
-            f"checkpoint in {str(run)!r} is of a {state['kind']!r} model, not {kind!r}; "
+            f"checkpoint in {str(run)!r} is of a {saved_kind!r} model, not {kind!r}; "
             "resume with the run's own config.json"
         )
     saved = {k: v for k, v in state["train_config"].items() if k not in RESUMABLE_CHANGES}
