@@ -22,22 +22,18 @@ from pyro_vae.infer.gaps import (
     optimize_local,
     vae_inference_gaps,
 )
-from pyro_vae.infer.importance import (
-    DEFAULT_PARTICLE_BUDGET,
-    LogLikelihood,
-    log_likelihood,
-    log_weights,
-    particle_dim_of,
-    site_term,
-)
+from pyro_vae.infer.importance import LogLikelihood, StreamingMoments, log_likelihood
 from pyro_vae.infer.objectives import (
+    IWAE,
     OBJECTIVES,
     WARMUPS,
+    DReG,
     KLSchedule,
     LatentScale,
     LossValue,
+    MeanFieldELBO,
     Objective,
-    detach_distribution,
+    TraceELBO,
     dreg_loss,
     free_bits_loss,
     iwae_loss,
@@ -49,9 +45,35 @@ from pyro_vae.infer.report import (
     InferenceReport,
     inference_report,
 )
+from pyro_vae.infer.trace import (
+    DEFAULT_PARTICLE_BUDGET,
+    ParticleTerms,
+    check_program,
+    detach_distribution,
+    latent_sites,
+    log_weights,
+    observed_sites,
+    particle_dim_of,
+    particle_terms,
+    site_term,
+    site_terms,
+    stderr,
+)
 
 __all__ = [
     "DEFAULT_PARTICLE_BUDGET",
+    "ParticleTerms",
+    "check_program",
+    "latent_sites",
+    "observed_sites",
+    "particle_terms",
+    "site_terms",
+    "stderr",
+    "StreamingMoments",
+    "TraceELBO",
+    "MeanFieldELBO",
+    "IWAE",
+    "DReG",
     "LogLikelihood",
     "site_term",
     "particle_dim_of",
