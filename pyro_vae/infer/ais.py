@@ -19,6 +19,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.trace import (
+    PerExampleEstimate,
     batch_size_of,
     check_program,
     latent_sites,
@@ -26,14 +27,13 @@ from pyro_vae.infer.trace import (
     site_term,
     site_terms,
     slice_data,
-    stderr,
 )
 
 ADAPT = 0.5
 
 
 @dataclass
-class AISResult:
+class AISResult(PerExampleEstimate):
     """AIS log p(x) estimates, in nats.
 
     Attributes:
@@ -49,16 +49,6 @@ class AISResult:
     acceptance: torch.Tensor
     num_steps: int
     num_chains: int
-
-    @property
-    def mean(self) -> float:
-        """Mean log p(x) per data point, nats."""
-        return float(self.per_example.mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over data points (population + Monte Carlo)."""
-        return stderr(self.per_example)
 
     @property
     def mc_stderr(self) -> float:

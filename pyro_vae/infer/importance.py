@@ -18,6 +18,7 @@ import torch
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.trace import (
     DEFAULT_PARTICLE_BUDGET,
+    PerExampleEstimate,
     batch_size_of,
     check_program,
     chunk_sizes,
@@ -33,7 +34,7 @@ __all__ = ["DEFAULT_PARTICLE_BUDGET", "LogLikelihood", "log_likelihood", "log_we
 
 
 @dataclass
-class LogLikelihood:
+class LogLikelihood(PerExampleEstimate):
     """Per-example importance-sampling results, in nats.
 
     Attributes:
@@ -52,16 +53,6 @@ class LogLikelihood:
     num_samples: int
     log_weights: torch.Tensor | None = None
     strategy: str = "vectorized"
-
-    @property
-    def mean(self) -> float:
-        """Mean log p(x) per data point, nats."""
-        return float(self.per_example.mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over data points."""
-        return stderr(self.per_example)
 
     @property
     def elbo(self) -> float:

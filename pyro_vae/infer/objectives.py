@@ -89,66 +89,49 @@ class KLSchedule:
         return self.beta
 
 
-def iwae_loss(
+def importance_weighted_loss(
     model: Callable,
     guide: Callable,
     x: torch.Tensor,
     num_particles: int,
     kl_weight: float = 1.0,
     *args,
+    gradient: str = "iwae",
     data_plate: str = "data",
     particle_dim: int | None = None,
     **kwargs,
 ) -> LossValue:
-    """Negative IWAE-K bound summed over the batch, differentiable (reparameterized guide).
+    """Negative IWAE-K bound summed over the batch, with the IWAE or the DReG gradient.
 
-    x: (batch, *event_shape); ``args``/``kwargs`` go to both programs. L_K(x) =
-    E[log (1/K) sum_k w_k], w_k = p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (Burda et al. 2016).
-    Its gradient is sum_k w~_k grad log w_k with normalized weights w~_k = w_k / sum_j w_j.
-    K = 1 is the ELBO.
-    """
-    terms = particle_terms(
-        model, guide, num_particles, x, *args,
-        particle_dim=particle_dim, data_plate=data_plate, **kwargs,
-    )
-    bound = torch.logsumexp(terms.log_weights(kl_weight), 0) - math.log(num_particles)
-    return LossValue(-bound.sum(), _true_elbo(terms))
-
-
-def dreg_loss(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    num_particles: int,
-    kl_weight: float = 1.0,
-    *args,
-    data_plate: str = "data",
-    particle_dim: int | None = None,
-    **kwargs,
-) -> LossValue:
-    """Negative IWAE-K bound with the doubly-reparameterized gradient (DReG) for the guide.
-
-    x: (batch, *event_shape). The value is that of :func:`iwae_loss`; the gradients are
-    (Tucker, Lawson, Gu & Maddison 2019, eq. 5):
+    x: (batch, *event_shape); ``args``/``kwargs`` go to both programs after x. The value is
+    L_K(x) = E[log (1/K) sum_k w_k], w_k = p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (Burda et al.
+    2016); K = 1 is the ELBO. ``gradient="iwae"``: sum_k w~_k grad log w_k with normalized
+    weights w~_k = w_k / sum_j w_j. ``gradient="dreg"`` (Tucker, Lawson, Gu & Maddison 2019,
+    eq. 5):
 
         model (decoder) params theta:  sum_k w~_k  d log w_k / d theta          (IWAE)
         guide (encoder) params phi:    sum_k w~_k^2 (d log w_k / d z_k) (d z_k / d phi)
 
-    where log w_k = log p(x, z_k) - log q(z_k | x) is scored with the guide's distribution
-    parameters DETACHED, so the score-function term d log q / d phi (zero in expectation, but
-    the source of the IWAE encoder gradient's variance) is dropped. How, generically: the
-    guide is traced once (z_k = g(eps_k, phi)); each latent site's distribution is copied with
-    its parameter tensors detached (:func:`detach_distribution`); log w_k is computed at leaf
-    copies z'_k of z_k; then the surrogate is sum_k w~_k log w_k(z') (theta only, as z' and
-    q's parameters are leaves) plus sum_k <z_k, g_k> with g_k = d/dz'_k sum_j w~_j^2 log w_j
-    (a fixed vector), which sends exactly the DReG term into phi through z_k.
-    Needs reparameterized guide sites that are conditionally independent given x.
+    where log w_k is scored with the guide's distribution parameters DETACHED, so the
+    score-function term d log q / d phi (zero in expectation, but the source of the IWAE
+    encoder gradient's variance) is dropped. How, generically: each latent site's distribution
+    is copied with its parameter tensors detached (:func:`detach_distribution`); log w_k is
+    computed at leaf copies z'_k of z_k; the surrogate is sum_k w~_k log w_k(z') (theta only)
+    plus sum_k <z_k, g_k> with g_k = d/dz'_k sum_j w~_j^2 log w_j (a fixed vector), which sends
+    exactly the DReG term into phi through z_k. DReG needs reparameterized guide sites that
+    are conditionally independent given x.
     """
+    if gradient not in ("iwae", "dreg"):
+        raise ConfigError(f"gradient must be 'iwae' or 'dreg', got {gradient!r}")
+    dreg = gradient == "dreg"
     terms = particle_terms(
         model, guide, num_particles, x, *args,
-        particle_dim=particle_dim, data_plate=data_plate, detach_guide=True, **kwargs,
+        particle_dim=particle_dim, data_plate=data_plate, detach_guide=dreg, **kwargs,
     )
     lw = terms.log_weights(kl_weight)  # (K, batch)
+    bound = torch.logsumexp(lw, 0) - math.log(num_particles)
+    if not dreg:
+        return LossValue(-bound.sum(), _true_elbo(terms))
     w = torch.softmax(lw.detach(), 0)
     names = list(terms.z_leaf)
     grads = torch.autograd.grad(
@@ -157,9 +140,20 @@ def dreg_loss(
     surrogate = (w * lw).sum()
     for n, g in zip(names, grads, strict=True):
         surrogate = surrogate + (terms.z[n] * g.detach()).sum()
-    bound = (torch.logsumexp(lw.detach(), 0) - math.log(num_particles)).sum()
-    loss = -(surrogate - surrogate.detach() + bound)
+    loss = -(surrogate - surrogate.detach() + bound.detach().sum())
     return LossValue(loss, _true_elbo(terms))
+
+
+def iwae_loss(model, guide, x, num_particles, kl_weight=1.0, *args, **kwargs) -> LossValue:
+    """:func:`importance_weighted_loss` with the IWAE gradient."""
+    return importance_weighted_loss(model, guide, x, num_particles, kl_weight, *args, **kwargs)
+
+
+def dreg_loss(model, guide, x, num_particles, kl_weight=1.0, *args, **kwargs) -> LossValue:
+    """:func:`importance_weighted_loss` with the doubly-reparameterized (DReG) gradient."""
+    return importance_weighted_loss(
+        model, guide, x, num_particles, kl_weight, *args, gradient="dreg", **kwargs
+    )
 
 
 def _true_elbo(terms: ParticleTerms) -> float:
@@ -348,27 +342,23 @@ class MeanFieldELBO(_PyroELBO):
 
 
 class IWAE(Objective):
-    """IWAE-K bound log mean_k w_k (Burda et al. 2016), see :func:`iwae_loss`."""
+    """IWAE-K bound log mean_k w_k (Burda et al. 2016), see :func:`importance_weighted_loss`."""
 
     name: ClassVar[str] = "iwae"
+    gradient: ClassVar[str] = "iwae"
 
     def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
-        return iwae_loss(
+        return importance_weighted_loss(
             model, guide, data[0], self.num_particles, kl_weight, *data[1:],
-            data_plate=self.data_plate, **kwargs,
+            gradient=self.gradient, data_plate=self.data_plate, **kwargs,
         )
 
 
-class DReG(Objective):
+class DReG(IWAE):
     """IWAE-K bound with the doubly-reparameterized encoder gradient (Tucker et al. 2019)."""
 
     name: ClassVar[str] = "dreg"
-
-    def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
-        return dreg_loss(
-            model, guide, data[0], self.num_particles, kl_weight, *data[1:],
-            data_plate=self.data_plate, **kwargs,
-        )
+    gradient: ClassVar[str] = "dreg"
 
 
 #: Objective name -> class, accepted by :func:`make_objective` and ``pyro-vae train --objective``.

@@ -42,6 +42,22 @@ def stderr(values: torch.Tensor) -> float:
     return float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
 
 
+class PerExampleEstimate:
+    """Mixin for results holding ``per_example``: (N,) estimates in nats."""
+
+    per_example: torch.Tensor
+
+    @property
+    def mean(self) -> float:
+        """Mean log p(x) per data point, nats."""
+        return float(self.per_example.mean())
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of :attr:`mean` over data points (:func:`stderr`)."""
+        return stderr(self.per_example)
+
+
 def batch_size_of(data: tuple) -> int:
     """The number of data points N shared by every positional tensor (dim 0).
 
