@@ -49,6 +49,7 @@ from pyro_vae.infer.report import (
 from pyro_vae.infer.trace import (
     DEFAULT_PARTICLE_BUDGET,
     ParticleTerms,
+    ProgramInfo,
     check_program,
     detach_distribution,
     latent_sites,
@@ -56,6 +57,7 @@ from pyro_vae.infer.trace import (
     observed_sites,
     particle_dim_of,
     particle_terms,
+    probe_data,
     site_term,
     site_terms,
     stderr,
@@ -64,6 +66,8 @@ from pyro_vae.infer.trace import (
 __all__ = [
     "DEFAULT_PARTICLE_BUDGET",
     "ParticleTerms",
+    "ProgramInfo",
+    "probe_data",
     "check_program",
     "latent_sites",
     "observed_sites",

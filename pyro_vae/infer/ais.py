@@ -23,7 +23,7 @@ from pyro_vae.infer.trace import (
     batch_size_of,
     check_program,
     latent_sites,
-    particle_dim_of,
+    probe_data,
     site_term,
     site_terms,
     slice_data,
@@ -163,8 +163,8 @@ def ais_log_likelihood(
     if batch_size is None:
         batch_size = min(n, 64)
     betas = sigmoid_schedule(num_steps)
-    check_program(model, guide, *slice_data(data, 0, min(2, n)), data_plate=data_plate, **kwargs)
-    particle_dim = particle_dim_of(model, guide, *slice_data(data, 0, 1), **kwargs)
+    info = check_program(model, guide, *probe_data(model, data), data_plate=data_plate, **kwargs)
+    particle_dim = info.particle_dim
     if particle_dim != -2:
         raise ConfigError(
             "AIS supports programs whose only plate is the data plate (chains at dim -2); "

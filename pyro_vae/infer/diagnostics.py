@@ -83,7 +83,9 @@ def posterior_inference_data(
         raise DataError(
             f"expected one data point, got a batch of {batch_size_of(data)}; pass x[i : i + 1]"
         )
-    latent = check_program(model, guide, *data, data_plate=data_plate, **kwargs)
+    latent = check_program(
+        model, guide, *data, data_plate=data_plate, restore_rng=True, **kwargs
+    ).latent
     if site is None:
         if len(latent) != 1:
             raise ConfigError(

@@ -23,7 +23,7 @@ from pyro_vae.infer.trace import (
     check_program,
     chunk_sizes,
     log_weights,
-    particle_dim_of,
+    probe_data,
     stderr,
 )
 
@@ -144,7 +144,9 @@ def inference_gaps(
     ``ais_per_example`` where that is higher. For a VAE: ``vae_inference_gaps``. The local
     guide replaces ONE latent site: a guide with several latent sites is refused.
     """
-    latent = check_program(model, guide, data[:2], data_plate=data_plate)
+    latent = check_program(
+        model, guide, *probe_data(model, (data,)), data_plate=data_plate, restore_rng=True
+    ).latent
     if len(latent) != 1:
         raise ConfigError(
             f"inference gaps optimize one local posterior per data point, but the guide has "
@@ -155,7 +157,7 @@ def inference_gaps(
         model, guide, data, num_samples=max(num_samples, elbo_samples), data_plate=data_plate
     )
     log_px, elbo_local = [], []
-    pdim = particle_dim_of(model, guide, data[:1])
+    pdim = check_program(model, guide, data[:1], data_plate=data_plate).particle_dim
     for start in range(0, data.shape[0], batch_size):
         x = data[start : start + batch_size]
         with torch.no_grad():

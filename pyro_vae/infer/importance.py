@@ -24,7 +24,7 @@ from pyro_vae.infer.trace import (
     chunk_sizes,
     default_particle_chunk,
     log_weights,
-    particle_dim_of,
+    probe_data,
     slice_data,
     stderr,
 )
@@ -152,8 +152,8 @@ def log_likelihood(
     owner = getattr(model, "__self__", None)
     check_tensor(data[0], "data", getattr(owner, "event_shape", None))
     n = batch_size_of(data)
-    check_program(model, guide, *slice_data(data, 0, min(2, n)), data_plate=data_plate, **kwargs)
-    particle_dim = particle_dim_of(model, guide, *slice_data(data, 0, 1), **kwargs)
+    info = check_program(model, guide, *probe_data(model, data), data_plate=data_plate, **kwargs)
+    particle_dim = info.particle_dim
     if batch_size is None:
         batch_size = min(n, 64)
     if particle_chunk is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyro
 import pyro.util
@@ -131,6 +132,11 @@ def particle_dim_of(model: Callable, guide: Callable, *args, **kwargs) -> int:
     """The first free dimension left of every plate used by the model and guide."""
     with poutine.block():
         guide_trace, model_trace = trace_pair(model, guide, *args, **kwargs)
+    return plate_particle_dim(guide_trace, model_trace)
+
+
+def plate_particle_dim(guide_trace, model_trace) -> int:
+    """The first free dimension left of every plate in the two traces."""
     nesting = 0
     for trace in (guide_trace, model_trace):
         for _, site in _sample_sites(trace):
@@ -140,17 +146,29 @@ def particle_dim_of(model: Callable, guide: Callable, *args, **kwargs) -> int:
     return -(nesting + 1)
 
 
+class ProgramInfo(NamedTuple):
+    """What :func:`check_program` learned from the traces."""
+
+    latent: list[str]
+    particle_dim: int
+
+
 def check_program(
-    model: Callable, guide: Callable, *args, data_plate: str = "data", **kwargs
-) -> list[str]:
+    model: Callable,
+    guide: Callable,
+    *args,
+    data_plate: str = "data",
+    restore_rng: bool = False,
+    **kwargs,
+) -> ProgramInfo:
     """Check model and guide against each other on a small batch before any number is made.
 
     args: tensors each (n, ...). Refuses (with the site and the fix): a latent site of the
     model that the guide does not sample, a guide site the model does not have, no observed
     site, a site outside the data plate, a data plate whose size is not n or that subsamples
     (its log-probs would be rescaled by N / n), and values broadcast against their
-    distribution. The random state is restored afterwards, so checking changes no estimate.
-    Returns the names of the latent sites.
+    distribution. Returns the latent sites and the particle dimension (:class:`ProgramInfo`),
+    from the one pair of traces. ``restore_rng``: leave the random state as it was.
     """
     n = batch_size_of(args)
     rng = pyro.util.get_rng_state()
@@ -165,7 +183,8 @@ def check_program(
             "(N, *event_shape) as in training"
         ) from exc
     finally:
-        pyro.util.set_rng_state(rng)
+        if restore_rng:
+            pyro.util.set_rng_state(rng)
     if not observed_sites(model_trace):
         raise DataError(
             "the model observes no sample site; give the data to pyro.sample(..., obs=x) so "
@@ -208,7 +227,16 @@ def check_program(
                     f"data is broadcast at site {name!r} (values {got}, distribution "
                     f"{expected}); pass data shaped (N, *event_shape) as in training"
                 )
-    return latent_sites(guide_trace, model_trace)
+    return ProgramInfo(
+        latent_sites(guide_trace, model_trace), plate_particle_dim(guide_trace, model_trace)
+    )
+
+
+def probe_data(model: Callable, data: tuple) -> tuple:
+    """The small batch the programs are checked on: 2 points, or 1 for a model bound to an
+    object that declares its ``event_shape`` (a VAE: the data's shape is checked directly)."""
+    owner = getattr(model, "__self__", None)
+    return slice_data(data, 0, 1 if getattr(owner, "event_shape", None) is not None else 2)
 
 
 def site_term(
