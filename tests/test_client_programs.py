@@ -328,3 +328,34 @@ def test_import_leaves_pyro_settings_and_param_store_unchanged():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+# --- AIS and gaps: refused where they cannot work ----------------------------------------
+
+
+def test_ais_refuses_a_discrete_latent_site():
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.infer import ais_log_likelihood
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x[:, 0])
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Bernoulli(0.5))
+
+    with pytest.raises(ConfigError, match="site 'c' is discrete"):
+        ais_log_likelihood(model, guide, torch.zeros(3, 1), num_steps=2, num_chains=2)
+
+
+def test_gaps_refuse_a_guide_with_two_latent_sites():
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.infer import inference_gaps
+
+    with pytest.raises(ConfigError, match=r"latent sites \['z2', 'z1'\]"):
+        inference_gaps(
+            two_layer_model, two_layer_exact_guide, torch.zeros(3, 3),
+            lambda p: dist.Normal(p, 1.0), lambda x: torch.zeros(x.shape[0]),
+        )
