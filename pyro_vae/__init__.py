@@ -4,23 +4,21 @@
 ELBO and :func:`pyro_vae.infer.log_likelihood` scores any model/guide pair.
 """
 
-import pyro
-
 # Parameters live in the modules, not Pyro's global param store: plain torch optimizers,
-# state_dict checkpoints and several models side by side all just work.
-pyro.settings.set(module_local_params=True)
-
-from pyro_vae import moved  # noqa: E402
-from pyro_vae.errors import (  # noqa: E402
+# state_dict checkpoints and several models side by side all just work. The setting
+# (module_local_params) is scoped to the library's own modules and calls, never set globally:
+# importing the package leaves pyro.settings and pyro.get_param_store() unchanged.
+from pyro_vae import moved
+from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
     DataError,
     PyroVAEError,
     TrainingError,
 )
-from pyro_vae.infer.importance import LogLikelihood, log_likelihood  # noqa: E402
-from pyro_vae.models.config import ModelConfig, build_vae  # noqa: E402
-from pyro_vae.models.vae import VAE  # noqa: E402
+from pyro_vae.infer.importance import LogLikelihood, log_likelihood
+from pyro_vae.models.config import ModelConfig, build_vae
+from pyro_vae.models.vae import VAE
 
 __all__ = [
     "VAE",

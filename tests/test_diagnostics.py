@@ -36,3 +36,26 @@ def test_posterior_inference_data_summarizes_with_arviz():
     assert ((mean - loc[0]).abs() < 6 * se + 0.05).all()
     assert idata.variational["z"].shape == (1, 4000, lg.L)
     assert az.summary(idata, group="variational", kind="stats").shape[0] == lg.L
+
+
+def test_khat_is_shift_invariant_and_finds_the_pareto_tail():
+    """Pareto(alpha=2) weights have tail index 1/alpha = 0.5; adding a constant changes nothing."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(20000, 3, generator=g, dtype=torch.float64)
+    lw = -0.5 * torch.log(u)  # w = u^(-1/2) ~ Pareto(alpha=2) on [1, inf)
+    k = psis_khat(lw)
+    assert ((k - 0.5).abs() < 0.1).all()
+    assert torch.allclose(psis_khat(lw + 123.0), k, atol=1e-6)
+
+
+def test_sir_with_an_offset_proposal_recovers_the_exact_posterior_mean():
+    lg = LinearGaussian()
+    x = lg.sample_x(1)
+    loc, cov = lg.posterior(x)
+    sd = cov.diagonal().sqrt()
+    guide = lg.exact_guide(1.5, shift=0.5)
+    idata = posterior_inference_data(lg.model, guide, x, num_samples=8000, seed=0)
+    q_mean = torch.as_tensor(idata.variational["z"].values.reshape(-1, lg.L).mean(0))
+    sir_mean = torch.as_tensor(idata.posterior["z"].values.reshape(-1, lg.L).mean(0))
+    assert ((q_mean - loc[0]).abs() > 0.3 * sd).any()  # the proposal is off
+    assert ((sir_mean - loc[0]).abs() < 0.15 * sd + 0.02).all()

@@ -18,13 +18,22 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.infer.importance import _stderr, particle_dim_of, site_term
+from pyro_vae.infer.trace import (
+    PerExampleEstimate,
+    batch_size_of,
+    check_program,
+    latent_sites,
+    probe_data,
+    site_term,
+    site_terms,
+    slice_data,
+)
 
 ADAPT = 0.5
 
 
 @dataclass
-class AISResult:
+class AISResult(PerExampleEstimate):
     """AIS log p(x) estimates, in nats.
 
     Attributes:
@@ -40,15 +49,6 @@ class AISResult:
     acceptance: torch.Tensor
     num_steps: int
     num_chains: int
-
-    @property
-    def mean(self) -> float:
-        return float(self.per_example.mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over data points (population + Monte Carlo)."""
-        return _stderr(self.per_example)
 
     @property
     def mc_stderr(self) -> float:
@@ -75,9 +75,10 @@ def sigmoid_schedule(num_steps: int, rad: float = 4.0) -> torch.Tensor:
 class _Densities:
     """log f_0(z) (initial) and log p(x, z) (target) at z: dict of (C, batch, *event) tensors."""
 
-    def __init__(self, model, init_fns, x, chains, particle_dim, data_plate):
-        self.model, self.init_fns, self.x = model, init_fns, x
+    def __init__(self, model, init_fns, data, kwargs, chains, particle_dim, data_plate):
+        self.model, self.init_fns, self.data, self.kwargs = model, init_fns, data, kwargs
         self.chains, self.particle_dim, self.data_plate = chains, particle_dim, data_plate
+        self.batch = batch_size_of(data)
 
     def initial(self, z: dict) -> torch.Tensor:
         total = 0.0
@@ -91,49 +92,54 @@ class _Densities:
 
     def target(self, z: dict) -> torch.Tensor:
         with pyro.plate("particles", self.chains, dim=self.particle_dim):
-            trace = poutine.trace(poutine.condition(self.model, data=z)).get_trace(self.x)
+            trace = poutine.trace(poutine.condition(self.model, data=z)).get_trace(
+                *self.data, **self.kwargs
+            )
         trace = prune_subsample_sites(trace)
         trace.compute_log_prob()
-        total = 0.0
-        for name, site in trace.nodes.items():
-            if site["type"] == "sample":
-                total = total + self._term(name, site)
-        return total
+        terms = site_terms(trace, self.particle_dim, self.data_plate, self.chains, self.batch)
+        return sum(terms.values())
 
     def _term(self, name, site):
-        return site_term(
-            name, site, self.particle_dim, self.data_plate, self.chains, self.x.shape[0]
-        )
+        return site_term(name, site, self.particle_dim, self.data_plate, self.chains, self.batch)
 
 
-def _initial_sites(model, guide, x, chains, particle_dim, init):
+def _initial_sites(model, guide, data, kwargs, chains, particle_dim, init):
     """Samples and distributions of the initial distribution: q(z|x) (``guide``) or p(z)."""
     with pyro.plate("particles", chains, dim=particle_dim):
         program = guide if init == "guide" else model
-        trace = prune_subsample_sites(poutine.trace(program).get_trace(x))
-    sites = {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
+        trace = prune_subsample_sites(poutine.trace(program).get_trace(*data, **kwargs))
+    sites = {n: trace.nodes[n] for n in latent_sites(trace)}
     if not sites:
         raise DataError(f"the {init} has no latent sample sites to anneal")
+    for name, site in sites.items():
+        fn = site["fn"]
+        if not fn.has_rsample or fn.support.is_discrete:
+            raise ConfigError(
+                f"AIS moves latent sites by HMC, but site {name!r} is discrete "
+                f"({type(fn).__name__}); sum it out inside the model or use log_likelihood"
+            )
     return sites
 
 
 def ais_log_likelihood(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    *data,
     num_steps: int = 500,
     num_chains: int = 8,
-    *,
     init: str = "guide",
     leapfrog_steps: int = 5,
     step_size: float = 0.05,
     target_accept: float = 0.65,
     batch_size: int | None = None,
     data_plate: str = "data",
+    **kwargs,
 ) -> AISResult:
     """Annealed importance sampling estimate of log p(x) per data point.
 
-    data: (N, *event_shape). Geometric path from f_0(z) = q(z | x) (``init="guide"``) or
+    data: tensors each (N, ...), sliced together along dim 0 and passed positionally to model
+    and guide (``kwargs`` unchanged). Geometric path from f_0(z) = q(z | x) (``init="guide"``) or
     f_0(z) = p(z) (``init="prior"``) to the joint p(x, z):
 
         log f_t(z) = (1 - beta_t) log f_0(z) + beta_t log p(x, z),   beta_t: sigmoid schedule
@@ -151,13 +157,14 @@ def ais_log_likelihood(
         raise ConfigError(f"AIS init must be 'guide' or 'prior', got {init!r}")
     if num_chains < 1:
         raise ConfigError(f"AIS needs at least one chain, got {num_chains}")
-    n = data.shape[0]
+    n = batch_size_of(data)
     if n == 0:
         raise DataError("no data points to evaluate; pass a non-empty tensor")
     if batch_size is None:
         batch_size = min(n, 64)
     betas = sigmoid_schedule(num_steps)
-    particle_dim = particle_dim_of(model, guide, data[:1])
+    info = check_program(model, guide, *probe_data(model, data), data_plate=data_plate, **kwargs)
+    particle_dim = info.particle_dim
     if particle_dim != -2:
         raise ConfigError(
             "AIS supports programs whose only plate is the data plate (chains at dim -2); "
@@ -165,9 +172,9 @@ def ais_log_likelihood(
         )
     est, se, acc = [], [], []
     for start in range(0, n, batch_size):
-        x = data[start : start + batch_size]
+        batch = slice_data(data, start, start + batch_size)
         e, s, a = _ais_batch(
-            model, guide, x, betas, num_chains, init, leapfrog_steps, step_size,
+            model, guide, batch, kwargs, betas, num_chains, init, leapfrog_steps, step_size,
             target_accept, particle_dim, data_plate,
         )  # fmt: skip
         est.append(e)
@@ -177,16 +184,17 @@ def ais_log_likelihood(
 
 
 def _ais_batch(
-    model, guide, x, betas, chains, init, leapfrog_steps, step_size, target_accept,
+    model, guide, data, kwargs, betas, chains, init, leapfrog_steps, step_size, target_accept,
     particle_dim, data_plate,
 ):  # fmt: skip
     with torch.no_grad():
-        sites = _initial_sites(model, guide, x, chains, particle_dim, init)
+        sites = _initial_sites(model, guide, data, kwargs, chains, particle_dim, init)
     init_fns = {
         n: {k: s[k] for k in ("fn", "scale", "mask", "cond_indep_stack")} for n, s in sites.items()
     }
     z = {n: s["value"].detach() for n, s in sites.items()}
-    dens = _Densities(model, init_fns, x, chains, particle_dim, data_plate)
+    dens = _Densities(model, init_fns, data, kwargs, chains, particle_dim, data_plate)
+    x = data[0]
     # every latent tensor is (C, batch, *event); per-(chain, point) quantities are (C, batch)
     shape = (chains, x.shape[0])
     eps = torch.full(shape, step_size, dtype=x.dtype)

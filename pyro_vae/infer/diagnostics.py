@@ -9,6 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.infer.trace import batch_size_of, check_program, particle_dim_of, particle_terms
+
 #: Above this PSIS shape the importance-sampling estimate is unreliable (Vehtari et al. 2024).
 KHAT_UNRELIABLE = 0.7
 
@@ -54,36 +57,51 @@ def khat_summary(khat: torch.Tensor) -> dict[str, float]:
 def posterior_inference_data(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    *data,
     num_samples: int = 1000,
-    site: str = "z",
+    site: str | None = None,
     seed: int | None = None,
+    data_plate: str = "data",
+    **kwargs,
 ):
     """q(z | x) samples and importance-resampled samples for ONE data point, as InferenceData.
 
-    x: (1, *event_shape). Groups: ``posterior`` holds the importance-
-    resampled draws (sampling-importance-resampling: z_k ~ q, resampled with probabilities
-    w_k / sum_j w_j, w_k = p(x, z_k) / q(z_k | x); closer to p(z | x) than q as K grows),
-    the raw draws from q(z | x) are in group ``variational`` and the
-    log weights in ``sample_stats`` (``log_weight``, one chain). ``arviz.summary(idata)``
-    summarizes the resampled posterior; ``arviz.summary(idata, group="variational")`` q.
+    data: tensors each (1, ...), e.g. x: (1, *event_shape); ``kwargs`` go to both programs.
+    ``site``: the latent site to report (default: the only latent site; required when the
+    guide has several). Groups: ``posterior`` holds the importance-resampled draws
+    (sampling-importance-resampling: z_k ~ q, resampled with probabilities w_k / sum_j w_j,
+    w_k = p(x, z_k) / q(z_k | x); closer to p(z | x) than q as K grows), the raw draws from
+    q(z | x) are in group ``variational`` and the log weights in ``sample_stats``
+    (``log_weight``, one chain). ``arviz.summary(idata)`` summarizes the resampled posterior;
+    ``arviz.summary(idata, group="variational")`` q.
     """
     import pyro
     import xarray as xr
-    from pyro import poutine
 
     az = _arviz()
-    if x.shape[0] != 1:
-        raise ValueError(f"expected one data point, got a batch of {x.shape[0]}")
+    if batch_size_of(data) != 1:
+        raise DataError(
+            f"expected one data point, got a batch of {batch_size_of(data)}; pass x[i : i + 1]"
+        )
+    latent = check_program(
+        model, guide, *data, data_plate=data_plate, restore_rng=True, **kwargs
+    ).latent
+    if site is None:
+        if len(latent) != 1:
+            raise ConfigError(
+                f"the guide has latent sites {latent}; choose one with site=..."
+            )
+        site = latent[0]
+    elif site not in latent:
+        raise ConfigError(f"{site!r} is not a latent site of the guide; choose one of {latent}")
     if seed is not None:
         pyro.set_rng_seed(seed)
-    from pyro_vae.infer.importance import particle_dim_of
-
-    pdim = particle_dim_of(model, guide, x)
-    with pyro.plate("particles", num_samples, dim=pdim):
-        trace = poutine.trace(guide).get_trace(x)
-    z = trace.nodes[site]["value"].reshape(num_samples, -1)  # (K, latent_dim)
-    lw = _log_weights_at(model, x, trace, num_samples, pdim)
+    pdim = particle_dim_of(model, guide, *data, **kwargs)
+    terms = particle_terms(
+        model, guide, num_samples, *data, particle_dim=pdim, data_plate=data_plate, **kwargs
+    )
+    z = terms.z[site].reshape(num_samples, -1)  # (K, latent_dim)
+    lw = terms.log_weights()[:, 0]
     idx = torch.multinomial(torch.softmax(lw, 0), num_samples, replacement=True)
     dims = {site: [f"{site}_dim"]}
     idata = az.from_dict(
@@ -99,23 +117,3 @@ def posterior_inference_data(
         warnings.simplefilter("ignore", UserWarning)
         idata.add_groups(variational=variational)
     return idata
-
-
-def _log_weights_at(model, x, guide_trace, num_samples, pdim) -> torch.Tensor:
-    """(K,) log weights of one data point at the guide trace's samples."""
-    import pyro
-    from pyro import poutine
-
-    from pyro_vae.infer.importance import _site_terms
-
-    with pyro.plate("particles", num_samples, dim=pdim):
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    from pyro.poutine.util import prune_subsample_sites
-
-    model_trace = prune_subsample_sites(model_trace)
-    guide_trace = prune_subsample_sites(guide_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    lp = _site_terms(model_trace, pdim, "data", num_samples, 1)
-    lq = _site_terms(guide_trace, pdim, "data", num_samples, 1)
-    return (lp - lq)[:, 0]

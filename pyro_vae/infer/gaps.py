@@ -17,7 +17,15 @@ import pyro
 import torch
 from torch.distributions import Distribution
 
-from pyro_vae.infer.importance import _stderr, log_likelihood, log_weights, particle_dim_of
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer.importance import log_likelihood
+from pyro_vae.infer.trace import (
+    check_program,
+    chunk_sizes,
+    log_weights,
+    probe_data,
+    stderr,
+)
 
 
 @dataclass
@@ -37,10 +45,12 @@ class InferenceGaps:
 
     @property
     def approximation_gap(self) -> torch.Tensor:
+        """(N,) log p(x) - ELBO_local."""
         return self.log_px - self.elbo_local
 
     @property
     def amortization_gap(self) -> torch.Tensor:
+        """(N,) ELBO_local - ELBO_amortized."""
         return self.elbo_local - self.elbo_amortized
 
     def summary(self) -> dict[str, tuple[float, float]]:
@@ -52,19 +62,23 @@ class InferenceGaps:
             "approximation gap": self.approximation_gap,
             "amortization gap": self.amortization_gap,
         }
-        return {k: (float(v.mean()), _stderr(v)) for k, v in rows.items()}
+        return {k: (float(v.mean()), stderr(v)) for k, v in rows.items()}
 
 
 def local_guide(
-    family: Callable[[torch.Tensor], Distribution], params: torch.Tensor, site: str = "z"
-) -> Callable[[torch.Tensor], None]:
+    family: Callable[[torch.Tensor], Distribution],
+    params: torch.Tensor,
+    site: str = "z",
+    data_plate: str = "data",
+) -> Callable[..., None]:
     """A guide with free per-example parameters: z_n ~ family(params_n) in the data plate.
 
-    params: (batch, num_params); the guide must be called on x with the same batch.
+    params: (batch, num_params); the guide must be called on data with the same batch (any
+    further positional or keyword arguments are accepted and ignored).
     """
 
-    def guide(x: torch.Tensor) -> None:
-        with pyro.plate("data", x.shape[0], dim=-1):
+    def guide(x: torch.Tensor, *args, **kwargs) -> None:
+        with pyro.plate(data_plate, x.shape[0], dim=-1):
             pyro.sample(site, family(params))
 
     return guide
@@ -78,6 +92,9 @@ def optimize_local(
     num_steps: int = 500,
     num_particles: int = 16,
     lr: float = 1e-2,
+    *,
+    site: str = "z",
+    data_plate: str = "data",
 ) -> torch.Tensor:
     """Per-example posterior parameters maximizing the ELBO, by Adam from ``init_params``.
 
@@ -91,9 +108,9 @@ def optimize_local(
     opt = torch.optim.Adam([params], lr=lr)
     # decay the step linearly to lr/10, so the noisy gradient settles at the optimum
     sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=num_steps)
-    guide = local_guide(family, params)
+    guide = local_guide(family, params, site, data_plate)
     for _ in range(num_steps):
-        loss = -log_weights(model, guide, x, num_particles).mean(0).sum()
+        loss = -log_weights(model, guide, x, num_particles, data_plate=data_plate).mean(0).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -115,6 +132,7 @@ def inference_gaps(
     lr: float = 1e-2,
     batch_size: int = 100,
     ais_per_example: torch.Tensor | None = None,
+    data_plate: str = "data",
 ) -> InferenceGaps:
     """Approximation and amortization gaps per data point for any model/guide pair.
 
@@ -123,20 +141,36 @@ def inference_gaps(
     starting parameters, normally the encoder's output (the amortized solution). ELBOs are
     estimated with ``elbo_samples`` samples per point; log p(x) by importance sampling with
     ``num_samples`` samples from the proposal of higher ELBO (the smaller KL to p(z | x)), or
-    ``ais_per_example`` where that is higher. For a VAE: ``vae_inference_gaps``.
+    ``ais_per_example`` where that is higher. For a VAE: ``vae_inference_gaps``. The local
+    guide replaces ONE latent site: a guide with several latent sites is refused.
     """
-    amortized = log_likelihood(model, guide, data, num_samples=max(num_samples, elbo_samples))
+    latent = check_program(
+        model, guide, *probe_data(model, (data,)), data_plate=data_plate, restore_rng=True
+    ).latent
+    if len(latent) != 1:
+        raise ConfigError(
+            f"inference gaps optimize one local posterior per data point, but the guide has "
+            f"latent sites {latent}; score a model with one latent site"
+        )
+    site = latent[0]
+    amortized = log_likelihood(
+        model, guide, data, num_samples=max(num_samples, elbo_samples), data_plate=data_plate
+    )
     log_px, elbo_local = [], []
-    pdim = particle_dim_of(model, guide, data[:1])
+    pdim = check_program(model, guide, data[:1], data_plate=data_plate).particle_dim
     for start in range(0, data.shape[0], batch_size):
         x = data[start : start + batch_size]
         with torch.no_grad():
             init = init_params(x)
-        params = optimize_local(model, family, x, init, num_steps, num_particles, lr)
+        params = optimize_local(
+            model, family, x, init, num_steps, num_particles, lr, site=site, data_plate=data_plate
+        )
         with torch.no_grad():
-            lw = _chunked_log_weights(
-                model, local_guide(family, params), x, max(num_samples, elbo_samples), pdim
-            )
+            guide_n = local_guide(family, params, site, data_plate)
+            lw = torch.cat([
+                log_weights(model, guide_n, x, k, particle_dim=pdim, data_plate=data_plate)
+                for k in chunk_sizes(max(num_samples, elbo_samples), 256)
+            ])
         elbo_local.append(lw.mean(0))
         log_px.append(torch.logsumexp(lw, 0) - math.log(lw.shape[0]))
     # the proposal with the higher ELBO is the closer one (KL(q || p) = log p(x) - ELBO), so
@@ -148,15 +182,6 @@ def inference_gaps(
     if ais_per_example is not None:
         best = torch.maximum(best, ais_per_example)
     return InferenceGaps(best, amortized.elbo_per_example, elbo_local_t)
-
-
-def _chunked_log_weights(model, guide, x, num_samples, particle_dim, chunk=256) -> torch.Tensor:
-    """(num_samples, batch) log weights, drawn ``chunk`` particles at a time."""
-    parts = []
-    for k0 in range(0, num_samples, chunk):
-        k = min(chunk, num_samples - k0)
-        parts.append(log_weights(model, guide, x, k, particle_dim=particle_dim))
-    return torch.cat(parts, 0)
 
 
 def vae_inference_gaps(vae, data: torch.Tensor, **kwargs) -> InferenceGaps:

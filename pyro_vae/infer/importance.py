@@ -13,20 +13,28 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
 
-from pyro_vae.errors import DataError
-from pyro_vae.validation import check_evaluation_inputs
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.infer.trace import (
+    DEFAULT_PARTICLE_BUDGET,
+    PerExampleEstimate,
+    batch_size_of,
+    check_program,
+    chunk_sizes,
+    default_particle_chunk,
+    log_weights,
+    probe_data,
+    slice_data,
+    stderr,
+)
+from pyro_vae.validation import check_positive_int, check_tensor
 
-#: Upper bound on particles x data points per pass: keeps memory bounded whatever K is.
-DEFAULT_PARTICLE_BUDGET = 2**16
+__all__ = ["DEFAULT_PARTICLE_BUDGET", "LogLikelihood", "log_likelihood", "log_weights"]
 
 
 @dataclass
-class LogLikelihood:
+class LogLikelihood(PerExampleEstimate):
     """Per-example importance-sampling results, in nats.
 
     Attributes:
@@ -35,6 +43,8 @@ class LogLikelihood:
         ess: (N,) effective sample sizes, (sum_k w_nk)^2 / sum_k w_nk^2, in [1, K].
         num_samples: K, the number of importance samples per data point.
         log_weights: (K, N) log weights when requested, else ``None``.
+        strategy: how particles were drawn: ``"vectorized"`` (a particle plate left of every
+            plate).
     """
 
     per_example: torch.Tensor
@@ -42,16 +52,7 @@ class LogLikelihood:
     ess: torch.Tensor
     num_samples: int
     log_weights: torch.Tensor | None = None
-
-    @property
-    def mean(self) -> float:
-        """Mean log p(x) per data point, nats."""
-        return float(self.per_example.mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of :attr:`mean` over data points."""
-        return _stderr(self.per_example)
+    strategy: str = "vectorized"
 
     @property
     def elbo(self) -> float:
@@ -60,7 +61,8 @@ class LogLikelihood:
 
     @property
     def elbo_stderr(self) -> float:
-        return _stderr(self.elbo_per_example)
+        """Standard error of :attr:`elbo` over data points."""
+        return stderr(self.elbo_per_example)
 
     def __str__(self) -> str:
         return (
@@ -69,156 +71,112 @@ class LogLikelihood:
         )
 
 
-def _stderr(values: torch.Tensor) -> float:
-    n = values.numel()
-    return float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+class StreamingMoments:
+    """Per-example reductions of log weights that arrive chunk by chunk over particles.
 
-
-def _particle_dim(model: Callable, guide: Callable, x: torch.Tensor, *args, **kwargs) -> int:
-    """The first free dimension left of every plate used by the model and guide."""
-    nesting = 0
-    with poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
-        )
-    for trace in (guide_trace, model_trace):
-        for site in prune_subsample_sites(trace).nodes.values():
-            if site["type"] == "sample":
-                for frame in site["cond_indep_stack"]:
-                    if frame.vectorized and frame.dim is not None:
-                        nesting = max(nesting, -frame.dim)
-    return -(nesting + 1)
-
-
-def site_term(
-    name: str, site: dict, particle_dim: int, data_plate: str, num_particles: int, batch: int
-) -> torch.Tensor:
-    """One sample site's (scaled) log-probability ``site["log_prob"]`` as (particles, batch).
-
-    Every dimension except the particle dimension and the data plate's is summed out.
+    Keeps, per data point, the running logsumexp of log w and of 2 log w and the running sum
+    of log w, so memory is (batch,) whatever K is. ``update(lw)`` with lw: (k, batch).
     """
-    frames = {f.name: f for f in site["cond_indep_stack"]}
-    if data_plate not in frames:
-        raise DataError(
-            f"sample site {name!r} is outside plate {data_plate!r}; per-example weights "
-            f"need every sample site inside the data plate"
-        )
-    n_dims = -particle_dim
-    data_dim = frames[data_plate].dim
-    lp = site["log_prob"]
-    lp = lp.reshape((1,) * (n_dims - lp.dim()) + tuple(lp.shape))
-    keep = {0, n_dims + data_dim}
-    others = [d for d in range(n_dims) if d not in keep]
-    if others:
-        lp = lp.sum(others, keepdim=True)
-    lp = lp.reshape(lp.shape[0], lp.shape[n_dims + data_dim])
-    return lp.expand(num_particles, batch)
+
+    def __init__(self, batch: int, dtype: torch.dtype = torch.float32):
+        self.lse = torch.full((batch,), -math.inf, dtype=dtype)
+        self.lse2 = torch.full((batch,), -math.inf, dtype=dtype)
+        self.total = torch.zeros(batch, dtype=dtype)
+        self.count = 0
+
+    def update(self, lw: torch.Tensor) -> None:
+        """Fold a chunk of log weights lw: (k, batch) into the running reductions."""
+        lw = lw.detach().to(self.total.device)
+        self.lse = torch.logaddexp(self.lse, torch.logsumexp(lw, 0))
+        self.lse2 = torch.logaddexp(self.lse2, torch.logsumexp(2 * lw, 0))
+        self.total = self.total + lw.sum(0)
+        self.count += lw.shape[0]
+
+    def log_mean_weight(self) -> torch.Tensor:
+        """(batch,) logsumexp_k log w_k - log K."""
+        return self.lse - math.log(self.count)
+
+    def mean_log_weight(self) -> torch.Tensor:
+        """(batch,) mean_k log w_k (the ELBO estimate)."""
+        return self.total / self.count
+
+    def ess(self) -> torch.Tensor:
+        """(batch,) (sum_k w_k)^2 / sum_k w_k^2."""
+        return torch.exp(2 * self.lse - self.lse2)
 
 
-def _site_terms(trace, particle_dim: int, data_plate: str, num_particles: int, batch: int):
-    """Sum each sample site's log-probability to shape (particles, batch)."""
-    total: torch.Tensor | None = None
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample":
-            continue
-        lp = site_term(name, site, particle_dim, data_plate, num_particles, batch)
-        total = lp if total is None else total + lp
-    if total is None:
-        raise DataError("the program has no sample sites; nothing to weigh")
-    return total
-
-
-def particle_dim_of(model: Callable, guide: Callable, x: torch.Tensor) -> int:
-    """The first free dimension left of every plate used by ``model`` and ``guide``."""
-    return _particle_dim(model, guide, x)
-
-
-def log_weights(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    num_particles: int,
-    *args,
-    particle_dim: int | None = None,
-    data_plate: str = "data",
-    **kwargs,
-) -> torch.Tensor:
-    """Per-example importance log weights log p(x_n, z_nk) - log q(z_nk | x_n).
-
-    x: (batch, *event_shape) -> (num_particles, batch). The guide is traced once with all
-    particles vectorized in a plate left of the data plate, and the model replayed on it.
-    Gradients flow (reparameterized sites), so this also serves objectives.
-    """
-    if particle_dim is None:
-        particle_dim = _particle_dim(model, guide, x, *args, **kwargs)
-    batch = x.shape[0]
-    with pyro.plate("particles", num_particles, dim=particle_dim):
-        guide_trace = poutine.trace(guide).get_trace(x, *args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, *args, **kwargs
-        )
-    guide_trace = prune_subsample_sites(guide_trace)
-    model_trace = prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    log_p = _site_terms(model_trace, particle_dim, data_plate, num_particles, batch)
-    log_q = _site_terms(guide_trace, particle_dim, data_plate, num_particles, batch)
-    return log_p - log_q
+def _legacy_num_samples(data: tuple, num_samples: int | None) -> tuple[tuple, int]:
+    """Accept the old positional call log_likelihood(model, guide, data, K)."""
+    if len(data) >= 2 and isinstance(data[-1], int) and not isinstance(data[-1], bool):
+        if num_samples is not None:
+            raise ConfigError("num_samples given twice (positionally and as a keyword)")
+        return data[:-1], data[-1]
+    return data, 1000 if num_samples is None else num_samples
 
 
 @torch.no_grad()
 def log_likelihood(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
-    num_samples: int = 1000,
+    *data,
+    num_samples: int | None = None,
     batch_size: int | None = None,
     particle_chunk: int | None = None,
-    *,
     data_plate: str = "data",
     keep_log_weights: bool = False,
+    particle_budget: int = DEFAULT_PARTICLE_BUDGET,
+    **kwargs,
 ) -> LogLikelihood:
     """Importance-sampled estimate of log p(x) per data point.
 
-    data: (N, *event_shape). With z_k ~ q(z | x), k = 1..K:
+    data: tensors each (N, ...), e.g. x: (N, *event_shape) then labels (N,); they are sliced
+    together along dim 0 and passed positionally to model and guide, ``kwargs`` unchanged.
+    With z_k ~ q(z | x), k = 1..K (``num_samples``, default 1000):
 
         log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K
 
     a stochastic lower bound whose expectation rises to log p(x) as K grows (Burda et al.
     2016, "Importance Weighted Autoencoders"). Data are processed ``batch_size`` points at a
-    time and particles in chunks of at most ``particle_chunk``, so memory is bounded by
-    ``batch_size * particle_chunk`` samples whatever K is; by default K = 1000 fits in one
-    chunk, so the guide (encoder) runs once per data point.
+    time and particles in chunks of at most ``particle_chunk`` (default: ``particle_budget``
+    samples per pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
+    so memory is flat in K unless ``keep_log_weights`` asks for the (K, N) weights.
+    Model and guide are checked against each other first (:func:`check_program`).
     """
-    check_evaluation_inputs(model, guide, data, num_samples, batch_size, particle_chunk)
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    n = data.shape[0]
-    if n == 0:
-        raise DataError("no data points to evaluate; pass a non-empty tensor")
+    data, num_samples = _legacy_num_samples(data, num_samples)
+    check_positive_int(num_samples, "num_samples")
+    check_positive_int(batch_size, "batch_size", allow_none=True)
+    check_positive_int(particle_chunk, "particle_chunk", allow_none=True)
+    check_positive_int(particle_budget, "particle_budget")
+    if not data:
+        raise DataError("no data given; call log_likelihood(model, guide, x, num_samples=K)")
+    owner = getattr(model, "__self__", None)
+    check_tensor(data[0], "data", getattr(owner, "event_shape", None))
+    n = batch_size_of(data)
+    info = check_program(model, guide, *probe_data(model, data), data_plate=data_plate, **kwargs)
+    particle_dim = info.particle_dim
     if batch_size is None:
         batch_size = min(n, 64)
     if particle_chunk is None:
-        particle_chunk = max(1, DEFAULT_PARTICLE_BUDGET // batch_size)
+        particle_chunk = default_particle_chunk(batch_size, particle_budget)
     particle_chunk = min(particle_chunk, num_samples)
-    particle_dim = _particle_dim(model, guide, data[:1])
     per_example, elbos, ess, all_weights = [], [], [], []
     for start in range(0, n, batch_size):
-        x = data[start : start + batch_size]
-        chunks = []
-        for k0 in range(0, num_samples, particle_chunk):
-            k = min(particle_chunk, num_samples - k0)
-            chunks.append(
-                log_weights(model, guide, x, k, particle_dim=particle_dim, data_plate=data_plate)
+        batch = slice_data(data, start, start + batch_size)
+        moments = StreamingMoments(batch_size_of(batch), data[0].dtype)
+        kept = []
+        for k in chunk_sizes(num_samples, particle_chunk):
+            lw = log_weights(
+                model, guide, batch[0], k, *batch[1:],
+                particle_dim=particle_dim, data_plate=data_plate, **kwargs,
             )
-        lw = torch.cat(chunks, 0)  # (K, batch)
-        lse = torch.logsumexp(lw, 0)
-        per_example.append(lse - math.log(num_samples))
-        elbos.append(lw.mean(0))
-        ess.append(torch.exp(2 * lse - torch.logsumexp(2 * lw, 0)))
+            moments.update(lw)
+            if keep_log_weights:
+                kept.append(lw)
+        per_example.append(moments.log_mean_weight())
+        elbos.append(moments.mean_log_weight())
+        ess.append(moments.ess())
         if keep_log_weights:
-            all_weights.append(lw)
+            all_weights.append(torch.cat(kept, 0))
     return LogLikelihood(
         per_example=torch.cat(per_example),
         elbo_per_example=torch.cat(elbos),

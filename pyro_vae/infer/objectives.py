@@ -1,42 +1,32 @@
 """Training objectives for any model/guide pair: ELBO variants, IWAE, DReG, KL weight, free bits.
 
-Every objective is a differentiable loss on a minibatch, ``objective.loss(model, guide, x,
-kl_weight)``, summed over the batch (divide by the batch size for per-point figures), so it
-slots into a plain torch optimizer over the modules' parameters. Alongside the loss it returns
-a Monte Carlo estimate of the TRUE ELBO (beta = 1, no free bits), so whatever is optimized, the
-bound that is reported is the real one.
+Every objective is a small class on one base, :class:`Objective`, registered by name in
+:data:`OBJECTIVES`. ``objective.loss(model, guide, x, kl_weight, *args, **kwargs)`` is a
+differentiable loss on a minibatch, summed over the batch (divide by the batch size for
+per-point figures), so it slots into a plain torch optimizer over the modules' parameters.
+Alongside the loss the base reports a Monte Carlo estimate of the TRUE ELBO (beta = 1, no free
+bits), so whatever is optimized, the bound that is reported is the real one.
 
-The KL weight scales the log-densities of the latent site(s) (``"z"``) in the model AND the
-guide, log p(x | z) + w (log p(z) - log q(z | x)); it is applied like ``poutine.scale``, but to
-the latent sites only (:class:`LatentScale`).
+The KL weight scales the log-densities of the latent sites (every sample site that is not
+observed, found from the traces, whatever its name) in the model AND the guide,
+log p(x | z) + w (log p(z) - log q(z | x)); it is applied like ``poutine.scale``, but to the
+latent sites only (:class:`LatentScale`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
-import pyro
 import pyro.infer
 import torch
-from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import Distribution, Independent, kl_divergence
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.importance import particle_dim_of, site_term
-
-#: Objective names accepted by :func:`make_objective` and ``pyro-vae train --objective``.
-OBJECTIVES = {
-    "elbo": "Trace_ELBO: E_q[log p(x,z) - log q(z|x)], Monte Carlo KL",
-    "meanfield": "TraceMeanField_ELBO: analytic KL where it exists",
-    "iwae": "IWAE-K bound log mean_k w_k (Burda et al. 2016)",
-    "dreg": "IWAE-K bound with the doubly-reparameterized encoder gradient (Tucker et al. 2019)",
-}
+from pyro_vae.infer.trace import ParticleTerms, particle_terms
 
 WARMUPS = ("none", "linear", "cyclical")
 
@@ -49,18 +39,18 @@ class LossValue(NamedTuple):
 
 
 class LatentScale(Messenger):
-    """``poutine.scale`` restricted to named sites: multiplies their log-density by ``scale``.
+    """``poutine.scale`` restricted to latent sites: multiplies their log-density by ``scale``.
 
-    Unlike ``poutine.scale`` it allows ``scale == 0`` (the start of a warm-up).
+    A latent site is a sample site that is not observed (read from the message, never from the
+    site's name). Unlike ``poutine.scale`` it allows ``scale == 0`` (the start of a warm-up).
     """
 
-    def __init__(self, scale: float, sites: Sequence[str] = ("z",)):
+    def __init__(self, scale: float):
         super().__init__()
         self.scale = float(scale)
-        self.sites = tuple(sites)
 
     def _process_message(self, msg) -> None:
-        if msg["name"] in self.sites:
+        if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.scale * msg["scale"]
 
 
@@ -99,165 +89,76 @@ class KLSchedule:
         return self.beta
 
 
-def _latent_names(guide_trace) -> list[str]:
-    return [
-        name
-        for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"]
-    ]
-
-
-def _terms(model, guide, x, num_particles, particle_dim, data_plate, detach_guide=False):
-    """Per-site log-density terms of the importance weights, each (K, batch).
-
-    Returns (log_p, log_q, z, z_leaf, guide_trace, model_trace): dicts by site name of the
-    model's and guide's log densities, the guide's reparameterized samples, and, when
-    ``detach_guide``, the leaf tensors the model and guide were scored at (for DReG; else
-    ``z_leaf is z``), then the two traces.
-    """
-    batch = x.shape[0]
-    with pyro.plate("particles", num_particles, dim=particle_dim):
-        guide_trace = poutine.trace(guide).get_trace(x)
-    guide_trace = prune_subsample_sites(guide_trace)
-    names = _latent_names(guide_trace)
-    z = {n: guide_trace.nodes[n]["value"] for n in names}
-    if detach_guide:
-        z_leaf = {n: v.detach().requires_grad_() for n, v in z.items()}
-        for n in names:
-            site = guide_trace.nodes[n]
-            if not site["fn"].has_rsample:
-                raise ConfigError(
-                    f"DReG needs a reparameterized guide but site {n!r} has no rsample; "
-                    "use --objective iwae"
-                )
-            fn = detach_distribution(site["fn"])
-            site["value"] = z_leaf[n]
-            site["log_prob"] = scale_and_mask(fn.log_prob(z_leaf[n]), site["scale"], site["mask"])
-    else:
-        z_leaf = z
-        guide_trace.compute_log_prob()
-    with pyro.plate("particles", num_particles, dim=particle_dim):
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    model_trace = prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob()
-
-    def collect(trace):
-        return {
-            n: site_term(n, s, particle_dim, data_plate, num_particles, batch)
-            for n, s in trace.nodes.items()
-            if s["type"] == "sample"
-        }
-
-    return collect(model_trace), collect(guide_trace), z, z_leaf, guide_trace, model_trace
-
-
-def detach_distribution(fn: Distribution) -> Distribution:
-    """A copy of ``fn`` whose parameter tensors are detached: log_prob(z) keeps d/dz only.
-
-    Works for distributions that hold their parameters as tensor attributes (Normal,
-    MultivariateNormal, LowRankMultivariateNormal, ...) and wrappers around them (Independent,
-    expanded distributions). Raises ConfigError when a parameter stays attached (e.g. a flow
-    whose transforms are modules with parameters).
-    """
-    import copy
-
-    new = copy.copy(fn)
-    for key, value in list(vars(fn).items()):
-        if isinstance(value, torch.Tensor) and value.requires_grad:
-            setattr(new, key, value.detach())
-        elif isinstance(value, Distribution):
-            setattr(new, key, detach_distribution(value))
-    if new.log_prob(new.sample().detach()).requires_grad:
-        raise ConfigError(
-            f"cannot detach the parameters of {type(fn).__name__} for DReG; use a guide whose "
-            "distribution holds its parameters as tensors, or --objective iwae"
-        )
-    return new
-
-
-def _weighted(log_p, log_q, latent: Sequence[str], kl_weight: float) -> torch.Tensor:
-    """log w = sum_sites log p - log q, with the latent sites' terms multiplied by kl_weight."""
-    total = 0.0
-    for n, t in log_p.items():
-        total = total + (kl_weight * t if n in latent else t)
-    for n, t in log_q.items():
-        total = total - (kl_weight * t if n in latent else t)
-    return total
-
-
-def iwae_loss(
+def importance_weighted_loss(
     model: Callable,
     guide: Callable,
     x: torch.Tensor,
     num_particles: int,
     kl_weight: float = 1.0,
-    *,
-    latent_sites: Sequence[str] = ("z",),
+    *args,
+    gradient: str = "iwae",
     data_plate: str = "data",
     particle_dim: int | None = None,
+    **kwargs,
 ) -> LossValue:
-    """Negative IWAE-K bound summed over the batch, differentiable (reparameterized guide).
+    """Negative IWAE-K bound summed over the batch, with the IWAE or the DReG gradient.
 
-    x: (batch, *event_shape). L_K(x) = E[log (1/K) sum_k w_k], w_k = p(x, z_k) / q(z_k | x),
-    z_k ~ q(z | x) (Burda et al. 2016). Its gradient is sum_k w~_k grad log w_k with
-    normalized weights w~_k = w_k / sum_j w_j. K = 1 is the ELBO.
-    """
-    if particle_dim is None:
-        particle_dim = particle_dim_of(model, guide, x)
-    log_p, log_q, *_ = _terms(model, guide, x, num_particles, particle_dim, data_plate)
-    lw = _weighted(log_p, log_q, latent_sites, kl_weight)
-    bound = torch.logsumexp(lw, 0) - math.log(num_particles)
-    true = _weighted(log_p, log_q, latent_sites, 1.0).detach().mean(0).sum()
-    return LossValue(-bound.sum(), float(true))
-
-
-def dreg_loss(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    num_particles: int,
-    kl_weight: float = 1.0,
-    *,
-    latent_sites: Sequence[str] = ("z",),
-    data_plate: str = "data",
-    particle_dim: int | None = None,
-) -> LossValue:
-    """Negative IWAE-K bound with the doubly-reparameterized gradient (DReG) for the guide.
-
-    x: (batch, *event_shape). The value is that of :func:`iwae_loss`; the gradients are
-    (Tucker, Lawson, Gu & Maddison 2019, eq. 5):
+    x: (batch, *event_shape); ``args``/``kwargs`` go to both programs after x. The value is
+    L_K(x) = E[log (1/K) sum_k w_k], w_k = p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (Burda et al.
+    2016); K = 1 is the ELBO. ``gradient="iwae"``: sum_k w~_k grad log w_k with normalized
+    weights w~_k = w_k / sum_j w_j. ``gradient="dreg"`` (Tucker, Lawson, Gu & Maddison 2019,
+    eq. 5):
 
         model (decoder) params theta:  sum_k w~_k  d log w_k / d theta          (IWAE)
         guide (encoder) params phi:    sum_k w~_k^2 (d log w_k / d z_k) (d z_k / d phi)
 
-    where log w_k = log p(x, z_k) - log q(z_k | x) is scored with the guide's distribution
-    parameters DETACHED, so the score-function term d log q / d phi (zero in expectation, but
-    the source of the IWAE encoder gradient's variance) is dropped. How, generically: the
-    guide is traced once (z_k = g(eps_k, phi)); each latent site's distribution is copied with
-    its parameter tensors detached (:func:`detach_distribution`); log w_k is computed at leaf
-    copies z'_k of z_k; then the surrogate is sum_k w~_k log w_k(z') (theta only, as z' and
-    q's parameters are leaves) plus sum_k <z_k, g_k> with g_k = d/dz'_k sum_j w~_j^2 log w_j
-    (a fixed vector), which sends exactly the DReG term into phi through z_k.
-    Needs reparameterized guide sites that are conditionally independent given x.
+    where log w_k is scored with the guide's distribution parameters DETACHED, so the
+    score-function term d log q / d phi (zero in expectation, but the source of the IWAE
+    encoder gradient's variance) is dropped. How, generically: each latent site's distribution
+    is copied with its parameter tensors detached (:func:`detach_distribution`); log w_k is
+    computed at leaf copies z'_k of z_k; the surrogate is sum_k w~_k log w_k(z') (theta only)
+    plus sum_k <z_k, g_k> with g_k = d/dz'_k sum_j w~_j^2 log w_j (a fixed vector), which sends
+    exactly the DReG term into phi through z_k. DReG needs reparameterized guide sites that
+    are conditionally independent given x.
     """
-    if particle_dim is None:
-        particle_dim = particle_dim_of(model, guide, x)
-    log_p, log_q, z, z_leaf, *_ = _terms(
-        model, guide, x, num_particles, particle_dim, data_plate, detach_guide=True
+    if gradient not in ("iwae", "dreg"):
+        raise ConfigError(f"gradient must be 'iwae' or 'dreg', got {gradient!r}")
+    dreg = gradient == "dreg"
+    terms = particle_terms(
+        model, guide, num_particles, x, *args,
+        particle_dim=particle_dim, data_plate=data_plate, detach_guide=dreg, **kwargs,
     )
-    lw = _weighted(log_p, log_q, latent_sites, kl_weight)  # (K, batch)
+    lw = terms.log_weights(kl_weight)  # (K, batch)
+    bound = torch.logsumexp(lw, 0) - math.log(num_particles)
+    if not dreg:
+        return LossValue(-bound.sum(), _true_elbo(terms))
     w = torch.softmax(lw.detach(), 0)
-    names = list(z_leaf)
+    names = list(terms.z_leaf)
     grads = torch.autograd.grad(
-        (w.pow(2) * lw).sum(), [z_leaf[n] for n in names], retain_graph=True
+        (w.pow(2) * lw).sum(), [terms.z_leaf[n] for n in names], retain_graph=True
     )
     surrogate = (w * lw).sum()
     for n, g in zip(names, grads, strict=True):
-        surrogate = surrogate + (z[n] * g.detach()).sum()
-    bound = (torch.logsumexp(lw.detach(), 0) - math.log(num_particles)).sum()
-    loss = -(surrogate - surrogate.detach() + bound)
-    true = _weighted(log_p, log_q, latent_sites, 1.0).detach().mean(0).sum()
-    return LossValue(loss, float(true))
+        surrogate = surrogate + (terms.z[n] * g.detach()).sum()
+    loss = -(surrogate - surrogate.detach() + bound.detach().sum())
+    return LossValue(loss, _true_elbo(terms))
+
+
+def iwae_loss(model, guide, x, num_particles, kl_weight=1.0, *args, **kwargs) -> LossValue:
+    """:func:`importance_weighted_loss` with the IWAE gradient."""
+    return importance_weighted_loss(model, guide, x, num_particles, kl_weight, *args, **kwargs)
+
+
+def dreg_loss(model, guide, x, num_particles, kl_weight=1.0, *args, **kwargs) -> LossValue:
+    """:func:`importance_weighted_loss` with the doubly-reparameterized (DReG) gradient."""
+    return importance_weighted_loss(
+        model, guide, x, num_particles, kl_weight, *args, gradient="dreg", **kwargs
+    )
+
+
+def _true_elbo(terms: ParticleTerms) -> float:
+    """The ELBO (beta = 1) summed over the batch: sum_n mean_k log w_nk."""
+    return float(terms.log_weights(1.0).detach().mean(0).sum())
 
 
 def per_dim_kl(q: Distribution, p: Distribution, z: torch.Tensor) -> torch.Tensor:
@@ -290,112 +191,180 @@ def free_bits_loss(
     x: torch.Tensor,
     free_bits: float,
     kl_weight: float = 1.0,
-    *,
-    latent_site: str = "z",
+    *args,
     data_plate: str = "data",
     particle_dim: int | None = None,
+    **kwargs,
 ) -> LossValue:
     """Negative ELBO with a KL floor per latent dimension ("free bits"), summed over the batch.
 
-    x: (batch, *event_shape). With KL_d the batch-mean KL of latent dimension d
-    (:func:`per_dim_kl`), the objective per batch is
+    x: (batch, *event_shape). With KL_d the batch-mean KL of latent dimension d of each latent
+    site (:func:`per_dim_kl`; latent sites found from the traces), the objective per batch is
 
         sum_n E_q[log p(x_n | z)] - batch * kl_weight * sum_d max(free_bits, KL_d)
 
     (Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow",
     with one group per latent dimension). One sample of z per data point.
     """
-    if particle_dim is None:
-        particle_dim = particle_dim_of(model, guide, x)
-    log_p, log_q, _, _, guide_trace, model_trace = _terms(
-        model, guide, x, 1, particle_dim, data_plate
-    )
-    zq = guide_trace.nodes[latent_site]
-    zp = model_trace.nodes[latent_site]
-    kl = per_dim_kl(zq["fn"], zp["fn"], zq["value"])  # (1, batch, latent_dim)
-    kl = kl.reshape(-1, kl.shape[-1]).mean(0)  # batch mean per dimension
-    recon = sum(t for n, t in log_p.items() if n != latent_site) - sum(
-        t for n, t in log_q.items() if n != latent_site
+    terms = particle_terms(
+        model, guide, 1, x, *args, particle_dim=particle_dim, data_plate=data_plate, **kwargs
     )
     batch = x.shape[0]
-    objective = recon.sum() - batch * kl_weight * kl.clamp(min=free_bits).sum()
-    true = _weighted(log_p, log_q, (latent_site,), 1.0).detach().mean(0).sum()
-    return LossValue(-objective, float(true))
+    penalty = 0.0
+    for name in terms.latent:
+        zq, zp = terms.guide_trace.nodes[name], terms.model_trace.nodes[name]
+        kl = per_dim_kl(zq["fn"], zp["fn"], zq["value"])  # (1, batch, latent_dim)
+        kl = kl.reshape(-1, kl.shape[-1]).mean(0)  # batch mean per dimension
+        penalty = penalty + kl.clamp(min=free_bits).sum()
+    recon = terms.log_weights(0.0)
+    objective = recon.sum() - batch * kl_weight * penalty
+    return LossValue(-objective, _true_elbo(terms))
 
 
-@dataclass
 class Objective:
-    """A training objective by name, with particles, KL schedule and free bits.
+    """A training objective: particles, KL schedule, free bits; subclasses supply one loss.
 
-    ``loss(model, guide, x, kl_weight)`` -> :class:`LossValue` (loss summed over the batch and
-    the true ELBO summed over the batch). ``elbo``/``meanfield`` use Pyro's ``Trace_ELBO`` /
-    ``TraceMeanField_ELBO`` ``differentiable_loss`` (vectorized particles) with the latent
-    site scaled by :class:`LatentScale`; ``iwae``/``dreg`` use :func:`iwae_loss` /
-    :func:`dreg_loss`; a positive ``free_bits`` uses :func:`free_bits_loss` (ELBO only).
+    ``loss(model, guide, x, kl_weight, *args, **kwargs)`` -> :class:`LossValue` (loss summed
+    over the batch, and the true ELBO summed over the batch). The base owns the free-bits
+    route and the true-ELBO report; a subclass implements :meth:`objective_loss`.
     """
 
-    name: str = "elbo"
-    num_particles: int = 1
-    schedule: KLSchedule | None = None
-    free_bits: float = 0.0
-    latent_sites: tuple[str, ...] = ("z",)
+    name: ClassVar[str] = ""
+    #: whether free bits (an ELBO floor per latent dimension) apply to this objective
+    allows_free_bits: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
-        if self.name not in OBJECTIVES:
-            raise ConfigError(
-                f"unknown objective {self.name!r}; choose one of {sorted(OBJECTIVES)}"
-            )
-        if self.num_particles < 1:
-            raise ConfigError(f"num_particles must be at least 1, got {self.num_particles}")
-        if not (self.free_bits >= 0 and math.isfinite(self.free_bits)):
-            raise ConfigError(f"free_bits must be a non-negative number, got {self.free_bits}")
-        if self.free_bits > 0 and self.name not in ("elbo", "meanfield"):
+    def __init__(
+        self,
+        num_particles: int = 1,
+        schedule: KLSchedule | None = None,
+        free_bits: float = 0.0,
+        data_plate: str = "data",
+    ) -> None:
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or (
+            num_particles < 1
+        ):
+            raise ConfigError(f"num_particles must be at least 1, got {num_particles}")
+        if not (free_bits >= 0 and math.isfinite(free_bits)):
+            raise ConfigError(f"free_bits must be a non-negative number, got {free_bits}")
+        if free_bits > 0 and not self.allows_free_bits:
             raise ConfigError(
                 f"free bits apply to the ELBO, not to {self.name!r}; use --objective elbo or "
                 "--free-bits 0"
             )
-        if self.free_bits > 0 and self.num_particles != 1:
+        if free_bits > 0 and num_particles != 1:
             raise ConfigError("free bits use one particle; set --num-particles 1")
-        if self.schedule is None:
-            self.schedule = KLSchedule()
-        self._pyro_elbo = None
-        if self.name in ("elbo", "meanfield"):
-            cls = pyro.infer.Trace_ELBO if self.name == "elbo" else pyro.infer.TraceMeanField_ELBO
-            self._pyro_elbo = cls(
-                num_particles=self.num_particles, vectorize_particles=self.num_particles > 1
-            )
+        self.num_particles = num_particles
+        self.schedule = KLSchedule() if schedule is None else schedule
+        self.free_bits = float(free_bits)
+        self.data_plate = data_plate
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_particles={self.num_particles}, "
+            f"schedule={self.schedule}, free_bits={self.free_bits})"
+        )
 
     def kl_weight(self, progress: float) -> float:
         """The KL weight after ``progress`` epochs (see :class:`KLSchedule`)."""
         return self.schedule.weight(progress)
 
     def loss(
-        self, model: Callable, guide: Callable, x: torch.Tensor, kl_weight: float = 1.0
+        self,
+        model: Callable,
+        guide: Callable,
+        x: torch.Tensor,
+        kl_weight: float = 1.0,
+        *args,
+        **kwargs,
     ) -> LossValue:
-        """Loss on the minibatch x: (batch, *event_shape), summed over the batch."""
+        """Loss on the minibatch x: (batch, *event_shape), summed over the batch.
+
+        ``args`` and ``kwargs`` are passed to model and guide after ``x``.
+        """
         if self.free_bits > 0:
             return free_bits_loss(
-                model, guide, x, self.free_bits, kl_weight, latent_site=self.latent_sites[0]
+                model, guide, x, self.free_bits, kl_weight, *args,
+                data_plate=self.data_plate, **kwargs,
             )
-        if self.name == "iwae":
-            return iwae_loss(
-                model, guide, x, self.num_particles, kl_weight, latent_sites=self.latent_sites
-            )
-        if self.name == "dreg":
-            return dreg_loss(
-                model, guide, x, self.num_particles, kl_weight, latent_sites=self.latent_sites
-            )
-        if kl_weight == 1.0:
-            loss = self._pyro_elbo.differentiable_loss(model, guide, x)
-            return LossValue(loss, -float(loss.detach()))
-        scaled_model = LatentScale(kl_weight, self.latent_sites)(model)
-        scaled_guide = LatentScale(kl_weight, self.latent_sites)(guide)
-        loss = self._pyro_elbo.differentiable_loss(scaled_model, scaled_guide, x)
+        return self.objective_loss(model, guide, (x, *args), kwargs, kl_weight)
+
+    def objective_loss(
+        self, model: Callable, guide: Callable, data: tuple, kwargs: dict, kl_weight: float
+    ) -> LossValue:
+        """The objective's own loss on ``data`` (x first), with latent terms times kl_weight."""
+        raise NotImplementedError
+
+    def true_elbo(self, model: Callable, guide: Callable, data: tuple, kwargs: dict) -> float:
+        """Monte Carlo ELBO (beta = 1) summed over the batch, with ``num_particles`` samples."""
         with torch.no_grad():
-            true = iwae_loss(
-                model, guide, x, self.num_particles, latent_sites=self.latent_sites
-            ).elbo
-        return LossValue(loss, true)
+            terms = particle_terms(
+                model, guide, self.num_particles, *data, data_plate=self.data_plate, **kwargs
+            )
+        return _true_elbo(terms)
+
+
+class _PyroELBO(Objective):
+    """ELBO through a Pyro ELBO's ``differentiable_loss`` (vectorized particles)."""
+
+    allows_free_bits: ClassVar[bool] = True
+    pyro_elbo: ClassVar[type] = pyro.infer.Trace_ELBO
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # one instance for the run: it guesses the plate nesting once, on its first call
+        self.elbo = self.pyro_elbo(
+            num_particles=self.num_particles, vectorize_particles=self.num_particles > 1
+        )
+
+    def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
+        elbo = self.elbo
+        if kl_weight == 1.0:
+            loss = elbo.differentiable_loss(model, guide, *data, **kwargs)
+            return LossValue(loss, -float(loss.detach()))
+        scaled_model = LatentScale(kl_weight)(model)
+        scaled_guide = LatentScale(kl_weight)(guide)
+        loss = elbo.differentiable_loss(scaled_model, scaled_guide, *data, **kwargs)
+        return LossValue(loss, self.true_elbo(model, guide, data, kwargs))
+
+
+class TraceELBO(_PyroELBO):
+    """Trace_ELBO: E_q[log p(x,z) - log q(z|x)], Monte Carlo KL (Pyro's ``Trace_ELBO``)."""
+
+    name: ClassVar[str] = "elbo"
+    pyro_elbo: ClassVar[type] = pyro.infer.Trace_ELBO
+
+
+class MeanFieldELBO(_PyroELBO):
+    """TraceMeanField_ELBO: analytic KL where it exists (Pyro's ``TraceMeanField_ELBO``)."""
+
+    name: ClassVar[str] = "meanfield"
+    pyro_elbo: ClassVar[type] = pyro.infer.TraceMeanField_ELBO
+
+
+class IWAE(Objective):
+    """IWAE-K bound log mean_k w_k (Burda et al. 2016), see :func:`importance_weighted_loss`."""
+
+    name: ClassVar[str] = "iwae"
+    gradient: ClassVar[str] = "iwae"
+
+    def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
+        return importance_weighted_loss(
+            model, guide, data[0], self.num_particles, kl_weight, *data[1:],
+            gradient=self.gradient, data_plate=self.data_plate, **kwargs,
+        )
+
+
+class DReG(IWAE):
+    """IWAE-K bound with the doubly-reparameterized encoder gradient (Tucker et al. 2019)."""
+
+    name: ClassVar[str] = "dreg"
+    gradient: ClassVar[str] = "dreg"
+
+
+#: Objective name -> class, accepted by :func:`make_objective` and ``pyro-vae train --objective``.
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (TraceELBO, MeanFieldELBO, IWAE, DReG)
+}
 
 
 def make_objective(
@@ -406,15 +375,18 @@ def make_objective(
     warmup: str = "none",
     warmup_epochs: float = 0.0,
     free_bits: float = 0.0,
+    data_plate: str = "data",
 ) -> Objective:
     """An :class:`Objective` by name (see :data:`OBJECTIVES`) with its KL schedule.
 
     ELBO(x) = E_q[log p(x, z) - log q(z | x)] <= log p(x); every loss is its negative (or that
     of the IWAE bound), summed over the minibatch.
     """
-    return Objective(
-        name=name,
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](
         num_particles=num_particles,
         schedule=KLSchedule(beta=beta, warmup=warmup, warmup_epochs=warmup_epochs),
         free_bits=free_bits,
+        data_plate=data_plate,
     )

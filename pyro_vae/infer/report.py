@@ -13,6 +13,7 @@ from pyro_vae.infer.ais import ais_log_likelihood
 from pyro_vae.infer.diagnostics import KHAT_UNRELIABLE, khat_summary, psis_khat
 from pyro_vae.infer.gaps import inference_gaps
 from pyro_vae.infer.importance import log_likelihood
+from pyro_vae.infer.trace import stderr
 
 METHODS = ("is", "ais", "gaps")
 
@@ -60,6 +61,7 @@ def inference_report(
     family: Callable | None = None,
     init_params: Callable | None = None,
     batch_size: int | None = None,
+    data_plate: str = "data",
 ) -> InferenceReport:
     """Bounds and estimates of log p(x) per data point, mean and standard error over ``data``.
 
@@ -74,12 +76,15 @@ def inference_report(
     report = InferenceReport()
     n = data.shape[0]
     ll = log_likelihood(
-        model, guide, data, num_samples, batch_size=batch_size, keep_log_weights=True
+        model, guide, data, num_samples=num_samples, batch_size=batch_size,
+        keep_log_weights=True, data_plate=data_plate,
     )
     report.rows.append(("ELBO", ll.elbo, ll.elbo_stderr, n))
     for k in ks:
         if 1 < k < num_samples:
-            r = log_likelihood(model, guide, data, k, batch_size=batch_size)
+            r = log_likelihood(
+                model, guide, data, num_samples=k, batch_size=batch_size, data_plate=data_plate
+            )
             report.rows.append((f"IWAE-{k}", r.mean, r.stderr, n))
     report.rows.append((f"IS (K={num_samples})", ll.mean, ll.stderr, n))
     report.khat = khat_summary(psis_khat(ll.log_weights))
@@ -88,8 +93,10 @@ def inference_report(
     sub = data[:num_points]
     m = sub.shape[0]
     sub_is = ll.per_example[:m]
-    report.rows.append((f"IS (K={num_samples}), subset", float(sub_is.mean()), _se(sub_is), m))
-    ais = ais_log_likelihood(model, guide, sub, num_steps=ais_steps, num_chains=ais_chains)
+    report.rows.append((f"IS (K={num_samples}), subset", float(sub_is.mean()), stderr(sub_is), m))
+    ais = ais_log_likelihood(
+        model, guide, sub, num_steps=ais_steps, num_chains=ais_chains, data_plate=data_plate
+    )
     report.rows.append(
         (f"AIS ({ais_steps} steps x {ais_chains} chains), subset", ais.mean, ais.stderr, m)
     )
@@ -108,11 +115,8 @@ def inference_report(
         num_samples=num_samples,
         num_steps=gap_steps,
         ais_per_example=ais.per_example,
+        data_plate=data_plate,
     )
     for name, (mean, se) in gaps.summary().items():
         report.rows.append((f"{name}, subset", mean, se, m))
     return report
-
-
-def _se(v: torch.Tensor) -> float:
-    return float(v.std() / v.numel() ** 0.5) if v.numel() > 1 else float("nan")

@@ -16,6 +16,15 @@ from pyro_vae.parts.posteriors import Posterior
 from pyro_vae.parts.priors import Prior
 
 
+def local_params():
+    """``pyro.settings.context(module_local_params=True)``: parameters live in the modules.
+
+    Scoped to the VAE's construction and its programs instead of set globally at import, so
+    ``import pyro_vae`` leaves ``pyro.settings`` and the global param store as they were.
+    """
+    return pyro.settings.context(module_local_params=True)
+
+
 class VAE(PyroModule):
     """A variational autoencoder composed of swappable parts.
 
@@ -45,7 +54,8 @@ class VAE(PyroModule):
         posterior: Posterior,
         event_shape: Sequence[int] | None = None,
     ):
-        super().__init__()
+        with local_params():
+            super().__init__()  # the shared module context holds a local parameter state
         if prior.latent_dim != posterior.latent_dim:
             raise ValueError(
                 f"prior latent_dim {prior.latent_dim} differs from posterior latent_dim "
@@ -83,12 +93,14 @@ class VAE(PyroModule):
         params = params.movedim(len(batch), -1)
         return self.likelihood(params).to_event(len(self.event_shape))
 
+    @local_params()
     def model(self, x: torch.Tensor) -> None:
         """p(z) p(x | z) for x: (batch, *event_shape)."""
         with pyro.plate("data", x.shape[-len(self.event_shape) - 1], dim=-1):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.decode(z), obs=x)
 
+    @local_params()
     def guide(self, x: torch.Tensor) -> None:
         """q(z | x) for x: (batch, *event_shape)."""
         with pyro.plate("data", x.shape[-len(self.event_shape) - 1], dim=-1):
