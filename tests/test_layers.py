@@ -45,12 +45,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 #: Known violations while the move is in progress: (importer module, imported module or
 #: private name) -> why. Each is an xfail(strict=False) case, so the test passes now; any new
 #: violation is a plain failure. Delete an entry when its branch lands (then make it strict).
-IN_PROGRESS = "the one trace helper in infer/ (issue 9) replaces it; remove when that lands"
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("pyro_vae.infer.ais", "_stderr"): IN_PROGRESS,
-    ("pyro_vae.infer.gaps", "_stderr"): IN_PROGRESS,
-    ("pyro_vae.infer.diagnostics", "_site_terms"): IN_PROGRESS,
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
