@@ -114,15 +114,27 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(child(args.model, args.child, args.images)))
         return
-    print(f"torch {torch.__version__}, threads={args.threads}, model {args.model}, "
-          f"{args.images} images")
+    print(
+        f"torch {torch.__version__}, threads={args.threads}, model {args.model}, "
+        f"{args.images} images"
+    )
     print(
         "| K | s | image-samples/s | GFLOP/s | matmul GFLOP/s | share | peak MiB |\n"
         "|---|---|---|---|---|---|---|"
     )
     for k in (int(v) for v in args.ks.split(",")):
-        cmd = [sys.executable, __file__, "--child", str(k), "--images", str(args.images),
-               "--model", args.model, "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(k),
+            "--images",
+            str(args.images),
+            "--model",
+            args.model,
+            "--threads",
+            str(args.threads),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(

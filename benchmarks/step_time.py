@@ -16,7 +16,7 @@ Models: ``pyro-mlp`` (Pyro's VAE example, 784-400-50, softplus, Bernoulli, 28x28
 net on 28x28, channels 32-64, latent 16). Data are random images of the model's shape (the
 arithmetic does not depend on the pixel values).
 
-Run: python benchmarks/step_time.py [--threads 1] [--steps 20] [--repeats 7]
+Run: PYTHONPATH=. python benchmarks/step_time.py [--threads 1] [--images 1024] [--repeats 5]
          [--batch-sizes 32,128,512] [--models pyro-mlp,digits,conv]
 Prints, per model and batch size, the median ms/step of each route, the epoch time, and the
 median of the per-pair ratios library/torch and fused/torch.
@@ -39,7 +39,7 @@ from pyro_vae.data.binarize import dynamic_binarize
 from pyro_vae.errors import TrainingError
 from pyro_vae.infer.objectives import make_objective
 from pyro_vae.models import ModelConfig, build_vae
-from pyro_vae.models.fused import fused_elbo_loss, fused_unsupported
+from pyro_vae.models.fused import FusedELBO, fused_unsupported
 from pyro_vae.train import TrainConfig, train_epoch
 
 MODELS = {
@@ -57,29 +57,34 @@ def fused_train_epoch(vae, objective, optimizer, train, config, epoch, check_eve
     far are checked, so one sync serves many steps. A non-finite value raises
     :class:`TrainingError` naming the epoch and the step window.
     """
+    params = list(vae.parameters())
+    # The data were checked once by check_fit and binarized draws are in the support, so
+    # per-step argument validation of every distribution is skipped on this path.
+    with pyro.validation_enabled(False):
+        return _fused_steps(vae, objective, optimizer, train, config, epoch, check_every, params)
+
+
+def _fused_steps(vae, objective, optimizer, train, config, epoch, check_every, params):
     n = train.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     perm = torch.randperm(n)
-    analytic = objective.name == "meanfield"
+    elbo_fn = FusedELBO(vae, objective.name == "meanfield", objective.num_particles)
     total = torch.zeros(())
     total_elbo = torch.zeros(())
     worst = torch.zeros(())
     kl_weight = 1.0
     last_checked = 0
-    params = [p for p in vae.parameters()]
     for step, i in enumerate(range(0, n, config.batch_size)):
         x = train[perm[i : i + config.batch_size]]
         if vae.likelihood.binarize:
             x = dynamic_binarize(x)
         kl_weight = objective.kl_weight(epoch - 1 + step / steps_per_epoch)
-        loss_sum, elbo = fused_elbo_loss(vae, x, kl_weight, analytic, objective.num_particles)
+        loss_sum, elbo = elbo_fn(x, kl_weight)
         loss = loss_sum / x.shape[0]
         optimizer.zero_grad()
         loss.backward()
         if config.clip_grad is not None:
-            worst = torch.maximum(
-                worst, torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-            )
+            worst = torch.maximum(worst, torch.nn.utils.clip_grad_norm_(params, config.clip_grad))
         optimizer.step()
         total = total + loss_sum.detach()
         total_elbo = total_elbo + elbo
@@ -139,9 +144,9 @@ def make_routes(config: ModelConfig, batch_size: int):
     }
 
 
-def bench(config: ModelConfig, batch_size: int, steps: int, repeats: int) -> dict:
+def bench(config: ModelConfig, batch_size: int, images: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
-    train = torch.rand((steps * batch_size, *config.event_shape), generator=g)
+    train = torch.rand((images, *config.event_shape), generator=g)
     routes = make_routes(config, batch_size)
     for route in routes.values():  # warm-up: allocator, lazy init, first-call costs
         route(train[: 2 * batch_size])
@@ -161,15 +166,15 @@ def bench(config: ModelConfig, batch_size: int, steps: int, repeats: int) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--images", type=int, default=1024, help="images per timed epoch")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-sizes", default="32,128,512")
     parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, pyro {pyro.__version__}, {platform.processor() or 'cpu'}, "
-        f"threads={torch.get_num_threads()}, {args.steps} steps/epoch, median of {args.repeats}"
+        f"threads={torch.get_num_threads()}, {args.images} images/epoch, median of {args.repeats}"
     )
     print(
         "| model | batch | library ms/step | fused ms/step | torch ms/step | torch epoch s "
@@ -177,9 +182,10 @@ def main() -> None:
     )
     for model in args.models.split(","):
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            r = bench(MODELS[model], batch_size, args.steps, args.repeats)
+            r = bench(MODELS[model], batch_size, args.images, args.repeats)
             med = {k: statistics.median(v) for k, v in r["times"].items()}
-            ms = {k: 1000 * v / args.steps for k, v in med.items()}
+            steps = math.ceil(args.images / batch_size)
+            ms = {k: 1000 * v / steps for k, v in med.items()}
             print(
                 f"| {model} | {batch_size} | {ms['library']:.2f} | {ms['fused']:.2f} | "
                 f"{ms['torch']:.2f} | {med['torch']:.3f} | {r['ratios']['library']:.2f}x | "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import kl_divergence
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts.likelihoods import LIKELIHOODS
 from pyro_vae.parts.posteriors import POSTERIORS
@@ -51,6 +52,57 @@ def fused_unsupported(
     return None
 
 
+class FusedELBO:
+    """The fused ELBO of one VAE, with its parts looked up once (not at every step).
+
+    ``FusedELBO(vae, analytic_kl, num_particles)(x, kl_weight)`` -> ``(loss, elbo)``, see
+    :func:`fused_elbo_loss`. The parts' ``forward`` is called directly: the values are those
+    of the VAE's ``model``/``guide``, without ``PyroModule.__call__``'s per-call bookkeeping.
+    Raises :class:`ConfigError` (with the reason) where :func:`fused_unsupported` refuses.
+    """
+
+    def __init__(self, vae: VAE, analytic_kl: bool = False, num_particles: int = 1):
+        reason = fused_unsupported(vae, num_particles=num_particles)
+        if reason is not None:
+            raise ConfigError(f"the fused ELBO does not apply: {reason}; use the Pyro objective")
+        self.encoder = vae.encoder
+        self.decoder = vae.decoder
+        self.prior = vae.prior
+        self.likelihood = vae.likelihood
+        self.posterior = vae.posterior
+        self.event_shape = vae.event_shape
+        self.num_outputs = vae.likelihood.num_params
+        self.analytic_kl = bool(analytic_kl)
+        self.num_particles = int(num_particles)
+
+    def __call__(
+        self, x: torch.Tensor, kl_weight: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, elbo)`` on x: (batch, *event_shape); see :func:`fused_elbo_loss`."""
+        k = self.num_particles
+        qz = self.posterior.forward(self.encoder(x))
+        batch = qz.batch_shape
+        z = qz.rsample(torch.Size((k,)) if k > 1 else torch.Size())  # (K?, batch, latent_dim)
+        # As VAE.decode: decoder outputs -> (*batch, *event_shape, num_params) -> p(x | z).
+        lead = z.shape[:-1]
+        params = self.decoder(z).reshape(*lead, self.num_outputs, *self.event_shape)
+        px = self.likelihood.forward(params.movedim(len(lead), -1))
+        log_px = px.to_event(len(self.event_shape)).log_prob(x)  # (K?, batch)
+        pz = self.prior.forward()
+        latent = None
+        if self.analytic_kl:
+            try:
+                latent = -kl_divergence(qz, pz.expand(batch))  # (batch,)
+            except NotImplementedError:
+                latent = None
+        if latent is None:
+            latent = pz.log_prob(z) - qz.log_prob(z)  # (K?, batch)
+        recon = log_px.sum() / k
+        latent_sum = latent.sum() / (k if latent.dim() > len(batch) else 1)
+        loss = -(recon + kl_weight * latent_sum)
+        return loss, (recon + latent_sum).detach()
+
+
 def fused_elbo_loss(
     vae: VAE,
     x: torch.Tensor,
@@ -70,23 +122,6 @@ def fused_elbo_loss(
     Monte Carlo term above, exactly as ``TraceMeanField_ELBO`` chooses. Returns
     ``(loss, elbo)``: ``loss`` a differentiable scalar, ``elbo`` the same estimate with w = 1,
     detached (a 0-dim tensor, so no device sync is forced; Kingma & Welling 2014, eq. 3 and 7).
+    A training loop builds :class:`FusedELBO` once instead.
     """
-    qz = vae.encode(x)
-    batch = qz.batch_shape
-    shape = torch.Size((num_particles,)) if num_particles > 1 else torch.Size()
-    z = qz.rsample(shape)  # (K?, batch, latent_dim)
-    log_px = vae.decode(z).log_prob(x)  # (K?, batch)
-    pz = vae.prior()
-    latent = None
-    if analytic_kl:
-        try:
-            latent = -kl_divergence(qz, pz.expand(batch))  # (batch,)
-        except NotImplementedError:
-            latent = None
-    if latent is None:
-        latent = pz.log_prob(z) - qz.log_prob(z)  # (K?, batch)
-    recon = log_px.sum() / num_particles
-    latent_sum = latent.sum() / (num_particles if latent.dim() > len(batch) else 1)
-    loss = -(recon + kl_weight * latent_sum)
-    elbo = (recon + latent_sum).detach()
-    return loss, elbo
+    return FusedELBO(vae, analytic_kl, num_particles)(x, kl_weight)
