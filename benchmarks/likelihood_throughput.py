@@ -1,0 +1,149 @@
+"""Throughput, achieved arithmetic rate and peak memory of ``log_likelihood`` as K grows.
+
+For each K, a fresh subprocess builds the model (Pyro's VAE example networks by default:
+784-400-50, softplus, Bernoulli), runs ``pyro_vae.infer.log_likelihood`` with K importance
+samples on ``--images`` random binary images, and reports:
+
+- image-samples/s: images * K / seconds;
+- GFLOP/s achieved: FLOPs of the networks' Linear / Conv layers that actually ran (counted by
+  forward hooks: 2 * in * out per Linear row, 2 * C_in * C_out * k_h * k_w per conv output
+  position, per transposed-conv input position) over the seconds;
+- the same process's 1024 x 1024 float32 matmul GFLOP/s, and the achieved share of it;
+- peak memory: the growth of the process's maximum resident set (``ru_maxrss``) during the
+  call, over a warm-up call with K = 10 (so the interpreter, torch and the model are not counted).
+
+Run: python benchmarks/likelihood_throughput.py [--threads 1] [--images 20]
+         [--ks 100,300,1000,3000,10000] [--model pyro-mlp|digits|conv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+MODELS = {
+    "pyro-mlp": dict(event_shape=(1, 28, 28), latent_dim=50, hidden=(400,)),
+    "digits": dict(event_shape=(1, 8, 8), latent_dim=2),
+    "conv": dict(event_shape=(1, 28, 28), latent_dim=16, arch="conv"),
+}
+
+
+def count_flops(module: nn.Module) -> list[float]:
+    """Attach hooks that add each Linear / Conv2d / ConvTranspose2d call's FLOPs to a counter."""
+    counter = [0.0]
+
+    def linear(m, inputs, out):
+        counter[0] += 2.0 * m.in_features * out.numel()
+
+    def conv(m, inputs, out):
+        k = math.prod(m.kernel_size) * m.in_channels // m.groups
+        counter[0] += 2.0 * k * out.numel()
+
+    def conv_t(m, inputs, out):
+        k = math.prod(m.kernel_size) * m.out_channels // m.groups
+        counter[0] += 2.0 * k * inputs[0].numel()
+
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            m.register_forward_hook(linear)
+        elif isinstance(m, nn.ConvTranspose2d):
+            m.register_forward_hook(conv_t)
+        elif isinstance(m, nn.Conv2d):
+            m.register_forward_hook(conv)
+    return counter
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Best-of-3 float32 n x n matmul rate in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * n**3 / best / 1e9
+
+
+def child(model: str, k: int, images: int) -> dict:
+    import pyro
+
+    from pyro_vae.infer import log_likelihood
+    from pyro_vae.models import ModelConfig, build_vae
+
+    pyro.set_rng_seed(0)
+    vae = build_vae(ModelConfig(**MODELS[model])).eval()
+    x = torch.bernoulli(torch.rand(images, *vae.event_shape, generator=torch.Generator()))
+    flops = count_flops(vae)
+    with torch.no_grad():
+        log_likelihood(vae.model, vae.guide, x, num_samples=10)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        flops[0] = 0.0
+        start = time.perf_counter()
+        log_likelihood(vae.model, vae.guide, x, num_samples=k)
+        seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "K": k,
+        "seconds": seconds,
+        "samples_per_s": images * k / seconds,
+        "gflops": flops[0] / seconds / 1e9,
+        "matmul_gflops": matmul_gflops(),
+        "peak_mib": (after - before) / 1024,  # ru_maxrss is in KiB on Linux
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--ks", default="100,300,1000,3000,10000")
+    parser.add_argument("--model", default="pyro-mlp", choices=sorted(MODELS))
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child is not None:
+        print(json.dumps(child(args.model, args.child, args.images)))
+        return
+    print(
+        f"torch {torch.__version__}, threads={args.threads}, model {args.model}, "
+        f"{args.images} images"
+    )
+    print(
+        "| K | s | image-samples/s | GFLOP/s | matmul GFLOP/s | share | peak MiB |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    for k in (int(v) for v in args.ks.split(",")):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(k),
+            "--images",
+            str(args.images),
+            "--model",
+            args.model,
+            "--threads",
+            str(args.threads),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"| {k} | {r['seconds']:.2f} | {r['samples_per_s']:,.0f} | {r['gflops']:.1f} | "
+            f"{r['matmul_gflops']:.1f} | {r['gflops'] / r['matmul_gflops']:.0%} | "
+            f"{r['peak_mib']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The ELBO of the library's own VAE computed directly from its parts, without Pyro tracing.
+
+``fused_elbo_loss(vae, x, ...)`` returns the same differentiable loss and true ELBO as Pyro's
+``Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)`` (Monte Carlo KL) or
+``TraceMeanField_ELBO`` (analytic KL where a closed form is registered), with the latent
+site's terms weighted by ``kl_weight`` as :class:`pyro_vae.infer.objectives.LatentScale` does.
+It is an implementation detail of training: the general Pyro path stays for every other
+model/guide pair, and :func:`fused_unsupported` says when this one does not apply.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import kl_divergence
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.models.vae import VAE
+from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.posteriors import POSTERIORS
+from pyro_vae.parts.priors import PRIORS
+
+#: Objective names whose loss the fused path reproduces (see ``pyro_vae.infer.objectives``).
+FUSED_OBJECTIVES = ("elbo", "meanfield")
+
+
+def fused_unsupported(
+    vae: object, objective: str = "elbo", num_particles: int = 1, free_bits: float = 0.0
+) -> str | None:
+    """Why the fused ELBO does not apply to this model and objective, or ``None`` when it does.
+
+    It applies to a :class:`VAE` itself (not a subclass, whose programs may differ) whose
+    prior, likelihood and posterior are exactly the registry's classes (a user's part may call
+    Pyro primitives the fused path would skip), with a reparameterized posterior, for the
+    ``elbo`` and ``meanfield`` objectives without free bits, any number of particles.
+    """
+    if type(vae) is not VAE:
+        return f"the model is a {type(vae).__name__}, not a pyro_vae VAE"
+    parts = (
+        ("prior", vae.prior, PRIORS),
+        ("likelihood", vae.likelihood, LIKELIHOODS),
+        ("posterior", vae.posterior, POSTERIORS),
+    )
+    for role, part, registry in parts:
+        if type(part) not in registry.values():
+            return f"the {role} {type(part).__name__} is not one of the library's own"
+    if objective not in FUSED_OBJECTIVES:
+        return f"the objective {objective!r} is not one of {list(FUSED_OBJECTIVES)}"
+    if free_bits != 0.0:
+        return "free bits use their own loss"
+    if num_particles < 1:
+        return f"num_particles must be at least 1, got {num_particles}"
+    return None
+
+
+class FusedELBO:
+    """The fused ELBO of one VAE, with its parts looked up once (not at every step).
+
+    ``FusedELBO(vae, analytic_kl, num_particles)(x, kl_weight)`` -> ``(loss, elbo)``, see
+    :func:`fused_elbo_loss`. The parts' ``forward`` is called directly: the values are those
+    of the VAE's ``model``/``guide``, without ``PyroModule.__call__``'s per-call bookkeeping.
+    Raises :class:`ConfigError` (with the reason) where :func:`fused_unsupported` refuses.
+    """
+
+    def __init__(self, vae: VAE, analytic_kl: bool = False, num_particles: int = 1):
+        reason = fused_unsupported(vae, num_particles=num_particles)
+        if reason is not None:
+            raise ConfigError(f"the fused ELBO does not apply: {reason}; use the Pyro objective")
+        self.encoder = vae.encoder
+        self.decoder = vae.decoder
+        self.prior = vae.prior
+        self.likelihood = vae.likelihood
+        self.posterior = vae.posterior
+        self.event_shape = vae.event_shape
+        self.num_outputs = vae.likelihood.num_params
+        self.analytic_kl = bool(analytic_kl)
+        self.num_particles = int(num_particles)
+
+    def __call__(
+        self, x: torch.Tensor, kl_weight: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, elbo)`` on x: (batch, *event_shape); see :func:`fused_elbo_loss`."""
+        k = self.num_particles
+        qz = self.posterior.forward(self.encoder(x))
+        batch = qz.batch_shape
+        z = qz.rsample(torch.Size((k,)) if k > 1 else torch.Size())  # (K?, batch, latent_dim)
+        # As VAE.decode: decoder outputs -> (*batch, *event_shape, num_params) -> p(x | z).
+        lead = z.shape[:-1]
+        params = self.decoder(z).reshape(*lead, self.num_outputs, *self.event_shape)
+        px = self.likelihood.forward(params.movedim(len(lead), -1))
+        log_px = px.to_event(len(self.event_shape)).log_prob(x)  # (K?, batch)
+        pz = self.prior.forward()
+        latent = None
+        if self.analytic_kl:
+            try:
+                latent = -kl_divergence(qz, pz.expand(batch))  # (batch,)
+            except NotImplementedError:
+                latent = None
+        if latent is None:
+            latent = pz.log_prob(z) - qz.log_prob(z)  # (K?, batch)
+        recon = log_px.sum() / k
+        latent_sum = latent.sum() / (k if latent.dim() > len(batch) else 1)
+        loss = -(recon + kl_weight * latent_sum)
+        return loss, (recon + latent_sum).detach()
+
+
+def fused_elbo_loss(
+    vae: VAE,
+    x: torch.Tensor,
+    kl_weight: float = 1.0,
+    analytic_kl: bool = False,
+    num_particles: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative (KL-weighted) ELBO summed over the batch, and the true ELBO, without tracing.
+
+    x: (batch, *event_shape). With z_k ~ q(z | x) reparameterized, k = 1..K (the same draws,
+    from the same generator calls, as Pyro's vectorized particles):
+
+        loss = -(1/K) sum_k sum_n [log p(x_n | z_kn) + w (log p(z_kn) - log q(z_kn | x_n))]
+
+    With ``analytic_kl`` the bracket's second term is -w KL(q(z | x_n) || p(z)) where
+    ``kl_divergence`` has a closed form (diagonal normal posterior and a normal prior), else the
+    Monte Carlo term above, exactly as ``TraceMeanField_ELBO`` chooses. Returns
+    ``(loss, elbo)``: ``loss`` a differentiable scalar, ``elbo`` the same estimate with w = 1,
+    detached (a 0-dim tensor, so no device sync is forced; Kingma & Welling 2014, eq. 3 and 7).
+    A training loop builds :class:`FusedELBO` once instead.
+    """
+    return FusedELBO(vae, analytic_kl, num_particles)(x, kl_weight)

@@ -1,0 +1,167 @@
+"""The fused ELBO equals Pyro's traced ELBO: same loss and every parameter gradient, same noise."""
+
+from __future__ import annotations
+
+import itertools
+
+import pyro
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae import VAE
+from pyro_vae.models import ModelConfig, build_vae
+from pyro_vae.models.fused import fused_elbo_loss, fused_unsupported
+from pyro_vae.parts import LIKELIHOODS, POSTERIORS, PRIORS
+
+EVENT_SHAPE = (1, 3, 3)
+COMBOS = list(
+    itertools.product(sorted(PRIORS), sorted(LIKELIHOODS), sorted(POSTERIORS), ("mlp", "conv"))
+)
+
+
+def _data_for(likelihood: str, n: int = 6) -> torch.Tensor:
+    """Tiny data in the likelihood's support."""
+    g = torch.Generator().manual_seed(1)
+    shape = (n, *EVENT_SHAPE)
+    if likelihood in ("poisson", "negative_binomial"):
+        return torch.poisson(torch.full(shape, 3.0), generator=g)
+    if likelihood == "discretized_logistic":
+        return torch.randint(0, 256, shape, generator=g).float() / 255
+    if likelihood == "bernoulli":
+        return torch.bernoulli(torch.rand(shape, generator=g), generator=g)
+    if likelihood == "continuous_bernoulli":
+        return torch.rand(shape, generator=g)
+    return torch.randn(shape, generator=g)
+
+
+def _vae(prior: str, likelihood: str, posterior: str, arch: str) -> VAE:
+    pyro.set_rng_seed(0)
+    config = ModelConfig(
+        event_shape=EVENT_SHAPE,
+        latent_dim=2,
+        hidden=(8,),
+        prior=prior,
+        likelihood=likelihood,
+        posterior=posterior,
+        arch=arch,
+        channels=(4,),
+        n_components=3,
+        num_pseudo_inputs=3,
+        iaf_context=4,
+        iaf_hidden=(8,),
+    )
+    return build_vae(config)
+
+
+def _loss_and_grads(vae: VAE, fn, seed: int = 123):
+    vae.zero_grad()
+    pyro.set_rng_seed(seed)
+    loss = fn()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in vae.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def _assert_same(vae: VAE, pyro_fn, fused_fn) -> None:
+    ref_loss, ref_grads = _loss_and_grads(vae, pyro_fn)
+    loss, grads = _loss_and_grads(vae, fused_fn)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    assert set(grads) == set(ref_grads)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _scaled(fn, kl_weight: float):
+    """Pyro's KL weighting, as the objectives apply it: scale the latent site's log-densities."""
+    from pyro_vae.infer.objectives import LatentScale
+
+    return LatentScale(kl_weight, ("z",))(fn)
+
+
+@pytest.mark.parametrize("prior,likelihood,posterior,arch", COMBOS)
+def test_fused_matches_trace_elbo_with_same_noise(prior, likelihood, posterior, arch):
+    vae = _vae(prior, likelihood, posterior, arch)
+    assert fused_unsupported(vae, "elbo") is None
+    x = _data_for(likelihood)
+    elbo = pyro.infer.Trace_ELBO()
+    _assert_same(
+        vae,
+        lambda: elbo.differentiable_loss(vae.model, vae.guide, x),
+        lambda: fused_elbo_loss(vae, x)[0],
+    )
+
+
+@pytest.mark.parametrize("prior,likelihood,posterior,arch", COMBOS)
+def test_fused_analytic_kl_matches_mean_field_elbo(prior, likelihood, posterior, arch):
+    vae = _vae(prior, likelihood, posterior, arch)
+    assert fused_unsupported(vae, "meanfield") is None
+    x = _data_for(likelihood)
+    elbo = pyro.infer.TraceMeanField_ELBO()
+    _assert_same(
+        vae,
+        lambda: elbo.differentiable_loss(vae.model, vae.guide, x),
+        lambda: fused_elbo_loss(vae, x, analytic_kl=True)[0],
+    )
+
+
+@pytest.mark.parametrize("analytic", [False, True])
+@pytest.mark.parametrize("posterior", sorted(POSTERIORS))
+def test_fused_kl_weight_and_particles_match_pyro(posterior, analytic):
+    vae = _vae("learned_normal", "bernoulli", posterior, "mlp")
+    x = _data_for("bernoulli")
+    cls = pyro.infer.TraceMeanField_ELBO if analytic else pyro.infer.Trace_ELBO
+    # max_plate_nesting given, so Pyro does not run the programs once (drawing noise) to guess it
+    elbo = cls(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    _assert_same(
+        vae,
+        lambda: elbo.differentiable_loss(_scaled(vae.model, 0.3), _scaled(vae.guide, 0.3), x),
+        lambda: fused_elbo_loss(vae, x, 0.3, analytic_kl=analytic, num_particles=3)[0],
+    )
+
+
+def test_fused_true_elbo_is_the_unweighted_loss():
+    vae = _vae("normal", "bernoulli", "diagonal", "mlp")
+    x = _data_for("bernoulli")
+    pyro.set_rng_seed(5)
+    loss, elbo = fused_elbo_loss(vae, x, kl_weight=1.0, analytic_kl=True)
+    torch.testing.assert_close(elbo, -loss.detach())
+    pyro.set_rng_seed(5)
+    weighted, elbo_w = fused_elbo_loss(vae, x, kl_weight=0.0, analytic_kl=True)
+    torch.testing.assert_close(elbo_w, elbo)
+    assert not elbo_w.requires_grad
+    assert weighted.item() < -elbo.item()  # dropping the KL (> 0) lowers the loss
+
+
+def test_diagonal_normal_kl_is_the_closed_form():
+    vae = _vae("normal", "bernoulli", "diagonal", "mlp")
+    x = _data_for("bernoulli")
+    qz = vae.encode(x)
+    mu, sigma = qz.mean, qz.stddev
+    kl = 0.5 * (mu**2 + sigma**2 - 1 - 2 * sigma.log()).sum()
+    pyro.set_rng_seed(7)
+    _, elbo_analytic = fused_elbo_loss(vae, x, analytic_kl=True)
+    pyro.set_rng_seed(7)
+    z = qz.rsample()
+    recon = vae.decode(z).log_prob(x).sum()
+    torch.testing.assert_close(elbo_analytic, (recon - kl).detach(), rtol=1e-5, atol=1e-4)
+
+
+class _MyVAE(VAE):
+    pass
+
+
+def test_fused_refuses_what_it_does_not_claim():
+    vae = _vae("normal", "bernoulli", "diagonal", "mlp")
+    assert fused_unsupported(vae, "iwae") is not None
+    assert fused_unsupported(vae, "dreg") is not None
+    assert fused_unsupported(vae, "elbo", free_bits=0.5) is not None
+    sub = _MyVAE(vae.encoder, vae.decoder, vae.prior, vae.likelihood, vae.posterior)
+    assert "_MyVAE" in fused_unsupported(sub)
+
+    class MyLikelihood(type(vae.likelihood)):
+        pass
+
+    own = VAE(vae.encoder, vae.decoder, vae.prior, MyLikelihood(), vae.posterior)
+    assert "MyLikelihood" in fused_unsupported(own)
+    assert fused_unsupported(nn.Linear(2, 2)) is not None
