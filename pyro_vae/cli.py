@@ -63,6 +63,8 @@ _HELP = {
     "likelihood": "p(x | z)",
     "posterior": "q(z | x)",
     "arch": "encoder/decoder nets",
+    "fused": "compute the ELBO straight from the library's own parts (proven equal to "
+    "Pyro's); --no-fused keeps Pyro's Trace_ELBO path",
 }
 
 
@@ -301,12 +303,13 @@ def _add_train_arguments(train: argparse.ArgumentParser, track: bool) -> None:
     _add_data_arguments(data)
     training = train.add_argument_group("training (TrainConfig)")
     for dest, (hint, default) in _train_config_fields().items():
-        training.add_argument(
-            "--" + dest.replace("_", "-"),
-            type=_plain_type(hint),
-            choices=_choices(dest),
-            help=_HELP.get(dest, dest.replace("_", " ")),
-        )
+        flag, helptext = "--" + dest.replace("_", "-"), _HELP.get(dest, dest.replace("_", " "))
+        if hint is bool:
+            training.add_argument(flag, action=argparse.BooleanOptionalAction, help=helptext)
+        else:
+            training.add_argument(
+                flag, type=_plain_type(hint), choices=_choices(dest), help=helptext
+            )
         defaults[dest] = default
     model = train.add_argument_group("model (ModelConfig)")
     for dest, (hint, default) in _model_config_fields().items():

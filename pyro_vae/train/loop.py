@@ -64,6 +64,9 @@ class TrainConfig:
     warmup: str = "none"
     warmup_epochs: float = 0.0
     free_bits: float = 0.0
+    #: Compute the ELBO straight from the library's own parts where that is proven equal to
+    #: Pyro's (:mod:`pyro_vae.models.fused`); ``False`` keeps Pyro's Trace_ELBO path.
+    fused: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -178,7 +181,7 @@ def fit(
     if resume and run_dir is None:
         raise ConfigError("resume needs the run directory to continue from; pass run_dir")
     pyro.set_rng_seed(config.seed)
-    task = make_task(model, config.make_objective(), config.valid_num_samples)
+    task = make_task(model, config.make_objective(), config.valid_num_samples, config.fused)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[dict[str, Any]] = []
     if run_dir is not None:

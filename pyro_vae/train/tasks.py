@@ -15,6 +15,7 @@ import torch
 from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.objectives import Objective
 from pyro_vae.models.autoencoder import Autoencoder, mean_reconstruction_nll, model_kind
+from pyro_vae.models.fused import FusedELBO, fused_unsupported
 from pyro_vae.models.vae import VAE
 
 
@@ -55,13 +56,30 @@ class VAETask:
     loss_name = "train_loss"
     headline = ("train_elbo", "valid_elbo")
 
-    def __init__(self, vae: VAE, objective: Objective, valid_num_samples: int = 10):
+    def __init__(
+        self,
+        vae: VAE,
+        objective: Objective,
+        valid_num_samples: int = 10,
+        fused: bool = True,
+    ):
         self.model = vae
         self.objective = objective
         self.valid_num_samples = valid_num_samples
+        #: The same ELBO computed straight from the parts (no tracing), where it applies:
+        #: the library's own parts with the elbo/meanfield objectives (tests/test_fused.py
+        #: proves the loss and gradients equal Pyro's). ``fused=False`` keeps Pyro's path.
+        self.fused = None
+        if fused and fused_unsupported(
+            vae, objective.name, objective.num_particles, objective.free_bits
+        ) is None:
+            self.fused = FusedELBO(vae, objective.name == "meanfield", objective.num_particles)
 
     def batch_loss(self, x: torch.Tensor, progress: float) -> BatchLoss:
         kl_weight = self.objective.kl_weight(progress)
+        if self.fused is not None:
+            loss, elbo = self.fused(x, kl_weight)
+            return BatchLoss(loss, {"train_elbo": float(elbo)}, {"kl_weight": kl_weight})
         value = self.objective.loss(self.model.model, self.model.guide, x, kl_weight)
         return BatchLoss(value.loss, {"train_elbo": value.elbo}, {"kl_weight": kl_weight})
 
@@ -96,9 +114,9 @@ class AutoencoderTask:
 
 
 def make_task(
-    model: torch.nn.Module, objective: Objective, valid_num_samples: int = 10
+    model: torch.nn.Module, objective: Objective, valid_num_samples: int = 10, fused: bool = True
 ) -> TrainTask:
     """The :class:`TrainTask` of ``model``'s kind; ``objective`` is used by a VAE only."""
     if model_kind(model) == "ae":
         return AutoencoderTask(model)
-    return VAETask(model, objective, valid_num_samples)
+    return VAETask(model, objective, valid_num_samples, fused)
