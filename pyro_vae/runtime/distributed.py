@@ -93,9 +93,11 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
-    on = torch.device("cuda", torch.cuda.current_device()) if (
-        dist.get_backend() == "nccl"
-    ) else torch.device("cpu")
+    on = (
+        torch.device("cuda", torch.cuda.current_device())
+        if (dist.get_backend() == "nccl")
+        else torch.device("cpu")
+    )
     moved = value.to(on)
     dist.all_reduce(moved)
     if moved is not value:
