@@ -44,3 +44,35 @@ def sharded_log_likelihood(rank: int, world: int, port: int, out: str) -> None:
         )
     finally:
         dist.destroy_process_group()
+
+
+def ddp_steps(rank: int, world: int, port: int, out: str, steps: int, batch: int) -> None:
+    """``steps`` Adam steps of the ELBO under DDP; rank r saves its parameters."""
+    from pyro_vae.data import load_digits
+    from pyro_vae.data.batches import epoch_batches, epoch_order
+    from pyro_vae.infer import make_objective
+    from pyro_vae.runtime import current_group
+    from pyro_vae.train.parallel import LossModule, rank_seed, replicate
+
+    join(rank, world, port)
+    try:
+        vae, _ = small_vae()
+        train = load_digits().train
+        group = current_group()
+        objective = make_objective("elbo")
+        module = replicate(
+            LossModule(vae, lambda x: objective.loss(vae.model, vae.guide, x).loss / x.shape[0]),
+            group,
+            torch.device("cpu"),
+        )
+        optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2)
+        order = epoch_order(train.shape[0], 1, 0, group)
+        torch.manual_seed(rank_seed(0, rank))
+        for _, x in zip(range(steps), epoch_batches(train, batch, order), strict=False):
+            loss = module(torch.bernoulli(x))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        torch.save(vae.state_dict(), f"{out}.rank{rank}")
+    finally:
+        dist.destroy_process_group()

@@ -54,3 +54,51 @@ def test_sharded_estimate_refuses_non_per_example_results():
         sharded_estimate(
             log_likelihood, vae.model, vae.guide, x, num_samples=5, keep_log_weights=True
         )
+
+
+def test_ddp_steps_equal_one_process_on_the_union_of_the_batches(tmp_path):
+    """Two ranks after 3 steps hold identical parameters, equal to one process that averages
+    the two ranks' batch losses with each rank's own latent noise."""
+    from pyro_vae.data import load_digits
+    from pyro_vae.data.batches import epoch_batches, epoch_order
+    from pyro_vae.infer import make_objective
+    from pyro_vae.runtime import ProcessGroup
+    from pyro_vae.train.parallel import rank_seed
+
+    steps, batch, world = 3, 16, 2
+    out = str(tmp_path / "ddp")
+    mp.start_processes(
+        workers.ddp_steps,
+        args=(world, free_port(), out, steps, batch),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
+    ranks = [torch.load(f"{out}.rank{r}", weights_only=True) for r in range(world)]
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+
+    vae, _ = workers.small_vae()
+    train = load_digits().train
+    objective = make_objective("elbo")
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    batches, states = [], []
+    for r in range(world):
+        order = epoch_order(train.shape[0], 1, 0, ProcessGroup(r, world))
+        batches.append(list(epoch_batches(train, batch, order))[:steps])
+        torch.manual_seed(rank_seed(0, r))
+        states.append(torch.get_rng_state())
+    for step in range(steps):
+        optimizer.zero_grad()
+        for r in range(world):
+            torch.set_rng_state(states[r])
+            x = torch.bernoulli(batches[r][step])
+            loss = objective.loss(vae.model, vae.guide, x).loss / (world * x.shape[0])
+            loss.backward()
+            states[r] = torch.get_rng_state()
+        optimizer.step()
+    moved = False
+    for key, value in vae.state_dict().items():
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-4, atol=1e-5)
+        moved |= not torch.equal(value, workers.small_vae()[0].state_dict()[key])
+    assert moved, "the steps changed no parameter: the comparison would be vacuous"
