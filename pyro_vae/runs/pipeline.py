@@ -20,18 +20,17 @@ import pyro
 import torch
 
 from pyro_vae.analysis import plots
-from pyro_vae.models.autoencoder import build_autoencoder, mean_reconstruction_nll
-from pyro_vae.train.autoencoder import fit_autoencoder
-from pyro_vae.train.checkpoint import load_checkpoint
-from pyro_vae.models.config import ModelConfig, build_vae
-from pyro_vae.data.binarize import BINARIZE_MODES, binarize_splits
-from pyro_vae.data.splits import DataSplits
+from pyro_vae.data.binarize import BINARIZE_MODES, binarize_splits, eval_data
 from pyro_vae.data.catalog import load_dataset
+from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.infer.importance import LogLikelihood, log_likelihood
-from pyro_vae.train.loop import CHECKPOINT, FitResult, TrainConfig, check_fit, fit
-from pyro_vae.data.binarize import eval_data
+from pyro_vae.models.autoencoder import build_autoencoder, mean_reconstruction_nll
+from pyro_vae.models.config import ModelConfig, build_vae
 from pyro_vae.models.vae import VAE
+from pyro_vae.train.autoencoder import fit_autoencoder
+from pyro_vae.train.checkpoint import load_checkpoint
+from pyro_vae.train.loop import CHECKPOINT, FitResult, TrainConfig, check_fit, fit
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
