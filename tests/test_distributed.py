@@ -102,3 +102,17 @@ def test_ddp_steps_equal_one_process_on_the_union_of_the_batches(tmp_path):
         torch.testing.assert_close(ranks[0][key], value, rtol=1e-4, atol=1e-5)
         moved |= not torch.equal(value, workers.small_vae()[0].state_dict()[key])
     assert moved, "the steps changed no parameter: the comparison would be vacuous"
+
+
+def test_a_dataset_or_a_loader_gives_the_tensors_numbers():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    vae, x = workers.small_vae()
+    kw = dict(block_size=8, seed=2, num_samples=20)
+    tensors = sharded_estimate(log_likelihood, vae.model, vae.guide, x, **kw)
+    dataset = sharded_estimate(log_likelihood, vae.model, vae.guide, TensorDataset(x), **kw)
+    loader = sharded_estimate(
+        log_likelihood, vae.model, vae.guide, DataLoader(TensorDataset(x), batch_size=8), **kw
+    )
+    torch.testing.assert_close(dataset.per_example, tensors.per_example)
+    torch.testing.assert_close(loader.per_example, tensors.per_example)
