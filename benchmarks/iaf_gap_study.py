@@ -109,9 +109,11 @@ def main() -> None:
         latent_dim=args.latent_dim,
         hidden=(512, 256),
         posterior=args.posterior,
-        iaf_steps=args.iaf_steps,
-        iaf_hidden=args.iaf_hidden,
-        iaf_context=args.iaf_context,
+        posterior_options=(
+            {"steps": args.iaf_steps, "hidden": args.iaf_hidden, "context_dim": args.iaf_context}
+            if args.posterior == "iaf"
+            else {}
+        ),
     )
     vae = build_vae(config)
     loss_fn = pyro.infer.Trace_ELBO()(vae.model, vae.guide)

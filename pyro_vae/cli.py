@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from pyro_vae.errors import PyroVAEError
 
@@ -23,15 +28,134 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pyro_vae.infer.objectives import OBJECTIVES
-    from pyro_vae.parts.likelihoods import LIKELIHOODS
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr and exit status 2."""
 
-    parser = argparse.ArgumentParser(
+    def error(self, message: str) -> NoReturn:
+        first = (message.strip().splitlines() or [""])[0]
+        self.exit(2, f"pyro-vae: error: {first} (see {self.prog} --help)\n")
+
+
+#: Where ``train`` reads data and writes runs when not told; the rest of the defaults come
+#: from TrainConfig, ModelConfig, the part registries and ``train_run``'s signature.
+DEFAULT_DATASET = "digits"
+DEFAULT_OUTPUT_DIR = Path("runs")
+
+#: Keys a config file may not carry: they delete or reuse a run directory, or name the file.
+NOT_IN_CONFIG_FILES = ("overwrite", "resume", "config", "plugin", "debug")
+
+_HELP = {
+    "epochs": "passes over the training split",
+    "batch_size": "data points per SVI step",
+    "lr": "Adam learning rate",
+    "seed": "random seed (same seed, same run)",
+    "objective": "training objective",
+    "num_particles": "ELBO particles per step",
+    "valid_num_samples": "importance samples K of the validation log-likelihood per epoch",
+    "clip_grad": "clip the total gradient 2-norm of each step to this value",
+    "beta": "KL weight (beta-VAE)",
+    "warmup": "KL warm-up",
+    "warmup_epochs": "warm-up length (cycle length if cyclical)",
+    "free_bits": "KL floor per latent dimension, nats",
+    "latent_dim": "dimension of z",
+    "hidden": "encoder hidden sizes, e.g. 256,128 (decoder mirrors)",
+    "prior": "p(z)",
+    "likelihood": "p(x | z)",
+    "posterior": "q(z | x)",
+    "arch": "encoder/decoder nets",
+}
+
+
+def _choices(hint_name: str) -> Sequence[str] | None:
+    from pyro_vae.data.binarize import BINARIZE_MODES
+    from pyro_vae.infer.objectives import OBJECTIVES, WARMUPS
+    from pyro_vae.parts.registry import REGISTRIES
+
+    if hint_name in REGISTRIES:
+        return REGISTRIES[hint_name].names()
+    return {
+        "objective": sorted(OBJECTIVES),
+        "warmup": list(WARMUPS),
+        "binarize": list(BINARIZE_MODES),
+    }.get(hint_name)
+
+
+def _plain_type(hint: Any) -> Callable[[str], Any]:
+    """The argparse ``type`` for a field annotation: int, float or str (``X | None`` -> X)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    while typing.get_origin(base) is typing.Annotated:
+        base = typing.get_args(base)[0]
+    return base if base in (int, float, str) else str
+
+
+def _run_options() -> dict[str, tuple[Any, Any]]:
+    """Options of ``train`` beyond the model and training configs: dest -> (hint, default).
+
+    Defaults come from :func:`~pyro_vae.runs.pipeline.train_run`'s signature where it has one.
+    """
+    from pyro_vae.runs.pipeline import train_run
+
+    params = inspect.signature(train_run).parameters
+    return {
+        "dataset": (str, DEFAULT_DATASET),
+        "data_dir": (str | None, params["data_dir"].default),
+        "binarize": (str | None, params["binarize"].default),
+        "num_samples": (int, params["num_samples"].default),
+        "output_dir": (str, DEFAULT_OUTPUT_DIR),
+        "name": (str | None, None),
+        "no_progress": (bool, not params["progress"].default),
+        "model": (str, params["kind"].default),
+        "format": (str, params["fmt"].default),
+    }
+
+
+def _train_config_fields() -> dict[str, tuple[Any, Any]]:
+    """TrainConfig's fields: dest -> (annotation, default)."""
+    from pyro_vae.train.loop import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: (hints[f.name], _field_default(f)) for f in dataclasses.fields(TrainConfig)}
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _model_config_fields() -> dict[str, tuple[Any, Any]]:
+    """ModelConfig's top-level fields a user sets (not event_shape, not the option tables)."""
+    from pyro_vae.models.config import PART_KINDS, ModelConfig
+
+    hints = typing.get_type_hints(ModelConfig)
+    skip = {"event_shape", *(f"{kind}_options" for kind in PART_KINDS)}
+    return {
+        f.name: (hints[f.name], _field_default(f))
+        for f in dataclasses.fields(ModelConfig)
+        if f.name not in skip
+    }
+
+
+def build_parser(track: bool = False) -> argparse.ArgumentParser:
+    """The ``pyro-vae`` parser; choices and defaults come from the library.
+
+    With ``track``, ``train``'s flags get no defaults: parsing then yields only the flags
+    written on the command line (how config files and --resume know what was given).
+    """
+    from pyro_vae.infer.report import METHODS
+    from pyro_vae.runs.pipeline import score
+
+    parser = OneLineParser(
         prog="pyro-vae",
         description="Variational autoencoders as two Pyro programs: train, evaluate, plot.",
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if track else False,
+        help="show full tracebacks on errors",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser(
@@ -40,79 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a VAE by SVI and write runs/<name>/ with checkpoint, metrics, "
         "figures and the test log-likelihood (importance sampling).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS if track else None,
     )
-    train.add_argument(
-        "--dataset",
-        default="digits",
-        help="digits, mnist, fashion-mnist, kmnist, cifar10, a .npy/.npz path or an image folder",
-    )
-    _add_data_arguments(train)
-    train.add_argument("--epochs", type=int, default=300, help="passes over the training split")
-    train.add_argument("--batch-size", type=int, default=64, help="data points per SVI step")
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    train.add_argument("--latent-dim", type=int, default=2, help="dimension of z")
-    train.add_argument(
-        "--hidden",
-        type=_hidden,
-        default=(256, 128),
-        help="encoder hidden sizes, e.g. 256,128 (decoder mirrors)",
-    )
-    train.add_argument(
-        "--likelihood", choices=sorted(LIKELIHOODS), default="bernoulli", help="p(x | z)"
-    )
-    train.add_argument(
-        "--likelihood-scale", type=float, default=0.1, help="scale of the normal likelihood"
-    )
-    _add_part_arguments(train)
-    train.add_argument(
-        "--objective", choices=sorted(OBJECTIVES), default="elbo", help="training objective"
-    )
-    train.add_argument("--num-particles", type=int, default=1, help="ELBO particles per step")
-    train.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE)")
-    train.add_argument(
-        "--warmup", choices=["none", "linear", "cyclical"], default="none", help="KL warm-up"
-    )
-    train.add_argument(
-        "--warmup-epochs", type=float, default=0.0, help="warm-up length (cycle length if cyclical)"
-    )
-    train.add_argument(
-        "--free-bits", type=float, default=0.0, help="KL floor per latent dimension, nats"
-    )
-    train.add_argument("--seed", type=int, default=0, help="random seed (same seed, same run)")
-    train.add_argument(
-        "--num-samples",
-        type=int,
-        default=1000,
-        help="importance samples K for the test log-likelihood",
-    )
-    train.add_argument(
-        "--output-dir", type=Path, default=Path("runs"), help="parent of the run directory"
-    )
-    train.add_argument("--name", default=None, help="run name; <dataset>-<time> when omitted")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    train.add_argument(
-        "--clip-grad",
-        type=float,
-        default=None,
-        metavar="NORM",
-        help="clip the total gradient 2-norm of each step to NORM",
-    )
-    train.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="continue RUN_DIR from its last completed epoch with its own config.json "
-        "(--epochs may extend it)",
-    )
-    train.add_argument(
-        "--model",
-        choices=["vae", "ae"],
-        default="vae",
-        help="vae, or ae: the deterministic autoencoder baseline with the same networks",
-    )
-    train.add_argument("--format", choices=["png", "pdf"], default="png", help="figure format")
+    _add_train_arguments(train, track)
 
     ev = sub.add_parser(
         "evaluate",
@@ -121,13 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
         "sampled log-likelihood, each with its standard error.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    scoring = inspect.signature(score).parameters
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    ev.add_argument("--num-samples", type=int, default=1000, help="importance samples K")
-    ev.add_argument("--batch-size", type=int, default=None, help="data points per pass")
+    ev.add_argument(
+        "--num-samples",
+        type=int,
+        default=scoring["num_samples"].default,
+        help="importance samples K",
+    )
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=scoring["batch_size"].default,
+        help="data points per pass",
+    )
     ev.add_argument("--seed", type=int, default=0, help="random seed of the estimator")
     ev.add_argument(
         "--method",
-        choices=["is", "ais", "gaps"],
+        choices=list(METHODS),
         default=None,
         help="print a table: ELBO, IWAE-k, IS with PSIS k-hat; 'ais' adds AIS, 'gaps' the "
         "approximation and amortization gaps (on the first --num-points test points)",
@@ -135,31 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-points", type=int, default=100, help="test points for AIS and gaps")
     ev.add_argument("--ais-steps", type=int, default=500, help="AIS annealing steps")
     ev.add_argument("--gap-steps", type=int, default=500, help="local optimization steps")
-    subcommands = [train, ev, *_add_application_parsers(sub)]
+    parts = sub.add_parser(
+        "parts",
+        help="list the registered parts and their options",
+        description="Every prior, likelihood, posterior and arch by name, with its options "
+        "(set them with --KIND-opt KEY=VALUE or a [KIND] table in a config file).",
+    )
+    subcommands = [train, ev, parts, *_add_application_parsers(sub)]
     for command in subcommands:
         # SUPPRESS keeps a top-level --debug from being reset by the subcommand's default.
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
         )
+        command.add_argument(
+            "--plugin",
+            action="append",
+            metavar="MODULE",
+            default=argparse.SUPPRESS if track else [],
+            help="import MODULE first (its parts register themselves); only for code you trust",
+        )
     return parser
-
-
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="where image data sets are looked for and downloaded "
-        "(default $PYRO_VAE_DATA_DIR or ~/.cache/pyro-vae/data; /usr/share/datasets is also "
-        "searched)",
-    )
-    parser.add_argument(
-        "--binarize",
-        choices=["dynamic", "static", "none"],
-        default=None,
-        help="dynamic: fresh draw each batch; static: one seeded draw; none: gray values "
-        "(default: what the likelihood needs)",
-    )
 
 
 FIGURE_KINDS = (
@@ -175,6 +235,8 @@ FIGURE_KINDS = (
 
 
 def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
+    from pyro_vae.runs.pipeline import FIGURE_FORMATS
+
     sample = sub.add_parser(
         "sample",
         help="draw a grid of samples from a trained run",
@@ -186,7 +248,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     sample.add_argument("-n", "--num", type=int, default=64, help="number of samples")
     sample.add_argument("--source", choices=["prior", "aggregate"], default="prior")
     sample.add_argument("--output", type=Path, default=None, help="default RUN_DIR/samples-SOURCE")
-    sample.add_argument("--format", choices=["png", "pdf"], default="png")
+    sample.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
     sample.add_argument("--seed", type=int, default=0)
 
     plot = sub.add_parser(
@@ -201,7 +263,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     plot.add_argument("--kind", choices=FIGURE_KINDS, required=True)
     plot.add_argument("--output", type=Path, default=None, help="default RUN_DIR/KIND.FORMAT")
-    plot.add_argument("--format", choices=["png", "pdf"], default="png")
+    plot.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
     plot.add_argument("--seed", type=int, default=0)
     plot.add_argument("--source", choices=["prior", "aggregate"], default="prior")
     plot.add_argument("--steps", type=int, default=10, help="interpolation steps")
@@ -220,122 +282,231 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     return [sample, plot]
 
 
-def _add_part_arguments(train: argparse.ArgumentParser) -> None:
-    """--prior, --posterior, --arch, the parts' options and --config FILE."""
-    from pyro_vae.models.config import ARCHS
-    from pyro_vae.parts.posteriors import POSTERIORS
-    from pyro_vae.parts.priors import PRIORS
+def _add_train_arguments(train: argparse.ArgumentParser, track: bool) -> None:
+    """Every ``train`` flag, generated from the library's configs and registries.
 
-    parts = train.add_argument_group("model parts")
-    parts.add_argument("--prior", choices=sorted(PRIORS), default="normal")
-    parts.add_argument("--posterior", choices=sorted(POSTERIORS), default="diagonal")
-    parts.add_argument("--arch", choices=list(ARCHS), default="mlp", help="encoder/decoder nets")
-    parts.add_argument("--n-components", type=int, default=10, help="mixture prior components")
-    parts.add_argument("--num-pseudo-inputs", type=int, default=50, help="VampPrior pseudo-inputs")
-    parts.add_argument("--flow-layers", type=int, default=2, help="flow prior layers")
-    parts.add_argument("--rank", type=int, default=2, help="low_rank posterior rank")
-    parts.add_argument("--iaf-steps", type=int, default=2, help="IAF posterior steps")
-    parts.add_argument(
-        "--iaf-hidden", type=_hidden, default=(64,), help="IAF MADE hidden sizes, e.g. 320,320"
+    With ``track``, no defaults are set, so the parsed namespace holds only the flags given.
+    """
+    from pyro_vae.models.config import LEGACY_OPTIONS, PART_KINDS
+    from pyro_vae.parts.registry import REGISTRIES
+    from pyro_vae.runs.pipeline import FIGURE_FORMATS, MODEL_KINDS
+
+    defaults: dict[str, Any] = {}
+    run = _run_options()
+    data = train.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        help="digits, mnist, fashion-mnist, kmnist, cifar10, a .npy/.npz path or an image folder",
     )
-    parts.add_argument(
+    _add_data_arguments(data)
+    training = train.add_argument_group("training (TrainConfig)")
+    for dest, (hint, default) in _train_config_fields().items():
+        training.add_argument(
+            "--" + dest.replace("_", "-"),
+            type=_plain_type(hint),
+            choices=_choices(dest),
+            help=_HELP.get(dest, dest.replace("_", " ")),
+        )
+        defaults[dest] = default
+    model = train.add_argument_group("model (ModelConfig)")
+    for dest, (hint, default) in _model_config_fields().items():
+        choices = _choices(dest)
+        model.add_argument(
+            "--" + dest.replace("_", "-"),
+            type=_hidden if dest == "hidden" else _plain_type(hint),
+            choices=choices,
+            metavar="NAME" if choices else None,
+            help=f"{_HELP.get(dest)}: {', '.join(sorted(REGISTRIES[dest]))}"
+            if choices
+            else _HELP.get(dest),
+        )
+        defaults[dest] = default
+    for kind in PART_KINDS:
+        model.add_argument(
+            f"--{kind}-opt",
+            action="append",
+            metavar="KEY=VALUE",
+            help=f"an option of the {kind} (repeat for more); `pyro-vae parts` lists them",
+        )
+    for key, (kind, applies_to, option) in LEGACY_OPTIONS.items():
+        model.add_argument(
+            "--" + key.replace("_", "-"),
+            metavar="VALUE",
+            help=f"same as --{kind}-opt {option}=VALUE (for {kind} {'/'.join(applies_to)})",
+        )
+    model.add_argument(
+        "--model",
+        choices=list(MODEL_KINDS),
+        help="vae, or ae: the deterministic autoencoder baseline with the same networks",
+    )
+    out = train.add_argument_group("run directory")
+    out.add_argument("--num-samples", type=int, help="importance samples K of the test score")
+    out.add_argument("--output-dir", type=Path, help="parent of the run directory")
+    out.add_argument("--name", help="run name (one path component); <dataset>-<time> if omitted")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    out.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    out.add_argument("--format", choices=list(FIGURE_FORMATS), help="figure format")
+    out.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its last completed epoch with its own config.json "
+        "(--epochs may extend it)",
+    )
+    out.add_argument(
         "--config",
         type=Path,
-        default=None,
-        help="TOML or JSON file of the same options (keys like latent_dim, prior); "
-        "flags given on the command line win",
+        help="TOML or JSON file of these options (keys like latent_dim, epochs, a [prior] "
+        "table with name and options, plugins = [modules]); flags given here win",
+    )
+    defaults.update({dest: default for dest, (_, default) in run.items()})
+    defaults.update({"overwrite": False, "resume": None, "config": None})
+    if not track:
+        train.set_defaults(**defaults)
+
+
+def _add_data_arguments(parser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where image data sets are looked for and downloaded "
+        "(default $PYRO_VAE_DATA_DIR or ~/.cache/pyro-vae/data; /usr/share/datasets is also "
+        "searched)",
+    )
+    parser.add_argument(
+        "--binarize",
+        choices=_choices("binarize"),
+        help="dynamic: fresh draw each batch; static: one seeded draw; none: gray values "
+        "(default: what the likelihood needs)",
     )
 
 
-_PART_KEYS = (
-    "prior", "posterior", "arch", "n_components", "num_pseudo_inputs", "flow_layers", "rank",
-    "iaf_steps", "iaf_hidden",
-)  # fmt: skip
+def _file_settings(path: Path) -> dict[str, Any]:
+    """A config file's values, each type-checked against the option it sets.
 
-
-def _apply_config_file(args: argparse.Namespace) -> dict:
-    """Fill args from --config where the flag was left at its default; return model extras.
-
-    Keys that are ModelConfig fields without a flag (e.g. iaf_context, channels) are returned.
+    Model keys are checked by :class:`ModelConfig`; training keys by TrainConfig's field
+    types; the rest by :func:`_run_options`. Keys that delete or reuse runs are refused.
     """
-    import dataclasses
-
     from pyro_vae.errors import ConfigError
-    from pyro_vae.models.config import ModelConfig, load_config_file
+    from pyro_vae.models.config import (
+        LEGACY_OPTIONS,
+        PART_KINDS,
+        load_config_file,
+        normalize_part_keys,
+    )
+    from pyro_vae.parts.options import coerce
 
-    if args.config is None:
-        return {}
-    defaults = build_parser().parse_args(["train"])
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"event_shape"}
-    extras = {}
-    for key, value in load_config_file(args.config).items():
-        if key in vars(defaults) and key not in ("command", "config"):
-            if getattr(args, key) == getattr(defaults, key):
-                setattr(args, key, tuple(value) if isinstance(value, list) else value)
-        elif key in model_fields:
-            extras[key] = value
-        else:
+    values = load_config_file(path)
+    for key in NOT_IN_CONFIG_FILES:
+        if key in values:
             raise ConfigError(
-                f"unknown key {key!r} in config file {args.config}; use option names such as "
-                "latent_dim, prior, posterior, likelihood, epochs"
+                f"config file {path} may not set {key!r}; give --{key} on the command line "
+                "(plugins go in a 'plugins' list)"
+                if key != "overwrite"
+                else f"config file {path} may not set 'overwrite'; pass --overwrite on the "
+                "command line if you mean to replace the run directory"
             )
-    return extras
+    values.pop("plugins", None)  # imported before parsing (see main)
+    typed = {**_train_config_fields(), **_run_options()}
+    model_keys = {*_model_config_fields(), *LEGACY_OPTIONS, *(f"{k}_options" for k in PART_KINDS)}
+    for key, value in values.items():
+        if key in typed:
+            values[key] = coerce(value, typed[key][0], f"{key} in config file {path}")
+        elif key not in model_keys:
+            raise ConfigError(
+                f"unknown key {key!r} in config file {path}; use option names such as "
+                "latent_dim, prior, posterior, likelihood, epochs (see pyro-vae train --help)"
+            )
+    return normalize_part_keys(values, strict=True)
+
+
+def _part_options(kind: str, name: str, words: Sequence[str]) -> dict[str, Any]:
+    """``--KIND-opt KEY=VALUE`` words parsed by the option types of part ``name``."""
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.parts.options import parse_text
+    from pyro_vae.parts.registry import REGISTRIES
+
+    entry = REGISTRIES[kind].entry(name)
+    options: dict[str, Any] = {}
+    for word in words:
+        key, sep, text = word.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--{kind}-opt takes KEY=VALUE, got {word!r}")
+        if key not in entry.options:
+            known = ", ".join(o.describe() for o in entry.options.values()) or "none"
+            raise ConfigError(f"{kind} {name!r} has no option {key!r}; its options are: {known}")
+        options[key] = parse_text(text, entry.options[key].hint)
+    return options
+
+
+def _train_settings(args: argparse.Namespace, given: set[str]) -> dict[str, Any]:
+    """Defaults < config file < flags given: every train setting, model parts resolved."""
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.models.config import LEGACY_OPTIONS, PART_KINDS
+    from pyro_vae.parts.registry import REGISTRIES
+
+    settings = vars(args).copy()
+    file = _file_settings(args.config) if args.config is not None else {}
+    for key, value in file.items():
+        if key not in given:
+            settings[key] = value
+    for kind in PART_KINDS:
+        registry = REGISTRIES[kind]
+        name = registry.canonical(settings[kind])
+        # A file's options belong to the part the file names.
+        from_file = kind not in given or registry.canonical(file.get(kind, name)) == name
+        options = dict(file.get(f"{kind}_options") or {}) if from_file else {}
+        words = list(getattr(args, f"{kind}_opt", None) or [])
+        for key, (legacy_kind, applies_to, option) in LEGACY_OPTIONS.items():
+            if legacy_kind == kind and key in given:
+                if name not in applies_to:
+                    raise ConfigError(
+                        f"--{key.replace('_', '-')} is an option of {kind} "
+                        f"{' or '.join(map(repr, applies_to))}, not {name!r}; drop it"
+                    )
+                words.append(f"{option}={getattr(args, key)}")
+        options.update(_part_options(kind, name, words))
+        settings[kind], settings[f"{kind}_options"] = name, options
+    return settings
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pyro_vae.models.config import ModelConfig
-    from pyro_vae.runs.pipeline import load_run_data, train_run
+    from pyro_vae.models.config import PART_KINDS, ModelConfig
+    from pyro_vae.runs import RunDir, load_run_data, train_run
     from pyro_vae.train.loop import TrainConfig
 
     if args.resume is not None:
         return _cmd_resume(args)
-    model_extras = _apply_config_file(args)
-    data = load_run_data(
-        {"dataset": args.dataset, "data_dir": args.data_dir, "binarize": args.binarize}
-    )
+    s = _train_settings(args, args.given)
+    data_dir = Path(s["data_dir"]) if s["data_dir"] is not None else None
+    data = load_run_data({"dataset": s["dataset"], "data_dir": data_dir, "binarize": s["binarize"]})
+    model_keys = [*_model_config_fields(), *(f"{kind}_options" for kind in PART_KINDS)]
     model_config = ModelConfig(
-        event_shape=data.event_shape,
-        latent_dim=args.latent_dim,
-        hidden=args.hidden,
-        likelihood=args.likelihood,
-        likelihood_scale=args.likelihood_scale,
-        **{key: getattr(args, key) for key in _PART_KEYS},
-        **model_extras,
+        event_shape=data.event_shape, **{key: s[key] for key in model_keys}
     )
-    train_config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        objective=args.objective,
-        num_particles=args.num_particles,
-        clip_grad=args.clip_grad,
-        beta=args.beta,
-        warmup=args.warmup,
-        warmup_epochs=args.warmup_epochs,
-        free_bits=args.free_bits,
-    )
-    if args.num_samples < 1:
-        raise _usage(f"--num-samples must be at least 1, got {args.num_samples}")
-    name = args.name or f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = args.output_dir / name
+    train_config = TrainConfig(**{key: s[key] for key in _train_config_fields()})
+    if s["num_samples"] < 1:
+        raise _usage(f"--num-samples must be at least 1, got {s['num_samples']}")
+    name = s["name"] or f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = RunDir.named(s["output_dir"], name)
     results = train_run(
-        args.dataset,
+        s["dataset"],
         model_config,
         train_config,
         run_dir,
-        num_samples=args.num_samples,
+        num_samples=s["num_samples"],
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not s["no_progress"],
         data=data,
-        kind=args.model,
-        data_dir=args.data_dir,
-        binarize=args.binarize,
-        fmt=args.format,
+        kind=s["model"],
+        data_dir=data_dir,
+        binarize=s["binarize"],
+        fmt=s["format"],
     )
     print(f"run directory: {run_dir}")
     print(f"trained {results['epochs']} epochs in {results['train_seconds']:.1f} s")
-    if args.model == "ae":
+    if s["model"] == "ae":
         print(
             f"test reconstruction NLL: {results['test_reconstruction_nll']:9.3f} +- "
             f"{results['test_reconstruction_nll_stderr']:.3f} nats per data point "
@@ -347,7 +518,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 #: Options ``train --resume`` accepts; every other setting comes from the run's config.json.
-RESUME_OPTIONS = {"resume", "epochs", "no_progress", "debug"}
+RESUME_OPTIONS = {"resume", "epochs", "no_progress", "debug", "plugin"}
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -358,7 +529,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         flags = ", ".join("--" + name.replace("_", "-") for name in conflicting)
         raise _usage(
             f"{flags} cannot be combined with --resume: the run's config.json fixes every "
-            "setting (only --epochs and --no-progress are allowed); drop them"
+            "setting (only --epochs, --no-progress and --plugin are allowed); drop them"
         )
     epochs = args.epochs if "epochs" in args.given else None
     results = resume_run(args.resume, epochs=epochs, progress=not args.no_progress)
@@ -368,17 +539,36 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """Destinations of the options written on the command line (not left at their defaults)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                for a in sub._actions:
-                    a.default = argparse.SUPPRESS
-        elif action.dest != "help":
-            action.default = argparse.SUPPRESS
-    given, _ = parser.parse_known_args(argv)
-    return set(vars(given)) - {"command"}
+def _cmd_parts(args: argparse.Namespace) -> int:
+    from pyro_vae.parts.registry import REGISTRIES
+
+    for kind, registry in REGISTRIES.items():
+        print(f"{kind}s (--{kind} NAME --{kind}-opt KEY=VALUE):")
+        for name in registry:
+            entry = registry.entry(name)
+            options = ", ".join(o.describe() for o in entry.options.values()) or "no options"
+            origin = f"  [{entry.module}]" if entry.is_plugin else ""
+            print(f"  {name:24s} {options}{origin}")
+    return 0
+
+
+def _plugins_before_parsing(argv: Sequence[str] | None) -> None:
+    """Import the modules named by --plugin and by a --config file's ``plugins`` list.
+
+    Done before the full parser is built, so that their parts are among its choices. A run
+    directory's files never name modules to import: only the user's own words do.
+    """
+    from pyro_vae.models.config import load_config_file
+    from pyro_vae.parts.registry import import_plugins
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    pre.add_argument("--config", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
+    import_plugins(known.plugin, "--plugin")
+    if known.config is not None:
+        plugins = load_config_file(known.config).get("plugins", [])
+        import_plugins(plugins, f"plugins in config file {known.config}")
 
 
 def _print_scores(r: dict) -> None:
@@ -395,10 +585,9 @@ def _print_scores(r: dict) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
 
-    from pyro_vae.runs.pipeline import load_run, load_run_data, score, summary
+    from pyro_vae.runs import check_size, load_run, load_run_data, score, summary
 
-    if args.num_samples < 1:
-        raise _usage(f"--num-samples must be at least 1, got {args.num_samples}")
+    check_size(args.num_samples, "--num-samples (importance samples per point)")
     if args.batch_size is not None and args.batch_size < 1:
         raise _usage(f"--batch-size must be at least 1, got {args.batch_size}")
     vae, config = load_run(args.run_dir)
@@ -419,10 +608,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pyro_vae.analysis import figures
-    from pyro_vae.runs.pipeline import load_run, load_run_data
+    from pyro_vae.runs import check_size, load_run, load_run_data
 
-    if args.num < 1:
-        raise _usage(f"-n must be at least 1, got {args.num}")
+    check_size(args.num, "-n (samples drawn)")
     model, config = load_run(args.run_dir)
     data = load_run_data(config)
     out = args.output or args.run_dir / f"samples-{args.source}.{args.format}"
@@ -432,22 +620,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from pyro_vae.analysis import figures, plots
-    from pyro_vae.runs.pipeline import load_run, load_run_data
+    from pyro_vae.runs import RunDir, check_size, load_run, load_run_data
 
+    if args.kind == "interpolation":
+        check_size(args.steps, "--steps (interpolation steps)")
     model, config = load_run(args.run_dir)
     out = args.output or args.run_dir / f"{args.kind}.{args.format}"
     torch.manual_seed(args.seed)
     if args.kind == "elbo":
-        history = [
-            json.loads(line)
-            for line in (args.run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()
-        ]
+        history = RunDir(args.run_dir).read_metrics()
         if config.get("kind") == "ae":
             path = plots.plot_reconstruction_nll(history, out)
         else:
@@ -540,36 +724,46 @@ def _usage(message: str) -> PyroVAEError:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.given = _given_options(build_parser(), argv)
-    commands = {
-        "train": _cmd_train,
-        "evaluate": _cmd_evaluate,
-        "sample": _cmd_sample,
-        "plot": _cmd_plot,
-    }
+    """Run ``pyro-vae`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Bad input is one line on stderr and status 2 (``--debug`` adds the traceback).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
     try:
+        _plugins_before_parsing(argv)
+        args = build_parser().parse_args(argv)
+        args.given = set(vars(build_parser(track=True).parse_args(argv))) - {"command"}
+        commands = {
+            "train": _cmd_train,
+            "evaluate": _cmd_evaluate,
+            "sample": _cmd_sample,
+            "plot": _cmd_plot,
+            "parts": _cmd_parts,
+        }
         return commands[args.command](args)
     except PyroVAEError as exc:
-        if args.debug:
-            raise
-        print(f"pyro-vae: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"pyro-vae: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
     except (OSError, RuntimeError, ValueError) as exc:
         # Not raised on purpose (full disk, a torch failure): still one line, exit 1.
-        if args.debug:
+        if debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         print(
-            f"pyro-vae: error: {type(exc).__name__}: {first} (rerun with --debug for the "
-            "traceback)",
+            f"pyro-vae: error: {type(exc).__name__}: {_one_line(exc)[:200]} (rerun with "
+            "--debug for the traceback)",
             file=sys.stderr,
         )
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@ round-trips through a run directory."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pyro_vae.data import load_digits
@@ -17,30 +18,35 @@ def small_digits():
     return data
 
 
-def test_same_networks_as_the_vae_except_the_code_head():
+def test_same_networks_as_the_vae_and_the_code_is_the_location_head():
     config = ModelConfig(event_shape=(1, 8, 8), latent_dim=3, hidden=(32, 16))
     ae, vae = build_autoencoder(config), build_vae(config)
     ae_shapes = {k: v.shape for k, v in ae.state_dict().items()}
     vae_shapes = {k: v.shape for k, v in vae.state_dict().items() if k in ae_shapes}
-    assert set(ae_shapes) <= set(vae.state_dict())
-    last = "encoder.net.4"  # the head: latent_dim codes instead of q(z|x)'s 2 * latent_dim
-    for k, shape in ae_shapes.items():
-        if k.startswith(last):
-            assert shape[0] == 3 and vae_shapes[k][0] == 6
-        else:
-            assert shape == vae_shapes[k], k
+    assert ae_shapes == vae_shapes  # the very networks build_vae builds
+    x = torch.rand(5, 1, 8, 8)
+    torch.testing.assert_close(ae.encode(x).mean, ae.encoder(x)[:, :3])
+
+
+def test_conv_arch_builds_convolutional_autoencoder():
+    from pyro_vae.parts.nets import ConvDecoder, ConvEncoder
+
+    config = ModelConfig(event_shape=(1, 8, 8), latent_dim=2, hidden=(16,), arch="conv")
+    ae = build_autoencoder(config)
+    assert isinstance(ae.encoder, ConvEncoder) and isinstance(ae.decoder, ConvDecoder)
+    assert ae.reconstruction_nll(torch.bernoulli(torch.rand(3, 1, 8, 8))).shape == (3,)
 
 
 def test_reconstruction_nll_is_the_likelihood_at_the_decoder_output():
     torch.manual_seed(0)
     ae = build_autoencoder(ModelConfig(event_shape=(1, 2, 2), latent_dim=2, hidden=(4,)))
     x = torch.bernoulli(torch.full((5, 1, 2, 2), 0.5))
-    logits = ae.decoder(ae.encoder(x)).reshape(5, 1, 2, 2)
+    logits = ae.decoder(ae.code(x)).reshape(5, 1, 2, 2)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         logits, x, reduction="none"
     ).sum((1, 2, 3))
     torch.testing.assert_close(ae.reconstruction_nll(x), expected)
-    torch.testing.assert_close(ae.encode(x).mean, ae.encoder(x))
+    torch.testing.assert_close(ae.encode(x).mean, ae.encoder(x)[:, :2])
 
 
 def test_autoencoder_trains_and_its_reconstruction_error_falls():
@@ -72,3 +78,44 @@ def test_autoencoder_run_directory_round_trip(tmp_path):
     assert results["kind"] == "ae" and results["test_reconstruction_nll"] > 0
     model, run_config = load_run(tmp_path / "run")
     assert isinstance(model, Autoencoder) and run_config["kind"] == "ae"
+
+
+def test_autoencoder_checkpoint_has_the_vae_keys_and_resumes_exactly(tmp_path):
+    from pyro_vae.runs import RunDir, resume_run
+    from pyro_vae.train import load_checkpoint
+
+    data = small_digits()
+    config = ModelConfig(event_shape=data.event_shape, latent_dim=2, hidden=(16,))
+    train = TrainConfig(epochs=3, batch_size=64)
+    full = train_run(
+        "digits", config, train, tmp_path / "full", progress=False, data=data, kind="ae"
+    )
+    vae_run = train_run(
+        "digits",
+        config,
+        TrainConfig(epochs=1, batch_size=64),
+        tmp_path / "vae",
+        progress=False,
+        data=data,
+    )
+    assert vae_run["epochs"] == 1
+    ae_keys = set(load_checkpoint(RunDir(tmp_path / "full").file(RunDir.CHECKPOINT)))
+    vae_keys = set(load_checkpoint(RunDir(tmp_path / "vae").file(RunDir.CHECKPOINT)))
+    assert ae_keys == vae_keys
+    short = TrainConfig(epochs=2, batch_size=64)
+    train_run("digits", config, short, tmp_path / "part", progress=False, data=data, kind="ae")
+    resumed = resume_run(tmp_path / "part", epochs=3, progress=False, data=data)
+    assert resumed["test_reconstruction_nll"] == full["test_reconstruction_nll"]
+    assert resumed["final_valid_nll"] == full["final_valid_nll"]
+
+
+def test_autoencoder_gets_gradient_clipping_and_fault_checks():
+    from pyro_vae.errors import TrainingError
+
+    data = small_digits()
+    config = ModelConfig(event_shape=data.event_shape, latent_dim=2, hidden=(16,))
+    ae = build_autoencoder(config)
+    with torch.no_grad():
+        ae.decoder.net[-1].bias.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="epoch 1, step 0"):
+        fit_autoencoder(ae, data, TrainConfig(epochs=1, batch_size=64), progress=False)

@@ -155,5 +155,7 @@ def test_run_whose_config_no_longer_matches_its_checkpoint_is_refused(tmp_path):
     config = json.loads((run / "config.json").read_text())
     config["model"]["hidden"] = [7]
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(
+        CheckpointError, match=r"differs from the checkpoint's model in \['hidden'\]"
+    ):
         load_run(run)

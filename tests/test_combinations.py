@@ -14,7 +14,7 @@ from torch import nn
 from pyro_vae import VAE
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import log_likelihood
-from pyro_vae.models import ModelConfig, build_vae, load_config_file
+from pyro_vae.models import ModelConfig, build_vae, load_config_file, normalize_part_keys
 from pyro_vae.parts import LIKELIHOODS, POSTERIORS, PRIORS, FullRankNormal, LearnedNormal, Normal
 
 EVENT_SHAPE = (1, 3, 3)
@@ -48,10 +48,11 @@ def test_combination_trains_and_scores(prior, likelihood, posterior):
         likelihood=likelihood,
         posterior=posterior,
         arch=arch,
-        channels=(4,),
-        n_components=3,
-        num_pseudo_inputs=3,
-        iaf_context=4,
+        prior_options={"mixture": {"n_components": 3}, "vamp": {"num_pseudo_inputs": 3}}.get(
+            prior, {}
+        ),
+        posterior_options={"context_dim": 4} if posterior == "iaf" else {},
+        arch_options={"channels": (4,)} if arch == "conv" else {},
     )
     vae = build_vae(config)
     x = _data_for(likelihood)
@@ -147,9 +148,9 @@ def test_config_round_trips_through_json():
         posterior="iaf",
         arch="conv",
         likelihood="continuous_bernoulli",
-        num_pseudo_inputs=7,
-        iaf_steps=3,
-        channels=(8, 16),
+        prior_options={"num_pseudo_inputs": 7},
+        posterior_options={"steps": 3},
+        arch_options={"channels": (8, 16)},
     )
     again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
@@ -160,15 +161,43 @@ def test_config_round_trips_through_json():
 
 def test_config_file_toml_and_json(tmp_path):
     toml = tmp_path / "model.toml"
-    toml.write_text('prior = "mixture"\nn-components = 5\nposterior = "low_rank"\nrank = 3\n')
+    toml.write_text(
+        'latent_dim = 3\n[prior]\nname = "mixture"\nn-components = 5\n'
+        '[posterior]\nname = "low_rank"\nrank = 3\n'
+    )
     js = tmp_path / "model.json"
     js.write_text(
-        json.dumps({"prior": "mixture", "n_components": 5, "posterior": "low_rank", "rank": 3})
+        json.dumps(
+            {
+                "latent_dim": 3,
+                "prior": {"name": "mixture", "n_components": 5},
+                "posterior": {"name": "low_rank", "rank": 3},
+            }
+        )
     )
     assert load_config_file(toml) == load_config_file(js)
-    config = ModelConfig(event_shape=(4,), **load_config_file(toml))
+    config = ModelConfig(event_shape=(4,), **normalize_part_keys(load_config_file(toml)))
     vae = build_vae(config)
     assert vae.prior.n_components == 5 and vae.posterior.rank == 3
+
+
+def test_flat_keys_of_old_configs_migrate_into_part_options():
+    old = {
+        "event_shape": [1, 8, 8], "latent_dim": 2, "hidden": [16], "prior": "mixture",
+        "likelihood": "normal_learned", "likelihood_scale": 0.2, "posterior": "iaf",
+        "arch": "conv", "extra": {}, "n_components": 4, "num_pseudo_inputs": 50,
+        "flow_layers": 2, "rank": 2, "iaf_steps": 3, "iaf_context": 5, "iaf_hidden": [8],
+        "channels": [4, 8],
+    }  # fmt: skip
+    config = ModelConfig.from_dict(old)
+    assert config.likelihood == "learned_normal"  # the old name is an alias
+    assert config.prior_options == {"n_components": 4, "init_scale": 0.5}
+    assert config.likelihood_options == {"scale": 0.2}
+    assert config.posterior_options == {"steps": 3, "context_dim": 5, "hidden": (8,)}
+    assert config.arch_options == {"channels": (4, 8)}
+    vae = build_vae(config)
+    assert vae.prior.n_components == 4 and len(vae.posterior.steps) == 3
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_config_errors_name_the_problem(tmp_path):
@@ -209,16 +238,16 @@ def test_cli_train_with_parts_then_evaluate(tmp_path, capsys):
             "--no-progress",
             "--hidden",
             "16",
-            "--iaf-hidden",
-            "8,8",
+            "--posterior-opt",
+            "hidden=8,8",
         ]
     )
     assert rc == 0
     run_config = json.loads((tmp_path / "r" / "config.json").read_text())
     model = run_config["model"]
     assert (model["prior"], model["posterior"], model["arch"]) == ("vamp", "iaf", "conv")
-    assert model["num_pseudo_inputs"] == 5 and model["latent_dim"] == 3
-    assert model["iaf_hidden"] == [8, 8]
+    assert model["prior_options"]["num_pseudo_inputs"] == 5 and model["latent_dim"] == 3
+    assert model["posterior_options"]["hidden"] == [8, 8]
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "r"), "--num-samples", "3"]) == 0
     assert "test log-likelihood" in capsys.readouterr().out
@@ -246,14 +275,19 @@ def test_cli_refuses_wrong_likelihood_for_data(tmp_path, capsys):
 
 def test_iaf_hidden_reaches_every_step_and_round_trips():
     config = ModelConfig(
-        event_shape=(4,), latent_dim=3, posterior="iaf", iaf_steps=2, iaf_hidden=(5, 7)
+        event_shape=(4,),
+        latent_dim=3,
+        posterior="iaf",
+        posterior_options={"steps": 2, "hidden": (5, 7)},
     )
     again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
-    assert again == config and again.iaf_hidden == (5, 7)
+    assert again == config and again.posterior_options["hidden"] == (5, 7)
     vae = build_vae(again)
     for step in vae.posterior.steps:
         # MADE layers: (context + latent) -> 5 -> 7 -> 2 * latent outputs
         shapes = [tuple(layer.weight.shape) for layer in step.nn.layers]
         assert shapes == [(5, 3 + 16), (7, 5), (6, 7)]
-    with pytest.raises(ConfigError, match="iaf_hidden"):
-        ModelConfig(event_shape=(4,), latent_dim=3, posterior="iaf", iaf_hidden=(0,))
+    with pytest.raises(ConfigError, match="posterior 'iaf' option hidden must be at least 1"):
+        ModelConfig(
+            event_shape=(4,), latent_dim=3, posterior="iaf", posterior_options={"hidden": (0,)}
+        )

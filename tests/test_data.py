@@ -226,7 +226,7 @@ def test_binarization_modes(tmp_path):
 def test_binarize_choice_must_fit_the_likelihood():
     from pyro_vae.errors import ConfigError
     from pyro_vae.models import ModelConfig
-    from pyro_vae.runs import check_binarize
+    from pyro_vae.runs.pipeline import check_binarize
 
     bern = ModelConfig(event_shape=(4,), likelihood="bernoulli")
     normal = ModelConfig(event_shape=(4,), likelihood="normal")
@@ -245,8 +245,8 @@ def test_cifar10_batches_are_read_as_rgb_planes(tmp_path, no_network):
     for name in [*image_data.CIFAR_TRAIN_BATCHES, "test_batch"]:
         data = np.zeros((4, 3072), dtype=np.uint8)
         data[:, :1024] = 255  # the red plane of every image
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": [0, 1, 2, 3]}, f)
+        with open(folder / name, "wb") as f:  # protocol 2, as in the official archive
+            pickle.dump({"data": data, "labels": [0, 1, 2, 3]}, f, protocol=2)
     data = load_dataset("cifar10", data_dir=tmp_path)
     assert data.train.shape[1:] == (3, 32, 32) and data.test.shape == (4, 3, 32, 32)
     assert data.train.shape[0] + data.valid.shape[0] == 20
@@ -255,3 +255,207 @@ def test_cifar10_batches_are_read_as_rgb_planes(tmp_path, no_network):
     (folder / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="re-extract"):
         load_dataset("cifar10", data_dir=tmp_path)
+
+
+# --- files are untrusted: nothing runs, nothing blocks, nothing is silently changed ---------
+
+
+class RunsCode:
+    """Unpickling this calls ``os.mkdir(path)``: a stand-in for any code a file could run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def write_cifar(folder, payload=None, protocol=2):
+    import pickle
+
+    folder.mkdir(exist_ok=True)
+    for name in [*image_data.CIFAR_TRAIN_BATCHES, "test_batch"]:
+        batch = {"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [0, 1]}
+        if payload is not None and name == "test_batch":
+            batch["labels"] = payload
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_cifar_batches_of_every_pickle_protocol_are_read(tmp_path, protocol, no_network):
+    write_cifar(tmp_path / "cifar-10-batches-py", protocol=protocol)
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    assert data.test.shape == (2, 3, 32, 32)
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path, no_network):
+    """A run's config can name a data_dir it ships: its batches must not execute anything."""
+    marker = tmp_path / "code-ran"
+    write_cifar(tmp_path / "cifar-10-batches-py", payload=RunsCode(marker))
+    with pytest.raises(DataError, match=r"global \w+\.mkdir is not part of the CIFAR") as info:
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert not marker.exists()
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="refused"):
+        image_data.read_cifar_batch(tmp_path / "cifar-10-batches-py" / "test_batch")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "builtins eval",
+        "os system",
+        "subprocess Popen",
+        "numpy load",
+        "torch load",
+    ],
+)
+def test_cifar_unpickler_admits_no_other_global(tmp_path, payload):
+    """Hand-written GLOBAL opcodes: each names a callable and is refused before lookup."""
+    module, name = payload.split()
+    raw = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"q\x00."
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match=f"global {module}.{name} is not part"):
+        image_data.read_cifar_batch(path)
+
+
+def test_oversized_or_wrong_typed_cifar_batches_are_refused(tmp_path):
+    import pickle
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.float64), "labels": [0, 1]}))
+    with pytest.raises(DataError, match="not a uint8 array"):
+        image_data.read_cifar_batch(path)
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(DataError, match="not a dict"):
+        image_data.read_cifar_batch(path)
+    with open(path, "wb") as f:
+        f.truncate(image_data.CIFAR_MAX_BYTES + 1)
+    with pytest.raises(DataError, match="more than the official"):
+        image_data.read_cifar_batch(path)
+
+
+def finishes(fn, seconds=20.0):
+    """Run ``fn`` in a daemon thread: (finished in time, the exception it raised or None)."""
+    import threading
+
+    outcome = {}
+
+    def target():
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), outcome.get("error")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("kind", ["npy", "idx", "cifar", "image"])
+def test_a_fifo_is_refused_instead_of_blocking(tmp_path, kind):
+    import os
+
+    if kind == "npy":
+        os.mkfifo(tmp_path / "x.npy")
+        call = lambda: load_array_file(tmp_path / "x.npy")  # noqa: E731
+    elif kind == "idx":
+        os.mkfifo(tmp_path / "train-images-idx3-ubyte")
+        call = lambda: read_idx(tmp_path / "train-images-idx3-ubyte")  # noqa: E731
+    elif kind == "cifar":
+        os.mkfifo(tmp_path / "data_batch_1")
+        call = lambda: image_data.read_cifar_batch(tmp_path / "data_batch_1")  # noqa: E731
+    else:
+        from PIL import Image
+
+        Image.new("L", (4, 4)).save(tmp_path / "a.png")
+        os.mkfifo(tmp_path / "b.png")
+        call = lambda: load_image_folder(tmp_path)  # noqa: E731
+    done, error = finishes(call)
+    assert done, f"reading a FIFO ({kind}) blocked"
+    assert isinstance(error, DataError) and "FIFO, not a regular file" in str(error)
+
+
+def test_a_folder_named_like_an_array_file_is_refused(tmp_path):
+    (tmp_path / "x.npy").mkdir()
+    with pytest.raises(DataError, match="is a folder, not a regular file"):
+        load_array_file(tmp_path / "x.npy")
+    with pytest.raises(DataError, match="does not exist"):
+        load_array_file(tmp_path / "missing.npy")
+
+
+@pytest.mark.parametrize("suffix", ["npy", "npz"])
+def test_pickled_arrays_are_refused(tmp_path, suffix):
+    """An object array is stored pickled; loading it would run code."""
+    x = np.empty((4, 2), dtype=object)
+    x[:] = 1.0
+    path = tmp_path / f"p.{suffix}"
+    if suffix == "npy":
+        np.save(path, x, allow_pickle=True)
+    else:
+        np.savez(path, train=x)
+    with pytest.raises(DataError, match="pickled"):
+        load_array_file(path)
+
+
+def test_complex_arrays_are_refused_not_truncated_to_their_real_part(tmp_path):
+    x = (np.ones((10, 3)) + 2j * np.ones((10, 3))).astype(np.complex64)
+    np.save(tmp_path / "c.npy", x)
+    with pytest.raises(DataError, match="complex"):
+        load_array_file(tmp_path / "c.npy")
+    np.save(tmp_path / "t.npy", np.ones((10, 3), dtype="m8[s]"))
+    with pytest.raises(DataError, match="not numeric"):
+        load_array_file(tmp_path / "t.npy")
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_data_splits_refuse_complex_and_sparse_and_convert_float64():
+    from pyro_vae.data import DataSplits
+
+    x = torch.rand(6, 4, dtype=torch.float64)
+    d = DataSplits("f64", x, x[:2], x[:2])
+    assert d.train.dtype == torch.float32 and torch.allclose(d.train.double(), x, atol=1e-7)
+    with pytest.raises(DataError, match="complex"):
+        DataSplits("c", torch.ones(4, 2, dtype=torch.complex64), x[:2], x[:2])
+    with pytest.raises(DataError, match="sparse"):
+        DataSplits("s", torch.eye(4).to_sparse(), x[:2], x[:2])
+    with pytest.raises(DataError, match="sparse"):
+        DataSplits("s", x.float(), torch.eye(4).to_sparse_csr(), x[:2])
+
+
+def test_float64_array_files_train_as_float32(tmp_path):
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).random((20, 3)))
+    assert load_array_file(tmp_path / "d.npy").train.dtype == torch.float32
+
+
+def test_dynamic_binarization_draws_afresh_each_call():
+    """Two draws of a 0.5-intensity image differ where exactly one is 1: P = 2 * 0.5 * 0.5."""
+    from pyro_vae.data import dynamic_binarize
+
+    x = torch.full((4, 1, 50, 50), 0.5)
+    torch.manual_seed(0)
+    a, b = dynamic_binarize(x), dynamic_binarize(x)
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+    differ = float((a != b).float().mean())
+    # 10,000 pixels: standard error sqrt(0.25 / 10000) = 0.005, so +-0.03 is six of them
+    assert abs(differ - 0.5) < 0.03
+    assert abs(float(a.mean()) - 0.5) < 0.03
+
+
+def test_head_keeps_the_first_points_and_their_labels():
+    from pyro_vae.data import load_digits
+
+    data = load_digits()
+    small = data.head(10)
+    assert small.train.shape[0] == small.valid.shape[0] == small.test.shape[0] == 10
+    assert torch.equal(small.test, data.test[:10])
+    assert torch.equal(small.labels["train"], data.labels["train"][:10])
+    with pytest.raises(DataError, match="at least 1"):
+        data.head(0)

@@ -16,8 +16,8 @@ from pyro_vae.data import DataSplits, load_array_file, load_dataset
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
 from pyro_vae.infer import log_likelihood
 from pyro_vae.models import ModelConfig, build_vae
-from pyro_vae.runs import load_run, prepare_run_dir
-from pyro_vae.train import TrainConfig, fit, load_checkpoint
+from pyro_vae.runs import RunDir, check_size, load_run
+from pyro_vae.train import TrainConfig, fit, load_checkpoint, restore_model
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENT = (6,)
@@ -101,7 +101,7 @@ LIBRARY_CASES = [
         "hidden-zero",
         lambda t: ModelConfig(event_shape=EVENT, hidden=(0,)),
         ConfigError,
-        "hidden sizes",
+        "hidden must be at least 1",
     ),
     (
         "unknown-likelihood",
@@ -162,7 +162,7 @@ LIBRARY_CASES = [
         "file-object-dtype",
         lambda t: load_array_file(_saved(t, "o.npy", np.array([{}, {}], dtype=object))),
         DataError,
-        "cannot read",
+        "pickled (object) array",
     ),
     (
         "file-1d",
@@ -177,8 +177,71 @@ LIBRARY_CASES = [
         "no checkpoint",
     ),
     ("run-missing", lambda t: load_run(t / "no-run"), CheckpointError, "does not exist"),
-    ("rundir-exists", lambda t: prepare_run_dir(_nonempty(t)), ConfigError, "pass --overwrite"),
+    ("rundir-exists", lambda t: RunDir(_nonempty(t)).create(), ConfigError, "pass --overwrite"),
+    (
+        "rundir-overwrite-foreign",
+        lambda t: RunDir(_nonempty(t)).create(overwrite=True),
+        ConfigError,
+        "not a pyro-vae run directory",
+    ),
+    ("run-name-parent", lambda t: RunDir.named(t, ".."), ConfigError, "single directory name"),
+    ("run-name-nested", lambda t: RunDir.named(t, "a/b"), ConfigError, "single directory name"),
+    ("run-name-empty", lambda t: RunDir.named(t, ""), ConfigError, "non-empty string"),
+    ("run-locked", lambda t: _locked_twice(t), CheckpointError, "in use by another process"),
+    ("seed-negative", lambda t: TrainConfig(seed=-1), ConfigError, "seed must be in [0,"),
+    ("seed-huge", lambda t: TrainConfig(seed=2**64), ConfigError, "seed must be in [0,"),
+    ("seed-float", lambda t: TrainConfig(seed=0.5), ConfigError, "seed must be an integer"),
+    ("epochs-str", lambda t: TrainConfig(epochs="3"), ConfigError, "epochs must be at least 1"),
+    ("lr-bool", lambda t: TrainConfig(lr=True), ConfigError, "learning rate must be"),
+    (
+        "fit-run-dir-path",
+        lambda t: fit(tiny_vae(), tiny_data(), TrainConfig(batch_size=10), run_dir=str(t)),
+        ConfigError,
+        "must be a pyro_vae.runs.RunDir",
+    ),
+    ("fit-not-a-model", lambda t: fit(object(), tiny_data(), TrainConfig()), ConfigError, "VAE"),
+    (
+        "checkpoint-compressed",
+        lambda t: load_checkpoint(_zip_bomb(t)),
+        CheckpointError,
+        "once inflated",
+    ),
+    (
+        "checkpoint-not-a-table",
+        lambda t: restore_model(tiny_vae(), [1, 2], "x"),
+        CheckpointError,
+        "no model state table",
+    ),
+    (
+        "checkpoint-int-weights",
+        lambda t: restore_model(tiny_vae(), _int_state(), "x"),
+        CheckpointError,
+        "the model expects torch.float32",
+    ),
+    ("size-huge", lambda t: check_size(10**9, "-n (samples drawn)"), ConfigError, "1 to 10000"),
 ]
+
+
+def _locked_twice(tmp: Path) -> None:
+    run = RunDir(tmp / "r")
+    with run.lock(), run.lock():
+        pass
+
+
+def _zip_bomb(tmp: Path) -> Path:
+    import zipfile
+
+    path = tmp / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * 2**22)
+    return path
+
+
+def _int_state() -> dict:
+    state = tiny_vae().state_dict()
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = state[key].to(torch.int64)
+    return state
 
 
 def _nonempty(tmp: Path) -> Path:
@@ -200,13 +263,17 @@ def test_library_refuses_bad_input(tmp_path, call, exc_type, fragment):
     assert "\n" not in message
 
 
-def test_prepare_run_dir_keeps_files_unless_overwrite(tmp_path):
+def test_run_dir_keeps_files_unless_overwrite_and_overwrites_only_runs(tmp_path):
     run = _nonempty(tmp_path)
-    with pytest.raises(ConfigError):
-        prepare_run_dir(run)
+    with pytest.raises(ConfigError, match="pass --overwrite"):
+        RunDir(run).create()
+    with pytest.raises(ConfigError, match="not a pyro-vae run directory"):
+        RunDir(run).create(overwrite=True)
     assert (run / "keep.txt").read_text() == "precious"
-    assert prepare_run_dir(run, overwrite=True) == run
-    assert list(run.iterdir()) == []
+    RunDir(run / "made").create()
+    (run / "made" / "old.png").write_text("from the earlier run")
+    RunDir(run / "made").create(overwrite=True)
+    assert [p.name for p in (run / "made").iterdir()] == [RunDir.MARKER]
 
 
 def _array_file(tmp: Path, name: str, array: np.ndarray) -> str:
@@ -298,9 +365,11 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys, argv, fragment):
         assert not (tmp_path / "a").exists(), "a refused run leaves no run directory behind"
 
 
-def test_cli_debug_shows_the_exception(tmp_path):
-    with pytest.raises(ConfigError, match="epochs must be at least 1"):
-        cli.main(["--debug", *_train(tmp_path, "a", "--epochs", "0")])
+def test_cli_debug_shows_the_exception(tmp_path, capsys):
+    # --debug adds the traceback; bad input still exits 2.
+    assert cli.main(["--debug", *_train(tmp_path, "a", "--epochs", "0")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ConfigError: epochs must be at least 1" in err
 
 
 def test_cli_bad_flag_value_is_a_usage_error(tmp_path, capsys):
@@ -351,7 +420,7 @@ def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(tmp_path, wher
         vae.decoder.net[0].weight.register_hook(poison)
     config = TrainConfig(epochs=3, batch_size=10, valid_num_samples=2)
     with pytest.raises(TrainingError) as info:
-        fit(vae, data, config, run_dir=tmp_path, progress=False)
+        fit(vae, data, config, run_dir=RunDir(tmp_path), progress=False)
     message = str(info.value)
     assert f"{where} " in message or f"{where} norm" in message
     assert "at epoch 2, step 0" in message

@@ -138,3 +138,48 @@ def test_train_writes_standard_figures_and_plot_commands_work(tmp_path, capsys):
     assert main(["evaluate", str(ae_dir)]) == 2
     err = capsys.readouterr().err
     assert "no prior" in err and "autoencoder run" in err
+
+
+BACKEND_PROBE = """
+import sys
+
+import matplotlib
+import torch
+
+matplotlib.use("{backend}")
+from pyro_vae.analysis import plots  # noqa: E402
+import pyro_vae.cli  # noqa: E402,F401  (the whole package, as a notebook would import it)
+
+assert matplotlib.get_backend() == "{backend}", matplotlib.get_backend()
+codes = torch.randn(30, 2)
+plots.plot_latent_scatter(codes.numpy(), torch.arange(30) % 3, sys.argv[1] + "/s.png")
+plots.plot_latent_scatter(codes.numpy(), torch.arange(30), sys.argv[1] + "/c.png")
+plots.plot_image_grid(torch.rand(4, 1, 8, 8), sys.argv[1] + "/g.png", "grid")
+assert matplotlib.get_backend() == "{backend}", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("backend", ["pdf", "svg"])
+def test_importing_and_plotting_keeps_the_users_backend(tmp_path, backend):
+    """A notebook's backend stays selected: nothing calls ``matplotlib.use`` or pyplot."""
+    import subprocess
+    import sys
+
+    probe = BACKEND_PROBE.format(backend=backend)
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("s.png", "c.png", "g.png"))
+
+
+def test_plots_do_not_grow_pyplot_state(tmp_path, images):
+    """Figures are plain objects: plotting registers nothing with pyplot's figure manager."""
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    plots.plot_image_grid(images, tmp_path / "g.png", "grid")
+    assert plt.get_fignums() == before

@@ -129,7 +129,7 @@ def test_vamp_prior_is_bound_by_vae_and_pseudo_inputs_train():
             prior="vamp",
             hidden=(8,),
             likelihood="normal",
-            num_pseudo_inputs=3,
+            prior_options={"num_pseudo_inputs": 3},
         )
     )
     names = [n for n, _ in vae.named_parameters()]

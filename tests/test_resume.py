@@ -153,7 +153,9 @@ def test_resume_refuses_a_different_model(tmp_path):
     config["model"]["likelihood"] = "normal"  # same parameter shapes, another model
     (run / "config.json").write_text(json.dumps(config))
     data, _ = _tiny()
-    with pytest.raises(ConfigError, match="different model"):
+    with pytest.raises(
+        ConfigError, match=r"model differing from its checkpoint's in \['likelihood'\]"
+    ):
         resume_run(run, progress=False, data=data)
 
 

@@ -136,3 +136,77 @@ def test_cli_bad_data_is_one_line(tmp_path, capsys, content, message):
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+# --- numerics of the loop itself, on known answers -------------------------------------------
+
+
+class _ConstantTask:
+    """loss_sum = w * sum(x): with x all ones and SGD(lr=1) each step lowers w by the loss
+    divisor's ratio (1 when divided by the batch's actual size)."""
+
+    loss_name = "train_loss"
+    headline = ("train_loss", "train_loss")
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.model = torch.nn.Module()
+        self.model.w = torch.nn.Parameter(torch.zeros(()))
+        self.model.likelihood = SimpleNamespace(binarize=False)
+
+    def batch_loss(self, x, progress):
+        from pyro_vae.train import BatchLoss
+
+        return BatchLoss(self.model.w * x.sum(), {"points": float(x.shape[0])})
+
+
+def test_each_step_divides_by_the_actual_batch_size():
+    from pyro_vae.train import train_epoch
+
+    task = _ConstantTask()
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=1.0)
+    ones = torch.ones(23, 2)  # batches of 10, 10 and a short last one of 3
+    config = TrainConfig(epochs=1, batch_size=10)
+    metrics = train_epoch(task, optimizer, ones, config, epoch=1)
+    # d(loss)/dw = sum(x) / batch size = 2 per step, whatever the batch's size: 3 steps.
+    assert task.model.w.item() == pytest.approx(-6.0, abs=1e-6)
+    # train_loss is the mean over the 23 points of w * 2 at each point's step: 0, -4, -8.
+    assert metrics["train_loss"] == pytest.approx((10 * 0 + 10 * -4 + 3 * -8) / 23, abs=1e-6)
+    assert metrics["points"] == pytest.approx(1.0)  # sums are divided by the points seen
+
+
+def test_linear_warmup_records_the_known_kl_weight_sequence():
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(30, 6, generator=g)
+    from pyro_vae.data import DataSplits
+
+    data = DataSplits("tiny", x[:20], x[20:25], x[25:])
+    config = TrainConfig(epochs=5, batch_size=10, warmup="linear", warmup_epochs=4.0)
+    history = fit(vae, data, config, progress=False).history
+    # two steps per epoch; the last step of epoch e is at progress e - 1 + 1/2
+    assert [r["kl_weight"] for r in history] == pytest.approx([0.125, 0.375, 0.625, 0.875, 1.0])
+
+
+def test_train_loss_is_minus_train_elbo_when_beta_is_one(digits):
+    vae = build_vae(ModelConfig(event_shape=digits.event_shape, latent_dim=2, hidden=(16,)))
+    config = TrainConfig(epochs=2, batch_size=100, valid_num_samples=2)
+    for record in fit(vae, digits, config, progress=False).history:
+        assert record["train_loss"] == pytest.approx(-record["train_elbo"], rel=1e-5)
+        assert record["kl_weight"] == 1.0
+
+
+def test_fit_from_python_writes_a_run_that_load_run_and_evaluate_use(digits, tmp_path, capsys):
+    from pyro_vae.runs import RunDir
+
+    config = ModelConfig(event_shape=digits.event_shape, latent_dim=2, hidden=(16,))
+    vae = build_vae(config)
+    run = RunDir(tmp_path / "py")
+    fit(vae, digits, TrainConfig(epochs=1, batch_size=256), run_dir=run, model_config=config)
+    recorded = run.read_json(RunDir.CONFIG)
+    assert recorded["kind"] == "vae" and recorded["dataset"] == digits.name
+    model, _ = load_run(run.path)
+    torch.testing.assert_close(model.state_dict(), vae.state_dict())
+    assert main(["evaluate", str(run.path), "--num-samples", "5"]) == 0
+    assert "test log-likelihood" in capsys.readouterr().out

@@ -160,7 +160,7 @@ class AggregatePosterior:
     """A Gaussian mixture fitted to the codes of the training data, as a sampler of z.
 
     q(z) = (1/N) sum_n q(z | x_n) is what the decoder was trained on; where the prior puts mass
-    that q(z) lacks ("holes"), prior samples decode to blurs. Sampling a mixture fitted to
+    that q(z) lacks (empty regions), prior samples decode to blurs. Sampling a mixture fitted to
     encoded means often gives cleaner pictures (Ghosh et al. 2020, "From variational to
     deterministic autoencoders", ex-post density estimation).
     """
@@ -236,7 +236,8 @@ def decode_plane(model, codes: torch.Tensor, n: int = 15, margin: float = 0.05):
 
     Unlike :func:`decode_manifold` the grid covers where the data's codes lie, not prior
     quantiles, so an autoencoder and a VAE are shown on equal terms; empty regions between
-    clusters decode to whatever the decoder makes of them (the lecture's "gaps").
+    clusters decode to whatever the decoder makes of them (the lecture's holes in the latent
+    space).
     -> (images (n*n, *event_shape), u values (n,), v values (n,)).
     """
     c = codes.detach().cpu().double().numpy()

@@ -1,8 +1,10 @@
 """Figures: ELBO curves, image grids and latent-space pictures (matplotlib, no display needed).
 
-Every figure here uses a constrained layout and is saved at :data:`DPI` without cropping, so
-its pixel size is ``figsize * DPI`` (a figure without a layout engine is cropped instead).
-The file type follows the path's suffix (``.png``, ``.pdf``).
+Figures are drawn on :class:`matplotlib.figure.Figure` objects, never through ``pyplot``: no
+backend is selected or switched (a notebook's interactive backend stays as it was) and no
+global figure list grows. Every figure here uses a constrained layout and is saved at
+:data:`DPI` without cropping, so its pixel size is ``figsize * DPI`` (a figure without a
+layout engine is cropped instead). The file type follows the path's suffix (``.png``, ``.pdf``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 TRAIN_COLOR = "#1f77b4"
 VALID_COLOR = "#d62728"
@@ -59,7 +60,24 @@ def tile(images: torch.Tensor, ncol: int, pad: int = 1) -> np.ndarray:
     return out
 
 
-def _show(ax, mosaic: np.ndarray, title: str) -> None:
+def subplots(
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    figsize: tuple[float, float],
+    layout: str | None = "constrained",
+    squeeze: bool = True,
+) -> tuple[Figure, Any]:
+    """A new figure and its axes, like ``pyplot.subplots`` but outside pyplot's state.
+
+    The figure belongs to no backend and no figure manager: it is drawn only when saved, and
+    garbage-collected like any object.
+    """
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def _show(ax: Axes, mosaic: np.ndarray, title: str) -> None:
     if mosaic.shape[-1] == 1:
         ax.imshow(mosaic[..., 0], cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
@@ -68,7 +86,11 @@ def _show(ax, mosaic: np.ndarray, title: str) -> None:
     ax.set_axis_off()
 
 
-def save_figure(fig, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (type from the suffix) at :data:`DPI`, creating parent folders.
+
+    A figure without a layout engine is cropped to its drawn content instead.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fig.get_layout_engine() is None:
@@ -76,7 +98,6 @@ def save_figure(fig, path: str | Path) -> Path:
         fig.savefig(path, dpi=DPI, bbox_inches="tight")
     else:
         fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path
 
 
@@ -91,7 +112,7 @@ def plot_curves(
     """A train and a validation curve against epoch; the validation band is +-2 standard
     errors (``<valid_key>_stderr`` when recorded)."""
     epochs = [r["epoch"] for r in history]
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig, ax = subplots(figsize=(6, 4), layout="constrained")
     ax.plot(epochs, [r[train_key] for r in history], color=TRAIN_COLOR, label="train")
     valid = np.array([r[valid_key] for r in history])
     err = np.array([r.get(f"{valid_key}_stderr", 0.0) for r in history])
@@ -120,7 +141,7 @@ def plot_image_grid(x: torch.Tensor, path: str | Path, title: str, ncol: int = 8
     ncol = min(ncol, images.shape[0])
     mosaic = tile(images, ncol)
     scale = 0.6 if images.shape[1] <= 16 else 1.0
-    fig, ax = plt.subplots(
+    fig, ax = subplots(
         figsize=(scale * ncol + 0.5, scale * mosaic.shape[0] / images.shape[1] + 0.7),
         layout="constrained",
     )
@@ -136,7 +157,7 @@ def plot_reconstructions(
     if a is None or b is None:
         return None
     ncol = min(ncol, a.shape[0])
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         1,
         2,
         figsize=(2 * (0.6 * ncol + 0.5), 0.6 * math.ceil(a.shape[0] / ncol) + 0.8),
@@ -160,7 +181,7 @@ def cell_inches(side: int) -> float:
 
 
 def _show_cells(
-    ax,
+    ax: Axes,
     images: torch.Tensor,
     ncol: int,
     title: str,
@@ -193,7 +214,7 @@ def _thin(values: Sequence[float], every: int) -> list[str]:
     return [f"{v:.2g}" if i % every == 0 else "" for i, v in enumerate(values)]
 
 
-def _scatter(ax, points: np.ndarray, labels, axis_labels, title: str, names=None) -> None:
+def _scatter(ax: Axes, points: np.ndarray, labels, axis_labels, title: str, names=None) -> None:
     """2-D points coloured by integer label (tab10, legend) or one colour without labels."""
     size = 16 if len(points) <= 1000 else 5  # visible dots for small sets, no blobs for large
     if labels is None:
@@ -202,7 +223,7 @@ def _scatter(ax, points: np.ndarray, labels, axis_labels, title: str, names=None
         y = np.asarray(labels.detach().cpu() if torch.is_tensor(labels) else labels)
         classes = np.unique(y)
         if len(classes) <= 10:
-            cmap = plt.get_cmap(LABEL_CMAP)
+            cmap = matplotlib.colormaps[LABEL_CMAP]
             for c in classes:
                 m = y == c
                 name = names[int(c)] if names is not None and int(c) < len(names) else str(c)
@@ -225,7 +246,7 @@ def _scatter(ax, points: np.ndarray, labels, axis_labels, title: str, names=None
             )
         else:
             sc = ax.scatter(points[:, 0], points[:, 1], s=size, c=y, cmap="viridis", linewidths=0)
-            plt.colorbar(sc, ax=ax, label="label")
+            ax.figure.colorbar(sc, ax=ax, label="label")
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
@@ -241,7 +262,7 @@ def plot_latent_scatter(
     names: Sequence[str] | None = None,
 ) -> Path:
     """Scatter of 2-D latent points (n, 2) coloured by label; figure 6.5 x 5 inches."""
-    fig, ax = plt.subplots(figsize=(6.5, 5), layout="constrained")
+    fig, ax = subplots(figsize=(6.5, 5), layout="constrained")
     _scatter(ax, np.asarray(points), labels, axis_labels, title, names)
     return save_figure(fig, path)
 
@@ -263,7 +284,7 @@ def plot_manifold(
         return None
     n1, n2 = len(z1), len(z2)
     cell = cell_inches(imgs.shape[1])
-    fig, ax = plt.subplots(figsize=(cell * n1 + 1.0, cell * n2 + 1.0), layout="constrained")
+    fig, ax = subplots(figsize=(cell * n1 + 1.0, cell * n2 + 1.0), layout="constrained")
     every = 1 if n1 <= 8 else 2
     _show_cells(
         ax,
@@ -289,9 +310,7 @@ def plot_interpolations(
         return None
     steps = rows[0].shape[0]
     cell = cell_inches(rows[0].shape[1])
-    fig, ax = plt.subplots(
-        figsize=(cell * steps + 1.4, cell * len(rows) + 1.0), layout="constrained"
-    )
+    fig, ax = subplots(figsize=(cell * steps + 1.4, cell * len(rows) + 1.0), layout="constrained")
     t = np.linspace(0, 1, steps)
     _show_cells(
         ax,
@@ -327,9 +346,7 @@ def plot_attribute(
     if imgs is None:
         return None
     cell = cell_inches(imgs.shape[1])
-    fig, ax = plt.subplots(
-        figsize=(max(cell * ncol + 1.2, 4.5), cell * n + 1.3), layout="constrained"
-    )
+    fig, ax = subplots(figsize=(max(cell * ncol + 1.2, 4.5), cell * n + 1.3), layout="constrained")
     _show_cells(
         ax,
         imgs,
@@ -354,7 +371,7 @@ def plot_model_comparison(
     ``images`` (k*k, C, H, W) decoded on a grid over the codes' extent, ``u``, ``v`` (k,).
     """
     k = len(panels)
-    fig, axes = plt.subplots(2, k, figsize=(5.5 * k, 10), layout="constrained", squeeze=False)
+    fig, axes = subplots(2, k, figsize=(5.5 * k, 10), layout="constrained", squeeze=False)
     for j, p in enumerate(panels):
         _scatter(
             axes[0, j],

@@ -1,5 +1,4 @@
-"""Data sets as :class:`DataSplits`: the embedded digits, array files, image sets, binarization.
-"""
+"""Data sets as :class:`DataSplits`: the embedded digits, array files, image sets, binarization."""
 
 from pyro_vae.data.arrays import (
     load_array_file,

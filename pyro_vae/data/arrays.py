@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_vae.data.files import check_regular_file
 from pyro_vae.data.splits import SPLIT_SEED, DataSplits, split_indices
 from pyro_vae.errors import DataError
 
@@ -28,7 +29,13 @@ def load_digits() -> DataSplits:
 
 
 def _as_float(array: np.ndarray, source: str) -> torch.Tensor:
-    if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+    if array.dtype.kind == "c":
+        # float32(complex) keeps only the real part: a silently different data set
+        raise DataError(
+            f"{source}: array dtype {array.dtype} is complex; save the part to model "
+            "(array.real, array.imag or numpy.abs(array)) as a real array"
+        )
+    if array.dtype.kind not in "uif":
         raise DataError(f"{source}: array dtype {array.dtype} is not numeric; save a numeric array")
     if array.ndim < 2:
         raise DataError(
@@ -63,6 +70,13 @@ def _as_labels(array: np.ndarray, n: int, key: str, source: str) -> torch.Tensor
     return torch.as_tensor(array, dtype=torch.long)
 
 
+def _has_numpy_header(path: Path) -> bool:
+    """True when the file starts like a ``.npy`` (magic string) or an ``.npz`` (a zip)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return head.startswith((b"\x93NUMPY", b"PK\x03\x04"))
+
+
 def load_array_file(path: str | Path) -> DataSplits:
     """A user's ``.npy`` (one array, split 80/10/10) or ``.npz`` file.
 
@@ -73,22 +87,33 @@ def load_array_file(path: str | Path) -> DataSplits:
     array, or ``y_train``/``y_valid``/``y_test`` next to named splits.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file {str(path)!r} does not exist; check the path")
     if path.suffix not in (".npy", ".npz"):
         raise DataError(
             f"data file {str(path)!r} is not .npy or .npz; save the array with numpy.save/savez"
         )
+    check_regular_file(path)
     try:
+        # allow_pickle=False: an object array would be unpickled, which runs the file's code
         loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            arrays = {"x": loaded}
+        else:
+            with loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc) or not _has_numpy_header(path):
+            # numpy takes any file without its header for a pickle: say what it really is
+            raise DataError(
+                f"cannot read {str(path)!r} as a numpy file (no .npy/.npz header); re-save it "
+                "with numpy.save/savez"
+            ) from exc
+        raise DataError(
+            f"{str(path)!r} holds a pickled (object) array, which is never loaded because "
+            "unpickling runs code; save numeric arrays with numpy.save/savez"
+        ) from None
     except Exception as exc:  # numpy raises several types for unreadable files
         raise DataError(f"cannot read {str(path)!r} as a numpy file ({exc}); re-save it") from exc
     name = path.stem
-    if isinstance(loaded, np.ndarray):
-        arrays = {"x": loaded}
-    else:
-        with loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
     label_arrays = {
         split: next((arrays.pop(k) for k in keys if k in arrays), None)
         for split, keys in _LABEL_KEYS.items()

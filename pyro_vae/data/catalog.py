@@ -47,5 +47,3 @@ def load_dataset(
         f"unknown data set {name_or_path!r}; use one of {sorted(DATASETS) + sorted(IMAGE_DATASETS)}"
         ", the path of a .npy/.npz file, or a folder of images"
     )
-
-

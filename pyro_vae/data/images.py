@@ -9,8 +9,11 @@ allowed, and the network answers.
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pyro_vae.data.files import check_regular_file
 from pyro_vae.data.splits import SPLIT_SEED, DataSplits
 from pyro_vae.errors import DataError
 
@@ -45,7 +49,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     Format (LeCun et al., MNIST): magic ``0x00 0x00 <type> <ndim>``, then ``ndim`` big-endian
     uint32 sizes, then the data in C order.
     """
-    path = Path(path)
+    path = check_regular_file(path, "IDX file")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
@@ -212,24 +216,70 @@ def _cifar_present(root: Path) -> bool:
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
+#: The largest CIFAR-10 batch file read (the official ones are about 31 MB).
+CIFAR_MAX_BYTES = 64 * 2**20
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10's pickled batches without running any code from the file.
+
+    A pickle calls whatever global it names; a batch of the official archive names only
+    numpy's array reconstructor, ``numpy.ndarray`` and ``numpy.dtype`` (its dict, lists,
+    strings and integers are plain pickle opcodes), and a batch re-saved by Python 3 with
+    protocol 2 adds ``_codecs.encode`` for its bytes. Those are admitted; any other global
+    is refused (``pickle.UnpicklingError``) without being imported or looked up.
+    """
+
+    #: (module, name) -> the object it stands for; numpy 2 moved ``numpy.core`` to ``numpy._core``.
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.empty(0).__reduce__()[0],
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        """The admitted global ``module.name``; anything else is refused, never imported."""
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"global {module}.{name} is not part of the CIFAR-10 format"
+            ) from None
+
+
 def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file of CIFAR-10's python version -> (images (n, 3, 32, 32) uint8, labels (n,)).
 
     The file is a pickled dict with ``data`` (n, 3072: the red, green, blue planes of each
-    32x32 image) and ``labels``. Unpickling runs code: read only files from the official archive.
+    32x32 image) and ``labels``. It is read by :class:`CifarUnpickler`, which admits only the
+    numpy array reconstructors the format uses, so a crafted file cannot run code.
     """
-    import pickle
-
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+    path = check_regular_file(path, "CIFAR-10 batch")
+    size = path.stat().st_size
+    if size > CIFAR_MAX_BYTES:
         raise DataError(
-            f"cannot read CIFAR-10 batch {str(path)!r} ({type(exc).__name__}); re-extract "
-            "cifar-10-python.tar.gz"
+            f"CIFAR-10 batch {str(path)!r} has {size} bytes, more than the official files' "
+            f"{CIFAR_MAX_BYTES}; re-extract cifar-10-python.tar.gz"
+        )
+    try:
+        batch = CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        if not isinstance(batch, dict):
+            raise TypeError(f"a {type(batch).__name__}, not a dict")
+        data, labels = batch["data"], batch["labels"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            raise TypeError("data is not a uint8 array")
+        labels = np.asarray(labels, dtype=np.int64)
+    except pickle.UnpicklingError as exc:
+        raise DataError(
+            f"CIFAR-10 batch {str(path)!r} was refused ({exc}); it is not an official batch "
+            "file, re-extract cifar-10-python.tar.gz"
+        ) from None
+    except (OSError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(
+            f"cannot read CIFAR-10 batch {str(path)!r} ({type(exc).__name__}: {exc}); "
+            "re-extract cifar-10-python.tar.gz"
         ) from exc
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
         raise DataError(
@@ -358,6 +408,7 @@ def load_image_folder(folder: str | Path, name: str | None = None) -> DataSplits
         )
     images = []
     for _, p in files:
+        check_regular_file(p, "image")
         try:
             with Image.open(p) as im:
                 images.append(im.copy())

@@ -18,7 +18,11 @@ SPLIT_SEED = 0
 
 @dataclass
 class DataSplits:
-    """A data set split three ways. Each split: (N, *event_shape), float32."""
+    """A data set split three ways. Each split: (N, *event_shape), float32.
+
+    Other real floating dtypes (float64, float16, bfloat16) are converted to float32, the
+    dtype of the models' parameters. Complex, sparse and non-float tensors are refused.
+    """
 
     name: str
     train: torch.Tensor
@@ -32,8 +36,27 @@ class DataSplits:
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
 
+    def head(self, n: int) -> DataSplits:
+        """The first ``n`` points of every split (and of its labels): a quick, small run.
+
+        Each split: (min(n, N_split), *event_shape).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DataError(f"head needs a number of points of at least 1, got {n!r}")
+        return DataSplits(
+            self.name,
+            self.train[:n],
+            self.valid[:n],
+            self.test[:n],
+            labels={split: y[:n] for split, y in self.labels.items()},
+            label_names=self.label_names,
+        )
+
     def __post_init__(self) -> None:
         for split in ("train", "valid", "test"):
+            x = getattr(self, split)
+            if isinstance(x, torch.Tensor):
+                setattr(self, split, as_float32(x, f"the {split} split of {self.name!r}"))
             x = check_tensor(getattr(self, split), f"the {split} split of {self.name!r}")
             if x.shape[0] == 0:
                 raise DataError(
@@ -49,6 +72,27 @@ class DataSplits:
                     f"the {split} split of {self.name!r} contains NaN or infinite values; "
                     "clean or impute the data first"
                 )
+
+
+def as_float32(x: torch.Tensor, what: str) -> torch.Tensor:
+    """A dense, real float32 tensor of the same values, or a :class:`DataError` saying why not.
+
+    x: (N, *event_shape). Sparse layouts and complex dtypes are refused (converting either
+    silently changes what the model sees); other floating dtypes are cast to float32;
+    integer and boolean tensors are returned unchanged for :func:`check_tensor` to refuse.
+    """
+    if x.layout != torch.strided:
+        raise DataError(
+            f"{what} is a sparse tensor ({x.layout}); pass a dense tensor (x.to_dense())"
+        )
+    if x.is_complex():
+        raise DataError(
+            f"{what} is complex ({x.dtype}); pass the real part to model explicitly "
+            "(x.real, x.imag or x.abs())"
+        )
+    if x.is_floating_point() and x.dtype != torch.float32:
+        return x.to(torch.float32)
+    return x
 
 
 def split_indices(n: int, fractions: tuple[float, float] = (0.1, 0.1), seed: int = SPLIT_SEED):

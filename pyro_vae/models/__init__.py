@@ -8,12 +8,16 @@ from pyro_vae.models.autoencoder import (
 )
 from pyro_vae.models.config import (
     ARCHS,
+    LEGACY_OPTIONS,
+    PART_KINDS,
     ModelConfig,
     build_likelihood,
+    build_nets,
     build_posterior,
     build_prior,
     build_vae,
     load_config_file,
+    normalize_part_keys,
 )
 from pyro_vae.models.vae import (
     VAE,
@@ -26,6 +30,10 @@ __all__ = [
     "mean_reconstruction_nll",
     "ModelConfig",
     "ARCHS",
+    "PART_KINDS",
+    "LEGACY_OPTIONS",
+    "build_nets",
+    "normalize_part_keys",
     "build_likelihood",
     "build_prior",
     "build_posterior",

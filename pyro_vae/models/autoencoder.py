@@ -14,8 +14,12 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.models.config import ModelConfig, build_likelihood
-from pyro_vae.parts.nets import MLPDecoder, MLPEncoder
+from pyro_vae.errors import ConfigError
+from pyro_vae.models.config import ModelConfig, build_vae
+from pyro_vae.models.vae import VAE
+
+#: The model kinds a run can train: the VAE and this deterministic baseline.
+MODEL_KINDS = ("vae", "ae")
 
 
 class Autoencoder(nn.Module):
@@ -23,8 +27,12 @@ class Autoencoder(nn.Module):
 
     Same interface as the VAE where it makes sense: ``encode(x)`` returns a point mass
     ``Delta(z)`` (so ``.mean`` is the code), ``decode(z)`` returns p(x | z),
-    ``reconstruct(x)`` returns E[x | z(x)].
+    ``reconstruct(x)`` returns E[x | z(x)]. The code is the encoder's first ``latent_dim``
+    outputs: the location that every built-in posterior family reads first, so the
+    autoencoder is the VAE with q(z|x) collapsed to its location and no prior.
     """
+
+    kind = "ae"
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood, event_shape, latent_dim):
         super().__init__()
@@ -36,7 +44,11 @@ class Autoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
         """x: (*batch, *event_shape) -> Delta(z) with event_shape (latent_dim,)."""
-        return dist.Delta(self.encoder(x), event_dim=1)
+        return dist.Delta(self.code(x), event_dim=1)
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (*batch, *event_shape) -> z: (*batch, latent_dim)."""
+        return self.encoder(x)[..., : self.latent_dim]
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """z: (*batch, latent_dim) -> p(x | z) with event_shape ``event_shape``."""
@@ -46,20 +58,39 @@ class Autoencoder(nn.Module):
 
     def reconstruction_nll(self, x: torch.Tensor) -> torch.Tensor:
         """-log p(x | decoder(encoder(x))) per data point: x: (batch, *event_shape) -> (batch,)."""
-        return -self.decode(self.encoder(x)).log_prob(x)
+        return -self.decode(self.code(x)).log_prob(x)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encoder(x)).mean
+        """x: (batch, *event_shape) -> E[x | z(x)]: (batch, *event_shape)."""
+        return self.decode(self.code(x)).mean
 
 
 def build_autoencoder(config: ModelConfig) -> Autoencoder:
-    """The VAE's networks with a code of ``latent_dim`` outputs instead of q(z|x)'s parameters."""
-    likelihood = build_likelihood(config)
-    n_out = likelihood.num_params * math.prod(config.event_shape)
-    encoder = MLPEncoder(config.event_shape, config.latent_dim, config.hidden)
-    decoder = MLPDecoder(config.latent_dim, n_out, tuple(reversed(config.hidden)))
-    return Autoencoder(encoder, decoder, likelihood, config.event_shape, config.latent_dim)
+    """The networks and likelihood :func:`build_vae` builds for ``config`` (any ``arch``),
+    without the prior and the posterior family: the code is the encoder's location output."""
+    vae = build_vae(config)
+    return Autoencoder(vae.encoder, vae.decoder, vae.likelihood, vae.event_shape, vae.latent_dim)
+
+
+def build_model(config: ModelConfig, kind: str = "vae") -> VAE | Autoencoder:
+    """The model of one kind (:data:`MODEL_KINDS`) for ``config``."""
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
+    return build_autoencoder(config) if kind == "ae" else build_vae(config)
+
+
+def model_kind(model: nn.Module) -> str:
+    """``"ae"`` for an :class:`Autoencoder`, ``"vae"`` for a :class:`VAE`: the one place the
+    two are told apart."""
+    if isinstance(model, Autoencoder):
+        return "ae"
+    if isinstance(model, VAE):
+        return "vae"
+    raise ConfigError(
+        f"expected a pyro_vae VAE or Autoencoder, got {type(model).__name__}; build one with "
+        "build_vae or build_autoencoder"
+    )
 
 
 @torch.no_grad()

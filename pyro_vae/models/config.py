@@ -1,177 +1,237 @@
-"""Model configuration: the small, JSON-serializable record that names a VAE's parts."""
+"""Model configuration: the small, JSON-serializable record that names a VAE's parts.
+
+Each part (prior, likelihood, posterior, arch) is named by its registry name with a table of
+its options (:mod:`pyro_vae.parts.registry`); the builders pass the shared sizes
+(``latent_dim``, ``event_shape``, ``hidden``) themselves. Every value is type-checked when the
+config is made, so a wrong value is refused before anything is built or written.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE
-from pyro_vae.parts.likelihoods import LIKELIHOODS
-from pyro_vae.parts.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from pyro_vae.parts.posteriors import IAF, POSTERIORS, LowRankNormal
-from pyro_vae.parts.priors import PRIORS, FlowPrior, GaussianMixture, VampPrior
+from pyro_vae.parts.options import PositiveInt, Sizes, coerce
+from pyro_vae.parts.registry import ARCHS, LIKELIHOODS, POSTERIORS, PRIORS, REGISTRIES
+
+#: The kinds of part a model config names, each with an ``<kind>_options`` table.
+PART_KINDS = tuple(REGISTRIES)
+
+#: Flat keys of configs written before parts had option tables:
+#: key -> (kind, the part names it applied to, the option's name now).
+LEGACY_OPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "n_components": ("prior", ("mixture",), "n_components"),
+    "num_pseudo_inputs": ("prior", ("vamp",), "num_pseudo_inputs"),
+    "flow_layers": ("prior", ("flow",), "flow_layers"),
+    "rank": ("posterior", ("low_rank",), "rank"),
+    "iaf_steps": ("posterior", ("iaf",), "steps"),
+    "iaf_context": ("posterior", ("iaf",), "context_dim"),
+    "iaf_hidden": ("posterior", ("iaf",), "hidden"),
+    "channels": ("arch", ("conv",), "channels"),
+    "likelihood_scale": ("likelihood", ("normal", "learned_normal"), "scale"),
+}
 
 
 @dataclass
 class ModelConfig:
-    """What to build. ``event_shape`` is the shape of one data point."""
+    """What to build: the data shape, the latent size, the networks' widths and four parts.
+
+    ``event_shape`` is the shape of one data point; ``hidden`` the encoder's hidden widths
+    (the decoder mirrors them). ``prior``, ``likelihood``, ``posterior`` and ``arch`` are
+    registry names; ``<kind>_options`` their constructor options (defaults filled in).
+    """
 
     event_shape: tuple[int, ...]
     latent_dim: int = 2
     hidden: tuple[int, ...] = (256, 128)
     prior: str = "normal"
     likelihood: str = "bernoulli"
-    likelihood_scale: float = 0.1
     posterior: str = "diagonal"
     arch: str = "mlp"
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Options of the parts; each is used only by the part named in its comment.
-    n_components: int = 10  # prior "mixture"
-    num_pseudo_inputs: int = 50  # prior "vamp"
-    flow_layers: int = 2  # prior "flow"
-    rank: int = 2  # posterior "low_rank"
-    iaf_steps: int = 2  # posterior "iaf"
-    iaf_context: int = 16  # posterior "iaf": encoder context features
-    iaf_hidden: tuple[int, ...] = (64,)  # posterior "iaf": hidden sizes of each step's MADE
-    channels: tuple[int, ...] = (32, 64)  # arch "conv": encoder channels (decoder mirrors)
+    prior_options: dict[str, Any] = field(default_factory=dict)
+    likelihood_options: dict[str, Any] = field(default_factory=dict)
+    posterior_options: dict[str, Any] = field(default_factory=dict)
+    arch_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.event_shape = tuple(int(s) for s in self.event_shape)
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.channels = tuple(int(c) for c in self.channels)
-        self.iaf_hidden = tuple(int(h) for h in self.iaf_hidden)
         self.validate()
 
     def validate(self) -> None:
-        if int(self.latent_dim) < 1:
-            raise ConfigError(f"latent_dim must be at least 1, got {self.latent_dim}")
-        if any(h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden sizes must be positive integers, got {list(self.hidden)}")
-        for kind, name, table in (
-            ("prior", self.prior, PRIORS),
-            ("likelihood", self.likelihood, LIKELIHOODS),
-            ("posterior", self.posterior, POSTERIORS),
-        ):
-            if name not in table:
-                raise ConfigError(f"unknown {kind} {name!r}; choose one of {sorted(table)}")
-        if self.arch not in ARCHS:
-            raise ConfigError(f"unknown arch {self.arch!r}; choose one of {list(ARCHS)}")
-        if not self.event_shape or math.prod(self.event_shape) < 1:
-            raise ConfigError(f"event_shape must be non-empty, got {self.event_shape}")
-        self._validate_parts()
+        """Type-check and normalize every value; raise :class:`ConfigError` naming the key."""
+        self.event_shape = coerce(self.event_shape, Sizes, "event_shape")
+        self.latent_dim = coerce(self.latent_dim, PositiveInt, "latent_dim")
+        self.hidden = coerce(self.hidden, Sizes, "hidden")
+        shared = self.shared_sizes()
+        for kind, registry in REGISTRIES.items():
+            name = registry.canonical(getattr(self, kind))
+            setattr(self, kind, name)
+            options = registry.check_options(name, getattr(self, f"{kind}_options"), **shared)
+            setattr(self, f"{kind}_options", options)
 
-    def _validate_parts(self) -> None:
-        for key in ("n_components", "num_pseudo_inputs", "flow_layers", "rank", "iaf_steps"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.iaf_context < 0:
-            raise ConfigError(f"iaf_context must be non-negative, got {self.iaf_context}")
-        if not self.iaf_hidden or any(h < 1 for h in self.iaf_hidden):
-            raise ConfigError(f"iaf_hidden must be positive integers, got {list(self.iaf_hidden)}")
-        if not self.channels or any(c < 1 for c in self.channels):
-            raise ConfigError(f"channels must be positive integers, got {list(self.channels)}")
-        if self.arch == "conv" and len(self.event_shape) not in (2, 3):
-            raise ConfigError(
-                f"arch 'conv' needs images shaped (C, H, W) or (H, W), but data points have "
-                f"shape {self.event_shape}; use --arch mlp"
-            )
-        if self.posterior == "iaf" and self.latent_dim < 2:
-            raise ConfigError("posterior 'iaf' needs latent_dim >= 2; use --posterior diagonal")
+    def shared_sizes(self) -> dict[str, Any]:
+        """The sizes builders pass to every part (each takes those it names)."""
+        return {
+            "latent_dim": self.latent_dim,
+            "event_shape": self.event_shape,
+            "hidden": self.hidden,
+        }
+
+    def plugins(self) -> dict[str, str]:
+        """kind -> module, for the parts registered outside pyro_vae."""
+        out = {}
+        for kind, registry in REGISTRIES.items():
+            entry = registry.entry(getattr(self, kind))
+            if entry.is_plugin:
+                out[kind] = entry.module
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["event_shape"] = list(self.event_shape)
-        d["hidden"] = list(self.hidden)
-        d["channels"] = list(self.channels)
-        d["iaf_hidden"] = list(self.iaf_hidden)
+        """A JSON-ready dict; parts registered outside pyro_vae are listed under ``plugins``."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        plugins = self.plugins()
+        if plugins:
+            d["plugins"] = plugins
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """The config a :meth:`to_dict` (or an older flat ``config.json``) describes.
+
+        Imports nothing: a part named there must already be registered; if not, the error
+        names the module recorded for it (import it only if you trust it). Flat option keys
+        of older configs (``n_components``, ``iaf_steps``, ``likelihood_scale``, ...) move to
+        their part's options; ``extra`` (never read) is dropped.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a model config must be a table of keys, got {type(d).__name__}")
+        d = dict(d)
+        d.pop("extra", None)
+        plugins = d.pop("plugins", None) or {}
+        if not isinstance(plugins, Mapping):
+            raise ConfigError(f"model config 'plugins' must be a table, got {plugins!r}")
+        d = normalize_part_keys(d, strict=False)
+        for kind, registry in REGISTRIES.items():
+            if kind in d:
+                d[kind] = registry.canonical(d[kind], plugin=plugins.get(kind))
+                module = registry.entry(d[kind]).module
+                if kind in plugins and plugins[kind] != module:
+                    # Same name, other code: the weights would load into a different model.
+                    raise ConfigError(
+                        f"{kind} {d[kind]!r} was saved from module {plugins[kind]!r} but is "
+                        f"registered here by {module!r}; import {plugins[kind]} instead "
+                        f"(--plugin {plugins[kind]})"
+                    )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(
-                f"unknown model config keys {unknown}; known keys are {sorted(known)}"
+                f"unknown model config key {unknown[0]!r}; known keys are {sorted(known)}"
             )
+        if "event_shape" not in d:
+            raise ConfigError("model config lacks 'event_shape'; restore the run's config.json")
         return cls(**d)
 
 
-ARCHS = ("mlp", "conv")
+def normalize_part_keys(values: Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
+    """Part tables and legacy flat keys -> ``<kind>`` names and ``<kind>_options`` tables.
+
+    ``{"prior": {"name": "vamp", "num_pseudo_inputs": 500}}`` (a TOML ``[prior]`` table)
+    becomes ``{"prior": "vamp", "prior_options": {"num_pseudo_inputs": 500}}``. A legacy key
+    (:data:`LEGACY_OPTIONS`) moves into its part's options; if the part it applied to is not
+    the one named, it is refused when ``strict`` (a user's file) and dropped otherwise (old
+    run configs recorded every such key).
+    """
+    out = dict(values)
+    for kind in PART_KINDS:
+        table = out.get(kind)
+        if isinstance(table, Mapping):
+            table = dict(table)
+            if "name" not in table:
+                raise ConfigError(
+                    f"the [{kind}] table needs a name, e.g. name = {next(iter(REGISTRIES[kind]))!r}"
+                )
+            out[kind] = table.pop("name")
+            options = out.get(f"{kind}_options") or {}
+            if not isinstance(options, Mapping):
+                raise ConfigError(f"{kind}_options must be a table, got {options!r}")
+            out[f"{kind}_options"] = {**options, **table}
+    for key, (kind, applies_to, option) in LEGACY_OPTIONS.items():
+        if key not in out:
+            continue
+        value = out.pop(key)
+        name = out.get(kind, _default(kind))
+        name = REGISTRIES[kind].canonical(name) if name in REGISTRIES[kind] else name
+        if name in applies_to:
+            options = dict(out.get(f"{kind}_options") or {})
+            options.setdefault(option, value)
+            out[f"{kind}_options"] = options
+        elif strict:
+            raise ConfigError(
+                f"{key} is an option of {kind} {' or '.join(map(repr, applies_to))}, not "
+                f"{name!r}; remove it or set {kind} = {applies_to[0]!r}"
+            )
+    return out
 
 
-def build_likelihood(config: ModelConfig):
-    cls = LIKELIHOODS[config.likelihood]
-    if config.likelihood in ("normal", "normal_learned"):
-        return cls(scale=config.likelihood_scale)
-    return cls()
+def _default(kind: str) -> str:
+    return {f.name: f.default for f in dataclasses.fields(ModelConfig)}[kind]
 
 
 def build_prior(config: ModelConfig):
     """The prior named by ``config.prior`` with its options."""
-    d = config.latent_dim
-    if config.prior == "mixture":
-        return GaussianMixture(d, n_components=config.n_components)
-    if config.prior == "vamp":
-        return VampPrior(d, config.event_shape, num_pseudo_inputs=config.num_pseudo_inputs)
-    if config.prior == "flow":
-        return FlowPrior(d, flow_layers=config.flow_layers)
-    return PRIORS[config.prior](d)
+    return PRIORS.build(config.prior, config.prior_options, **config.shared_sizes())
 
 
 def build_posterior(config: ModelConfig):
     """The posterior family named by ``config.posterior`` with its options."""
-    d = config.latent_dim
-    if config.posterior == "low_rank":
-        return LowRankNormal(d, rank=config.rank)
-    if config.posterior == "iaf":
-        return IAF(
-            d, steps=config.iaf_steps, context_dim=config.iaf_context, hidden=config.iaf_hidden
-        )
-    return POSTERIORS[config.posterior](d)
+    return POSTERIORS.build(config.posterior, config.posterior_options, **config.shared_sizes())
+
+
+def build_likelihood(config: ModelConfig):
+    """The likelihood named by ``config.likelihood`` with its options."""
+    return LIKELIHOODS.build(config.likelihood, config.likelihood_options, **config.shared_sizes())
+
+
+def build_nets(config: ModelConfig):
+    """The :class:`~pyro_vae.parts.nets.Nets` (encoder/decoder maker) named by ``config.arch``."""
+    return ARCHS.build(config.arch, config.arch_options, **config.shared_sizes())
 
 
 def build_vae(config: ModelConfig) -> VAE:
-    """Build a :class:`VAE` from a :class:`ModelConfig`; heads are sized from the parts."""
+    """Build a :class:`VAE` from a :class:`ModelConfig`; heads are sized from the parts.
+
+    The encoder outputs the posterior family's ``num_params``; the decoder outputs the
+    likelihood's ``num_params`` per data element.
+    """
     prior = build_prior(config)
     posterior = build_posterior(config)
     likelihood = build_likelihood(config)
-    n_out = likelihood.num_params * math.prod(config.event_shape)
-    if config.arch == "conv":
-        encoder = ConvEncoder(
-            config.event_shape, posterior.num_params, config.channels, config.hidden[0]
-        )
-        decoder = ConvDecoder(
-            config.latent_dim,
-            config.event_shape,
-            likelihood.num_params,
-            tuple(reversed(config.channels)),
-            config.hidden[0],
-        )
-    else:
-        encoder = MLPEncoder(config.event_shape, posterior.num_params, config.hidden)
-        decoder = MLPDecoder(config.latent_dim, n_out, tuple(reversed(config.hidden)))
+    nets = build_nets(config)
+    encoder = nets.encoder(posterior.num_params)
+    decoder = nets.decoder(likelihood.num_params)
     return VAE(encoder, decoder, prior, likelihood, posterior, config.event_shape)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or JSON config file into a flat dict of option names.
+    """Read a TOML (``.toml``) or JSON config file into a dict of option names.
 
-    TOML needs Python >= 3.11 (``tomllib``); on 3.10 use JSON.
+    Dashes in keys become underscores; part tables (``[prior] name = "vamp" ...``) are kept
+    as nested dicts (see :func:`normalize_part_keys`). TOML needs Python >= 3.11
+    (``tomllib``); on 3.10 use JSON.
     """
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read config file {path}: {exc.strerror}; check the path"
-        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"cannot read config file {path}: {reason}; check the path") from exc
     try:
         if path.suffix.lower() == ".toml":
             if sys.version_info < (3, 11):
@@ -184,7 +244,31 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         else:
             values = json.loads(text)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"config file {path} is not valid: {exc}; fix its syntax") from exc
+        first = (str(exc).splitlines() or [""])[0]
+        raise ConfigError(f"config file {path} is not valid: {first}; fix its syntax") from exc
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a table of options, got {type(values)}")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+        raise ConfigError(
+            f"config file {path} must hold a table of options, got {type(values).__name__}"
+        )
+    return {str(k).replace("-", "_"): _dashes(v) for k, v in values.items()}
+
+
+def _dashes(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
+    return value
+
+
+__all__ = [
+    "ARCHS",
+    "LEGACY_OPTIONS",
+    "PART_KINDS",
+    "ModelConfig",
+    "build_likelihood",
+    "build_nets",
+    "build_posterior",
+    "build_prior",
+    "build_vae",
+    "load_config_file",
+    "normalize_part_keys",
+]

@@ -1,5 +1,8 @@
 """Swappable parts of a VAE: priors, likelihoods, posterior families and networks.
 
+Each kind has a registry (:mod:`pyro_vae.parts.registry`): ``@register_prior("name")`` on a
+class makes it buildable from Python, config files and the command line.
+
 Each part is a ``PyroModule`` whose ``forward`` returns a ``pyro.distributions`` object (or, for
 networks, a tensor); the model calls ``pyro.sample``, never the part.
 """
@@ -18,10 +21,14 @@ from pyro_vae.parts.likelihoods import (
     Poisson,
 )
 from pyro_vae.parts.nets import (
+    ARCHS,
     ConvDecoder,
     ConvEncoder,
+    ConvNets,
     MLPDecoder,
     MLPEncoder,
+    MLPNets,
+    Nets,
 )
 from pyro_vae.parts.posteriors import (
     IAF,
@@ -42,8 +49,28 @@ from pyro_vae.parts.priors import (
     UniformMixture,
     VampPrior,
 )
+from pyro_vae.parts.registry import (
+    REGISTRIES,
+    Registry,
+    import_plugins,
+    register_arch,
+    register_likelihood,
+    register_posterior,
+    register_prior,
+)
 
 __all__ = [
+    "Registry",
+    "REGISTRIES",
+    "register_prior",
+    "register_likelihood",
+    "register_posterior",
+    "register_arch",
+    "import_plugins",
+    "ARCHS",
+    "Nets",
+    "MLPNets",
+    "ConvNets",
     "PRIORS",
     "POSTERIORS",
     "LIKELIHOODS",

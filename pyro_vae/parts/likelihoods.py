@@ -20,6 +20,8 @@ from torch.distributions import constraints
 from torch.nn.functional import logsigmoid, softplus
 
 from pyro_vae.errors import DataError
+from pyro_vae.parts.options import PositiveFloat
+from pyro_vae.parts.registry import LIKELIHOODS, register_likelihood
 
 
 class Likelihood(PyroModule):
@@ -92,6 +94,7 @@ class _PixelGrid(constraints.Constraint):
         return (value >= 0) & (value <= 1) & ((k - k.round()).abs() < 1e-3)
 
 
+@register_likelihood("bernoulli")
 class Bernoulli(Likelihood):
     """p(x | l) = Bernoulli(x; sigmoid(l)), one logit per element.
 
@@ -107,13 +110,14 @@ class Bernoulli(Likelihood):
         return dist.Bernoulli(logits=params[..., 0], validate_args=False)
 
 
+@register_likelihood("normal")
 class Normal(Likelihood):
     """p(x | mu) = N(x; mu, s^2) with a fixed scale ``s``, one output (the mean) per element."""
 
     num_params = 1
     support = constraints.real
 
-    def __init__(self, scale: float = 0.1):
+    def __init__(self, scale: PositiveFloat = 0.1):
         super().__init__()
         if not scale > 0:
             raise ValueError(f"Normal likelihood scale must be positive, got {scale}")
@@ -124,6 +128,7 @@ class Normal(Likelihood):
         return dist.Normal(loc, torch.full_like(loc, self.scale))
 
 
+@register_likelihood("learned_normal", aliases=("normal_learned",))
 class LearnedScaleNormal(Likelihood):
     """p(x | mu) = N(x; mu, s^2) with one learned scale ``s`` shared by all elements.
 
@@ -133,7 +138,7 @@ class LearnedScaleNormal(Likelihood):
     num_params = 1
     support = constraints.real
 
-    def __init__(self, scale: float = 0.1):
+    def __init__(self, scale: PositiveFloat = 0.1):
         super().__init__()
         if not scale > 0:
             raise ValueError(f"Normal likelihood scale must be positive, got {scale}")
@@ -159,7 +164,7 @@ class _LocScale(Likelihood):
     support = constraints.real
     family: type[dist.TorchDistribution]
 
-    def __init__(self, min_scale: float = 1e-3):
+    def __init__(self, min_scale: PositiveFloat = 1e-3):
         super().__init__()
         self.min_scale = float(min_scale)
 
@@ -167,6 +172,7 @@ class _LocScale(Likelihood):
         return self.family(params[..., 0], softplus(params[..., 1]) + self.min_scale)
 
 
+@register_likelihood("heteroscedastic_normal", aliases=("normal_hetero",))
 class HeteroscedasticNormal(_LocScale):
     """p(x | mu, s) = N(x; mu, s^2) with a per-element scale from the decoder.
 
@@ -176,6 +182,7 @@ class HeteroscedasticNormal(_LocScale):
     family = dist.Normal
 
 
+@register_likelihood("laplace")
 class Laplace(_LocScale):
     """p(x | mu, b) = Laplace(x; mu, b), b = softplus(params[..., 1]) + ``min_scale``."""
 
@@ -200,6 +207,7 @@ class _ContinuousBernoulliLogits(dist.ContinuousBernoulli):
         return torch.where(small, taylor, exact)
 
 
+@register_likelihood("continuous_bernoulli")
 class ContinuousBernoulli(Likelihood):
     """p(x | l) = C(lambda) lambda^x (1 - lambda)^(1 - x) on [0, 1], lambda = sigmoid(l).
 
@@ -267,6 +275,7 @@ class _DiscretizedLogisticDist(TorchDistribution):
         return torch.where(k <= 0, log_first, torch.where(k >= self.levels - 1, log_last, log_mid))
 
 
+@register_likelihood("discretized_logistic")
 class DiscretizedLogistic(Likelihood):
     """8-bit pixels in [0, 1] (multiples of 1/255): a logistic discretized to 256 bins.
 
@@ -281,6 +290,7 @@ class DiscretizedLogistic(Likelihood):
         return _DiscretizedLogisticDist(params[..., 0], softplus(params[..., 1]) + 1e-3)
 
 
+@register_likelihood("poisson")
 class Poisson(Likelihood):
     """Counts: p(x | r) = Poisson(x; rate), rate = softplus(params[..., 0]) + 1e-6."""
 
@@ -291,6 +301,7 @@ class Poisson(Likelihood):
         return dist.Poisson(softplus(params[..., 0]) + 1e-6, validate_args=False)
 
 
+@register_likelihood("negative_binomial")
 class NegativeBinomial(Likelihood):
     """Counts: NegativeBinomial(x; total_count r, logits l), overdispersed relative to Poisson.
 
@@ -304,15 +315,16 @@ class NegativeBinomial(Likelihood):
         total = softplus(params[..., 1]) + 1e-4
         return dist.NegativeBinomial(total, logits=params[..., 0], validate_args=False)
 
-
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    "bernoulli": Bernoulli,
-    "continuous_bernoulli": ContinuousBernoulli,
-    "normal": Normal,
-    "normal_learned": LearnedScaleNormal,
-    "normal_hetero": HeteroscedasticNormal,
-    "laplace": Laplace,
-    "discretized_logistic": DiscretizedLogistic,
-    "poisson": Poisson,
-    "negative_binomial": NegativeBinomial,
-}
+__all__ = [
+    "LIKELIHOODS",
+    "Likelihood",
+    "Bernoulli",
+    "ContinuousBernoulli",
+    "Normal",
+    "LearnedScaleNormal",
+    "HeteroscedasticNormal",
+    "Laplace",
+    "DiscretizedLogistic",
+    "Poisson",
+    "NegativeBinomial",
+]

@@ -13,6 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyro_vae.errors import ConfigError
+from pyro_vae.parts.options import Sizes
+from pyro_vae.parts.registry import ARCHS, register_arch
+
 
 def _mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -148,3 +152,104 @@ class ConvDecoder(nn.Module):
         y = self.fc(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
         y = self.deconvs(y)[..., : self.out_shape[1], : self.out_shape[2]]
         return self.out(y).reshape(*batch, -1)
+
+
+class Nets:
+    """An encoder/decoder pair for one data shape (an ``arch``): what the VAE's heads need.
+
+    ``encoder(out_features)`` maps ``x: (*batch, *event_shape)`` to ``(*batch, out_features)``
+    (the posterior family's parameters); ``decoder(num_params)`` maps
+    ``z: (*batch, latent_dim)`` to ``(*batch, num_params * prod(event_shape))``, laid out as
+    ``(num_params, *event_shape)`` per point (the likelihood's parameters).
+    """
+
+    def __init__(self, event_shape: Sequence[int], latent_dim: int, hidden: Sequence[int]):
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.latent_dim = int(latent_dim)
+        self.hidden = tuple(int(h) for h in hidden)
+
+    def encoder(self, out_features: int) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decoder(self, num_params: int) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+#: Largest network a config may ask for (weights of one MLP), refused before allocating.
+MAX_PARAMETERS = 500_000_000
+
+
+@register_arch("mlp")
+class MLPNets(Nets):
+    """Fully connected nets: the encoder has ``hidden`` widths, the decoder mirrors them."""
+
+    @classmethod
+    def check_options(
+        cls, options: dict, event_shape: Sequence[int], latent_dim: int, hidden: Sequence[int]
+    ) -> None:
+        """Refuse sizes whose weights could not be allocated (before trying for minutes)."""
+        widths = [math.prod(event_shape), *hidden, latent_dim]
+        count = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+        if count > MAX_PARAMETERS:
+            raise ConfigError(
+                f"an encoder for data of shape {tuple(event_shape)} with hidden sizes "
+                f"{list(hidden)} and latent_dim {latent_dim} would hold about {count:.2g} "
+                f"weights (limit {MAX_PARAMETERS:.0e}); choose smaller sizes"
+            )
+
+    def encoder(self, out_features: int) -> nn.Module:
+        return MLPEncoder(self.event_shape, out_features, self.hidden)
+
+    def decoder(self, num_params: int) -> nn.Module:
+        n_out = num_params * math.prod(self.event_shape)
+        return MLPDecoder(self.latent_dim, n_out, tuple(reversed(self.hidden)))
+
+
+@register_arch("conv")
+class ConvNets(Nets):
+    """Convolutional nets for images (C, H, W) or (H, W): ``channels`` per encoder layer
+    (the decoder mirrors them), one dense layer of ``hidden[0]`` units at the bottleneck.
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        latent_dim: int,
+        hidden: Sequence[int],
+        channels: Sizes = (32, 64),
+    ):
+        super().__init__(event_shape, latent_dim, hidden)
+        self.channels = tuple(int(c) for c in channels)
+
+    @classmethod
+    def check_options(cls, options: dict, event_shape: Sequence[int], **shared: object) -> None:
+        """Refuse data that are not images."""
+        if len(tuple(event_shape)) not in (2, 3):
+            raise ConfigError(
+                f"arch 'conv' needs images shaped (C, H, W) or (H, W), but data points have "
+                f"shape {tuple(event_shape)}; use --arch mlp"
+            )
+
+    def encoder(self, out_features: int) -> nn.Module:
+        return ConvEncoder(self.event_shape, out_features, self.channels, self.hidden[0])
+
+    def decoder(self, num_params: int) -> nn.Module:
+        return ConvDecoder(
+            self.latent_dim,
+            self.event_shape,
+            num_params,
+            tuple(reversed(self.channels)),
+            self.hidden[0],
+        )
+
+
+__all__ = [
+    "ARCHS",
+    "MLPEncoder",
+    "MLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "Nets",
+    "MLPNets",
+    "ConvNets",
+]

@@ -7,14 +7,16 @@ maps ``params: (*batch, num_params)`` to a distribution with ``batch_shape == ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from pyro.nn import PyroModule
 from torch import nn
 from torch.nn.functional import softplus
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.parts.options import NonNegativeInt, PositiveInt, Sizes
+from pyro_vae.parts.registry import POSTERIORS, register_posterior
 
 
 class Posterior(PyroModule):
@@ -32,6 +34,7 @@ class Posterior(PyroModule):
         raise NotImplementedError
 
 
+@register_posterior("diagonal")
 class DiagonalNormal(Posterior):
     """q(z | x) = N(z; mu(x), diag(sigma(x)^2)), sigma = softplus(raw) + 1e-6.
 
@@ -47,6 +50,7 @@ class DiagonalNormal(Posterior):
         return dist.Normal(loc, softplus(raw) + 1e-6).to_event(1)
 
 
+@register_posterior("full_rank")
 class FullRankNormal(Posterior):
     """q(z | x) = N(z; mu(x), L(x) L(x)^T), L lower-triangular with positive diagonal.
 
@@ -78,17 +82,31 @@ class FullRankNormal(Posterior):
         return dist.MultivariateNormal(loc, scale_tril=self.scale_tril(raw))
 
 
+@register_posterior("low_rank")
 class LowRankNormal(Posterior):
     """q(z | x) = N(z; mu(x), W(x) W(x)^T + diag(d(x))), W: (D, rank), d = softplus + 1e-5.
+
+    ``rank`` defaults to min(2, D).
 
     params: (*batch, D + D * rank + D): mean, W row-major, raw diagonal.
     """
 
-    def __init__(self, latent_dim: int, rank: int = 2):
+    def __init__(self, latent_dim: int, rank: PositiveInt | None = None):
         super().__init__(latent_dim)
-        if rank < 1:
-            raise ValueError(f"rank must be at least 1, got {rank}")
+        rank = min(2, self.latent_dim) if rank is None else rank
+        if not 1 <= rank <= self.latent_dim:
+            raise ValueError(f"rank must be between 1 and latent_dim {latent_dim}, got {rank}")
         self.rank = int(rank)
+
+    @classmethod
+    def check_options(cls, options: dict, latent_dim: int) -> None:
+        """Refuse a rank above ``latent_dim`` (W W^T has rank at most latent_dim)."""
+        rank = options["rank"]
+        if rank is not None and rank > latent_dim:
+            raise ConfigError(
+                f"posterior 'low_rank' option rank {rank} exceeds latent_dim {latent_dim}; "
+                f"use rank <= {latent_dim} (or posterior 'full_rank')"
+            )
 
     @property
     def num_params(self) -> int:
@@ -116,6 +134,7 @@ class FlowPosteriorDistribution(dist.TransformedDistribution):
         return z
 
 
+@register_posterior("iaf")
 class IAF(Posterior):
     """Amortized inverse autoregressive flow on top of a diagonal normal.
 
@@ -130,9 +149,9 @@ class IAF(Posterior):
     def __init__(
         self,
         latent_dim: int,
-        steps: int = 2,
-        context_dim: int = 16,
-        hidden: Sequence[int] = (64,),
+        steps: PositiveInt = 2,
+        context_dim: NonNegativeInt = 16,
+        hidden: Sizes = (64,),
     ):
         super().__init__(latent_dim)
         if latent_dim < 2:
@@ -147,6 +166,12 @@ class IAF(Posterior):
             for _ in range(int(steps))
         )
         self.register_buffer("reverse", torch.arange(self.latent_dim - 1, -1, -1))
+
+    @classmethod
+    def check_options(cls, options: dict, latent_dim: int) -> None:
+        """Refuse a one-dimensional latent: an autoregressive flow needs two coordinates."""
+        if latent_dim < 2:
+            raise ConfigError("posterior 'iaf' needs latent_dim >= 2; use --posterior diagonal")
 
     @property
     def num_params(self) -> int:
@@ -163,10 +188,12 @@ class IAF(Posterior):
             chain.append(step.condition(h))
         return FlowPosteriorDistribution(base, chain)
 
-
-POSTERIORS: dict[str, type[Posterior]] = {
-    "diagonal": DiagonalNormal,
-    "full_rank": FullRankNormal,
-    "low_rank": LowRankNormal,
-    "iaf": IAF,
-}
+__all__ = [
+    "POSTERIORS",
+    "Posterior",
+    "DiagonalNormal",
+    "FullRankNormal",
+    "LowRankNormal",
+    "FlowPosteriorDistribution",
+    "IAF",
+]

@@ -19,6 +19,9 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn.functional import softplus
 
+from pyro_vae.parts.options import PositiveFloat, PositiveInt, Sizes
+from pyro_vae.parts.registry import PRIORS, register_prior
+
 
 class Prior(PyroModule):
     """Base class: a distribution over ``z`` with ``event_shape == (latent_dim,)``."""
@@ -31,6 +34,7 @@ class Prior(PyroModule):
         raise NotImplementedError
 
 
+@register_prior("normal")
 class StandardNormal(Prior):
     """p(z) = N(z; 0, I), ``event_shape == (latent_dim,)``."""
 
@@ -48,6 +52,7 @@ def _inv_softplus(y: float) -> float:
     return math.log(math.expm1(y))
 
 
+@register_prior("learned_normal")
 class LearnedNormal(Prior):
     """p(z) = N(z; m, diag(s^2)) with learned m and s = softplus(raw) + 1e-4.
 
@@ -72,13 +77,16 @@ class LearnedNormal(Prior):
         return dist.Normal(self.loc, softplus(self.raw_scale) + 1e-4).to_event(1)
 
 
+@register_prior("mixture")
 class GaussianMixture(Prior):
     """p(z) = sum_k pi_k N(z; m_k, diag(s_k^2)), weights, means and scales all learned.
 
     Means start spread as N(0, I) draws (seeded by the global RNG), scales at ``init_scale``.
     """
 
-    def __init__(self, latent_dim: int, n_components: int = 10, init_scale: float = 0.5):
+    def __init__(
+        self, latent_dim: int, n_components: PositiveInt = 10, init_scale: PositiveFloat = 0.5
+    ):
         super().__init__(latent_dim)
         if n_components < 1:
             raise ValueError(f"n_components must be at least 1, got {n_components}")
@@ -133,6 +141,7 @@ class UniformMixture(TorchDistribution):
             return draws.gather(-2, index).squeeze(-2)
 
 
+@register_prior("vamp")
 class VampPrior(Prior):
     """p(z) = (1/K) sum_k q(z | u_k): the posterior family at K learned pseudo-inputs.
 
@@ -146,9 +155,9 @@ class VampPrior(Prior):
         self,
         latent_dim: int,
         event_shape: Sequence[int],
-        num_pseudo_inputs: int = 50,
+        num_pseudo_inputs: PositiveInt = 50,
         init_mean: float = 0.5,
-        init_std: float = 0.1,
+        init_std: PositiveFloat = 0.1,
     ):
         super().__init__(latent_dim)
         if num_pseudo_inputs < 1:
@@ -175,6 +184,7 @@ class VampPrior(Prior):
         return UniformMixture(posterior(encoder(self.pseudo_inputs)))
 
 
+@register_prior("flow")
 class FlowPrior(Prior):
     """p(z): N(0, I) pushed through learned invertible transforms (a normalizing flow).
 
@@ -184,7 +194,9 @@ class FlowPrior(Prior):
     submodules, so they are in ``parameters()`` and ``state_dict()``.
     """
 
-    def __init__(self, latent_dim: int, flow_layers: int = 2, hidden: Sequence[int] = (64,)):
+    def __init__(
+        self, latent_dim: int, flow_layers: PositiveInt = 2, hidden: Sizes = (64,)
+    ):
         super().__init__(latent_dim)
         if flow_layers < 1:
             raise ValueError(f"flow_layers must be at least 1, got {flow_layers}")
@@ -211,11 +223,13 @@ class FlowPrior(Prior):
         base = dist.Normal(self.base_loc, self.base_scale).to_event(1)
         return dist.TransformedDistribution(base, self.transforms())
 
-
-PRIORS: dict[str, type[Prior]] = {
-    "normal": StandardNormal,
-    "learned_normal": LearnedNormal,
-    "mixture": GaussianMixture,
-    "vamp": VampPrior,
-    "flow": FlowPrior,
-}
+__all__ = [
+    "PRIORS",
+    "Prior",
+    "StandardNormal",
+    "LearnedNormal",
+    "GaussianMixture",
+    "UniformMixture",
+    "VampPrior",
+    "FlowPrior",
+]

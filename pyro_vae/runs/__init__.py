@@ -1,34 +1,45 @@
-"""Run directories: train, resume and load a configured model with all its files.
+"""Run directories: their files (:class:`RunDir`), and training, resuming and loading a
+configured model with all its files.
 """
 
 from pyro_vae.runs.pipeline import (
     FIGURE_FORMATS,
-    MODEL_KINDS,
+    MIN_SPLIT_SIZES,
+    SIZE_LIMITS,
     check_binarize,
+    check_run_data,
+    check_size,
     finish_run,
     load_run,
     load_run_data,
-    prepare_run_dir,
     read_run_config,
     resume_run,
     score,
     summary,
+    test_scores,
     train_run,
     write_figures,
 )
+from pyro_vae.runs.rundir import RunDir, check_run_name, printable
 
 __all__ = [
-    "prepare_run_dir",
+    "RunDir",
+    "check_run_name",
+    "printable",
     "write_figures",
     "FIGURE_FORMATS",
+    "SIZE_LIMITS",
+    "check_size",
+    "MIN_SPLIT_SIZES",
+    "check_run_data",
     "score",
     "summary",
+    "test_scores",
     "finish_run",
     "resume_run",
     "read_run_config",
     "train_run",
     "load_run",
-    "MODEL_KINDS",
     "check_binarize",
     "load_run_data",
 ]

@@ -1,17 +1,15 @@
-"""Run directories: train a configured model end to end, write its files, load it back.
+"""Run directories end to end: train a configured model, write its files, resume it, load it.
 
-A run directory holds ``config.json`` (data set, model and training configuration),
-``checkpoint.pt``, ``metrics.jsonl``, ``results.json`` and the figures ``elbo.png``,
-``samples.png``, ``reconstructions.png``, ``latent.png``, ``interpolation.png`` and, for a 2-D
-latent space, ``manifold.png`` (``.pdf`` on request). An autoencoder baseline run
-(``kind: "ae"``) holds ``loss.png`` instead of ``elbo.png`` and its samples come from a mixture
-fitted to its training codes.
+The files of a run and their names are :class:`~pyro_vae.runs.rundir.RunDir`'s. The figures
+are ``elbo`` (``loss`` for an autoencoder baseline, ``kind: "ae"``), ``samples``,
+``reconstructions``, ``latent``, ``interpolation`` and, for a 2-D latent space, ``manifold``
+(``.png``, or ``.pdf`` on request); an autoencoder's samples come from a mixture fitted to its
+training codes.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import copy
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,73 +21,95 @@ from pyro_vae.analysis import plots
 from pyro_vae.data.binarize import BINARIZE_MODES, binarize_splits, eval_data
 from pyro_vae.data.catalog import load_dataset
 from pyro_vae.data.splits import DataSplits
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.infer.importance import LogLikelihood, log_likelihood
-from pyro_vae.models.autoencoder import build_autoencoder, mean_reconstruction_nll
-from pyro_vae.models.config import ModelConfig, build_vae
+from pyro_vae.models.autoencoder import (
+    MODEL_KINDS,
+    Autoencoder,
+    build_model,
+    mean_reconstruction_nll,
+    model_kind,
+)
+from pyro_vae.models.config import ModelConfig, build_likelihood
 from pyro_vae.models.vae import VAE
-from pyro_vae.train.autoencoder import fit_autoencoder
-from pyro_vae.train.checkpoint import load_checkpoint
-from pyro_vae.train.loop import CHECKPOINT, FitResult, TrainConfig, check_fit, fit
+from pyro_vae.runs.rundir import RunDir, printable
+from pyro_vae.train.checkpoint import restore_model
+from pyro_vae.train.fingerprint import check_fingerprint, data_fingerprint
+from pyro_vae.train.loop import FitResult, TrainConfig, check_fit, config_differences, fit
+
+FIGURE_FORMATS = ("png", "pdf")
+#: Largest sizes a user may type for a figure or a score (refused before allocating).
+SIZE_LIMITS = {
+    "-n (samples drawn)": 10_000,
+    "--steps (interpolation steps)": 1_000,
+    "--num-samples (importance samples per point)": 10_000_000,
+}
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Create an empty run directory; refuse to reuse a non-empty one unless ``overwrite``."""
-    path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"run directory {str(path)!r} already exists; pass --overwrite to replace it, "
-                "--resume to continue it, or choose another --name"
+#: Fewest points per split a run needs after training (interpolation joins two test points).
+MIN_SPLIT_SIZES = {"train": 1, "valid": 1, "test": 2}
+
+
+def check_run_data(data: DataSplits) -> None:
+    """Refuse splits too small for a run's scores and figures, before any training."""
+    for split, least in MIN_SPLIT_SIZES.items():
+        n = int(getattr(data, split).shape[0])
+        if n < least:
+            raise DataError(
+                f"the {split} split of {printable(data.name)!r} has {n} point(s); a run needs at "
+                f"least {least} (the test split feeds the scores and the interpolation figure); "
+                "add data points"
             )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+
+
+def check_size(value: int, name: str) -> int:
+    """Refuse a count below 1 or above its :data:`SIZE_LIMITS` entry, before any allocation."""
+    limit = SIZE_LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ConfigError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
+    return value
 
 
 def write_figures(
-    vae: VAE, data: DataSplits, history, run_dir: Path, seed: int = 0, fmt: str = "png"
+    model: VAE | Autoencoder,
+    data: DataSplits,
+    history: list[dict[str, Any]],
+    run: RunDir,
+    seed: int = 0,
+    fmt: str = "png",
 ) -> list[Path]:
-    """The standard figures of a run (see the module docstring); returns the paths written.
-
-    Works for a VAE and for the autoencoder baseline (``history`` records of either fit loop).
-    """
+    """The standard figures of a run (see the module docstring); returns the paths written."""
     from pyro_vae.analysis import figures
 
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"unknown figure format {fmt!r}; choose one of {list(FIGURE_FORMATS)}")
-    run_dir = Path(run_dir)
+    run = RunDir(run)
     torch.manual_seed(seed)
-    is_vae = hasattr(vae, "prior")
+    is_vae = model_kind(model) == "vae"
+    name = printable(data.name)
+    if name != data.name:  # figure titles show the name; matplotlib cannot draw surrogates
+        data = copy.copy(data)
+        data.name = name
     if is_vae:
-        written = [plots.plot_elbo(history, run_dir / f"elbo.{fmt}", title=f"ELBO on {data.name}")]
+        written = [plots.plot_elbo(history, run.figure("elbo", fmt), title=f"ELBO on {name}")]
     else:
-        written = [
-            plots.plot_reconstruction_nll(
-                history,
-                run_dir / f"loss.{fmt}",
-                title=f"autoencoder reconstruction loss on {data.name}",
-            )
-        ]
-    vae.eval()
-    jobs = [
-        (figures.figure_samples, {"source": "prior" if is_vae else "aggregate", "seed": seed}),
-        (figures.figure_reconstructions, {}),
-        (figures.figure_latent, {}),
-        (figures.figure_interpolation, {}),
-    ]
-    names = ["samples", "reconstructions", "latent", "interpolation"]
-    if is_vae and vae.latent_dim == 2:
-        jobs.append((figures.figure_manifold, {}))
-        names.append("manifold")
-    for name, (make, options) in zip(names, jobs, strict=True):
-        path = make(vae, data, run_dir / f"{name}.{fmt}", **options)
+        title = f"autoencoder reconstruction loss on {name}"
+        written = [plots.plot_reconstruction_nll(history, run.figure("loss", fmt), title=title)]
+    model.eval()
+    jobs = {
+        "samples": (figures.figure_samples, {"source": "prior" if is_vae else "aggregate"}),
+        "reconstructions": (figures.figure_reconstructions, {}),
+        "latent": (figures.figure_latent, {}),
+        "interpolation": (figures.figure_interpolation, {}),
+    }
+    if is_vae and model.latent_dim == 2:
+        jobs["manifold"] = (figures.figure_manifold, {})
+    jobs["samples"][1]["seed"] = seed
+    for figure, (make, options) in jobs.items():
+        path = make(model, data, run.figure(figure, fmt), **options)
         if path is not None:
             written.append(path)
     return written
-
-
-FIGURE_FORMATS = ("png", "pdf")
 
 
 def score(
@@ -107,6 +127,7 @@ def score(
 
 
 def summary(result: LogLikelihood) -> dict[str, float]:
+    """The test scores of :func:`score` as ``results.json`` records them."""
     return {
         "test_log_likelihood": result.mean,
         "test_log_likelihood_stderr": result.stderr,
@@ -118,102 +139,48 @@ def summary(result: LogLikelihood) -> dict[str, float]:
     }
 
 
+def test_scores(model: VAE | Autoencoder, data: DataSplits, num_samples: int) -> dict[str, Any]:
+    """A VAE's test log-likelihood and ELBO, or an autoencoder's test reconstruction NLL."""
+    if model_kind(model) == "vae":
+        return summary(score(model, data, num_samples))
+    model.eval()
+    nll, nll_se = mean_reconstruction_nll(model, eval_data(model, data.test))
+    return {
+        "kind": "ae",
+        "test_reconstruction_nll": nll,
+        "test_reconstruction_nll_stderr": nll_se,
+        "num_test_points": int(data.test.shape[0]),
+    }
+
+
 def finish_run(
-    vae: VAE,
+    model: VAE | Autoencoder,
     data: DataSplits,
     result: FitResult,
-    run: Path,
+    run: RunDir,
     seed: int,
     num_samples: int,
     fmt: str = "png",
 ) -> dict[str, Any]:
     """Figures, test score and ``results.json`` of a trained run; returns the results."""
-    write_figures(vae, data, result.history, run, seed=seed, fmt=fmt)
-    test = score(vae, data, num_samples)
+    run = RunDir(run)
+    write_figures(model, data, result.history, run, seed=seed, fmt=fmt)
+    final = "valid_elbo" if model_kind(model) == "vae" else "valid_nll"
     results = {
         "epochs": result.epochs,
         "train_seconds": result.seconds,
-        "final_valid_elbo": result.history[-1]["valid_elbo"],
-        **summary(test),
+        f"final_{final}": result.history[-1][final],
+        **test_scores(model, data, num_samples),
     }
-    (run / "results.json").write_text(json.dumps(results, indent=2))
+    run.write_json(RunDir.RESULTS, results)
     return results
-
-
-def resume_run(
-    run_dir: str | Path,
-    epochs: int | None = None,
-    progress: bool = True,
-    data: DataSplits | None = None,
-) -> dict[str, Any]:
-    """Continue a run directory from its last completed epoch, then score it like train_run.
-
-    Everything comes from ``config.json`` and ``checkpoint.pt``: model, optimizer and
-    random-number state are restored, so a run killed at any moment and resumed ends with
-    the same metrics as an uninterrupted run (CPU). ``epochs`` may extend the run; it is
-    recorded in ``config.json``. A run killed before its first checkpoint starts over.
-    """
-    run = Path(run_dir)
-    config, model_config = read_run_config(run)
-    if config.get("kind", "vae") != "vae":
-        raise ConfigError(
-            f"{str(run)!r} is an autoencoder run, which cannot be resumed; retrain it with "
-            "--overwrite"
-        )
-    try:
-        train_config = TrainConfig(**config["train"])
-    except TypeError as exc:
-        raise CheckpointError(
-            f"{str(run / 'config.json')!r} has unknown training settings ({exc}); restore the "
-            "run's original config.json"
-        ) from exc
-    resume = (run / CHECKPOINT).exists()
-    if resume and epochs is not None:
-        done = load_checkpoint(run / CHECKPOINT).get("epoch", 0)
-        if epochs < done:
-            raise ConfigError(
-                f"{str(run)!r} has already trained {done} epochs, more than the {epochs} asked "
-                f"for; pass --epochs {done} or more"
-            )
-    if epochs is not None and epochs != train_config.epochs:
-        train_config = TrainConfig(**{**asdict(train_config), "epochs": epochs})
-        config["train"] = asdict(train_config)
-        (run / "config.json").write_text(json.dumps(config, indent=2))
-    data = data if data is not None else load_run_data(config)
-    pyro.set_rng_seed(train_config.seed)
-    vae = build_vae(model_config)
-    result = fit(
-        vae, data, train_config, run, model_config=model_config, progress=progress, resume=resume
-    )
-    num_samples = int(config.get("num_samples", 1000))
-    fmt = config.get("figure_format", "png")
-    return finish_run(vae, data, result, run, train_config.seed, num_samples, fmt)
-
-
-def read_run_config(run: Path) -> tuple[dict[str, Any], ModelConfig]:
-    """``config.json`` of a run directory and the model configuration it names."""
-    if not run.is_dir():
-        raise CheckpointError(f"run directory {str(run)!r} does not exist; check the path")
-    config_path = run / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-        model_config = ModelConfig.from_dict(config["model"])
-    except FileNotFoundError as exc:
-        raise CheckpointError(
-            f"{str(config_path)!r} is missing; is {str(run)!r} a run directory?"
-        ) from exc
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(
-            f"{str(config_path)!r} is not a valid run configuration ({exc})"
-        ) from exc
-    return config, model_config
 
 
 def train_run(
     dataset: str,
     model_config: ModelConfig | None,
     train_config: TrainConfig,
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     num_samples: int = 1000,
     overwrite: bool = False,
     progress: bool = True,
@@ -224,88 +191,148 @@ def train_run(
     fmt: str = "png",
     **model_options: Any,
 ) -> dict[str, Any]:
-    """Load ``dataset``, build, train, score on the test split (IS, ``num_samples``), and write
-    every file of a run directory. Returns the results written to ``results.json``.
+    """Load ``dataset``, build, train, score on the test split, and write every file of a run
+    directory. Returns the results written to ``results.json``.
 
     ``kind="ae"`` trains the deterministic autoencoder baseline with the same networks and
-    likelihood (:mod:`pyro_vae.autoencoder`) and scores its test reconstruction NLL instead.
+    likelihood (:mod:`pyro_vae.models.autoencoder`) and scores its test reconstruction NLL
+    instead of the importance-sampled log-likelihood (``num_samples`` per point).
     ``binarize`` (``dynamic``/``static``/``none``; default: the likelihood's own choice) and
-    ``data_dir`` are recorded so that later commands load the same data.
+    ``data_dir`` are recorded so that later commands load the same data. Every check runs
+    before a file is written; the run directory is locked while it trains.
     """
     if kind not in MODEL_KINDS:
         raise ConfigError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"unknown figure format {fmt!r}; choose one of {list(FIGURE_FORMATS)}")
-    data_options = {
-        "data_dir": str(data_dir) if data_dir is not None else None,
-        "binarize": binarize,
-    }
+    check_size(num_samples, "--num-samples (importance samples per point)")
+    data_options = {"data_dir": str(data_dir) if data_dir is not None else None}
+    data_options["binarize"] = binarize
     data = data if data is not None else load_run_data({"dataset": dataset, **data_options})
     if model_config is None:
         model_config = ModelConfig(event_shape=data.event_shape, **model_options)
     check_binarize(model_config, binarize)
-    if kind == "ae":
-        return _train_autoencoder_run(
-            dataset,
-            model_config,
-            train_config,
-            run_dir,
-            overwrite,
-            progress,
-            data,
-            data_options,
-            fmt,
-        )
+    check_run_data(data)
     # Seed before building: the initial weights are part of what the seed fixes.
     pyro.set_rng_seed(train_config.seed)
-    vae = build_vae(model_config)
-    check_fit(vae, data, train_config.batch_size)  # before any file is written
-    run = prepare_run_dir(run_dir, overwrite)
-    (run / "config.json").write_text(
-        json.dumps(
-            {
-                "dataset": dataset,
-                "model": model_config.to_dict(),
-                "train": asdict(train_config),
-                "num_samples": num_samples,
-                "figure_format": fmt,
-                **_data_record(data_options),
-            },
-            indent=2,
+    model = build_model(model_config, kind)
+    check_fit(model, data, train_config.batch_size)
+    run = RunDir(run_dir)
+    run.check_creatable(overwrite)
+    config = {
+        "dataset": dataset,
+        "kind": kind,
+        "model": model_config.to_dict(),
+        "train": asdict(train_config),
+        "num_samples": num_samples,
+        "figure_format": fmt,
+        **{k: v for k, v in data_options.items() if v is not None},
+        "data_fingerprint": data_fingerprint(data),
+    }
+    with run.lock():
+        run.create(overwrite)
+        run.write_json(RunDir.CONFIG, config)
+        result = fit(model, data, train_config, run, model_config, progress=progress)
+        return finish_run(model, data, result, run, train_config.seed, num_samples, fmt)
+
+
+def resume_run(
+    run_dir: str | Path | RunDir,
+    epochs: int | None = None,
+    progress: bool = True,
+    data: DataSplits | None = None,
+) -> dict[str, Any]:
+    """Continue a run directory from its last completed epoch, then score it like train_run.
+
+    Everything comes from ``config.json`` and the checkpoint: model, optimizer and
+    random-number state are restored, so a run killed at any moment and resumed ends with
+    the same metrics as an uninterrupted run (CPU). ``epochs`` may extend the run; it is
+    recorded in ``config.json`` only after the resume's checks pass. A run killed before its
+    first checkpoint starts over. Works for both model kinds.
+    """
+    run = RunDir(run_dir)
+    config, model_config = read_run_config(run)
+    with run.lock():
+        try:
+            train_config = TrainConfig(**config["train"])
+            if epochs is not None:
+                train_config = TrainConfig(**{**asdict(train_config), "epochs": epochs})
+        except (TypeError, KeyError) as exc:
+            raise CheckpointError(
+                f"{run.quoted(RunDir.CONFIG)} has missing or unknown training settings ({exc}); "
+                "restore the run's original config.json"
+            ) from exc
+        data = data if data is not None else load_run_data(config)
+        check_fingerprint(data, config.get("data_fingerprint"), str(run))
+        check_run_data(data)
+        pyro.set_rng_seed(train_config.seed)
+        model = build_model(model_config, config.get("kind", "vae"))
+        result = fit(
+            model, data, train_config, run, model_config, progress, resume=run.has_checkpoint()
         )
-    )
-    result = fit(vae, data, train_config, run, model_config=model_config, progress=progress)
-    return finish_run(vae, data, result, run, train_config.seed, num_samples, fmt)
+        num_samples = int(config.get("num_samples", 1000))
+        fmt = config.get("figure_format", "png")
+        return finish_run(model, data, result, run, train_config.seed, num_samples, fmt)
 
 
-def load_run(run_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
+def read_run_config(run: str | Path | RunDir) -> tuple[dict[str, Any], ModelConfig]:
+    """``config.json`` of a run directory and the model configuration it names."""
+    run = RunDir(run)
+    if not run.path.is_dir():
+        raise CheckpointError(f"run directory {run.quoted()} does not exist; check the path")
+    config = run.read_json(RunDir.CONFIG)
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"{run.quoted(RunDir.CONFIG)} has no model table; restore it")
+    if config.get("kind", "vae") not in MODEL_KINDS:
+        raise CheckpointError(
+            f"{run.quoted(RunDir.CONFIG)} names kind {config.get('kind')!r}, not one of "
+            f"{list(MODEL_KINDS)}; restore it"
+        )
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{run.quoted(RunDir.CONFIG)} is not a valid run configuration ({exc}); restore it"
+        ) from exc
+    return config, model_config
+
+
+def load_run(run_dir: str | Path | RunDir) -> tuple[VAE | Autoencoder, dict[str, Any]]:
     """Rebuild the model of a run directory from its configuration and checkpoint.
 
-    Returns a :class:`VAE`, or an :class:`~pyro_vae.autoencoder.Autoencoder` for a run with
-    ``"kind": "ae"`` in its ``config.json``.
+    ``config.json``'s kind and model configuration must equal those the checkpoint recorded
+    (an edited config.json would otherwise score a different model with these weights);
+    weights must have the model's dtypes and be finite. Returns the model (a :class:`VAE`,
+    or an :class:`Autoencoder` for ``"kind": "ae"``) in eval mode and the run's config.
     """
-    run = Path(run_dir)
+    run = RunDir(run_dir)
     config, model_config = read_run_config(run)
-    state = load_checkpoint(run / "checkpoint.pt")
-    vae = build_autoencoder(model_config) if config.get("kind") == "ae" else build_vae(model_config)
-    try:
-        vae.load_state_dict(state["model_state"])
-    except (RuntimeError, KeyError) as exc:
+    kind = config.get("kind", "vae")
+    state = run.load_checkpoint()
+    saved = state.get("model_config")
+    if not isinstance(saved, dict):
         raise CheckpointError(
-            f"checkpoint in {str(run)!r} does not match its config.json model (different "
-            "architecture); retrain or restore the matching config"
+            f"the checkpoint in {run.quoted()} records no model configuration, so config.json "
+            "cannot be checked against it; retrain the run"
+        )
+    try:
+        saved = ModelConfig.from_dict(saved).to_dict()
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"the checkpoint in {run.quoted()} has an invalid model config ({exc})"
         ) from exc
-    vae.eval()
-    return vae, config
-
-
-# --- data options and the autoencoder baseline run -------------------------------------------
-
-MODEL_KINDS = ("vae", "ae")
-
-
-def _data_record(data_options: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data_options.items() if v is not None}
+    differing = config_differences(saved, model_config.to_dict())
+    if state.get("kind", kind) != kind:
+        differing = ["kind", *differing]
+    if differing:
+        raise CheckpointError(
+            f"{run.quoted(RunDir.CONFIG)} differs from the checkpoint's model in {differing}; "
+            "restore the run's original config.json"
+        )
+    model = build_model(model_config, kind)
+    restore_model(model, state.get("model_state"), str(run))
+    model.eval()
+    return model, config
 
 
 def check_binarize(model_config: ModelConfig, binarize: str | None) -> None:
@@ -320,8 +347,6 @@ def check_binarize(model_config: ModelConfig, binarize: str | None) -> None:
         raise ConfigError(
             f"unknown binarization {binarize!r}; choose one of {list(BINARIZE_MODES)}"
         )
-    from pyro_vae.models.config import build_likelihood
-
     binary = build_likelihood(model_config).binarize
     if binary and binarize == "none":
         raise ConfigError(
@@ -337,41 +362,14 @@ def check_binarize(model_config: ModelConfig, binarize: str | None) -> None:
 
 
 def load_run_data(config: dict[str, Any]) -> DataSplits:
-    """The data of a run (``dataset``, ``data_dir``, ``binarize`` from its config.json)."""
+    """The data of a run (``dataset``, ``data_dir``, ``binarize`` from its config.json).
+
+    When the config records a ``data_fingerprint``, data that differ (another file of the
+    same shape, a changed split) are refused with :class:`~pyro_vae.errors.DataError`.
+    """
     data = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
     binarize = config.get("binarize")
-    return binarize_splits(data, binarize) if binarize else data
-
-
-def _train_autoencoder_run(
-    dataset, model_config, train_config, run_dir, overwrite, progress, data, data_options, fmt
-) -> dict[str, Any]:
-    ae = build_autoencoder(model_config)
-    run = prepare_run_dir(run_dir, overwrite)
-    (run / "config.json").write_text(
-        json.dumps(
-            {
-                "dataset": dataset,
-                "kind": "ae",
-                "model": model_config.to_dict(),
-                "train": asdict(train_config),
-                **_data_record(data_options),
-            },
-            indent=2,
-        )
-    )
-    result = fit_autoencoder(ae, data, train_config, run, model_config, progress=progress)
-    write_figures(ae, data, result.history, run, seed=train_config.seed, fmt=fmt)
-    ae.eval()
-    nll, nll_se = mean_reconstruction_nll(ae, eval_data(ae, data.test))
-    results = {
-        "kind": "ae",
-        "epochs": result.epochs,
-        "train_seconds": result.seconds,
-        "final_valid_nll": result.history[-1]["valid_nll"],
-        "test_reconstruction_nll": nll,
-        "test_reconstruction_nll_stderr": nll_se,
-        "num_test_points": int(data.test.shape[0]),
-    }
-    (run / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    data = binarize_splits(data, binarize) if binarize else data
+    data.name = printable(data.name)  # a file name shown in titles and messages
+    check_fingerprint(data, config.get("data_fingerprint"), f"the run of {config['dataset']!r}")
+    return data

@@ -1,57 +1,66 @@
-"""Training: one fit loop, checkpoints and random-number state.
+"""Training: one fit loop for every model kind, its tasks, KL schedules, checkpoints and
+random-number state.
 """
 
-from pyro_vae.train.autoencoder import (
-    fit_autoencoder,
-)
+from pyro_vae.train.autoencoder import fit_autoencoder
 from pyro_vae.train.checkpoint import (
     FORMAT_VERSION,
+    MAX_INFLATED_BYTES,
     load_checkpoint,
     restore_model,
     save_checkpoint,
 )
+from pyro_vae.train.fingerprint import check_fingerprint, data_fingerprint
 from pyro_vae.train.loop import (
-    CHECKPOINT,
     CHECKPOINT_KEYS,
-    METRICS,
+    MAX_SEED,
     RESUMABLE_CHANGES,
     FitResult,
+    RunStore,
     TrainConfig,
-    append_metrics,
     check_finite_step,
     check_fit,
+    check_resumable,
     clip_gradients,
+    config_differences,
     end_epoch,
     fit,
     resume_state,
     train_epoch,
-    write_metrics,
 )
-from pyro_vae.train.rng import (
-    get_rng_state,
-    set_rng_state,
-)
+from pyro_vae.train.rng import get_rng_state, set_rng_state
+from pyro_vae.train.schedules import KLSchedule
+from pyro_vae.train.tasks import AutoencoderTask, BatchLoss, TrainTask, VAETask, make_task
 
 __all__ = [
-    "CHECKPOINT",
-    "METRICS",
     "CHECKPOINT_KEYS",
+    "MAX_SEED",
     "RESUMABLE_CHANGES",
     "TrainConfig",
     "FitResult",
+    "RunStore",
+    "TrainTask",
+    "BatchLoss",
+    "VAETask",
+    "AutoencoderTask",
+    "make_task",
+    "KLSchedule",
     "check_fit",
     "fit",
     "train_epoch",
     "clip_gradients",
     "check_finite_step",
+    "check_resumable",
+    "config_differences",
     "end_epoch",
     "resume_state",
-    "write_metrics",
-    "append_metrics",
     "FORMAT_VERSION",
+    "MAX_INFLATED_BYTES",
     "save_checkpoint",
     "load_checkpoint",
     "restore_model",
+    "data_fingerprint",
+    "check_fingerprint",
     "get_rng_state",
     "set_rng_state",
     "fit_autoencoder",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import torch
 from pyro_vae.errors import CheckpointError
 
 FORMAT_VERSION = 1
+#: Largest total size a checkpoint's zip members may declare (refused before inflating).
+MAX_INFLATED_BYTES = 2 * 1024**3
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -46,6 +49,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}; train a model there first")
+    check_inflated_size(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -64,8 +68,52 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def check_inflated_size(path: Path) -> None:
+    """Refuse a zip checkpoint whose members declare more than :data:`MAX_INFLATED_BYTES` or
+    much more than the file holds (a zip bomb), from the zip directory alone."""
+    if not zipfile.is_zipfile(path):
+        return  # torch's legacy format is not compressed; torch.load refuses what it cannot read
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is a corrupted zip file ({exc}); restore it or retrain"
+        ) from exc
+    declared = sum(m.file_size for m in members)
+    limit = min(MAX_INFLATED_BYTES, 2 * path.stat().st_size + 2**20)
+    compressed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+    if declared > limit or compressed:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} declares {declared} bytes once inflated (limit {limit}) "
+            f"or compressed members {compressed[:3]}; torch.save never writes that: refused"
+        )
+
+
 def restore_model(module: torch.nn.Module, model_state: Any, source: str) -> None:
-    """Load ``model_state`` into ``module``; a mismatch raises :class:`CheckpointError`."""
+    """Load ``model_state`` into ``module``; refuse a mismatch of names, shapes or dtypes and
+    non-finite weights with :class:`CheckpointError` (load_state_dict would cast silently)."""
+    if not isinstance(model_state, dict):
+        raise CheckpointError(
+            f"checkpoint in {source!r} holds no model state table; restore it or retrain"
+        )
+    expected = module.state_dict()
+    for name, value in model_state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint in {source!r}: {name!r} is a {type(value).__name__}, not a tensor; "
+                "restore the checkpoint or retrain"
+            )
+        if name in expected and value.dtype != expected[name].dtype:
+            raise CheckpointError(
+                f"checkpoint in {source!r}: {name!r} is {value.dtype}, the model expects "
+                f"{expected[name].dtype}; the file was altered, restore it or retrain"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"checkpoint in {source!r}: {name!r} holds NaN or infinite values; restore an "
+                "earlier checkpoint or retrain"
+            )
     try:
         module.load_state_dict(model_state)
     except (RuntimeError, KeyError, TypeError, AttributeError) as exc:

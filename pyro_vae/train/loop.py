@@ -1,14 +1,18 @@
-"""The fit loop: minibatch SVI on the negative ELBO per data point, validation, run files."""
+"""The fit loop: one minibatch training loop for every model kind, with fault checks,
+gradient clipping, durable per-epoch checkpoints and exact resume.
+
+Each model kind supplies a :class:`TrainTask`: the loss of one batch (summed over its points)
+and the validation metrics. :class:`VAETask` minimizes the objective's negative ELBO;
+:class:`~pyro_vae.train.autoencoder.AutoencoderTask` the reconstruction NLL. The run's files
+go through a :class:`RunStore` (:class:`pyro_vae.runs.RunDir`), which owns their names.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyro
 import torch
@@ -17,19 +21,19 @@ from tqdm.auto import tqdm
 from pyro_vae.data.binarize import dynamic_binarize, eval_data
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, TrainingError
-from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.objectives import Objective, make_objective
+from pyro_vae.models.autoencoder import model_kind
 from pyro_vae.models.config import ModelConfig
-from pyro_vae.models.vae import VAE
-from pyro_vae.train.checkpoint import load_checkpoint, restore_model, save_checkpoint
+from pyro_vae.train.checkpoint import restore_model
+from pyro_vae.train.fingerprint import data_fingerprint
 from pyro_vae.train.rng import get_rng_state, set_rng_state
+from pyro_vae.train.tasks import TrainTask, make_task
 from pyro_vae.validation import check_finite_config, check_positive_int, check_tensor
 
-#: File names inside a run directory.
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
-#: What a resumable checkpoint holds besides the format version.
+#: What a resumable checkpoint holds besides the format version (every model kind).
 CHECKPOINT_KEYS = (
+    "kind",
+    "model_config",
     "train_config",
     "model_state",
     "optimizer_state",
@@ -39,6 +43,8 @@ CHECKPOINT_KEYS = (
 )
 #: Training settings a resumed run may change: only how long it runs.
 RESUMABLE_CHANGES = ("epochs",)
+#: Seeds accepted: NumPy's global generator (seeded by pyro.set_rng_seed) takes 32 bits.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -60,20 +66,27 @@ class TrainConfig:
     free_bits: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value!r}")
         for name in ("num_particles", "valid_num_samples"):
             check_positive_int(getattr(self, name), name)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(
+                f"seed must be in [0, {MAX_SEED}], got {self.seed}; pick a smaller one"
+            )
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+            raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
         if self.clip_grad is not None:
             check_finite_config(self.clip_grad, "clip_grad (--clip-grad)")
         self.make_objective()  # refuse bad objective options before any file is written
 
-    def make_objective(self):
-        """The training objective these options describe (:mod:`pyro_vae.objectives`)."""
+    def make_objective(self) -> Objective:
+        """The training objective these options describe (:mod:`pyro_vae.infer.objectives`)."""
         return make_objective(
             self.objective,
             self.num_particles,
@@ -93,25 +106,32 @@ class FitResult:
     seconds: float
 
 
-def check_fit(vae: VAE, data: DataSplits, batch_size: int) -> None:
-    """Refuse data the model cannot use, before any training.
+class RunStore(Protocol):
+    """The files of a run as :func:`fit` uses them (:class:`pyro_vae.runs.RunDir`)."""
 
-    ``vae`` is anything with ``event_shape`` and ``likelihood`` (a VAE, or the autoencoder
-    baseline).
+    def has_checkpoint(self) -> bool: ...
+    def save_checkpoint(self, state: dict[str, Any]) -> None: ...
+    def load_checkpoint(self) -> dict[str, Any]: ...
+    def write_metrics(self, history: list[dict[str, Any]]) -> None: ...
+    def append_metrics(self, record: dict[str, Any]) -> None: ...
+    def record_config(self, updates: dict[str, Any], defaults: dict[str, Any]) -> None: ...
+
+
+def check_fit(model: torch.nn.Module, data: DataSplits, batch_size: int) -> None:
+    """Refuse data the model cannot use, before any training or file write.
+
+    ``model`` is a :class:`VAE` or an :class:`~pyro_vae.models.Autoencoder`.
     """
-    if not (hasattr(vae, "event_shape") and hasattr(vae, "likelihood")):
-        raise ConfigError(
-            f"fit trains a pyro_vae.VAE, got {type(vae).__name__}; build one with build_vae"
-        )
+    model_kind(model)
     if not isinstance(data, DataSplits):
         raise DataError(
             f"fit needs a pyro_vae.data.DataSplits, got {type(data).__name__}; wrap tensors "
             "with DataSplits(name, train, valid, test) or use load_dataset"
         )
-    if data.event_shape != vae.event_shape:
+    if data.event_shape != model.event_shape:
         raise DataError(
-            f"data points have shape {data.event_shape} but the model expects {vae.event_shape}; "
-            "build the model with the data's event_shape"
+            f"data points have shape {data.event_shape} but the model expects "
+            f"{model.event_shape}; build the model with the data's event_shape"
         )
     if batch_size > data.train.shape[0]:
         raise ConfigError(
@@ -119,141 +139,178 @@ def check_fit(vae: VAE, data: DataSplits, batch_size: int) -> None:
             "lower --batch-size"
         )
     for split in ("train", "valid", "test"):
-        check_tensor(getattr(data, split), f"the {split} split", vae.event_shape)
-        vae.likelihood.check_data(getattr(data, split))
+        x = check_tensor(getattr(data, split), f"the {split} split", model.event_shape)
+        if x.shape[0] < 1:
+            raise DataError(f"the {split} split is empty; provide more data points")
+        model.likelihood.check_data(x)
 
 
 def fit(
-    vae: VAE,
+    model: torch.nn.Module,
     data: DataSplits,
     config: TrainConfig,
-    run_dir: str | Path | None = None,
+    run_dir: RunStore | None = None,
     model_config: ModelConfig | None = None,
     progress: bool = True,
     resume: bool = False,
 ) -> FitResult:
-    """Train ``vae`` on ``data.train`` by stochastic variational inference.
+    """Train a VAE (or the autoencoder baseline) on ``data.train`` with Adam.
 
-    Each step minimizes the objective's loss / batch_size (``config.objective``: ELBO,
-    IWAE-K, DReG, with KL weight and free bits, see :mod:`pyro_vae.objectives`) with Adam
-    over the VAE's parameters, so every reported figure is per data point, in nats.
-    ``train_elbo`` is always the true (beta = 1) ELBO of the training batches, ``train_loss``
-    what was minimized. After each epoch the validation ELBO is estimated with
-    ``config.valid_num_samples`` particles per point. With ``run_dir``, writes
-    ``config.json``, ``checkpoint.pt`` (each epoch, atomically) and ``metrics.jsonl``.
+    Each step minimizes the batch's loss divided by the batch's actual size (the model
+    kind's :class:`~pyro_vae.train.tasks.TrainTask`: the objective's negative ELBO for a VAE,
+    see :mod:`pyro_vae.infer.objectives`; the reconstruction NLL for an autoencoder), so every
+    figure is per data point, in nats. After each epoch the validation metrics are recorded.
+    With ``run_dir`` (a :class:`pyro_vae.runs.RunDir`) writes ``config.json`` (when
+    ``model_config`` is given and the run has none), a checkpoint each epoch (atomically) and
+    the metrics.
 
-    With ``resume``, continues from ``run_dir/checkpoint.pt``: model, optimizer and every
+    With ``resume``, continues from the run's checkpoint: model, optimizer and every
     random-number generator are restored, so the run ends exactly as an uninterrupted one
     would (CPU). A non-finite loss, gradient or parameter raises :class:`TrainingError` naming
     the epoch and step; the checkpoint of the last good epoch is never overwritten.
     """
-    if not isinstance(vae, VAE):
+    check_fit(model, data, config.batch_size)
+    if run_dir is not None and not callable(getattr(run_dir, "save_checkpoint", None)):
         raise ConfigError(
-            f"fit trains a pyro_vae.VAE, got {type(vae).__name__}; build one with build_vae "
-            "(fit_autoencoder trains the autoencoder baseline)"
+            f"fit's run_dir must be a pyro_vae.runs.RunDir, got {type(run_dir).__name__}; "
+            "pass run_dir=RunDir(path)"
         )
-    check_fit(vae, data, config.batch_size)
     if resume and run_dir is None:
         raise ConfigError("resume needs the run directory to continue from; pass run_dir")
     pyro.set_rng_seed(config.seed)
-    objective = config.make_objective()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    valid = eval_data(vae, data.valid)
-    run = Path(run_dir) if run_dir is not None else None
+    task = make_task(model, config.make_objective(), config.valid_num_samples)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[dict[str, Any]] = []
-    if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
+    if run_dir is not None:
         if resume:
-            history = resume_state(run, vae, optimizer, config, model_config)
-            if len(history) > config.epochs:
-                raise ConfigError(
-                    f"{str(run)!r} has already trained {len(history)} epochs, more than the "
-                    f"{config.epochs} asked for; pass --epochs {len(history)} or more"
-                )
-        write_metrics(run, history)
+            history = resume_state(run_dir, model, optimizer, config, model_config)
+        record_run_config(run_dir, model, data, config, model_config)
+        run_dir.write_metrics(history)
+    return run_epochs(task, optimizer, data, config, history, run_dir, model_config, progress)
+
+
+def record_run_config(
+    run: RunStore,
+    model: torch.nn.Module,
+    data: DataSplits,
+    config: TrainConfig,
+    model_config: ModelConfig | None,
+) -> None:
+    """Record kind, model, training settings and data fingerprint in the run's config.json
+    (written once; rewritten only when a resume extends the run, after its checks)."""
+    if model_config is None:
+        return
+    updates = {
+        "kind": model_kind(model),
+        "model": model_config.to_dict(),
+        "train": asdict(config),
+        "data_fingerprint": data_fingerprint(data),
+    }
+    run.record_config(updates, defaults={"dataset": data.name})
+
+
+def run_epochs(
+    task: TrainTask,
+    optimizer: torch.optim.Optimizer,
+    data: DataSplits,
+    config: TrainConfig,
+    history: list[dict[str, Any]],
+    run: RunStore | None,
+    model_config: ModelConfig | None,
+    progress: bool,
+) -> FitResult:
+    """Train from ``len(history) + 1`` to ``config.epochs``, validating and checkpointing."""
+    model = task.model
+    valid = eval_data(model, data.valid)
     first = len(history) + 1
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     bar = tqdm(
         range(first, config.epochs + 1),
         initial=first - 1,
         total=config.epochs,
-        desc="train",
+        desc="train" if model_kind(model) == "vae" else "train AE",
         unit="epoch",
         disable=not progress,
     )
     for epoch in bar:
-        vae.train()
-        train_metrics = train_epoch(vae, objective, optimizer, data.train, config, epoch, run)
-        vae.eval()
-        val = log_likelihood(vae.model, vae.guide, valid, num_samples=config.valid_num_samples)
+        model.train()
+        train_metrics = train_epoch(task, optimizer, data.train, config, epoch, run)
+        model.eval()
+        valid_metrics = task.validate(valid)
         record = {
             "epoch": epoch,
             **train_metrics,
-            "valid_elbo": val.elbo,
-            "valid_elbo_stderr": val.elbo_stderr,
-            f"valid_iwae{config.valid_num_samples}": val.mean,
+            **valid_metrics,
             "seconds": time.perf_counter() - start,
         }
         history.append(record)
-        bar.set_postfix(train=f"{record['train_elbo']:.2f}", valid=f"{val.elbo:.2f}")
-        end_epoch(vae, optimizer, config, model_config, history, run)
+        shown_train, shown_valid = task.headline
+        bar.set_postfix(train=f"{record[shown_train]:.2f}", valid=f"{record[shown_valid]:.2f}")
+        end_epoch(model, optimizer, config, model_config, history, run)
     return FitResult(history, config.epochs, time.perf_counter() - start)
 
 
 def train_epoch(
-    vae: VAE,
-    objective: Objective,
+    task: TrainTask,
     optimizer: torch.optim.Optimizer,
     train: torch.Tensor,
     config: TrainConfig,
     epoch: int,
-    run: Path | None = None,
+    run: RunStore | None = None,
 ) -> dict[str, float]:
-    """One pass over ``train`` in a fresh random order; returns the epoch's training metrics:
-    ``train_elbo`` (true, beta = 1, ELBO per data point), ``train_loss`` (what was minimized,
-    per data point) and ``kl_weight`` (at the last step).
+    """One pass over ``train`` in a fresh random order; returns the epoch's training metrics
+    per data point: the task's metric sums / points seen, the minimized loss under
+    ``task.loss_name``, and the task's last-step values (e.g. ``kl_weight``).
 
-    train: (N, *event_shape). Each step's loss and gradient are checked before the update.
+    train: (N, *event_shape). Each step minimizes loss_sum / (the batch's actual size), so a
+    short last batch weighs its points as much as a full one. The loss and gradient are
+    checked before each update.
     """
+    model = task.model
     n = train.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
     perm = torch.randperm(n)
-    total, total_elbo, seen = 0.0, 0.0, 0
-    kl_weight = 1.0
+    total, seen = 0.0, 0
+    sums: dict[str, float] = {}
+    last: dict[str, float] = {}
     for step, i in enumerate(range(0, n, config.batch_size)):
         x = train[perm[i : i + config.batch_size]]
-        if vae.likelihood.binarize:
+        if model.likelihood.binarize:
             x = dynamic_binarize(x)
-        kl_weight = objective.kl_weight(epoch - 1 + step / steps_per_epoch)
-        value = objective.loss(vae.model, vae.guide, x, kl_weight)
-        loss = value.loss / x.shape[0]
+        value = task.batch_loss(x, epoch - 1 + step / steps_per_epoch)
+        loss = value.loss_sum / x.shape[0]
         check_finite_step(loss, None, epoch, step, run)
         optimizer.zero_grad()
         loss.backward()
-        norm = clip_gradients(vae, config.clip_grad)
+        norm = clip_gradients(model, config.clip_grad)
         check_finite_step(loss, norm, epoch, step, run)
         optimizer.step()
         total += loss.item() * x.shape[0]
-        total_elbo += value.elbo
+        for key, v in value.sums.items():
+            sums[key] = sums.get(key, 0.0) + v
+        last = value.last
         seen += x.shape[0]
-    return {"train_elbo": total_elbo / seen, "train_loss": total / seen, "kl_weight": kl_weight}
+    return {**{k: v / seen for k, v in sums.items()}, task.loss_name: total / seen, **last}
 
 
-def clip_gradients(vae: VAE, max_norm: float | None) -> torch.Tensor:
+def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
     """Rescale the gradients to total 2-norm at most ``max_norm`` (no change when ``None``).
 
     Returns the total gradient norm before clipping. With ``max_norm=None`` the scale factor
     is exactly 1, so results match an unclipped run bit for bit.
     """
     limit = math.inf if max_norm is None else max_norm
-    return torch.nn.utils.clip_grad_norm_(vae.parameters(), limit)
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
 
 
-def _fault(problem: str, epoch: int, step: int | None, run: Path | None) -> TrainingError:
+def training_fault(
+    problem: str, epoch: int, step: int | None, run: RunStore | None
+) -> TrainingError:
+    """The error for a non-finite value during training: where, and the fixes."""
     where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
     kept = (
         f"; the last good checkpoint is kept in {str(run)!r}"
-        if run is not None and (run / CHECKPOINT).is_file()
+        if run is not None and run.has_checkpoint()
         else ""
     )
     return TrainingError(
@@ -263,22 +320,26 @@ def _fault(problem: str, epoch: int, step: int | None, run: Path | None) -> Trai
 
 
 def check_finite_step(
-    loss: torch.Tensor, grad_norm: torch.Tensor | None, epoch: int, step: int, run: Path | None
+    loss: torch.Tensor,
+    grad_norm: torch.Tensor | None,
+    epoch: int,
+    step: int,
+    run: RunStore | None,
 ) -> None:
     """Stop on a non-finite loss or gradient norm, naming where it happened and the fixes."""
     if not bool(torch.isfinite(loss)):
-        raise _fault(f"training loss is {loss.item()}", epoch, step, run)
+        raise training_fault(f"training loss is {loss.item()}", epoch, step, run)
     if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
-        raise _fault(f"gradient norm is {float(grad_norm)}", epoch, step, run)
+        raise training_fault(f"gradient norm is {float(grad_norm)}", epoch, step, run)
 
 
 def end_epoch(
-    vae: VAE,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     model_config: ModelConfig | None,
     history: list[dict[str, Any]],
-    run: Path | None,
+    run: RunStore | None,
 ) -> None:
     """Refuse non-finite parameters, then append the metrics line and checkpoint the epoch.
 
@@ -287,29 +348,78 @@ def end_epoch(
     duplicates nothing.
     """
     epoch = history[-1]["epoch"]
-    for name, p in vae.named_parameters():
+    for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):
-            raise _fault(f"parameter {name!r} became non-finite", epoch, None, run)
+            raise training_fault(f"parameter {name!r} became non-finite", epoch, None, run)
     if run is None:
         return
-    append_metrics(run, history[-1])
-    save_checkpoint(
-        run / CHECKPOINT,
+    run.append_metrics(history[-1])
+    run.save_checkpoint(
         {
+            "kind": model_kind(model),
             "model_config": model_config.to_dict() if model_config else None,
             "train_config": asdict(config),
-            "model_state": vae.state_dict(),
+            "model_state": model.state_dict(),
             "optimizer_state": optimizer.state_dict(),
             "epoch": epoch,
             "history": history,
             "rng_state": get_rng_state(),
-        },
+        }
     )
 
 
+def check_resumable(
+    state: dict[str, Any],
+    run: RunStore,
+    kind: str,
+    config: TrainConfig,
+    model_config: ModelConfig | None,
+) -> None:
+    """Refuse to resume a checkpoint of another format, kind, model or training settings."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint in {str(run)!r} lacks {missing}; it was not written by this version "
+            "of fit, so it cannot be resumed: start again with --overwrite"
+        )
+    if state["kind"] != kind:
+        raise CheckpointError(
+            f"checkpoint in {str(run)!r} is of a {state['kind']!r} model, not {kind!r}; "
+            "resume with the run's own config.json"
+        )
+    saved = {k: v for k, v in state["train_config"].items() if k not in RESUMABLE_CHANGES}
+    now = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
+    if saved != now:
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ConfigError(
+            f"cannot resume {str(run)!r} with different training settings {diff}; resume with the "
+            "run's own configuration or start a new run"
+        )
+    if len(state["history"]) > config.epochs:
+        raise ConfigError(
+            f"{str(run)!r} has already trained {len(state['history'])} epochs, more than the "
+            f"{config.epochs} asked for; pass --epochs {len(state['history'])} or more"
+        )
+    saved_model = state["model_config"]
+    if model_config is not None and saved_model is not None:
+        # an older run's flat keys are migrated, so compare the configurations, not the dicts
+        saved_dict = ModelConfig.from_dict(saved_model).to_dict()
+        differing = config_differences(saved_dict, model_config.to_dict())
+        if differing:
+            raise ConfigError(
+                f"cannot resume {str(run)!r} with a model differing from its checkpoint's in "
+                f"{differing}; resume with the run's own config.json or start a new run"
+            )
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two model-config dicts (sorted)."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def resume_state(
-    run: Path,
-    vae: VAE,
+    run: RunStore,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     model_config: ModelConfig | None = None,
@@ -318,66 +428,21 @@ def resume_state(
 
     Returns the metrics history up to the checkpointed epoch.
     """
-    # A kill during a checkpoint write leaves its temporary file; the checkpoint is intact.
-    for stale in run.glob(f".{CHECKPOINT}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    state = load_checkpoint(run / CHECKPOINT)
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint in {str(run)!r} lacks {missing}; it was not written by this version "
-            "of fit, so it cannot be resumed: start again with --overwrite"
-        )
-    saved = {k: v for k, v in state["train_config"].items() if k not in RESUMABLE_CHANGES}
-    now = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
-    if saved != now:
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise ConfigError(
-            f"cannot resume {str(run)!r} with different training settings {diff}; resume with "
-            "the run's own configuration or start a new run"
-        )
-    saved_model = state.get("model_config")
-    if (
-        model_config is not None
-        and saved_model is not None
-        and saved_model != model_config.to_dict()
-    ):
-        raise ConfigError(
-            f"cannot resume {str(run)!r} with a different model than its checkpoint's; resume "
-            "with the run's own config.json or start a new run"
-        )
-    restore_model(vae, state["model_state"], str(run))
+    state = run.load_checkpoint()
+    check_resumable(state, run, model_kind(model), config, model_config)
+    restore_model(model, state["model_state"], str(run))
     try:
         optimizer.load_state_dict(state["optimizer_state"])
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(
-            f"the optimizer state in {str(run)!r} does not match the model ({exc}); "
-            "start again with --overwrite"
+            f"the optimizer state in {str(run)!r} does not match the model ({exc}); start again "
+            "with --overwrite"
         ) from exc
     set_rng_state(state["rng_state"])
     history = list(state["history"])
     if len(history) != state["epoch"]:
         raise CheckpointError(
-            f"checkpoint in {str(run)!r} is inconsistent (epoch {state['epoch']}, "
-            f"{len(history)} metric records); start again with --overwrite"
+            f"checkpoint in {str(run)!r} is inconsistent (epoch {state['epoch']}, {len(history)} "
+            "metric records); start again with --overwrite"
         )
     return history
-
-
-def write_metrics(run: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` atomically with exactly ``history``'s records."""
-    text = "".join(json.dumps(r) + "\n" for r in history)
-    tmp = run / f".{METRICS}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run / METRICS)
-
-
-def append_metrics(run: Path, record: dict[str, Any]) -> None:
-    """Append one epoch's record to ``metrics.jsonl`` and make it durable."""
-    with open(run / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())

@@ -1,11 +1,12 @@
-"""Latent-space gaps of trained runs: reconstruction NLL at the code, code spread, and the share
+"""Latent-space coverage of trained runs: reconstruction NLL at the code, code spread, and the share
 of empty cells in a grid over the codes' extent.
 
-Usage: python benchmarks/latent_gaps.py RUN_DIR [RUN_DIR ...]
+Usage: python benchmarks/latent_coverage.py RUN_DIR [RUN_DIR ...]
 
 For each run: encode the test split (posterior means for a VAE, codes for an AE), project to
 2-D (PCA beyond 2-D), cut the 5%..95% quantile box into a 15 x 15 grid, and count the cells that
-hold no test code. Empty cells are where a decoded grid shows the "gaps" of the latent space.
+hold no test code. Empty cells are where a decoded grid shows the empty regions of the latent
+space (the lecture's "holes"; "gaps" in this package means inference gaps only).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pyro_vae.runs import load_run, load_run_data
 
 
 @torch.no_grad()
-def gap_stats(run_dir: str, grid: int = 15) -> dict[str, float]:
+def coverage_stats(run_dir: str, grid: int = 15) -> dict[str, float]:
     model, config = load_run(run_dir)
     data = load_run_data(config)
     x = eval_data(model, data.test)
@@ -51,7 +52,7 @@ if __name__ == "__main__":
     print("| run | kind | test recon NLL at code (nats) | mean code std | empty grid cells |")
     print("|---|---|---|---|---|")
     for run in sys.argv[1:]:
-        s = gap_stats(run)
+        s = coverage_stats(run)
         print(
             f"| {run} | {s['kind']} | {s['recon_nll']:.2f} +- {s['recon_nll_se']:.2f} | "
             f"{s['code_std']:.2f} | {100 * s['empty_cells']:.1f}% |"

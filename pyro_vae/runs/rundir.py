@@ -1,0 +1,279 @@
+"""The run directory: every file name of a run, atomic writes, the marker and the lock.
+
+A run directory holds ``.pyro-vae-run`` (the marker: this library created it), ``config.json``
+(data set, model and training configuration, written once; a resume with more epochs rewrites
+it after its checks pass), ``checkpoint.pt``, ``metrics.jsonl``, ``results.json``, ``.lock``
+(who trains it now) and the figures. Nothing else in the package spells these names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
+
+#: What the marker file holds; its presence says "this library created the directory".
+MARKER_CONTENT = {"format": "pyro-vae-run", "version": 1}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show in a message or a figure title: undecodable bytes (surrogate
+    escapes of non-UTF-8 file names) and control characters become backslash escapes."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def check_run_name(name: str) -> str:
+    """Refuse a run name that is not a single path component (``..``, ``.``, ``a/b``, empty)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"run name must be a non-empty string, got {printable(repr(name))}")
+    if name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise ConfigError(
+            f"run name {printable(repr(name))} must be a single directory name (no '/', '.' or "
+            "'..'); choose a plain --name such as digits-beta2"
+        )
+    return name
+
+
+class RunDir:
+    """One run directory: its file names, atomic writes and the exclusive lock.
+
+    Args:
+        path: the directory (need not exist yet).
+    """
+
+    MARKER = ".pyro-vae-run"
+    CONFIG = "config.json"
+    CHECKPOINT = "checkpoint.pt"
+    METRICS = "metrics.jsonl"
+    RESULTS = "results.json"
+    LOCK = ".lock"
+
+    def __init__(self, path: str | Path):
+        if isinstance(path, RunDir):
+            path = path.path
+        self.path = Path(path)
+
+    @classmethod
+    def named(cls, output_dir: str | Path, name: str) -> RunDir:
+        """The run ``name`` (a single path component) inside ``output_dir``."""
+        return cls(Path(output_dir) / check_run_name(name))
+
+    def __str__(self) -> str:
+        return printable(str(self.path))
+
+    def quoted(self, name: str | None = None) -> str:
+        """The directory's (or one of its files') path, printable and quoted, for messages."""
+        return repr(printable(str(self.file(name) if name else self.path)))
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # --- names -------------------------------------------------------------------------------
+
+    def file(self, name: str) -> Path:
+        """The path of one of the run's files (one of the class constants)."""
+        return self.path / name
+
+    def figure(self, name: str, fmt: str = "png") -> Path:
+        """The path of a figure, e.g. ``figure("samples")`` -> ``samples.png``."""
+        return self.path / f"{name}.{fmt}"
+
+    # --- what is there -----------------------------------------------------------------------
+
+    def is_run(self) -> bool:
+        """Whether this library created the directory: its marker, or (runs older than the
+        marker) a ``config.json`` with dataset, model and train tables beside a checkpoint or
+        metrics."""
+        if (self.path / self.MARKER).is_file():
+            try:
+                return json.loads((self.path / self.MARKER).read_text()) == MARKER_CONTENT
+            except (OSError, ValueError):
+                return False
+        try:
+            config = json.loads(self.file(self.CONFIG).read_text())
+        except (OSError, ValueError):
+            return False
+        has_tables = isinstance(config, dict) and {"dataset", "model", "train"} <= set(config)
+        return has_tables and (
+            self.file(self.CHECKPOINT).is_file() or self.file(self.METRICS).is_file()
+        )
+
+    def has_checkpoint(self) -> bool:
+        return self.file(self.CHECKPOINT).is_file()
+
+    def has_config(self) -> bool:
+        return self.file(self.CONFIG).is_file()
+
+    # --- creating and clearing -----------------------------------------------------------------
+
+    def check_creatable(self, overwrite: bool = False) -> None:
+        """Refuse, before anything is written, what :meth:`create` would refuse."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(
+                f"{self.quoted()} exists and is not a directory; choose another --name"
+            )
+        if self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()):
+            if not overwrite:
+                raise ConfigError(
+                    f"run directory {self.quoted()} already exists; pass --overwrite to replace "
+                    "it, --resume to continue it, or choose another --name"
+                )
+            if not self.is_run():
+                raise ConfigError(
+                    f"--overwrite refused: {self.quoted()} is not a pyro-vae run directory (no "
+                    f"{self.MARKER} or config.json + checkpoint); remove it yourself or choose "
+                    "another --name"
+                )
+
+    def create(self, overwrite: bool = False) -> RunDir:
+        """Make an empty run directory with its marker.
+
+        An existing non-empty directory is refused unless ``overwrite``; then it is cleared
+        only if this library created it as a run (:meth:`is_run`), never another directory.
+        """
+        self.check_creatable(overwrite)
+        if self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()):
+            self.clear()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.write_json(self.MARKER, MARKER_CONTENT)
+        return self
+
+    def clear(self) -> None:
+        """Delete the run's contents except the lock file (a held lock stays held)."""
+        for child in self.path.iterdir():
+            if child.name == self.LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    # --- atomic writes -----------------------------------------------------------------------
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write ``text`` to the run's file ``name`` atomically (tmp + fsync + os.replace)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        target = self.file(name)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.path)
+        return target
+
+    def write_json(self, name: str, value: Any) -> Path:
+        return self.write_text(name, json.dumps(value, indent=2))
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the run; a missing or unreadable one raises :class:`CheckpointError`."""
+        path = self.file(name)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise CheckpointError(
+                f"{printable(str(path))!r} is missing; is {self.quoted()} a run?"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"{printable(str(path))!r} is not valid JSON ({exc}); restore it from a backup"
+            ) from exc
+
+    # --- the files the fit loop writes ---------------------------------------------------------
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.file(self.CHECKPOINT), state)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        # A kill during a checkpoint write leaves its temporary file; the checkpoint is intact.
+        for stale in self.path.glob(f".{self.CHECKPOINT}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        return load_checkpoint(self.file(self.CHECKPOINT))
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` atomically with exactly ``history``'s records."""
+        self.write_text(self.METRICS, "".join(json.dumps(r) + "\n" for r in history))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one epoch's record to ``metrics.jsonl`` and make it durable."""
+        with open(self.file(self.METRICS), "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.file(self.METRICS)
+        try:
+            lines = path.read_text().splitlines()
+            return [json.loads(line) for line in lines if line.strip()]
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{printable(str(path))!r} is missing; retrain the run") from exc
+        except ValueError as exc:
+            raise CheckpointError(f"{printable(str(path))!r} is corrupted ({exc})") from exc
+
+    def record_config(
+        self, updates: dict[str, Any], defaults: dict[str, Any] | None = None
+    ) -> None:
+        """Merge ``updates`` (and ``defaults`` for keys not yet set) into ``config.json``;
+        write only if something changed, atomically.
+
+        The fit loop calls this after a resume's checks passed, so a refused resume leaves
+        ``config.json`` as it was.
+        """
+        current = self.read_json(self.CONFIG) if self.has_config() else {}
+        if not isinstance(current, dict):
+            raise CheckpointError(f"{self.quoted(self.CONFIG)} is not a table; restore it")
+        merged = {**(defaults or {}), **current, **updates}
+        if merged != current:
+            self.write_json(self.CONFIG, merged)
+
+    # --- the lock ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold an exclusive ``fcntl.flock`` on the run for training or resuming.
+
+        A second process is refused with one line naming the holder (pid, host, start time).
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.file(self.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown"
+                raise CheckpointError(
+                    f"run directory {self.quoted()} is in use by another process "
+                    f"({printable(holder)}); wait for it to finish or stop it, then retry"
+                ) from None
+            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}".encode(), 0)
+            yield self
+        finally:
+            os.close(fd)  # closing releases the flock
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,104 @@
+"""What each model kind supplies to the fit loop: the loss of a batch and validation metrics.
+
+:class:`VAETask` minimizes an objective's loss (negative ELBO, IWAE, ... with a KL weight);
+:class:`AutoencoderTask` the reconstruction negative log-likelihood of the deterministic
+baseline. :func:`make_task` picks one by :func:`~pyro_vae.models.autoencoder.model_kind`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from pyro_vae.infer.importance import log_likelihood
+from pyro_vae.infer.objectives import Objective
+from pyro_vae.models.autoencoder import Autoencoder, mean_reconstruction_nll, model_kind
+from pyro_vae.models.vae import VAE
+
+
+@dataclass
+class BatchLoss:
+    """One batch's loss summed over its points (differentiable), metric sums, and values
+    that hold at this step (recorded from the epoch's last step)."""
+
+    loss_sum: torch.Tensor
+    sums: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+
+
+class TrainTask(Protocol):
+    """What a model kind supplies to :func:`fit`."""
+
+    #: The trained module (its parameters are optimized, its state checkpointed).
+    model: torch.nn.Module
+    #: History key of the minimized loss per data point, e.g. ``train_loss``.
+    loss_name: str
+    #: History keys shown on the progress bar (train, valid).
+    headline: tuple[str, str]
+
+    def batch_loss(self, x: torch.Tensor, progress: float) -> BatchLoss:
+        """x: (batch, *event_shape); ``progress``: epochs done (fractional)."""
+
+    def validate(self, valid: torch.Tensor) -> dict[str, float]:
+        """Validation metrics per data point; valid: (N, *event_shape)."""
+
+
+class VAETask:
+    """Train a VAE: minimize the objective's loss (negative ELBO, IWAE, ... with KL weight).
+
+    ``train_elbo`` is always the true (beta = 1) ELBO, ``train_loss`` what was minimized,
+    ``kl_weight`` the schedule's weight at the epoch's last step.
+    """
+
+    loss_name = "train_loss"
+    headline = ("train_elbo", "valid_elbo")
+
+    def __init__(self, vae: VAE, objective: Objective, valid_num_samples: int = 10):
+        self.model = vae
+        self.objective = objective
+        self.valid_num_samples = valid_num_samples
+
+    def batch_loss(self, x: torch.Tensor, progress: float) -> BatchLoss:
+        kl_weight = self.objective.kl_weight(progress)
+        value = self.objective.loss(self.model.model, self.model.guide, x, kl_weight)
+        return BatchLoss(value.loss, {"train_elbo": value.elbo}, {"kl_weight": kl_weight})
+
+    def validate(self, valid: torch.Tensor) -> dict[str, float]:
+        vae, k = self.model, self.valid_num_samples
+        val = log_likelihood(vae.model, vae.guide, valid, num_samples=k)
+        return {
+            "valid_elbo": val.elbo,
+            "valid_elbo_stderr": val.elbo_stderr,
+            f"valid_iwae{k}": val.mean,
+        }
+
+
+class AutoencoderTask:
+    """Train the autoencoder baseline: minimize the reconstruction NLL -log p(x | dec(enc(x))).
+
+    History keys: ``train_nll``, ``valid_nll`` and ``valid_nll_stderr`` (nats per point).
+    """
+
+    loss_name = "train_nll"
+    headline = ("train_nll", "valid_nll")
+
+    def __init__(self, ae: Autoencoder):
+        self.model = ae
+
+    def batch_loss(self, x: torch.Tensor, progress: float) -> BatchLoss:
+        return BatchLoss(self.model.reconstruction_nll(x).sum())
+
+    def validate(self, valid: torch.Tensor) -> dict[str, float]:
+        nll, se = mean_reconstruction_nll(self.model, valid)
+        return {"valid_nll": nll, "valid_nll_stderr": se}
+
+
+def make_task(
+    model: torch.nn.Module, objective: Objective, valid_num_samples: int = 10
+) -> TrainTask:
+    """The :class:`TrainTask` of ``model``'s kind; ``objective`` is used by a VAE only."""
+    if model_kind(model) == "ae":
+        return AutoencoderTask(model)
+    return VAETask(model, objective, valid_num_samples)

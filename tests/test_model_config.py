@@ -1,0 +1,130 @@
+"""ModelConfig refuses every wrong value with a ConfigError naming the key; nothing is built."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.models import ModelConfig
+from pyro_vae.parts import ARCHS, LIKELIHOODS, POSTERIORS, PRIORS, StandardNormal
+
+EVENT = (1, 8, 8)
+
+# (id, keyword arguments of ModelConfig, fragment of the message)
+BAD = [
+    ("event-shape-text", {"event_shape": "abc"}, "event_shape must be a list of int"),
+    ("event-shape-empty", {"event_shape": ()}, "event_shape needs at least one value"),
+    ("event-shape-float", {"event_shape": (2.5,)}, "event_shape[0] must be int"),
+    ("event-shape-negative", {"event_shape": (-2, -3)}, "event_shape must be at least 1"),
+    ("latent-float", {"latent_dim": 2.0}, "latent_dim must be int, got 2.0"),
+    ("latent-bool", {"latent_dim": True}, "latent_dim must be int, got true"),
+    ("latent-negative", {"latent_dim": -1}, "latent_dim must be at least 1"),
+    ("hidden-text", {"hidden": "256"}, 'hidden must be a list of int, got "256"'),
+    ("hidden-empty", {"hidden": ()}, "hidden needs at least one value"),
+    ("hidden-bool", {"hidden": (True,)}, "hidden[0] must be int"),
+    ("hidden-huge", {"hidden": (10**6, 10**6)}, "would hold about"),
+    ("prior-number", {"prior": 5}, "prior must be a registered name (string), got int"),
+    ("prior-instance", {"prior": StandardNormal(2)}, "register your class with @register_prior"),
+    ("prior-unknown", {"prior": "gaussian"}, "unknown prior 'gaussian'; choose one of"),
+    ("options-list", {"prior_options": [1, 2]}, "prior_options must be a table"),
+    ("option-unknown", {"prior": "mixture", "prior_options": {"k": 3}}, "has no option 'k'"),
+    (
+        "option-for-another-part",
+        {"prior_options": {"n_components": 3}},
+        "prior 'normal' has no option 'n_components'",
+    ),
+    ("scale-negative", {"likelihood": "normal", "likelihood_options": {"scale": -1.0}},
+     "option scale must be greater than 0"),
+    ("scale-text", {"likelihood": "normal", "likelihood_options": {"scale": "0.1"}},
+     "option scale must be float"),
+    ("scale-nan", {"likelihood": "normal", "likelihood_options": {"scale": math.nan}},
+     "option scale must be a finite number"),
+    ("steps-zero", {"posterior": "iaf", "posterior_options": {"steps": 0}},
+     "option steps must be at least 1"),
+    ("context-negative", {"posterior": "iaf", "posterior_options": {"context_dim": -1}},
+     "option context_dim must be at least 0"),
+    ("iaf-1d", {"posterior": "iaf", "latent_dim": 1}, "posterior 'iaf' needs latent_dim >= 2"),
+    ("rank-above-latent", {"posterior": "low_rank", "posterior_options": {"rank": 1000}},
+     "rank 1000 exceeds latent_dim 2"),
+    ("channels-empty", {"arch": "conv", "arch_options": {"channels": []}},
+     "option channels needs at least one value"),
+    ("conv-on-vectors", {"arch": "conv", "event_shape": (10,)}, "arch 'conv' needs images"),
+    ("mixture-components-zero", {"prior": "mixture", "prior_options": {"n_components": 0}},
+     "option n_components must be at least 1"),
+    ("flow-hidden-text", {"prior": "flow", "prior_options": {"hidden": "64"}},
+     "option hidden must be a list of int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kwargs, fragment", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_model_config_refuses(kwargs, fragment):
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(**{"event_shape": EVENT, **kwargs})
+    assert fragment in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
+# (id, dict given to from_dict, fragment)
+BAD_DICTS = [
+    ("not-a-table", [1, 2], "a model config must be a table"),
+    ("no-event-shape", {"latent_dim": 2}, "lacks 'event_shape'"),
+    ("unknown-key", {"event_shape": [4], "colour": "red"}, "unknown model config key 'colour'"),
+    ("plugins-list", {"event_shape": [4], "plugins": ["x"]}, "'plugins' must be a table"),
+    ("unimported-plugin", {"event_shape": [4], "prior": "t", "plugins": {"prior": "their_mod"}},
+     "prior 't' comes from module 'their_mod', which is not imported"),
+    ("table-without-name", {"event_shape": [4], "prior": {"n_components": 3}},
+     "the [prior] table needs a name"),
+    ("part-from-other-module", {"event_shape": [4], "prior": "mixture", "plugins": {"prior": "m"}},
+     "prior 'mixture' was saved from module 'm' but is registered here by"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("d, fragment", [b[1:] for b in BAD_DICTS], ids=[b[0] for b in BAD_DICTS])
+def test_from_dict_refuses(d, fragment):
+    with pytest.raises(ConfigError, match=None) as info:
+        ModelConfig.from_dict(d)
+    assert fragment in str(info.value)
+
+
+def test_old_flat_keys_for_other_parts_are_dropped_from_run_configs():
+    # Old runs recorded every part's option whatever the part; only the chosen part's are kept.
+    old = {"event_shape": [4], "prior": "normal", "n_components": 10, "rank": 2, "extra": {}}
+    config = ModelConfig.from_dict(old)
+    assert config.prior_options == {} and config.posterior_options == {}
+
+
+def test_defaults_are_filled_so_equal_models_compare_equal():
+    a = ModelConfig(event_shape=EVENT, prior="mixture")
+    b = ModelConfig(event_shape=list(EVENT), prior="mixture", prior_options={"n_components": 10})
+    assert a == b
+    assert json.loads(json.dumps(a.to_dict())) == b.to_dict()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    latent=st.integers(2, 4),
+    hidden=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    prior=st.sampled_from(sorted(PRIORS)),
+    likelihood=st.sampled_from(LIKELIHOODS.names()),
+    posterior=st.sampled_from(sorted(POSTERIORS)),
+    arch=st.sampled_from(sorted(ARCHS)),
+)
+def test_every_valid_config_round_trips_through_json(
+    latent, hidden, prior, likelihood, posterior, arch
+):
+    config = ModelConfig(
+        event_shape=EVENT,
+        latent_dim=latent,
+        hidden=hidden,
+        prior=prior,
+        likelihood=likelihood,
+        posterior=posterior,
+        arch=arch,
+    )
+    assert config.likelihood in LIKELIHOODS  # aliases become the canonical name
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

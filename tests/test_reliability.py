@@ -1,0 +1,184 @@
+"""A run directory handed over by someone else: every load checks what it reads.
+
+Edited configs, altered weights, zip bombs, other data, failed resumes, huge sizes, tiny
+splits and unprintable names each end in one PyroVAEError line, never in a wrong number.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+import torch
+
+from pyro_vae import cli
+from pyro_vae.data import DataSplits, load_digits
+from pyro_vae.errors import CheckpointError, ConfigError, DataError
+from pyro_vae.models import ModelConfig
+from pyro_vae.runs import (
+    RunDir,
+    check_size,
+    load_run,
+    load_run_data,
+    resume_run,
+    train_run,
+    write_figures,
+)
+from pyro_vae.train import TrainConfig, load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, digits):
+    """A one-epoch run on the full digits, as `pyro-vae train` would write it."""
+    path = tmp_path_factory.mktemp("runs") / "r"
+    config = ModelConfig(event_shape=digits.event_shape, latent_dim=2, hidden=(8,))
+    train = TrainConfig(epochs=1, batch_size=256, valid_num_samples=2)
+    train_run("digits", config, train, path, num_samples=4, progress=False, data=digits)
+    return RunDir(path)
+
+
+def copy_run(run: RunDir, dest) -> RunDir:
+    import shutil
+
+    shutil.copytree(run.path, dest)
+    return RunDir(dest)
+
+
+def test_edited_likelihood_is_refused_on_load(run, tmp_path):
+    edited = copy_run(run, tmp_path / "e")
+    config = edited.read_json(RunDir.CONFIG)
+    config["model"]["likelihood"] = "normal"  # same parameter shapes, another model
+    edited.write_json(RunDir.CONFIG, config)
+    with pytest.raises(CheckpointError, match=r"differs from the checkpoint's model in \['like"):
+        load_run(edited.path)
+
+
+def test_edited_kind_is_refused_on_load(run, tmp_path):
+    edited = copy_run(run, tmp_path / "e")
+    config = edited.read_json(RunDir.CONFIG)
+    config["kind"] = "ae"
+    edited.write_json(RunDir.CONFIG, config)
+    with pytest.raises(CheckpointError, match=r"in \['kind'"):
+        load_run(edited.path)
+
+
+@pytest.mark.parametrize(
+    "alter, fragment",
+    [
+        (lambda t: t.to(torch.int64), "is torch.int64, the model expects torch.float32"),
+        (lambda t: t.to(torch.float64), "is torch.float64"),
+        (lambda t: torch.full_like(t, float("nan")), "NaN or infinite"),
+        (lambda t: torch.full_like(t, float("inf")), "NaN or infinite"),
+    ],
+    ids=["int64", "float64", "nan", "inf"],
+)
+def test_altered_weights_are_refused_on_load(run, tmp_path, alter, fragment):
+    edited = copy_run(run, tmp_path / "e")
+    state = load_checkpoint(edited.file(RunDir.CHECKPOINT))
+    key = next(k for k in state["model_state"] if k.endswith("weight"))
+    state["model_state"][key] = alter(state["model_state"][key])
+    state.pop("format_version")
+    save_checkpoint(edited.file(RunDir.CHECKPOINT), state)
+    with pytest.raises(CheckpointError, match=fragment):
+        load_run(edited.path)
+
+
+def test_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path):
+    bomb = tmp_path / "checkpoint.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (32 * 2**20))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match="declares 33554432 bytes once inflated"):
+        load_checkpoint(bomb)
+
+
+def test_torch_save_checkpoints_pass_the_inflation_check(run):
+    assert load_checkpoint(run.file(RunDir.CHECKPOINT))["epoch"] == 1
+
+
+def test_fingerprint_is_recorded_and_other_data_are_refused(run, digits):
+    config = run.read_json(RunDir.CONFIG)
+    assert config["data_fingerprint"]["train"]["size"] == digits.train.shape[0]
+    assert load_run_data(config).train.shape == digits.train.shape
+    swapped = {**config, "data_fingerprint": {**config["data_fingerprint"]}}
+    swapped["data_fingerprint"]["test"] = {"size": 180, "sha256": "0" * 64}
+    with pytest.raises(DataError, match="the test data differ"):
+        load_run_data(swapped)
+
+
+def test_failed_resume_leaves_config_json_untouched(run, tmp_path, digits):
+    copy = copy_run(run, tmp_path / "c")
+    before = copy.file(RunDir.CONFIG).read_bytes()
+    other = DataSplits("digits", digits.train.flip(0), digits.valid, digits.test)
+    with pytest.raises(DataError, match="the train data differ"):
+        resume_run(copy.path, epochs=3, progress=False, data=other)
+    config = copy.read_json(RunDir.CONFIG)
+    config["train"]["lr"] = 0.5  # a setting the checkpoint disagrees with
+    copy.write_json(RunDir.CONFIG, config)
+    edited = copy.file(RunDir.CONFIG).read_bytes()
+    with pytest.raises(ConfigError, match=r"different training settings \['lr'\]"):
+        resume_run(copy.path, epochs=3, progress=False, data=digits)
+    assert copy.file(RunDir.CONFIG).read_bytes() == edited != before
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 10**30, True, 1.5])
+def test_negative_huge_or_non_integer_seeds_are_refused(seed):
+    with pytest.raises(ConfigError, match="seed must be"):
+        TrainConfig(seed=seed)
+
+
+@pytest.mark.parametrize(
+    "value, name",
+    [
+        (10**9, "-n (samples drawn)"),
+        (10**8, "--steps (interpolation steps)"),
+        (10**12, "--num-samples (importance samples per point)"),
+        (0, "-n (samples drawn)"),
+    ],
+)
+def test_absurd_sizes_are_refused_before_allocating(value, name):
+    with pytest.raises(ConfigError, match=r"must be an integer from 1 to \d+"):
+        check_size(value, name)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sample", "-n", str(10**9)],
+        ["plot", "--kind", "interpolation", "--steps", str(10**8)],
+        ["evaluate", "--num-samples", str(10**12)],
+    ],
+    ids=["sample", "interpolation", "evaluate"],
+)
+def test_cli_refuses_absurd_sizes_in_one_line(run, capsys, argv):
+    code = cli.main([argv[0], str(run.path), *argv[1:]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "must be an integer from 1 to" in err[0]
+
+
+@pytest.mark.parametrize("n_test", [0, 1])
+def test_splits_too_small_for_a_run_are_refused_before_training(tmp_path, digits, n_test):
+    if n_test == 0:
+        with pytest.raises(DataError):  # DataSplits itself refuses an empty split
+            DataSplits("few", digits.train[:12], digits.valid[:2], digits.test[:0])
+        return
+    few = DataSplits("few", digits.train[:12], digits.valid[:2], digits.test[:n_test])
+    config = ModelConfig(event_shape=digits.event_shape, latent_dim=2, hidden=(8,))
+    with pytest.raises(DataError, match="test split of 'few' has 1 point"):
+        train_run("few", config, TrainConfig(epochs=1, batch_size=4), tmp_path / "r", data=few)
+    assert not (tmp_path / "r").exists()
+
+
+def test_undecodable_data_name_is_shown_escaped_in_figures(run, tmp_path, digits):
+    model, _ = load_run(run.path)
+    name = b"caf\xe9".decode("utf-8", "surrogateescape")
+    data = DataSplits(name, digits.train[:64], digits.valid[:16], digits.test[:16])
+    history = [json.loads(line) for line in run.file(RunDir.METRICS).read_text().splitlines()]
+    written = write_figures(model, data, history, RunDir(tmp_path / "f"), fmt="png")
+    assert written and all(p.is_file() for p in written)
