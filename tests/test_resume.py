@@ -154,7 +154,7 @@ def test_resume_refuses_a_different_model(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     data, _ = _tiny()
     with pytest.raises(
-        ConfigError, match=r"model differing from its checkpoint's in \['likelihood'\]"
+        ConfigError, match=r"model differing from its checkpoint's in \['likelihood'"
     ):
         resume_run(run, progress=False, data=data)
 
