@@ -69,3 +69,10 @@ def epoch_batches(
     )
     for x in loader:
         yield x.to(device, non_blocking=True)
+
+
+def first_points(split: torch.Tensor | Dataset, n: int) -> torch.Tensor:
+    """The first ``n`` points of a split as one tensor ``(min(n, N), *event_shape)``."""
+    if isinstance(split, torch.Tensor):
+        return split[:n]
+    return collate_points([split[i] for i in range(min(n, len(split)))])

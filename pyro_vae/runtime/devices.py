@@ -52,3 +52,10 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if name == "mps" and not _mps_available():
         raise ConfigError("device 'mps' asked for, but MPS is not available; use --device cpu")
     return torch.device(name)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (CPU for a model with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -26,7 +26,7 @@ from pyro_vae.errors import CheckpointError, ConfigError, DataError, TrainingErr
 from pyro_vae.infer.objectives import Objective, make_objective
 from pyro_vae.models.autoencoder import model_kind
 from pyro_vae.models.config import ModelConfig
-from pyro_vae.runtime.devices import resolve_device
+from pyro_vae.runtime.devices import model_device, resolve_device
 from pyro_vae.train.checkpoint import restore_model
 from pyro_vae.train.fingerprint import data_fingerprint
 from pyro_vae.train.parallel import (
@@ -227,11 +227,6 @@ def fit(
     return run_epochs(
         task, optimizer, data, config, history, run_dir, model_config, progress, engine
     )
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def record_run_config(
