@@ -14,9 +14,11 @@ import torch
 
 from pyro_vae.analysis import latent_space as ls
 from pyro_vae.analysis import plots
+from pyro_vae.data.batches import first_points
 from pyro_vae.data.binarize import eval_data
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.runtime.devices import model_device
 
 #: Test points shown in latent scatters (all of them for small test sets).
 MAX_SCATTER_POINTS = 5000
@@ -27,8 +29,9 @@ def _model_name(model) -> str:
 
 
 def _inputs(model, x: torch.Tensor) -> torch.Tensor:
-    """What the model is fed: the fixed binarization for Bernoulli-type likelihoods."""
-    return eval_data(model, x)
+    """What the model is fed, on its device: the fixed binarization for Bernoulli-type
+    likelihoods."""
+    return eval_data(model, x).to(model_device(model))
 
 
 def figure_samples(
@@ -40,7 +43,9 @@ def figure_samples(
             "an autoencoder has no prior to sample from; use the aggregate-posterior sampler "
             "(--source aggregate)"
         )
-    train_x = _inputs(model, data.train[: MAX_SCATTER_POINTS * 4]) if source != "prior" else None
+    train_x = None
+    if source != "prior":
+        train_x = _inputs(model, first_points(data.train, MAX_SCATTER_POINTS * 4))
     images = ls.sample_images(model, n, source, train_x=train_x, seed=seed)
     what = "the prior p(z)" if source == "prior" else "a mixture fitted\nto the training codes"
     return plots.plot_image_grid(
@@ -51,7 +56,7 @@ def figure_samples(
 def figure_reconstructions(model, data: DataSplits, path: str | Path, n: int = 32) -> Path | None:
     """Test inputs beside their reconstructions."""
     x = data.test[:n]
-    return plots.plot_reconstructions(x, model.reconstruct(_inputs(model, x)), path)
+    return plots.plot_reconstructions(x, model.reconstruct(_inputs(model, x)).cpu(), path)
 
 
 def figure_latent(model, data: DataSplits, path: str | Path) -> Path:
@@ -127,7 +132,7 @@ def figure_attribute(
     if "train" not in data.labels:
         raise DataError(f"{data.name!r} has no labels; attribute vectors need labelled data")
     y = data.labels["train"][: MAX_SCATTER_POINTS * 4]
-    codes = ls.latent_codes(model, _inputs(model, data.train[: len(y)]))
+    codes = ls.latent_codes(model, _inputs(model, first_points(data.train, len(y))))
     vector = ls.attribute_vector(codes, y, positive, negative)
     test_y = data.labels["test"]
     idx = (test_y == negative).nonzero().flatten()[:n]

@@ -14,24 +14,33 @@ import numpy as np
 import torch
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.runtime.devices import model_device
 
 
 @torch.no_grad()
 def latent_codes(model, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
     """Posterior means E[z | x] (a VAE) or codes (an autoencoder).
 
-    x: (n, *event_shape) -> (n, latent_dim).
+    x: (n, *event_shape) -> (n, latent_dim), on the CPU whatever the model's device.
     """
+    device = model_device(model)
     return torch.cat(
-        [model.encode(x[i : i + batch_size]).mean for i in range(0, len(x), batch_size)]
+        [
+            model.encode(x[i : i + batch_size].to(device)).mean.cpu()
+            for i in range(0, len(x), batch_size)
+        ]
     )
 
 
 @torch.no_grad()
 def decode_mean(model, z: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """E[x | z] for z: (n, latent_dim) -> (n, *event_shape)."""
+    """E[x | z] for z: (n, latent_dim) -> (n, *event_shape), on the CPU."""
+    device = model_device(model)
     return torch.cat(
-        [model.decode(z[i : i + batch_size]).mean for i in range(0, len(z), batch_size)]
+        [
+            model.decode(z[i : i + batch_size].to(device)).mean.cpu()
+            for i in range(0, len(z), batch_size)
+        ]
     )
 
 
@@ -46,10 +55,11 @@ def prior_quantiles(prior, probs: torch.Tensor, num_samples: int = 100_000) -> t
     # a flow (TransformedDistribution) also has a base_dist, but its quantiles are not the base's.
     if isinstance(pz, torch.distributions.Independent):
         try:
-            return pz.base_dist.icdf(probs.unsqueeze(-1).expand(-1, pz.event_shape[0]))
+            grid = probs.unsqueeze(-1).expand(-1, pz.event_shape[0])
+            return pz.base_dist.icdf(grid.to(pz.base_dist.mean.device)).cpu()
         except (NotImplementedError, AttributeError):
             pass
-    draws = pz.sample((num_samples,))
+    draws = pz.sample((num_samples,)).cpu()
     return torch.quantile(draws, probs, dim=0)
 
 

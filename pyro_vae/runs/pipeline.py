@@ -9,6 +9,7 @@ training codes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict
 from pathlib import Path
@@ -18,11 +19,14 @@ import pyro
 import torch
 
 from pyro_vae.analysis import plots
+from pyro_vae.data.batches import num_points
 from pyro_vae.data.binarize import BINARIZE_MODES, binarize_splits, eval_data
 from pyro_vae.data.catalog import load_dataset
 from pyro_vae.data.splits import DataSplits
+from pyro_vae.data.streaming import load_streaming
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
 from pyro_vae.infer.importance import LogLikelihood, log_likelihood
+from pyro_vae.infer.sharded import sharded_estimate
 from pyro_vae.models.autoencoder import (
     MODEL_KINDS,
     Autoencoder,
@@ -33,9 +37,17 @@ from pyro_vae.models.autoencoder import (
 from pyro_vae.models.config import ModelConfig, build_likelihood
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.rundir import RunDir, printable
+from pyro_vae.runtime.devices import model_device, resolve_device
+from pyro_vae.runtime.distributed import current_group
 from pyro_vae.train.checkpoint import restore_model
 from pyro_vae.train.fingerprint import check_fingerprint, data_fingerprint
-from pyro_vae.train.loop import FitResult, TrainConfig, check_fit, config_differences, fit
+from pyro_vae.train.loop import (
+    FitResult,
+    TrainConfig,
+    check_fit,
+    config_differences,
+    fit,
+)
 
 FIGURE_FORMATS = ("png", "pdf")
 #: Largest sizes a user may type for a figure or a score (refused before allocating).
@@ -53,7 +65,7 @@ MIN_SPLIT_SIZES = {"train": 1, "valid": 1, "test": 2}
 def check_run_data(data: DataSplits) -> None:
     """Refuse splits too small for a run's scores and figures, before any training."""
     for split, least in MIN_SPLIT_SIZES.items():
-        n = int(getattr(data, split).shape[0])
+        n = num_points(getattr(data, split))
         if n < least:
             raise DataError(
                 f"the {split} split of {printable(data.name)!r} has {n} point(s); a run needs at "
@@ -113,17 +125,34 @@ def write_figures(
 
 
 def score(
-    vae: VAE, data: DataSplits, num_samples: int = 1000, batch_size: int | None = None
+    vae: VAE,
+    data: DataSplits,
+    num_samples: int = 1000,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
 ) -> LogLikelihood:
-    """Test-split importance-sampled log-likelihood (and ELBO) of a trained model."""
+    """Test-split importance-sampled log-likelihood (and ELBO) of a trained model.
+
+    On ``device`` (default: where the model is), in float32. Under ``torchrun`` the test
+    points are sharded over the processes (:func:`~pyro_vae.infer.sharded.sharded_estimate`,
+    blocks of ``batch_size`` drawn with seeds from ``seed``) and gathered in order.
+    """
     vae.eval()
-    return log_likelihood(
-        vae.model,
-        vae.guide,
-        eval_data(vae, data.test),
-        num_samples=num_samples,
-        batch_size=batch_size,
-    )
+    if device is not None:
+        vae.to(resolve_device(device))
+    x = eval_data(vae, data.test).to(model_device(vae))
+    if current_group().distributed:
+        return sharded_estimate(
+            log_likelihood,
+            vae.model,
+            vae.guide,
+            x,
+            block_size=batch_size or 64,
+            seed=seed,
+            num_samples=num_samples,
+        )
+    return log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, batch_size=batch_size)
 
 
 def summary(result: LogLikelihood) -> dict[str, float]:
@@ -144,7 +173,8 @@ def test_scores(model: VAE | Autoencoder, data: DataSplits, num_samples: int) ->
     if model_kind(model) == "vae":
         return summary(score(model, data, num_samples))
     model.eval()
-    nll, nll_se = mean_reconstruction_nll(model, eval_data(model, data.test))
+    x = eval_data(model, data.test).to(model_device(model))
+    nll, nll_se = mean_reconstruction_nll(model, x)
     return {
         "kind": "ae",
         "test_reconstruction_nll": nll,
@@ -162,9 +192,14 @@ def finish_run(
     num_samples: int,
     fmt: str = "png",
 ) -> dict[str, Any]:
-    """Figures, test score and ``results.json`` of a trained run; returns the results."""
+    """Figures, test score and ``results.json`` of a trained run; returns the results.
+
+    Every process scores its share of the test split; rank 0 alone draws and writes.
+    """
     run = RunDir(run)
-    write_figures(model, data, result.history, run, seed=seed, fmt=fmt)
+    main = current_group().is_main
+    if main:
+        write_figures(model, data, result.history, run, seed=seed, fmt=fmt)
     final = "valid_elbo" if model_kind(model) == "vae" else "valid_nll"
     results = {
         "epochs": result.epochs,
@@ -172,7 +207,8 @@ def finish_run(
         f"final_{final}": result.history[-1][final],
         **test_scores(model, data, num_samples),
     }
-    run.write_json(RunDir.RESULTS, results)
+    if main:
+        run.write_json(RunDir.RESULTS, results)
     return results
 
 
@@ -189,6 +225,9 @@ def train_run(
     data_dir: str | Path | None = None,
     binarize: str | None = None,
     fmt: str = "png",
+    device: str = "auto",
+    num_workers: int = 0,
+    stream: bool = False,
     **model_options: Any,
 ) -> dict[str, Any]:
     """Load ``dataset``, build, train, score on the test split, and write every file of a run
@@ -200,6 +239,10 @@ def train_run(
     ``binarize`` (``dynamic``/``static``/``none``; default: the likelihood's own choice) and
     ``data_dir`` are recorded so that later commands load the same data. Every check runs
     before a file is written; the run directory is locked while it trains.
+
+    ``device`` trains and scores there; ``stream`` reads the training split from disk as it
+    goes (:mod:`pyro_vae.data.streaming`, ``num_workers`` reader processes). Under
+    ``torchrun`` every process trains (DDP) and scores its share; rank 0 alone writes.
     """
     if kind not in MODEL_KINDS:
         raise ConfigError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
@@ -208,6 +251,7 @@ def train_run(
     check_size(num_samples, "--num-samples (importance samples per point)")
     data_options = {"data_dir": str(data_dir) if data_dir is not None else None}
     data_options["binarize"] = binarize
+    data_options["stream"] = stream or None
     data = data if data is not None else load_run_data({"dataset": dataset, **data_options})
     if model_config is None:
         model_config = ModelConfig(event_shape=data.event_shape, **model_options)
@@ -218,7 +262,7 @@ def train_run(
     model = build_model(model_config, kind)
     check_fit(model, data, train_config.batch_size)
     run = RunDir(run_dir)
-    run.check_creatable(overwrite)
+    run.check_creatable(overwrite)  # on every rank, so all refuse together
     config = {
         "dataset": dataset,
         "kind": kind,
@@ -229,10 +273,16 @@ def train_run(
         **{k: v for k, v in data_options.items() if v is not None},
         "data_fingerprint": data_fingerprint(data),
     }
-    with run.lock():
-        run.create(overwrite)
-        run.write_json(RunDir.CONFIG, config)
-        result = fit(model, data, train_config, run, model_config, progress=progress)
+    group = current_group()
+    with run.lock() if group.is_main else contextlib.nullcontext():
+        if group.is_main:
+            run.create(overwrite)
+            run.write_json(RunDir.CONFIG, config)
+        group.barrier()  # the other ranks start once the directory exists
+        result = fit(
+            model, data, train_config, run, model_config, progress=progress,
+            device=device, num_workers=num_workers,
+        )  # fmt: skip
         return finish_run(model, data, result, run, train_config.seed, num_samples, fmt)
 
 
@@ -241,6 +291,8 @@ def resume_run(
     epochs: int | None = None,
     progress: bool = True,
     data: DataSplits | None = None,
+    device: str = "auto",
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Continue a run directory from its last completed epoch, then score it like train_run.
 
@@ -252,7 +304,8 @@ def resume_run(
     """
     run = RunDir(run_dir)
     config, model_config = read_run_config(run)
-    with run.lock():
+    group = current_group()
+    with run.lock() if group.is_main else contextlib.nullcontext():
         try:
             train_config = TrainConfig(**config["train"])
             if epochs is not None:
@@ -268,8 +321,9 @@ def resume_run(
         pyro.set_rng_seed(train_config.seed)
         model = build_model(model_config, config.get("kind", "vae"))
         result = fit(
-            model, data, train_config, run, model_config, progress, resume=run.has_checkpoint()
-        )
+            model, data, train_config, run, model_config, progress,
+            resume=run.has_checkpoint(), device=device, num_workers=num_workers,
+        )  # fmt: skip
         num_samples = int(config.get("num_samples", 1000))
         fmt = config.get("figure_format", "png")
         return finish_run(model, data, result, run, train_config.seed, num_samples, fmt)
@@ -297,7 +351,9 @@ def read_run_config(run: str | Path | RunDir) -> tuple[dict[str, Any], ModelConf
     return config, model_config
 
 
-def load_run(run_dir: str | Path | RunDir) -> tuple[VAE | Autoencoder, dict[str, Any]]:
+def load_run(
+    run_dir: str | Path | RunDir, device: str | torch.device = "cpu"
+) -> tuple[VAE | Autoencoder, dict[str, Any]]:
     """Rebuild the model of a run directory from its configuration and checkpoint.
 
     ``config.json``'s kind and model configuration must equal those the checkpoint recorded
@@ -331,7 +387,7 @@ def load_run(run_dir: str | Path | RunDir) -> tuple[VAE | Autoencoder, dict[str,
         )
     model = build_model(model_config, kind)
     restore_model(model, state.get("model_state"), str(run))
-    model.eval()
+    model.to(resolve_device(device)).eval()
     return model, config
 
 
@@ -367,7 +423,10 @@ def load_run_data(config: dict[str, Any]) -> DataSplits:
     When the config records a ``data_fingerprint``, data that differ (another file of the
     same shape, a changed split) are refused with :class:`~pyro_vae.errors.DataError`.
     """
-    data = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
+    if config.get("stream"):
+        data = load_streaming(config["dataset"])
+    else:
+        data = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
     binarize = config.get("binarize")
     data = binarize_splits(data, binarize) if binarize else data
     data.name = printable(data.name)  # a file name shown in titles and messages

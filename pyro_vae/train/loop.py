@@ -16,16 +16,27 @@ from typing import Any, Protocol
 
 import pyro
 import torch
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from pyro_vae.data.batches import epoch_batches, epoch_order, num_points
 from pyro_vae.data.binarize import dynamic_binarize, eval_data
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from pyro_vae.infer.objectives import Objective, make_objective
 from pyro_vae.models.autoencoder import model_kind
 from pyro_vae.models.config import ModelConfig
+from pyro_vae.runtime.devices import model_device, resolve_device
 from pyro_vae.train.checkpoint import restore_model
 from pyro_vae.train.fingerprint import data_fingerprint
+from pyro_vae.train.parallel import (
+    PRECISIONS,
+    Engine,
+    LossModule,
+    ReadOnlyRun,
+    gather_rng_states,
+    rank_seed,
+)
 from pyro_vae.train.rng import get_rng_state, set_rng_state
 from pyro_vae.train.tasks import TrainTask, make_task
 from pyro_vae.validation import check_finite_config, check_positive_int, check_tensor
@@ -67,6 +78,8 @@ class TrainConfig:
     #: Compute the ELBO straight from the library's own parts where that is proven equal to
     #: Pyro's (:mod:`pyro_vae.models.fused`); ``False`` keeps Pyro's Trace_ELBO path.
     fused: bool = True
+    #: ``32``, or ``bf16``/``fp16`` autocast for the training steps (scores stay float32).
+    precision: str = "32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -86,6 +99,10 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
         if self.clip_grad is not None:
             check_finite_config(self.clip_grad, "clip_grad (--clip-grad)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}"
+            )
         self.make_objective()  # refuse bad objective options before any file is written
 
     def make_objective(self) -> Objective:
@@ -136,12 +153,16 @@ def check_fit(model: torch.nn.Module, data: DataSplits, batch_size: int) -> None
             f"data points have shape {data.event_shape} but the model expects "
             f"{model.event_shape}; build the model with the data's event_shape"
         )
-    if batch_size > data.train.shape[0]:
+    n_train = num_points(data.train)
+    if batch_size > n_train:
         raise ConfigError(
-            f"batch size {batch_size} exceeds the {data.train.shape[0]} training points; "
-            "lower --batch-size"
+            f"batch size {batch_size} exceeds the {n_train} training points; lower --batch-size"
         )
-    for split in ("train", "valid", "test"):
+    # a streamed training split is checked batch by batch as it is read (train_epoch)
+    splits = (
+        ("train", "valid", "test") if isinstance(data.train, torch.Tensor) else ("valid", "test")
+    )
+    for split in splits:
         x = check_tensor(getattr(data, split), f"the {split} split", model.event_shape)
         if x.shape[0] < 1:
             raise DataError(f"the {split} split is empty; provide more data points")
@@ -156,6 +177,9 @@ def fit(
     model_config: ModelConfig | None = None,
     progress: bool = True,
     resume: bool = False,
+    *,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
 ) -> FitResult:
     """Train a VAE (or the autoencoder baseline) on ``data.train`` with Adam.
 
@@ -169,8 +193,16 @@ def fit(
 
     With ``resume``, continues from the run's checkpoint: model, optimizer and every
     random-number generator are restored, so the run ends exactly as an uninterrupted one
-    would (CPU). A non-finite loss, gradient or parameter raises :class:`TrainingError` naming
+    would. A non-finite loss, gradient or parameter raises :class:`TrainingError` naming
     the epoch and step; the checkpoint of the last good epoch is never overwritten.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; default: where the model's
+    parameters are) receives the model and each batch. ``data.train`` may be a
+    ``torch.utils.data.Dataset`` (:class:`~pyro_vae.data.streaming.StreamingSplits`), read
+    with ``num_workers`` loader processes. Under ``torchrun`` (an initialized
+    ``torch.distributed`` group) every process trains a DDP replica on its shard of each
+    epoch, with its own latent noise; rank 0 alone writes the run's files
+    (:mod:`pyro_vae.train.parallel`).
     """
     check_fit(model, data, config.batch_size)
     if run_dir is not None and not callable(getattr(run_dir, "save_checkpoint", None)):
@@ -180,16 +212,24 @@ def fit(
         )
     if resume and run_dir is None:
         raise ConfigError("resume needs the run directory to continue from; pass run_dir")
-    pyro.set_rng_seed(config.seed)
+    device = model_device(model) if device is None else resolve_device(device)
+    model.to(device)
     task = make_task(model, config.make_objective(), config.valid_num_samples, config.fused)
+    engine = Engine.build(model, task.batch_loss, device, config.precision, num_workers)
+    # rank 0 draws the stream a one-process run draws; the other ranks their own
+    pyro.set_rng_seed(rank_seed(config.seed, engine.group.rank))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if run_dir is not None and not engine.group.is_main:
+        run_dir = ReadOnlyRun(run_dir)
     history: list[dict[str, Any]] = []
     if run_dir is not None:
         if resume:
-            history = resume_state(run_dir, model, optimizer, config, model_config)
+            history = resume_state(run_dir, model, optimizer, config, model_config, engine)
         record_run_config(run_dir, model, data, config, model_config)
         run_dir.write_metrics(history)
-    return run_epochs(task, optimizer, data, config, history, run_dir, model_config, progress)
+    return run_epochs(
+        task, optimizer, data, config, history, run_dir, model_config, progress, engine
+    )
 
 
 def record_run_config(
@@ -221,10 +261,11 @@ def run_epochs(
     run: RunStore | None,
     model_config: ModelConfig | None,
     progress: bool,
+    engine: Engine,
 ) -> FitResult:
     """Train from ``len(history) + 1`` to ``config.epochs``, validating and checkpointing."""
     model = task.model
-    valid = eval_data(model, data.valid)
+    valid = eval_data(model, data.valid).to(engine.device)
     first = len(history) + 1
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     bar = tqdm(
@@ -233,11 +274,11 @@ def run_epochs(
         total=config.epochs,
         desc="train" if model_kind(model) == "vae" else "train AE",
         unit="epoch",
-        disable=not progress,
+        disable=not (progress and engine.group.is_main),
     )
     for epoch in bar:
         model.train()
-        train_metrics = train_epoch(task, optimizer, data.train, config, epoch, run)
+        train_metrics = train_epoch(task, optimizer, data.train, config, epoch, run, engine)
         model.eval()
         valid_metrics = task.validate(valid)
         record = {
@@ -249,51 +290,65 @@ def run_epochs(
         history.append(record)
         shown_train, shown_valid = task.headline
         bar.set_postfix(train=f"{record[shown_train]:.2f}", valid=f"{record[shown_valid]:.2f}")
-        end_epoch(model, optimizer, config, model_config, history, run)
+        end_epoch(model, optimizer, config, model_config, history, run, engine)
     return FitResult(history, config.epochs, time.perf_counter() - start)
 
 
 def train_epoch(
     task: TrainTask,
     optimizer: torch.optim.Optimizer,
-    train: torch.Tensor,
+    train: torch.Tensor | Dataset,
     config: TrainConfig,
     epoch: int,
     run: RunStore | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, float]:
     """One pass over ``train`` in a fresh random order; returns the epoch's training metrics
     per data point: the task's metric sums / points seen, the minimized loss under
     ``task.loss_name``, and the task's last-step values (e.g. ``kl_weight``).
 
-    train: (N, *event_shape). Each step minimizes loss_sum / (the batch's actual size), so a
-    short last batch weighs its points as much as a full one. The loss and gradient are
-    checked before each update.
+    train: (N, *event_shape), or a Dataset of such points. Each step minimizes loss_sum /
+    (the batch's actual size), so a short last batch weighs its points as much as a full one.
+    The loss and gradient are checked before each update. ``engine`` (default: this process,
+    the model's device, float32) says where the steps run; with several processes the
+    metrics are summed over all of them before dividing.
     """
     model = task.model
-    n = train.shape[0]
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    perm = torch.randperm(n)
+    if engine is None:
+        engine = Engine(LossModule(model, task.batch_loss), model_device(model))
+    order = epoch_order(num_points(train), epoch, config.seed, engine.group)
+    steps_per_epoch = math.ceil(order.numel() / config.batch_size)
+    streamed = not isinstance(train, torch.Tensor)
+    batches = epoch_batches(
+        train, config.batch_size, order, engine.device, num_workers=engine.num_workers
+    )
     total, seen = 0.0, 0
     sums: dict[str, float] = {}
     last: dict[str, float] = {}
-    for step, i in enumerate(range(0, n, config.batch_size)):
-        x = train[perm[i : i + config.batch_size]]
+    for step, x in enumerate(batches):
+        if streamed:
+            check_tensor(x, f"training batch {step} of epoch {epoch}", model.event_shape)
+            model.likelihood.check_data(x)
         if model.likelihood.binarize:
             x = dynamic_binarize(x)
-        value = task.batch_loss(x, epoch - 1 + step / steps_per_epoch)
-        loss = value.loss_sum / x.shape[0]
+        with engine.autocast():
+            value = engine.module(x, epoch - 1 + step / steps_per_epoch)
+        loss = value.loss_sum.float() / x.shape[0]
         check_finite_step(loss, None, epoch, step, run)
         optimizer.zero_grad()
-        loss.backward()
+        engine.backward(loss, optimizer)
         norm = clip_gradients(model, config.clip_grad)
-        check_finite_step(loss, norm, epoch, step, run)
-        optimizer.step()
+        # float16 overflows are the scaler's to skip, not a fault
+        check_finite_step(loss, norm if engine.scaler is None else None, epoch, step, run)
+        engine.step(optimizer)
         total += loss.item() * x.shape[0]
         for key, v in value.sums.items():
             sums[key] = sums.get(key, 0.0) + v
         last = value.last
         seen += x.shape[0]
-    return {**{k: v / seen for k, v in sums.items()}, task.loss_name: total / seen, **last}
+    sums = engine.reduce_sums({**sums, task.loss_name: total, "_points": float(seen)})
+    seen = sums.pop("_points")
+    return {**{k: v / seen for k, v in sums.items()}, **last}
 
 
 def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
@@ -343,6 +398,7 @@ def end_epoch(
     model_config: ModelConfig | None,
     history: list[dict[str, Any]],
     run: RunStore | None,
+    engine: Engine | None = None,
 ) -> None:
     """Refuse non-finite parameters, then append the metrics line and checkpoint the epoch.
 
@@ -354,21 +410,25 @@ def end_epoch(
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):
             raise training_fault(f"parameter {name!r} became non-finite", epoch, None, run)
+    distributed = engine is not None and engine.group.distributed
+    # every rank's generator, so that each rank of a resumed run continues its own stream
+    rank_states = gather_rng_states(engine.group) if distributed else None
     if run is None:
         return
     run.append_metrics(history[-1])
-    run.save_checkpoint(
-        {
-            "kind": model_kind(model),
-            "model_config": model_config.to_dict() if model_config else None,
-            "train_config": asdict(config),
-            "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "rng_state": get_rng_state(),
-        }
-    )
+    state = {
+        "kind": model_kind(model),
+        "model_config": model_config.to_dict() if model_config else None,
+        "train_config": asdict(config),
+        "model_state": model.state_dict(),
+        "optimizer_state": optimizer.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "rng_state": get_rng_state(),
+    }
+    if rank_states is not None:
+        state["rank_rng_states"] = rank_states
+    run.save_checkpoint(state)
 
 
 def check_resumable(
@@ -427,6 +487,7 @@ def resume_state(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     model_config: ModelConfig | None = None,
+    engine: Engine | None = None,
 ) -> list[dict[str, Any]]:
     """Restore model, optimizer and random-number state from ``run``'s checkpoint.
 
@@ -443,6 +504,7 @@ def resume_state(
             "with --overwrite"
         ) from exc
     set_rng_state(state["rng_state"])
+    restore_rank_stream(state, run, engine)
     history = list(state["history"])
     if len(history) != state["epoch"]:
         raise CheckpointError(
@@ -450,3 +512,23 @@ def resume_state(
             "metric records); start again with --overwrite"
         )
     return history
+
+
+def restore_rank_stream(state: dict[str, Any], run: RunStore, engine: Engine | None) -> None:
+    """On each rank of a distributed run, its own torch generator state from the checkpoint.
+
+    A checkpoint of a run with W processes resumes only with W processes (or it would not
+    continue identically); a one-process checkpoint resumes only in one process.
+    """
+    saved = state.get("rank_rng_states")
+    world = engine.group.world_size if engine is not None else 1
+    if saved is None and world == 1:
+        return
+    if saved is None or len(saved) != world:
+        trained = 1 if saved is None else len(saved)
+        how = f"with torchrun --nproc_per_node={trained}" if trained > 1 else "without torchrun"
+        raise CheckpointError(
+            f"{run} was trained by {trained} process(es) and this resume runs {world}, so it "
+            f"cannot continue identically; resume it {how}"
+        )
+    torch.set_rng_state(saved[engine.group.rank])

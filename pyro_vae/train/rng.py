@@ -1,8 +1,9 @@
 """Random-number state: capture and restore every generator training draws from.
 
 Training draws minibatch orders, binarizations and latent samples from torch's global
-generator; Python's ``random`` and NumPy's global generator are captured too, so a resumed
-run continues the very same random stream as an uninterrupted one (on CPU).
+generator (and, for tensors on a GPU, from each CUDA device's generator); Python's ``random``
+and NumPy's global generator are captured too, so a resumed run continues the very same random
+stream as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ def get_rng_state() -> dict[str, Any]:
     """
     version, mt, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": [version, list(mt), gauss],
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -38,6 +42,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         random.setstate((version, tuple(mt), gauss))
         name, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        cuda = state.get("cuda")
+        if cuda is not None:
+            if not torch.cuda.is_available() or torch.cuda.device_count() < len(cuda):
+                raise CheckpointError(
+                    f"the checkpoint holds the random state of {len(cuda)} CUDA device(s) and "
+                    "this machine has fewer, so the run cannot continue identically; resume it "
+                    "on a machine with that many GPUs, or start a new run"
+                )
+            torch.cuda.set_rng_state_all(cuda)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"the checkpoint's random-number state is unreadable ({exc}); it is corrupted, "

@@ -1,0 +1,105 @@
+"""Processes: one per device, started by ``torchrun``; rank 0 is the one that writes files.
+
+With ``torchrun --nproc_per_node=N -m pyro_vae train ...`` each process reads ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address from its environment;
+:func:`init_from_environment` joins the group (NCCL on CUDA, gloo on CPU). Without those
+variables everything here describes a group of one process, so single-process code needs no
+special case.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from pyro_vae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place among the training processes.
+
+    Attributes:
+        rank: 0 .. world_size - 1; rank 0 alone writes checkpoints, metrics and figures.
+        world_size: number of processes.
+        local_rank: index of this process on its machine (its GPU index under torchrun).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files and prints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Wait for every process (no-op in a group of one)."""
+        if self.distributed:
+            dist.barrier()
+
+    def shard(self, n: int) -> range:
+        """The items ``0..n-1`` this rank handles: every ``world_size``-th from ``rank``."""
+        return range(self.rank, n, self.world_size)
+
+
+def current_group() -> ProcessGroup:
+    """The initialized torch.distributed group as a :class:`ProcessGroup` (one process if none)."""
+    if dist.is_available() and dist.is_initialized():
+        return ProcessGroup(
+            dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+        )
+    return ProcessGroup()
+
+
+def init_from_environment(device: torch.device) -> ProcessGroup:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Backend: NCCL when ``device`` is CUDA, gloo otherwise. Returns the group (of one process
+    when ``WORLD_SIZE`` is unset or 1). Idempotent.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or (dist.is_available() and dist.is_initialized()):
+        return current_group()
+    if not dist.is_available():
+        raise ConfigError(
+            "WORLD_SIZE > 1 but this torch build has no torch.distributed; run one process"
+        )
+    if "MASTER_ADDR" not in os.environ:
+        raise ConfigError(
+            "WORLD_SIZE is set but MASTER_ADDR is not; start the processes with torchrun "
+            "(e.g. torchrun --nproc_per_node=2 -m pyro_vae train ...)"
+        )
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend)
+    return current_group()
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum ``value`` over every process (in place, returned); unchanged in a group of one.
+
+    gloo reduces CPU tensors and NCCL CUDA tensors: the tensor is moved for the reduction
+    and back.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    on = (
+        torch.device("cuda", torch.cuda.current_device())
+        if (dist.get_backend() == "nccl")
+        else torch.device("cpu")
+    )
+    moved = value.to(on)
+    dist.all_reduce(moved)
+    if moved is not value:
+        value.copy_(moved)
+    return value

@@ -1,0 +1,78 @@
+"""Process bodies for the two-process (gloo, CPU) tests: importable by spawned children."""
+
+from __future__ import annotations
+
+import os
+
+import pyro
+import torch
+import torch.distributed as dist
+
+
+def join(rank: int, world: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def small_vae():
+    from pyro_vae import ModelConfig, build_vae
+    from pyro_vae.data import eval_data, load_digits
+
+    data = load_digits()
+    pyro.set_rng_seed(0)
+    vae = build_vae(ModelConfig(event_shape=data.event_shape, hidden=(32,)))
+    return vae, eval_data(vae, data.test[:37])
+
+
+def sharded_log_likelihood(rank: int, world: int, port: int, out: str) -> None:
+    """Each rank computes its blocks; rank 0 saves the gathered per-example values."""
+    from pyro_vae.infer import log_likelihood
+    from pyro_vae.infer.sharded import sharded_estimate
+
+    join(rank, world, port)
+    try:
+        vae, x = small_vae()
+        result = sharded_estimate(
+            log_likelihood, vae.model, vae.guide, x, block_size=8, seed=5, num_samples=50
+        )
+        torch.save(
+            {"per_example": result.per_example, "ess": result.ess},
+            f"{out}.rank{rank}",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_steps(rank: int, world: int, port: int, out: str, steps: int, batch: int) -> None:
+    """``steps`` Adam steps of the ELBO under DDP; rank r saves its parameters."""
+    from pyro_vae.data import load_digits
+    from pyro_vae.data.batches import epoch_batches, epoch_order
+    from pyro_vae.infer import make_objective
+    from pyro_vae.runtime import current_group
+    from pyro_vae.train.parallel import LossModule, rank_seed, replicate
+
+    join(rank, world, port)
+    try:
+        vae, _ = small_vae()
+        train = load_digits().train
+        group = current_group()
+        objective = make_objective("elbo")
+        module = replicate(
+            LossModule(vae, lambda x: objective.loss(vae.model, vae.guide, x).loss / x.shape[0]),
+            group,
+            torch.device("cpu"),
+        )
+        optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2)
+        order = epoch_order(train.shape[0], 1, 0, group)
+        torch.manual_seed(rank_seed(0, rank))
+        for _, x in zip(range(steps), epoch_batches(train, batch, order), strict=False):
+            loss = module(torch.bernoulli(x))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        torch.save(vae.state_dict(), f"{out}.rank{rank}")
+    finally:
+        dist.destroy_process_group()

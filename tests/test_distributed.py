@@ -1,0 +1,118 @@
+"""Two processes on this CPU (gloo): sharded evaluation gives one process's numbers."""
+
+from __future__ import annotations
+
+import socket
+
+import distributed_workers as workers
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pyro_vae.infer import log_likelihood
+from pyro_vae.infer.sharded import sharded_estimate
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sharded_log_likelihood_over_two_ranks_equals_one_process(tmp_path):
+    out = str(tmp_path / "ll")
+    mp.start_processes(
+        workers.sharded_log_likelihood,
+        args=(2, free_port(), out),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    vae, x = workers.small_vae()
+    single = sharded_estimate(
+        log_likelihood, vae.model, vae.guide, x, block_size=8, seed=5, num_samples=50
+    )
+    for rank in range(2):
+        got = torch.load(f"{out}.rank{rank}", weights_only=True)
+        torch.testing.assert_close(got["per_example"], single.per_example)
+        torch.testing.assert_close(got["ess"], single.ess)
+    # a different seed gives different draws: the comparison above is not vacuous
+    other = sharded_estimate(
+        log_likelihood, vae.model, vae.guide, x, block_size=8, seed=6, num_samples=50
+    )
+    assert not torch.equal(other.per_example, single.per_example)
+
+
+def test_sharded_estimate_refuses_non_per_example_results():
+    vae, x = workers.small_vae()
+    with pytest.raises(Exception, match="keep_log_weights"):
+        sharded_estimate(
+            log_likelihood, vae.model, vae.guide, x, num_samples=5, keep_log_weights=True
+        )
+
+
+def test_ddp_steps_equal_one_process_on_the_union_of_the_batches(tmp_path):
+    """Two ranks after 3 steps hold identical parameters, equal to one process that averages
+    the two ranks' batch losses with each rank's own latent noise."""
+    from pyro_vae.data import load_digits
+    from pyro_vae.data.batches import epoch_batches, epoch_order
+    from pyro_vae.infer import make_objective
+    from pyro_vae.runtime import ProcessGroup
+    from pyro_vae.train.parallel import rank_seed
+
+    steps, batch, world = 3, 16, 2
+    out = str(tmp_path / "ddp")
+    mp.start_processes(
+        workers.ddp_steps,
+        args=(world, free_port(), out, steps, batch),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
+    ranks = [torch.load(f"{out}.rank{r}", weights_only=True) for r in range(world)]
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+
+    vae, _ = workers.small_vae()
+    train = load_digits().train
+    objective = make_objective("elbo")
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-2)
+    batches, states = [], []
+    for r in range(world):
+        order = epoch_order(train.shape[0], 1, 0, ProcessGroup(r, world))
+        batches.append(list(epoch_batches(train, batch, order))[:steps])
+        torch.manual_seed(rank_seed(0, r))
+        states.append(torch.get_rng_state())
+    for step in range(steps):
+        optimizer.zero_grad()
+        for r in range(world):
+            torch.set_rng_state(states[r])
+            x = torch.bernoulli(batches[r][step])
+            loss = objective.loss(vae.model, vae.guide, x).loss / (world * x.shape[0])
+            loss.backward()
+            states[r] = torch.get_rng_state()
+        optimizer.step()
+    moved = False
+    for key, value in vae.state_dict().items():
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-4, atol=1e-5)
+        moved |= not torch.equal(value, workers.small_vae()[0].state_dict()[key])
+    assert moved, "the steps changed no parameter: the comparison would be vacuous"
+
+
+def test_a_dataset_or_a_loader_gives_the_tensors_numbers():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    vae, x = workers.small_vae()
+    kw = dict(block_size=8, seed=2, num_samples=20)
+    tensors = sharded_estimate(log_likelihood, vae.model, vae.guide, x, **kw)
+    dataset = sharded_estimate(log_likelihood, vae.model, vae.guide, TensorDataset(x), **kw)
+    loader = sharded_estimate(
+        log_likelihood, vae.model, vae.guide, DataLoader(TensorDataset(x), batch_size=8), **kw
+    )
+    torch.testing.assert_close(dataset.per_example, tensors.per_example)
+    torch.testing.assert_close(loader.per_example, tensors.per_example)

@@ -1,0 +1,139 @@
+"""Streamed data: the same points as the in-memory loaders, read without loading the file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.data import load_array_file
+from pyro_vae.data.batches import epoch_batches, epoch_order
+from pyro_vae.data.streaming import ArrayShards, ImageFiles, load_streaming
+from pyro_vae.errors import DataError
+from pyro_vae.runtime import ProcessGroup
+
+
+def test_shards_read_the_rows_of_their_concatenation_in_order(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, size=(n, 3, 4), dtype=np.uint8) for n in (5, 1, 7)]
+    for i, a in enumerate(parts):
+        np.save(tmp_path / f"shard-{i:02d}.npy", a)
+    ds = ArrayShards(tmp_path)
+    whole = np.concatenate(parts).astype(np.float32) / 255.0
+    assert len(ds) == 13 and ds.event_shape == (3, 4)
+    got = torch.stack([ds[i] for i in range(len(ds))])
+    torch.testing.assert_close(got, torch.from_numpy(whole))
+    torch.testing.assert_close(ds[-1], torch.from_numpy(whole[-1]))
+    with pytest.raises(IndexError):
+        ds[13]
+
+
+def test_streamed_file_has_the_in_memory_splits(tmp_path):
+    x = np.random.default_rng(1).random((50, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    whole = load_array_file(tmp_path / "x.npy")
+    streamed = load_streaming(tmp_path / "x.npy")
+    torch.testing.assert_close(streamed.valid, whole.valid)
+    torch.testing.assert_close(streamed.test, whole.test)
+    train = torch.stack([streamed.train[i] for i in range(len(streamed.train))])
+    torch.testing.assert_close(train, whole.train)
+    assert streamed.event_shape == whole.event_shape == (6,)
+
+
+def test_batches_of_a_dataset_equal_batches_of_the_tensor(tmp_path):
+    x = np.random.default_rng(2).random((23, 2, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    ds, tensor = ArrayShards(tmp_path / "x.npy"), torch.from_numpy(x)
+    order = epoch_order(23, 1, 0, ProcessGroup())
+    a = list(epoch_batches(tensor, 5, order))
+    b = list(epoch_batches(ds, 5, order, num_workers=0))
+    assert [t.shape[0] for t in a] == [5, 5, 5, 5, 3]
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v)
+
+
+def test_distributed_order_covers_every_point_with_equal_steps():
+    orders = [epoch_order(11, 3, 7, ProcessGroup(r, 3)) for r in range(3)]
+    assert {o.numel() for o in orders} == {4}
+    assert set(torch.cat(orders).tolist()) == set(range(11))
+    again = epoch_order(11, 3, 7, ProcessGroup(1, 3))
+    assert torch.equal(again, orders[1])
+    assert not torch.equal(epoch_order(11, 4, 7, ProcessGroup(1, 3)), orders[1])
+
+
+@pytest.mark.parametrize(
+    "array, fragment",
+    [
+        (np.zeros((4, 3), dtype=np.complex64), "real numbers"),
+        (np.array([[1], [2]], dtype=object), "real numbers"),
+        (np.zeros(4, dtype=np.float32), "one row per data point"),
+        (np.asfortranarray(np.zeros((4, 3), dtype=np.float32)), "C-ordered"),
+    ],
+)
+def test_unusable_arrays_are_refused(tmp_path, array, fragment):
+    path = tmp_path / "bad.npy"
+    np.save(path, array, allow_pickle=True)
+    with pytest.raises(DataError, match=fragment):
+        ArrayShards(path)
+
+
+def test_truncated_file_and_fifo_are_refused_without_blocking(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((100, 10), dtype=np.float32))
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(DataError, match="truncated"):
+        ArrayShards(path)
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        ArrayShards(fifo)
+
+
+def test_image_files_are_read_lazily_and_must_share_a_size(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((5, 4), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    Image.fromarray(np.zeros((6, 4), dtype=np.uint8)).save(tmp_path / "odd.png")
+    ds = ImageFiles(sorted(tmp_path.glob("?.png")) + [tmp_path / "odd.png"])
+    assert ds.event_shape == (1, 5, 4) and len(ds) == 4
+    torch.testing.assert_close(ds[2], torch.full((1, 5, 4), 80 / 255.0))
+    with pytest.raises(DataError, match="resize"):
+        ds[3]
+
+
+def test_a_file_larger_than_the_memory_budget_is_never_loaded_whole(tmp_path):
+    """Reading every training batch of a 96 MB file grows the resident set by far less."""
+    rows, width = 96 * 1024, 1024
+    path = tmp_path / "big.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(rows, width))
+    out[:] = 7
+    out.flush()
+    del out
+    script = textwrap.dedent(
+        f"""
+        import resource, torch
+        from pyro_vae.data.streaming import ArrayShards
+        from pyro_vae.data.batches import epoch_batches, epoch_order
+        from pyro_vae.runtime import ProcessGroup
+        ds = ArrayShards({str(path)!r})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        total = 0.0
+        for x in epoch_batches(ds, 4096, epoch_order(len(ds), 1, 0, ProcessGroup())):
+            total += float(x.sum())
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after - before) // 1024, total)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    grown_mb, total = proc.stdout.split()
+    assert float(total) == pytest.approx(rows * width * 7 / 255.0, rel=1e-5)
+    assert int(grown_mb) < 48, f"resident set grew {grown_mb} MB reading a 96 MB file"
