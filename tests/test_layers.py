@@ -6,9 +6,9 @@ A module's layer is its first name below ``pyro_vae`` (``pyro_vae.infer.ais`` ->
 so a new subpackage is covered the moment it exists and fails here until it is given a
 place in :data:`MAY_IMPORT`.
 
-    cli -> runs -> {analysis, train} -> infer -> models -> parts -> {errors, validation}
+    cli -> runs -> {analysis, train} -> infer -> models -> parts -> {errors, validation, runtime}
                                                           data -----^
-    infer never imports models; data imports only errors and validation.
+    infer never imports models; data imports only errors, validation and runtime.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import pytest
 PACKAGE = "pyro_vae"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
-BASE = {"errors", "validation"}
+BASE = {"errors", "validation", "runtime"}
 #: Layer -> the other layers it may import (a layer may always import itself).
 MAY_IMPORT: dict[str, set[str]] = {
     "errors": set(),
     "validation": {"errors"},
+    # devices and processes: beside errors, below everything else
+    "runtime": {"errors"},
     "parts": BASE,
     "data": BASE,
     "models": {"parts"} | BASE,
