@@ -65,13 +65,17 @@ _HELP = {
     "arch": "encoder/decoder nets",
     "fused": "compute the ELBO straight from the library's own parts (proven equal to "
     "Pyro's); --no-fused keeps Pyro's Trace_ELBO path",
+    "precision": "32, or autocast the training steps to bf16/fp16 (scores stay float32)",
 }
+
+DEVICE_HELP = "auto (a GPU if there is one), cpu, cuda, cuda:N or mps"
 
 
 def _choices(hint_name: str) -> Sequence[str] | None:
     from pyro_vae.data.binarize import BINARIZE_MODES
     from pyro_vae.infer.objectives import OBJECTIVES, WARMUPS
     from pyro_vae.parts.registry import REGISTRIES
+    from pyro_vae.train.parallel import PRECISIONS
 
     if hint_name in REGISTRIES:
         return REGISTRIES[hint_name].names()
@@ -79,6 +83,7 @@ def _choices(hint_name: str) -> Sequence[str] | None:
         "objective": sorted(OBJECTIVES),
         "warmup": list(WARMUPS),
         "binarize": list(BINARIZE_MODES),
+        "precision": list(PRECISIONS),
     }.get(hint_name)
 
 
@@ -109,6 +114,9 @@ def _run_options() -> dict[str, tuple[Any, Any]]:
         "no_progress": (bool, not params["progress"].default),
         "model": (str, params["kind"].default),
         "format": (str, params["fmt"].default),
+        "device": (str, params["device"].default),
+        "num_workers": (int, params["num_workers"].default),
+        "stream": (bool, params["stream"].default),
     }
 
 
@@ -192,6 +200,7 @@ def build_parser(track: bool = False) -> argparse.ArgumentParser:
         help="data points per pass",
     )
     ev.add_argument("--seed", type=int, default=0, help="random seed of the estimator")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.add_argument(
         "--method",
         choices=list(METHODS),
@@ -252,6 +261,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     sample.add_argument("--output", type=Path, default=None, help="default RUN_DIR/samples-SOURCE")
     sample.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     plot = sub.add_parser(
         "plot",
@@ -267,6 +277,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     plot.add_argument("--output", type=Path, default=None, help="default RUN_DIR/KIND.FORMAT")
     plot.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
     plot.add_argument("--seed", type=int, default=0)
+    plot.add_argument("--device", default="auto", help=DEVICE_HELP)
     plot.add_argument("--source", choices=["prior", "aggregate"], default="prior")
     plot.add_argument("--steps", type=int, default=10, help="interpolation steps")
     plot.add_argument(
@@ -341,6 +352,17 @@ def _add_train_arguments(train: argparse.ArgumentParser, track: bool) -> None:
         "--model",
         choices=list(MODEL_KINDS),
         help="vae, or ae: the deterministic autoencoder baseline with the same networks",
+    )
+    hardware = train.add_argument_group("devices and data loading")
+    hardware.add_argument("--device", help=DEVICE_HELP)
+    hardware.add_argument(
+        "--num-workers", type=int, help="reader processes for a streamed training split"
+    )
+    hardware.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the training split from disk batch by batch (a .npy file, a folder of .npy "
+        "shards or of images) instead of loading it whole",
     )
     out = train.add_argument_group("run directory")
     out.add_argument("--num-samples", type=int, help="importance samples K of the test score")
@@ -483,7 +505,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _cmd_resume(args)
     s = _train_settings(args, args.given)
     data_dir = Path(s["data_dir"]) if s["data_dir"] is not None else None
-    data = load_run_data({"dataset": s["dataset"], "data_dir": data_dir, "binarize": s["binarize"]})
+    group = join_processes(s["device"])
+    data = load_run_data(
+        {
+            "dataset": s["dataset"],
+            "data_dir": data_dir,
+            "binarize": s["binarize"],
+            "stream": s["stream"],
+        }
+    )
     model_keys = [*_model_config_fields(), *(f"{kind}_options" for kind in PART_KINDS)]
     model_config = ModelConfig(
         event_shape=data.event_shape, **{key: s[key] for key in model_keys}
@@ -491,7 +521,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train_config = TrainConfig(**{key: s[key] for key in _train_config_fields()})
     if s["num_samples"] < 1:
         raise _usage(f"--num-samples must be at least 1, got {s['num_samples']}")
-    name = s["name"] or f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # every process of a torchrun job writes to (rank 0 to) the run rank 0 named
+    name = group.broadcast_text(s["name"] or f"{data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = RunDir.named(s["output_dir"], name)
     results = train_run(
         s["dataset"],
@@ -506,7 +537,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_dir=data_dir,
         binarize=s["binarize"],
         fmt=s["format"],
+        device=s["device"],
+        num_workers=s["num_workers"],
+        stream=s["stream"],
     )
+    if not group.is_main:
+        return 0
     print(f"run directory: {run_dir}")
     _print_run_results(results)
     return 0
@@ -525,7 +561,7 @@ def _print_run_results(results: dict) -> None:
 
 
 #: Options ``train --resume`` accepts; every other setting comes from the run's config.json.
-RESUME_OPTIONS = {"resume", "epochs", "no_progress", "debug", "plugin"}
+RESUME_OPTIONS = {"resume", "epochs", "no_progress", "debug", "plugin", "device", "num_workers"}
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -536,10 +572,21 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         flags = ", ".join("--" + name.replace("_", "-") for name in conflicting)
         raise _usage(
             f"{flags} cannot be combined with --resume: the run's config.json fixes every "
-            "setting (only --epochs, --no-progress and --plugin are allowed); drop them"
+            "setting (only --epochs, --no-progress, --plugin, --device and --num-workers are "
+            "allowed); drop them"
         )
     epochs = args.epochs if "epochs" in args.given else None
-    results = resume_run(args.resume, epochs=epochs, progress=not args.no_progress)
+    device = args.device if "device" in args.given else "auto"
+    group = join_processes(device)
+    results = resume_run(
+        args.resume,
+        epochs=epochs,
+        progress=not args.no_progress,
+        device=device,
+        num_workers=args.num_workers if "num_workers" in args.given else 0,
+    )
+    if not group.is_main:
+        return 0
     print(f"run directory: {args.resume} (resumed)")
     _print_run_results(results)
     return 0
@@ -596,7 +643,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     check_size(args.num_samples, "--num-samples (importance samples per point)")
     if args.batch_size is not None and args.batch_size < 1:
         raise _usage(f"--batch-size must be at least 1, got {args.batch_size}")
-    vae, config = load_run(args.run_dir)
+    group = join_processes(args.device)
+    vae, config = load_run(args.run_dir, device=args.device)
     if config.get("kind") == "ae":
         raise _usage(
             f"{str(args.run_dir)!r} is an autoencoder run: it has no likelihood p(x) to score; "
@@ -606,7 +654,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     pyro.set_rng_seed(args.seed)
     if args.method is not None:
         return _print_inference_report(args, vae, data)
-    result = score(vae, data, num_samples=args.num_samples, batch_size=args.batch_size)
+    result = score(
+        vae, data, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed
+    )
+    if not group.is_main:
+        return 0
     print(f"run directory: {args.run_dir}")
     _print_scores(summary(result))
     return 0
@@ -617,7 +669,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from pyro_vae.runs import check_size, load_run, load_run_data
 
     check_size(args.num, "-n (samples drawn)")
-    model, config = load_run(args.run_dir)
+    model, config = load_run(args.run_dir, device=args.device)
     data = load_run_data(config)
     out = args.output or args.run_dir / f"samples-{args.source}.{args.format}"
     path = figures.figure_samples(model, data, out, source=args.source, n=args.num, seed=args.seed)
@@ -633,7 +685,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     if args.kind == "interpolation":
         check_size(args.steps, "--steps (interpolation steps)")
-    model, config = load_run(args.run_dir)
+    model, config = load_run(args.run_dir, device=args.device)
     out = args.output or args.run_dir / f"{args.kind}.{args.format}"
     torch.manual_seed(args.seed)
     if args.kind == "elbo":
@@ -727,6 +779,14 @@ def _usage(message: str) -> PyroVAEError:
     from pyro_vae.errors import ConfigError
 
     return ConfigError(message)
+
+
+def join_processes(device: str):
+    """This process's group: under ``torchrun`` (``WORLD_SIZE`` > 1) join it on ``device``'s
+    backend (NCCL for CUDA, gloo otherwise); a group of one otherwise."""
+    from pyro_vae.runtime import init_from_environment, resolve_device
+
+    return init_from_environment(resolve_device(device))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

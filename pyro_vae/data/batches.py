@@ -66,6 +66,9 @@ def epoch_batches(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         collate_fn=collate_points,
+        # its own generator: drawing the workers' base seed must not advance the global
+        # stream, or a streamed run's latent noise would differ from an in-memory run's
+        generator=torch.Generator(),
     )
     for x in loader:
         yield x.to(device, non_blocking=True)

@@ -46,6 +46,17 @@ class ProcessGroup:
         if self.distributed:
             dist.barrier()
 
+    def broadcast_text(self, text: str) -> str:
+        """Rank 0's ``text`` on every rank (e.g. a run name with rank 0's clock in it)."""
+        if not self.distributed:
+            return text
+        data = torch.tensor(list(text.encode("utf-8")), dtype=torch.int64)
+        size = torch.tensor([data.numel()]) if self.is_main else torch.zeros(1, dtype=torch.int64)
+        _broadcast(size)
+        buffer = data if self.is_main else torch.zeros(int(size), dtype=torch.int64)
+        _broadcast(buffer)
+        return bytes(buffer.tolist()).decode("utf-8")
+
     def shard(self, n: int) -> range:
         """The items ``0..n-1`` this rank handles: every ``world_size``-th from ``rank``."""
         return range(self.rank, n, self.world_size)
@@ -83,6 +94,21 @@ def init_from_environment(device: torch.device) -> ProcessGroup:
         torch.cuda.set_device(device)
     dist.init_process_group(backend)
     return current_group()
+
+
+def collective_device() -> torch.device:
+    """Where collectives run: the current CUDA device for NCCL, else the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _broadcast(value: torch.Tensor) -> None:
+    """Rank 0's ``value`` into ``value`` on every rank (in place)."""
+    moved = value.to(collective_device())
+    dist.broadcast(moved, src=0)
+    if moved is not value:
+        value.copy_(moved)
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:

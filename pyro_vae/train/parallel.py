@@ -25,7 +25,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.runtime.distributed import ProcessGroup, all_reduce_sum, current_group
+from pyro_vae.runtime.distributed import (
+    ProcessGroup,
+    all_reduce_sum,
+    collective_device,
+    current_group,
+)
 
 
 class LossModule(nn.Module):
@@ -177,11 +182,7 @@ def gather_rng_states(group: ProcessGroup) -> list[torch.Tensor]:
         return [state]
     import torch.distributed as dist
 
-    on = (
-        torch.device("cuda", torch.cuda.current_device())
-        if (dist.get_backend() == "nccl")
-        else torch.device("cpu")
-    )
+    on = collective_device()
     parts = [torch.empty_like(state, device=on) for _ in range(group.world_size)]
     dist.all_gather(parts, state.to(on))
     return [p.cpu() for p in parts]
