@@ -197,9 +197,9 @@ def _ais_batch(
     x = data[0]
     # every latent tensor is (C, batch, *event); per-(chain, point) quantities are (C, batch)
     shape = (chains, x.shape[0])
-    eps = torch.full(shape, step_size, dtype=x.dtype)
-    log_w = torch.zeros(shape, dtype=torch.float64)
-    accept_sum = torch.zeros(shape, dtype=x.dtype)
+    eps = torch.full(shape, step_size, dtype=x.dtype, device=x.device)
+    log_w = torch.zeros(shape, dtype=torch.float64, device=x.device)
+    accept_sum = torch.zeros(shape, dtype=x.dtype, device=x.device)
 
     def bcast(v, like):
         return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
