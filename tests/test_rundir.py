@@ -101,5 +101,5 @@ def test_a_config_file_cannot_carry_overwrite(tmp_path, capsys):
     config.write_text(json.dumps({"name": "r", "overwrite": True, "epochs": 1}))
     code = cli.main(["train", "--config", str(config), "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "cannot set overwrite" in err[0]
+    assert code == 2 and len(err) == 1 and "may not set 'overwrite'" in err[0]
     assert not (tmp_path / "out").exists()

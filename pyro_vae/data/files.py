@@ -1,15 +1,19 @@
-"""Checks on the files a user or a shared run directory names, before anything reads them.
+"""Files: checks on those a user or a shared run directory names, and atomic writes.
 
 Every path a data set comes from is untrusted input: it may be a FIFO that blocks a reader
 forever, a device, or a folder where a file was expected. Readers call
-:func:`check_regular_file` first and refuse with one line instead of hanging.
+:func:`check_regular_file` first and refuse with one line instead of hanging. Every file the
+library writes goes through :func:`write_atomically`, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from pyro_vae.errors import DataError
 
@@ -39,3 +43,34 @@ def check_regular_file(path: str | Path, what: str = "data file") -> Path:
         )
         raise DataError(f"{what} {str(path)!r} is {kind}, not a regular file; name a saved file")
     return path
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` so that a crash leaves either the old file or the new one, never a part.
+
+    ``write(f)`` writes the bytes to a temporary file in the same folder, which is flushed and
+    fsynced; ``os.replace`` swaps it in, and the folder itself is fsynced so the rename lasts.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -15,11 +15,11 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pyro_vae.data.files import write_atomically
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -164,20 +164,7 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> Path:
         """Write ``text`` to the run's file ``name`` atomically (tmp + fsync + os.replace)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        target = self.file(name)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.path)
-        return target
+        return write_atomically(self.file(name), lambda f: f.write(text.encode("utf-8")))
 
     def write_json(self, name: str, value: Any) -> Path:
         return self.write_text(name, json.dumps(value, indent=2))
@@ -269,11 +256,3 @@ class RunDir:
             yield self
         finally:
             os.close(fd)  # closing releases the flock
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
