@@ -43,19 +43,21 @@ def _data_for(likelihood: str, n: int = 6) -> torch.Tensor:
 
 def _vae(prior: str, likelihood: str, posterior: str, arch: str) -> VAE:
     pyro.set_rng_seed(0)
-    config = ModelConfig(
-        event_shape=EVENT_SHAPE,
-        latent_dim=2,
-        hidden=(8,),
-        prior=prior,
-        likelihood=likelihood,
-        posterior=posterior,
-        arch=arch,
-        channels=(4,),
-        n_components=3,
-        num_pseudo_inputs=3,
-        iaf_context=4,
-        iaf_hidden=(8,),
+    config = ModelConfig.from_dict(
+        dict(
+            event_shape=list(EVENT_SHAPE),
+            latent_dim=2,
+            hidden=[8],
+            prior=prior,
+            likelihood=likelihood,
+            posterior=posterior,
+            arch=arch,
+            channels=[4],
+            n_components=3,
+            num_pseudo_inputs=3,
+            iaf_context=4,
+            iaf_hidden=[8],
+        )
     )
     return build_vae(config)
 
@@ -82,7 +84,7 @@ def _scaled(fn, kl_weight: float):
     """Pyro's KL weighting, as the objectives apply it: scale the latent site's log-densities."""
     from pyro_vae.infer.objectives import LatentScale
 
-    return LatentScale(kl_weight, ("z",))(fn)
+    return LatentScale(kl_weight)(fn)
 
 
 @pytest.mark.parametrize("prior,likelihood,posterior,arch", COMBOS)
