@@ -41,6 +41,7 @@ from pyro_vae.infer.objectives import make_objective
 from pyro_vae.models import ModelConfig, build_vae
 from pyro_vae.models.fused import FusedELBO, fused_unsupported
 from pyro_vae.train import TrainConfig, train_epoch
+from pyro_vae.train.tasks import VAETask
 
 MODELS = {
     "pyro-mlp": ModelConfig(event_shape=(1, 28, 28), latent_dim=50, hidden=(400,)),
@@ -138,7 +139,10 @@ def make_routes(config: ModelConfig, batch_size: int):
     torch_opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
 
     return {
-        "library": lambda t: train_epoch(lib, objective, lib_opt, t, train_config, 1),
+        # the library's loop on Pyro's traced path (TrainConfig(fused=False), --no-fused)
+        "library": lambda t: train_epoch(
+            VAETask(lib, objective, fused=False), lib_opt, t, train_config, 1
+        ),
         "fused": lambda t: fused_train_epoch(fused, objective, fused_opt, t, train_config, 1),
         "torch": lambda t: torch_epoch(enc, dec, torch_opt, t, batch_size, config.latent_dim),
     }
