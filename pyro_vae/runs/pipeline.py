@@ -262,7 +262,9 @@ def train_run(
     model = build_model(model_config, kind)
     check_fit(model, data, train_config.batch_size)
     run = RunDir(run_dir)
-    run.check_creatable(overwrite)  # on every rank, so all refuse together
+    group = current_group()
+    run.check_creatable(overwrite)  # on every rank, so all refuse together,
+    group.barrier()  # and all of them before rank 0 creates it
     config = {
         "dataset": dataset,
         "kind": kind,
@@ -273,7 +275,6 @@ def train_run(
         **{k: v for k, v in data_options.items() if v is not None},
         "data_fingerprint": data_fingerprint(data),
     }
-    group = current_group()
     with run.lock() if group.is_main else contextlib.nullcontext():
         if group.is_main:
             run.create(overwrite)
