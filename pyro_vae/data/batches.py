@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pyro_vae.data.streaming import collate_points
+from pyro_vae.data.streaming import collate_points, point_blocks
 from pyro_vae.runtime.distributed import ProcessGroup
 
 
@@ -78,4 +78,4 @@ def first_points(split: torch.Tensor | Dataset, n: int) -> torch.Tensor:
     """The first ``n`` points of a split as one tensor ``(min(n, N), *event_shape)``."""
     if isinstance(split, torch.Tensor):
         return split[:n]
-    return collate_points([split[i] for i in range(min(n, len(split)))])
+    return torch.cat(list(point_blocks(split, limit=n)))

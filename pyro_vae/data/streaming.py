@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -195,17 +195,21 @@ def collate_points(items: list) -> torch.Tensor:
     return batch
 
 
+def point_blocks(
+    dataset: Dataset, block: int = 1024, limit: int | None = None
+) -> Iterator[torch.Tensor]:
+    """The first ``limit`` (default all) points of ``dataset`` in order, as tensors
+    ``(<= block, *event_shape)``: one way to read a dataset a block at a time."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for lo in range(0, n, block):
+        yield collate_points([dataset[i] for i in range(lo, min(n, lo + block))])
+
+
 def materialize(dataset: Dataset, what: str, batch_size: int = 1024) -> torch.Tensor:
     """All points of ``dataset`` stacked into one tensor ``(N, *event_shape)``."""
-    n = len(dataset)
-    if n == 0:
+    if len(dataset) == 0:
         raise DataError(f"the {what} split is empty; provide more data points")
-    return torch.cat(
-        [
-            collate_points([dataset[i] for i in range(s, min(n, s + batch_size))])
-            for s in range(0, n, batch_size)
-        ]
-    )
+    return torch.cat(list(point_blocks(dataset, batch_size)))
 
 
 class StreamingSplits(DataSplits):

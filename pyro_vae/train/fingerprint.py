@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pyro_vae.data.splits import DataSplits
-from pyro_vae.data.streaming import collate_points, item_tensor
+from pyro_vae.data.streaming import item_tensor, point_blocks
 from pyro_vae.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -28,11 +28,9 @@ def dataset_digest(dataset: Dataset, block: int = 1024) -> str:
     Equals the digest of the same points held as one tensor, so a run trained on a streamed
     file can be checked against the file loaded whole, and vice versa.
     """
-    n = len(dataset)
     first = item_tensor(dataset[0])
-    h = hashlib.sha256(f"{(n, *first.shape)} {first.dtype}".encode())
-    for lo in range(0, n, block):
-        batch = collate_points([dataset[i] for i in range(lo, min(n, lo + block))])
+    h = hashlib.sha256(f"{(len(dataset), *first.shape)} {first.dtype}".encode())
+    for batch in point_blocks(dataset, block):
         h.update(batch.contiguous().numpy().tobytes())
     return h.hexdigest()
 
