@@ -63,6 +63,13 @@ def pyro_example_guide(x):
         pyro.sample("latent", near_posterior(x))
 
 
+def mc_tolerance(r, k_indep: int) -> torch.Tensor:
+    """4 standard errors of the difference between ``r`` (K samples, effective sample size
+    r.ess) and an independent estimate from ``k_indep`` samples of the same proposal: the
+    log of a mean of weights has standard error ~ sqrt(1 / ESS) (delta method)."""
+    return 4 * (1 / r.ess + r.num_samples / (k_indep * r.ess)).sqrt()
+
+
 def independent_estimate(model, guide, xs: tuple, k: int, **kwargs) -> torch.Tensor:
     """log (1/K) sum_k p(x, z_k) / q(z_k | x) per data point, one trace per sample."""
     out = []
@@ -359,3 +366,264 @@ def test_gaps_refuse_a_guide_with_two_latent_sites():
             two_layer_model, two_layer_exact_guide, torch.zeros(3, 3),
             lambda p: dist.Normal(p, 1.0), lambda x: torch.zeros(x.shape[0]),
         )
+
+
+# --- particles replicated along the data plate: same numbers, programs that need it -----
+
+
+@pytest.mark.parametrize("strategy", ["vectorized", "replicate"])
+def test_two_layer_exact_posterior_is_exact_under_either_strategy(strategy):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 3, generator=g)
+    r = log_likelihood(
+        two_layer_model, two_layer_exact_guide, x, num_samples=8, strategy=strategy,
+        keep_log_weights=True,
+    )  # fmt: skip
+    assert r.strategy == strategy
+    assert torch.allclose(r.log_weights, two_layer_log_px(x).expand(8, 5), atol=1e-4)
+
+
+def test_both_strategies_draw_the_same_numbers_from_the_same_seed():
+    x = sample_x(3)
+    runs = []
+    for strategy in ("vectorized", "replicate"):
+        pyro.set_rng_seed(5)
+        runs.append(
+            log_likelihood(
+                pyro_example_model, pyro_example_guide, x, num_samples=50,
+                data_plate="batch", strategy=strategy, keep_log_weights=True,
+            ).log_weights  # fmt: skip
+        )
+    assert torch.allclose(runs[0], runs[1], atol=1e-5)
+
+
+NET = torch.nn.Linear(L, D)
+torch.nn.init.normal_(NET.weight, generator=torch.Generator().manual_seed(6))
+
+
+def exact_log_px_of(net: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """log N(x; b, W W^T + S^2 I) for the linear decoder ``net``."""
+    w, b = net.weight.detach(), net.bias.detach()
+    cov = w @ w.T + S**2 * torch.eye(D)
+    return dist.MultivariateNormal(b, covariance_matrix=cov).log_prob(x)
+
+
+def flat_view_model(x):
+    """A decoder whose output is flattened to (-1, D), as many hand-written models do."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(L), 1.0).to_event(1))
+        loc = NET(z).view(-1, D)
+        pyro.sample("x", dist.Normal(loc, S).to_event(1), obs=x)
+
+
+def flat_view_guide(x):
+    """The exact posterior of the linear decoder, widened by 1.2."""
+    w, b = NET.weight.detach(), NET.bias.detach()
+    cov = torch.linalg.inv(torch.eye(L) + w.T @ w / S**2)
+    with pyro.plate("data", x.shape[0]):
+        loc = (x - b) @ w @ cov / S**2
+        pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=1.44 * cov))
+
+
+def test_model_that_flattens_with_view_falls_back_to_replicated_particles():
+    pyro.set_rng_seed(0)
+    x = sample_x(3)
+    with torch.no_grad():
+        r = log_likelihood(flat_view_model, flat_view_guide, x, num_samples=2000)
+        indep = independent_estimate(flat_view_model, flat_view_guide, (x,), 500)
+    assert r.strategy == "replicate"
+    assert ((r.per_example - indep).abs() < mc_tolerance(r, 500)).all()
+    assert torch.allclose(r.per_example, exact_log_px_of(NET, x), atol=0.05)
+    with pytest.raises(DataError, match="cannot draw particles vectorized.*strategy='auto'"):
+        log_likelihood(flat_view_model, flat_view_guide, x, num_samples=4, strategy="vectorized")
+
+
+# --- Pyro's CVAE example: masks indexed with the batch shape ------------------------------
+
+CVAE_D = 6
+PRIOR_NET = torch.nn.Linear(CVAE_D, 2 * L)
+RECOG_NET = torch.nn.Linear(2 * CVAE_D, 2 * L)
+GEN_NET = torch.nn.Linear(L, CVAE_D)
+
+
+def cvae_model(xs, ys=None):
+    """As examples/cvae writes it: xs has -1 where ys is observed, the mask picks those."""
+    batch_size = xs.shape[0]
+    with pyro.plate("data"):
+        h = PRIOR_NET(xs)
+        zs = pyro.sample(
+            "z", dist.Normal(h[..., :L], torch.nn.functional.softplus(h[..., L:])).to_event(1)
+        )
+        loc = torch.sigmoid(GEN_NET(zs))
+        mask_loc = loc[(xs == -1).view(-1, CVAE_D)].view(batch_size, -1)
+        mask_ys = ys[xs == -1].view(batch_size, -1)
+        pyro.sample("y", dist.Bernoulli(mask_loc, validate_args=False).to_event(1), obs=mask_ys)
+
+
+def cvae_guide(xs, ys=None):
+    with pyro.plate("data"):
+        h = RECOG_NET(torch.cat([xs, ys], -1))
+        pyro.sample(
+            "z", dist.Normal(h[..., :L], torch.nn.functional.softplus(h[..., L:])).to_event(1)
+        )
+
+
+def test_pyro_cvae_with_masks_is_scored_with_replicated_particles():
+    g = torch.Generator().manual_seed(7)
+    ys = torch.bernoulli(torch.full((3, CVAE_D), 0.5), generator=g)
+    xs = ys.clone()
+    xs[:, CVAE_D // 2 :] = -1.0  # the second half is to be predicted
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        r = log_likelihood(cvae_model, cvae_guide, xs, ys, num_samples=2000)
+        indep = independent_estimate(cvae_model, cvae_guide, (xs, ys), 500)
+    assert r.strategy == "replicate"
+    assert ((r.per_example - indep).abs() < mc_tolerance(r, 500)).all()
+
+
+# --- discrete latents: enumerated sites are summed out exactly ---------------------------
+
+PI = torch.tensor([0.2, 0.5, 0.3])
+MU = torch.tensor([-2.0, 0.0, 3.0])
+
+
+def mixture_log_px(x: torch.Tensor) -> torch.Tensor:
+    """log sum_c pi_c N(x; mu_c, sqrt(1 + S^2)), x: (N, 1) -> (N,)."""
+    comp = dist.Normal(MU, (1 + S**2) ** 0.5).log_prob(x)
+    return torch.logsumexp(PI.log() + comp, -1)
+
+
+def mixture_model(x):
+    """c ~ Categorical(pi), z | c ~ N(mu_c, 1), x | z ~ N(z, S^2)."""
+    with pyro.plate("data", x.shape[0]):
+        c = pyro.sample("c", dist.Categorical(PI))
+        z = pyro.sample("z", dist.Normal(MU[c], 1.0))
+        pyro.sample("x", dist.Normal(z, S), obs=x[:, 0])
+
+
+def mixture_exact_guide(x):
+    """q(c) anything (enumerated), q(z | x, c) = p(z | x, c): the weight is p(x, c) exactly."""
+    prec = 1 + 1 / S**2
+    with pyro.plate("data", x.shape[0]):
+        c = pyro.sample("c", dist.Categorical(torch.ones(3) / 3), infer={"enumerate": "parallel"})
+        pyro.sample("z", dist.Normal((MU[c] + x[:, 0] / S**2) / prec, prec**-0.5))
+
+
+@pytest.mark.parametrize("strategy", ["vectorized", "replicate"])
+def test_mixture_with_an_enumerated_component_equals_its_closed_form(strategy):
+    x = torch.tensor([[-2.5], [-0.3], [0.4], [2.0], [5.0]])
+    r = log_likelihood(
+        mixture_model, mixture_exact_guide, x, num_samples=6, strategy=strategy,
+        keep_log_weights=True,
+    )  # fmt: skip
+    assert r.enumerated == ("c",)
+    assert torch.allclose(r.log_weights, mixture_log_px(x).expand(6, 5), atol=1e-4)
+
+
+def test_a_component_enumerated_in_the_model_alone_is_summed_exactly():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(PI), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(MU[c], (1 + S**2) ** 0.5), obs=x[:, 0])
+
+    def guide(x):  # nothing to sample: the component is summed inside the model
+        pass
+
+    x = torch.tensor([[-1.0], [0.5], [4.0]])
+    r = log_likelihood(model, guide, x, num_samples=1)
+    assert torch.allclose(r.per_example, mixture_log_px(x), atol=1e-5)
+    assert r.ess.eq(1).all()
+
+
+def test_sampling_the_component_instead_is_unbiased_but_noisier():
+    pyro.set_rng_seed(1)
+    x = torch.tensor([[-2.5], [0.4], [5.0]])
+
+    def sampled_guide(x):
+        prec = 1 + 1 / S**2
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(torch.ones(3) / 3))
+            pyro.sample("z", dist.Normal((MU[c] + x[:, 0] / S**2) / prec, prec**-0.5))
+
+    r = log_likelihood(mixture_model, sampled_guide, x, num_samples=4000)
+    assert r.enumerated == ()
+    assert torch.allclose(r.per_example, mixture_log_px(x), atol=0.05)
+    assert (r.ess < 4000).all()
+
+
+def test_an_enumerated_site_inside_an_inner_plate_is_refused():
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("pixels", x.shape[1], dim=-1):
+            c = pyro.sample("c", dist.Categorical(PI), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(MU[c], 1.0), obs=x)
+
+    with pytest.raises(DataError, match="'c' is enumerated inside plate 'pixels'"):
+        log_likelihood(model, lambda x: None, torch.zeros(3, 2), num_samples=2)
+
+
+# --- Pyro's M2 (semi-supervised VAE), as its example writes it ---------------------------
+
+NCLS = 3
+M2_DEC = torch.nn.Linear(L + NCLS, D)
+M2_ENC_Y = torch.nn.Linear(D, NCLS)
+M2_ENC_Z = torch.nn.Linear(D + NCLS, 2 * L)
+for _net in (M2_DEC, M2_ENC_Y, M2_ENC_Z):
+    torch.nn.init.normal_(_net.weight, std=0.3, generator=torch.Generator().manual_seed(8))
+with torch.no_grad():  # q(z | x, y) about as wide as the prior: bounded importance weights
+    M2_ENC_Z.bias[L:] = 0.55
+
+
+def _concat(a, b):
+    """torch.cat along the last dim after broadcasting the batch dims (examples/vae/utils)."""
+    shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    return torch.cat([a.expand(shape + a.shape[-1:]), b.expand(shape + b.shape[-1:])], -1)
+
+
+def m2_model(xs, ys=None):
+    batch_size = xs.size(0)
+    with pyro.plate("data"):
+        prior_loc = torch.zeros(batch_size, L)
+        zs = pyro.sample("z", dist.Normal(prior_loc, torch.ones(batch_size, L)).to_event(1))
+        alpha_prior = torch.ones(batch_size, NCLS) / NCLS
+        ys = pyro.sample("y", dist.OneHotCategorical(alpha_prior), obs=ys)
+        loc = torch.sigmoid(M2_DEC(_concat(zs, ys)))
+        pyro.sample("x", dist.Bernoulli(loc, validate_args=False).to_event(1), obs=xs)
+
+
+def m2_guide(xs, ys=None):
+    with pyro.plate("data"):
+        if ys is None:
+            alpha = torch.softmax(M2_ENC_Y(xs), -1)
+            ys = pyro.sample("y", dist.OneHotCategorical(alpha))
+        h = M2_ENC_Z(_concat(xs, ys))
+        pyro.sample(
+            "z", dist.Normal(h[..., :L], torch.nn.functional.softplus(h[..., L:])).to_event(1)
+        )
+
+
+def m2_per_label_estimate(xs: torch.Tensor, k: int) -> torch.Tensor:
+    """log sum_y p_hat(x, y), each p_hat(x, y) estimated with the label observed, per point."""
+    per_label = []
+    for c in range(NCLS):
+        ys = torch.nn.functional.one_hot(torch.full((xs.shape[0],), c), NCLS).float()
+        per_label.append(independent_estimate(m2_model, m2_guide, (xs, ys), k))
+    return torch.logsumexp(torch.stack(per_label), 0)
+
+
+def test_pyro_m2_with_the_label_enumerated_matches_a_per_label_estimate():
+    from pyro.infer import config_enumerate
+
+    xs = torch.bernoulli(torch.full((3, D), 0.4), generator=torch.Generator().manual_seed(9))
+    guide = config_enumerate(m2_guide, "parallel", expand=True)
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        r = log_likelihood(m2_model, guide, xs, num_samples=2000)
+        indep = m2_per_label_estimate(xs, 400)
+    assert r.enumerated == ("y",) and r.strategy == "vectorized"
+    # per label the ESS is at least that of the enumerated weight's worst label; 3 labels
+    assert ((r.per_example - indep).abs() < mc_tolerance(r, 400)).all()
+    # labelled points: y observed, nothing enumerated, log p(x, y)
+    ys = torch.nn.functional.one_hot(torch.tensor([0, 2, 1]), NCLS).float()
+    labelled = log_likelihood(m2_model, guide, xs, ys, num_samples=3000)
+    assert labelled.enumerated == ()
+    assert (labelled.per_example < r.per_example).all()  # p(x, y) < p(x)

@@ -1,8 +1,10 @@
 """Importance-sampled log-likelihood for any model/guide pair that follows the contract.
 
-Contract: the model observes site ``"x"`` and every sample site of model and guide lies
-inside ``pyro.plate(data_plate, ...)``; vectorized particles are added on the left, so the
-per-example log weights keep the data dimension until after the logsumexp over particles.
+Contract: the model observes at least one site and every sample site of model and guide lies
+inside ``pyro.plate(data_plate, ...)`` (roles are read from the traces, not from names);
+particles are added on the left where the programs allow, else each data point is replicated
+along the data plate, so the per-example log weights keep the data dimension until after the
+logsumexp over particles. Sites marked for enumeration are summed out exactly.
 Further estimators on the same contract: ``ais`` (annealed importance sampling), ``gaps``
 (approximation and amortization gaps), ``diagnostics`` (PSIS k-hat, posterior InferenceData).
 """
@@ -20,7 +22,9 @@ from pyro_vae.infer.trace import (
     DEFAULT_PARTICLE_BUDGET,
     PerExampleEstimate,
     batch_size_of,
+    STRATEGIES,
     check_program,
+    choose_strategy,
     chunk_sizes,
     default_particle_chunk,
     log_weights,
@@ -44,7 +48,8 @@ class LogLikelihood(PerExampleEstimate):
         num_samples: K, the number of importance samples per data point.
         log_weights: (K, N) log weights when requested, else ``None``.
         strategy: how particles were drawn: ``"vectorized"`` (a particle plate left of every
-            plate).
+            plate) or ``"replicate"`` (each point repeated K times along the data plate).
+        enumerated: the sites summed out exactly (marked ``infer={"enumerate": ...}``).
     """
 
     per_example: torch.Tensor
@@ -53,6 +58,7 @@ class LogLikelihood(PerExampleEstimate):
     num_samples: int
     log_weights: torch.Tensor | None = None
     strategy: str = "vectorized"
+    enumerated: tuple[str, ...] = ()
 
     @property
     def elbo(self) -> float:
@@ -125,6 +131,7 @@ def log_likelihood(
     data_plate: str = "data",
     keep_log_weights: bool = False,
     particle_budget: int = DEFAULT_PARTICLE_BUDGET,
+    strategy: str = "auto",
     **kwargs,
 ) -> LogLikelihood:
     """Importance-sampled estimate of log p(x) per data point.
@@ -141,6 +148,14 @@ def log_likelihood(
     samples per pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
     so memory is flat in K unless ``keep_log_weights`` asks for the (K, N) weights.
     Model and guide are checked against each other first (:func:`check_program`).
+
+    Particles (``strategy``): ``"vectorized"`` draws them in a plate left of every plate;
+    ``"replicate"`` repeats each data point K times along the data plate, for programs that
+    cannot carry a dimension on the left (``.view(-1, D)``, ``torch.bmm``, masks built from
+    the batch shape); ``"auto"`` (default) tries the first on a small batch and falls back to
+    the second; the result says which ran. Sites marked ``infer={"enumerate": "parallel"}``
+    (in the guide, or in the model where the guide does not sample them) take every value at
+    once and are summed out exactly: log w = logsumexp_y [log p(x, y, z) - log q(z | x, y)].
     """
     data, num_samples = _legacy_num_samples(data, num_samples)
     check_positive_int(num_samples, "num_samples")
@@ -152,8 +167,15 @@ def log_likelihood(
     owner = getattr(model, "__self__", None)
     check_tensor(data[0], "data", getattr(owner, "event_shape", None))
     n = batch_size_of(data)
-    info = check_program(model, guide, *probe_data(model, data), data_plate=data_plate, **kwargs)
+    if strategy not in ("auto", *STRATEGIES):
+        raise ConfigError(f"unknown strategy {strategy!r}; choose auto or one of {STRATEGIES}")
+    probe = probe_data(model, data)
+    info = check_program(model, guide, *probe, data_plate=data_plate, **kwargs)
     particle_dim = info.particle_dim
+    strategy = choose_strategy(
+        model, guide, *probe, particle_dim=particle_dim, data_plate=data_plate,
+        candidates=STRATEGIES if strategy == "auto" else (strategy,), **kwargs,
+    )  # fmt: skip
     if batch_size is None:
         batch_size = min(n, 64)
     if particle_chunk is None:
@@ -167,7 +189,7 @@ def log_likelihood(
         for k in chunk_sizes(num_samples, particle_chunk):
             lw = log_weights(
                 model, guide, batch[0], k, *batch[1:],
-                particle_dim=particle_dim, data_plate=data_plate, **kwargs,
+                particle_dim=particle_dim, data_plate=data_plate, strategy=strategy, **kwargs,
             )
             moments.update(lw)
             if keep_log_weights:
@@ -183,4 +205,6 @@ def log_likelihood(
         ess=torch.cat(ess),
         num_samples=num_samples,
         log_weights=torch.cat(all_weights, 1) if keep_log_weights else None,
+        strategy=strategy,
+        enumerated=info.enumerated,
     )

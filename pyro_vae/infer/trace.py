@@ -15,9 +15,10 @@ score is refused with the site and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import pyro
@@ -25,12 +26,18 @@ import pyro.util
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.errors import ConfigError, DataError
 
 #: Upper bound on particles x data points per pass: keeps memory bounded whatever K is.
 DEFAULT_PARTICLE_BUDGET = 2**16
+#: How particles are drawn: a particle plate left of every plate, or the data replicated K times
+#: along the data plate (for programs that cannot carry a dimension on the left).
+STRATEGIES = ("vectorized", "replicate")
+#: Errors a program raises when it cannot run on the data or shapes it is given.
+PROGRAM_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
 def stderr(values: torch.Tensor) -> float:
@@ -103,28 +110,57 @@ def observed_sites(model_trace) -> list[str]:
     return [n for n, s in _sample_sites(model_trace) if s["is_observed"]]
 
 
+def enumerated_sites(*traces) -> list[str]:
+    """Names of the sample sites that were enumerated (``poutine.enum``) in any of ``traces``."""
+    names: list[str] = []
+    for trace in traces:
+        for n, s in _sample_sites(trace):
+            if s["infer"].get("_enumerate_dim") is not None and n not in names:
+                names.append(n)
+    return names
+
+
+def _parallel_config(msg: dict) -> dict:
+    """Sites marked ``infer={"enumerate": "sequential"}`` are summed in parallel too."""
+    return {"enumerate": "parallel"} if msg["infer"].get("enumerate") == "sequential" else {}
+
+
+def _particle_plate(num_particles: int | None, particle_dim: int | None):
+    """The plate of vectorized particles at ``particle_dim``; none for ``num_particles=None``."""
+    if num_particles is None:
+        return contextlib.nullcontext()
+    return pyro.plate("particles", num_particles, dim=particle_dim)
+
+
 def trace_pair(
     model: Callable,
     guide: Callable,
     *args,
     num_particles: int | None = None,
     particle_dim: int | None = None,
+    enumerate_sites: bool = False,
     **kwargs,
 ):
     """Trace the guide (with ``num_particles`` particles in a plate at ``particle_dim``) and
     replay the model on it; returns the pruned (guide_trace, model_trace), log-probs not yet
-    computed. ``num_particles=None``: no particle plate."""
-    if num_particles is None:
+    computed. ``num_particles=None``: no particle plate.
+
+    With ``enumerate_sites`` every site marked ``infer={"enumerate": ...}`` (in the guide, or
+    in the model where the guide does not sample it) takes all its values at once
+    (``poutine.enum``), in dimensions left of ``particle_dim``, as ``TraceEnum_ELBO`` lays
+    them out.
+    """
+    if enumerate_sites:
+        first = -1 if particle_dim is None else particle_dim - 1
+        guide = EnumMessenger(first_available_dim=first)(
+            poutine.infer_config(guide, _parallel_config)
+        )
+        model = EnumMessenger()(poutine.infer_config(model, _parallel_config))
+    with _particle_plate(num_particles, particle_dim):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
-    else:
-        with pyro.plate("particles", num_particles, dim=particle_dim):
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs
-            )
     return prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
 
 
@@ -151,6 +187,20 @@ class ProgramInfo(NamedTuple):
 
     latent: list[str]
     particle_dim: int
+    enumerated: tuple[str, ...] = ()
+
+
+def _marked_for_enumeration(*traces) -> bool:
+    """Whether any unobserved sample site carries ``infer={"enumerate": ...}``."""
+    return any(
+        s["infer"].get("enumerate") and not s["is_observed"]
+        for trace in traces
+        for _, s in _sample_sites(trace)
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def check_program(
@@ -164,23 +214,31 @@ def check_program(
     """Check model and guide against each other on a small batch before any number is made.
 
     args: tensors each (n, ...). Refuses (with the site and the fix): a latent site of the
-    model that the guide does not sample, a guide site the model does not have, no observed
-    site, a site outside the data plate, a data plate whose size is not n or that subsamples
-    (its log-probs would be rescaled by N / n), and values broadcast against their
-    distribution. Returns the latent sites and the particle dimension (:class:`ProgramInfo`),
-    from the one pair of traces. ``restore_rng``: leave the random state as it was.
+    model that the guide neither samples nor marks for enumeration, a guide site the model
+    does not have, no observed site, a site outside the data plate, a data plate whose size
+    is not n or that subsamples (its log-probs would be rescaled by N / n), values broadcast
+    against their distribution, and an enumerated site inside a plate other than the data
+    plate. Returns the latent sites, the particle dimension and the enumerated sites
+    (:class:`ProgramInfo`). ``restore_rng``: leave the random state as it was.
     """
     n = batch_size_of(args)
     rng = pyro.util.get_rng_state()
     try:
         with poutine.block():
             guide_trace, model_trace = trace_pair(model, guide, *args, **kwargs)
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            pdim = plate_particle_dim(guide_trace, model_trace)
+            enum_guide, enum_model = guide_trace, model_trace
+            if _marked_for_enumeration(guide_trace, model_trace):
+                drawn = pyro.util.get_rng_state()  # the second pass leaves the stream alone
+                enum_guide, enum_model = trace_pair(
+                    model, guide, *args, particle_dim=pdim, enumerate_sites=True, **kwargs
+                )
+                pyro.util.set_rng_state(drawn)
+    except PROGRAM_ERRORS as exc:
         shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
         raise DataError(
-            f"the model cannot read data of shape {shapes} ({first}); pass data shaped "
-            "(N, *event_shape) as in training"
+            f"the model cannot read data of shape {shapes} ({_first_line(exc)}); pass data "
+            "shaped (N, *event_shape) as in training"
         ) from exc
     finally:
         if restore_rng:
@@ -190,13 +248,15 @@ def check_program(
             "the model observes no sample site; give the data to pyro.sample(..., obs=x) so "
             "there is a likelihood to score"
         )
+    enumerated = enumerated_sites(enum_guide, enum_model)
     model_latent = {nm for nm, s in _sample_sites(model_trace) if not s["is_observed"]}
     guide_latent = {nm for nm, s in _sample_sites(guide_trace) if not s["is_observed"]}
-    for name in sorted(model_latent - guide_latent):
+    for name in sorted(model_latent - guide_latent - set(enumerated)):
         raise DataError(
             f"latent site {name!r} of the model is not sampled by the guide, so its "
-            "log-density would be counted without a proposal; sample it in the guide or sum "
-            "it out inside the model"
+            "log-density would be counted without a proposal; sample it in the guide, mark it "
+            "infer={'enumerate': 'parallel'} to sum it out exactly, or sum it out inside the "
+            "model"
         )
     for name in sorted(guide_latent - set(model_trace.nodes)):
         raise DataError(
@@ -213,7 +273,16 @@ def check_program(
                     f"data_plate= the name of your data plate)"
                 )
             frame = frames[data_plate]
-            if frame.size != n or (frame.full_size is not None and frame.full_size != n):
+            if frame.size == -1:  # pyro.plate(name) without a size: it takes the site's
+                shape = site["fn"].batch_shape
+                size = shape[frame.dim] if len(shape) >= -frame.dim else 1
+                if size != n:
+                    raise DataError(
+                        f"plate {data_plate!r} has no size and site {name!r} has {size} "
+                        f"entries along it, but the batch has {n} points; size the plate: "
+                        f"pyro.plate({data_plate!r}, x.shape[0])"
+                    )
+            elif frame.size != n or (frame.full_size is not None and frame.full_size != n):
                 raise DataError(
                     f"plate {data_plate!r} at site {name!r} has size "
                     f"{frame.full_size or frame.size} (subsample {frame.size}) but the batch has "
@@ -227,9 +296,23 @@ def check_program(
                     f"data is broadcast at site {name!r} (values {got}, distribution "
                     f"{expected}); pass data shaped (N, *event_shape) as in training"
                 )
-    return ProgramInfo(
-        latent_sites(guide_trace, model_trace), plate_particle_dim(guide_trace, model_trace)
-    )
+    for trace in (enum_guide, enum_model):
+        for name in enumerated:
+            if name not in trace.nodes:
+                continue
+            inner = [
+                f.name
+                for f in trace.nodes[name]["cond_indep_stack"]
+                if f.vectorized and f.name != data_plate
+            ]
+            if inner:
+                raise DataError(
+                    f"site {name!r} is enumerated inside plate {inner[0]!r}; summing it out "
+                    f"per element of that plate is not supported, so mark it "
+                    f"infer={{'enumerate': None}} to sample it, or sum it out inside the model "
+                    f"(e.g. dist.MixtureSameFamily)"
+                )
+    return ProgramInfo(latent_sites(guide_trace, model_trace), pdim, tuple(enumerated))
 
 
 def probe_data(model: Callable, data: tuple) -> tuple:
@@ -239,12 +322,13 @@ def probe_data(model: Callable, data: tuple) -> tuple:
     return slice_data(data, 0, 1 if getattr(owner, "event_shape", None) is not None else 2)
 
 
-def site_term(
-    name: str, site: dict, particle_dim: int, data_plate: str, num_particles: int, batch: int
+def _site_log_prob(
+    name: str, site: dict, particle_dim: int, data_plate: str, num_enum: int = 0
 ) -> torch.Tensor:
-    """One sample site's (scaled) log-probability ``site["log_prob"]`` as (particles, batch).
+    """A site's ``log_prob`` reduced to (*enum, particles or 1, batch or 1).
 
-    Every dimension except the particle dimension and the data plate's is summed out.
+    Every plate dimension except the particle dimension and the data plate's is summed out;
+    ``num_enum`` enumeration dimensions (left of the particle dimension) are kept.
     """
     frames = {f.name: f for f in site["cond_indep_stack"]}
     if data_plate not in frames:
@@ -252,16 +336,30 @@ def site_term(
             f"sample site {name!r} is outside plate {data_plate!r}; per-example weights "
             f"need every sample site inside the data plate"
         )
-    n_dims = -particle_dim
-    data_dim = frames[data_plate].dim
+    n_dims = num_enum - particle_dim
     lp = site["log_prob"]
+    if lp.dim() > n_dims:
+        raise DataError(
+            f"site {name!r} has log-density dimensions {tuple(lp.shape)} left of every plate "
+            "and enumeration; declare batch dimensions with pyro.plate or .to_event()"
+        )
     lp = lp.reshape((1,) * (n_dims - lp.dim()) + tuple(lp.shape))
-    keep = {0, n_dims + data_dim}
-    others = [d for d in range(n_dims) if d not in keep]
-    if others:
-        lp = lp.sum(others, keepdim=True)
-    lp = lp.reshape(lp.shape[0], lp.shape[n_dims + data_dim])
-    return lp.expand(num_particles, batch)
+    p_idx = num_enum
+    data_idx = n_dims + frames[data_plate].dim
+    inner = [d for d in range(p_idx + 1, n_dims) if d != data_idx]
+    if inner:
+        lp = lp.sum(inner, keepdim=True)
+    return lp.reshape(tuple(lp.shape[: p_idx + 1]) + (lp.shape[data_idx],))
+
+
+def site_term(
+    name: str, site: dict, particle_dim: int, data_plate: str, num_particles: int, batch: int
+) -> torch.Tensor:
+    """One sample site's (scaled) log-probability ``site["log_prob"]`` as (particles, batch).
+
+    Every dimension except the particle dimension and the data plate's is summed out.
+    """
+    return _site_log_prob(name, site, particle_dim, data_plate).expand(num_particles, batch)
 
 
 def site_terms(
@@ -272,6 +370,41 @@ def site_terms(
         n: site_term(n, s, particle_dim, data_plate, num_particles, batch)
         for n, s in _sample_sites(trace)
     }
+
+
+def enumerated_log_weight(
+    model_trace,
+    guide_trace,
+    enumerated: list[str],
+    particle_dim: int,
+    data_plate: str,
+    num_particles: int,
+    batch: int,
+) -> torch.Tensor:
+    """log w with the enumerated sites summed out exactly: (particles, batch).
+
+    With y the enumerated sites (every value at once, in dimensions left of the particles)
+    and z the sampled ones, drawn after y where the guide conditions on it:
+
+        log w = logsumexp_y [log p(x, y, z_y) - log q(z_y | x, y)],
+
+    so E[w] = sum_y p(x, y) = p(x): an unbiased weight, whatever q(y | x) is (its log-density
+    is left out; the sum replaces sampling y). Plates inside the data plate are summed for
+    each y before the logsumexp, which is exact since y is one value per data point.
+    """
+    model_sites = list(_sample_sites(model_trace))
+    guide_sites = [(n, s) for n, s in _sample_sites(guide_trace) if n not in enumerated]
+    num_enum = max(
+        [0] + [s["log_prob"].dim() + particle_dim for _, s in model_sites + guide_sites]
+    )
+    total = 0.0
+    for n, s in model_sites:
+        total = total + _site_log_prob(n, s, particle_dim, data_plate, num_enum)
+    for n, s in guide_sites:
+        total = total - _site_log_prob(n, s, particle_dim, data_plate, num_enum)
+    if num_enum:
+        total = torch.logsumexp(total, list(range(num_enum)))
+    return total.expand(num_particles, batch)
 
 
 def detach_distribution(fn):
@@ -305,10 +438,16 @@ class ParticleTerms:
     """Per-site log-density terms of one traced batch, each (K, batch), and the traces.
 
     Attributes:
-        log_p: model site name -> (K, batch) log-density (observed and latent).
+        log_p: model site name -> (K, batch) log-density (observed and latent). With
+            enumerated sites, one entry (their names joined by ``+``): the whole log weight
+            with them summed out (:func:`enumerated_log_weight`), and ``log_q`` is empty.
         log_q: guide site name -> (K, batch) log-density.
         latent: names of the latent sites (found from the traces).
         z: latent name -> the guide's sample; z_leaf: the leaf it was scored at (DReG), else z.
+            Vectorized: (K, ..., batch, *event); replicated: (K * batch, ..., *event), copy k
+            of point b at k * batch + b.
+        enumerated: names of the sites summed out exactly.
+        strategy: ``"vectorized"`` or ``"replicate"`` (:data:`STRATEGIES`).
     """
 
     log_p: dict[str, torch.Tensor]
@@ -318,15 +457,35 @@ class ParticleTerms:
     z_leaf: dict[str, torch.Tensor]
     guide_trace: object
     model_trace: object
+    enumerated: list[str] = field(default_factory=list)
+    strategy: str = "vectorized"
 
     def log_weights(self, kl_weight: float = 1.0) -> torch.Tensor:
         """(K, batch) log w = sum log p - sum log q, latent terms times ``kl_weight``."""
+        if self.enumerated and kl_weight != 1.0:
+            raise ConfigError(
+                f"a KL weight of {kl_weight} cannot scale latent terms once the enumerated "
+                f"sites {self.enumerated} are summed out; use KL weight 1 (no warm-up, beta or "
+                "free bits) or Pyro's TraceEnum_ELBO"
+            )
         total = 0.0
         for n, t in self.log_p.items():
             total = total + (kl_weight * t if n in self.latent else t)
         for n, t in self.log_q.items():
             total = total - (kl_weight * t if n in self.latent else t)
         return total
+
+
+def replicate_data(args: tuple, copies: int) -> tuple:
+    """Every positional tensor tiled ``copies`` times along dim 0: (copies * batch, ...).
+
+    Copy k of data point b sits at row k * batch + b, so a (copies * batch,) per-row result
+    reshapes to (copies, batch). Other values are passed unchanged.
+    """
+    return tuple(
+        t.repeat(copies, *([1] * (t.dim() - 1))) if isinstance(t, torch.Tensor) else t
+        for t in args
+    )
 
 
 def particle_terms(
@@ -337,19 +496,33 @@ def particle_terms(
     particle_dim: int | None = None,
     data_plate: str = "data",
     detach_guide: bool = False,
+    strategy: str = "vectorized",
     **kwargs,
 ) -> ParticleTerms:
-    """Trace the guide with K vectorized particles, replay the model, per-site terms (K, batch).
+    """Trace the guide with K particles, replay the model, per-site terms (K, batch).
 
-    args: tensors each (batch, ...), passed to both programs with ``kwargs``. With
-    ``detach_guide`` each latent site is scored with its distribution's parameters detached,
-    at a leaf copy of the sample (for DReG). Gradients flow through reparameterized sites.
+    args: tensors each (batch, ...), passed to both programs with ``kwargs``. ``strategy``
+    ``"vectorized"``: the K particles are a plate at ``particle_dim``, left of every plate;
+    ``"replicate"``: each data point is repeated K times along the data plate
+    (:func:`replicate_data`), for programs that cannot carry a dimension on the left; the
+    terms are the same in distribution either way. Sites marked for enumeration are summed
+    out exactly (:func:`enumerated_log_weight`). With ``detach_guide`` each latent site is
+    scored with its distribution's parameters detached, at a leaf copy of the sample (for
+    DReG). Gradients flow through reparameterized sites.
     """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown particle strategy {strategy!r}; choose one of {STRATEGIES}")
     if particle_dim is None:
         particle_dim = particle_dim_of(model, guide, *args, **kwargs)
     batch = batch_size_of(args)
-    with pyro.plate("particles", num_particles, dim=particle_dim):
-        guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
+    plate_size, rows = num_particles, batch
+    if strategy == "replicate":
+        args, plate_size, rows = replicate_data(args, num_particles), None, batch * num_particles
+    guide_run = EnumMessenger(first_available_dim=particle_dim - 1)(
+        poutine.infer_config(guide, _parallel_config)
+    )
+    with _particle_plate(plate_size, particle_dim):
+        guide_trace = prune_subsample_sites(poutine.trace(guide_run).get_trace(*args, **kwargs))
     latent = [n for n, s in _sample_sites(guide_trace) if not s["is_observed"]]
     z = {n: guide_trace.nodes[n]["value"] for n in latent}
     if detach_guide:
@@ -367,17 +540,38 @@ def particle_terms(
     else:
         z_leaf = z
         guide_trace.compute_log_prob()
-    with pyro.plate("particles", num_particles, dim=particle_dim):
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+    model_run = EnumMessenger()(poutine.infer_config(model, _parallel_config))
+    with _particle_plate(plate_size, particle_dim):
+        model_trace = poutine.trace(poutine.replay(model_run, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
     model_trace = prune_subsample_sites(model_trace)
     model_trace.compute_log_prob()
-    log_p = site_terms(model_trace, particle_dim, data_plate, num_particles, batch)
-    log_q = site_terms(guide_trace, particle_dim, data_plate, num_particles, batch)
+    n_part = num_particles if plate_size is not None else 1
+    enumerated = enumerated_sites(guide_trace, model_trace)
+    if enumerated:
+        if detach_guide:
+            raise ConfigError(
+                f"DReG needs every latent site reparameterized, but {enumerated} are "
+                "enumerated; use --objective iwae"
+            )
+        log_p = {
+            "+".join(enumerated): enumerated_log_weight(
+                model_trace, guide_trace, enumerated, particle_dim, data_plate, n_part, rows
+            )
+        }
+        log_q: dict[str, torch.Tensor] = {}
+    else:
+        log_p = site_terms(model_trace, particle_dim, data_plate, n_part, rows)
+        log_q = site_terms(guide_trace, particle_dim, data_plate, n_part, rows)
     if not log_p:
         raise DataError("the model has no sample sites; nothing to weigh")
-    return ParticleTerms(log_p, log_q, latent, z, z_leaf, guide_trace, model_trace)
+    if strategy == "replicate":
+        log_p = {n: t.reshape(num_particles, batch) for n, t in log_p.items()}
+        log_q = {n: t.reshape(num_particles, batch) for n, t in log_q.items()}
+    return ParticleTerms(
+        log_p, log_q, latent, z, z_leaf, guide_trace, model_trace, enumerated, strategy
+    )
 
 
 def log_weights(
@@ -388,17 +582,63 @@ def log_weights(
     *args,
     particle_dim: int | None = None,
     data_plate: str = "data",
+    strategy: str = "vectorized",
     **kwargs,
 ) -> torch.Tensor:
     """Per-example importance log weights log p(x_n, z_nk) - log q(z_nk | x_n).
 
     x: (batch, *event_shape), further positional args (batch, ...) -> (num_particles, batch).
-    Gradients flow (reparameterized sites), so this also serves objectives.
+    Enumerated sites are summed out (:func:`enumerated_log_weight`). Gradients flow
+    (reparameterized sites), so this also serves objectives.
     """
     return particle_terms(
         model, guide, num_particles, x, *args,
-        particle_dim=particle_dim, data_plate=data_plate, **kwargs,
+        particle_dim=particle_dim, data_plate=data_plate, strategy=strategy, **kwargs,
     ).log_weights()
+
+
+
+def choose_strategy(
+    model: Callable,
+    guide: Callable,
+    *args,
+    particle_dim: int,
+    data_plate: str = "data",
+    candidates: tuple[str, ...] = STRATEGIES,
+    **kwargs,
+) -> str:
+    """The first of ``candidates`` under which the programs run with 2 particles on ``args``
+    (a small batch) and give (2, batch) weights: by default ``"vectorized"``, else
+    ``"replicate"``. Refuses, naming each failure, when none does. The random state is left
+    as it was."""
+    failures = []
+    rng = pyro.util.get_rng_state()
+    try:
+        for strategy in candidates:
+            try:
+                with poutine.block():
+                    lw = log_weights(
+                        model, guide, args[0], 2, *args[1:], particle_dim=particle_dim,
+                        data_plate=data_plate, strategy=strategy, **kwargs,
+                    )  # fmt: skip
+            except PROGRAM_ERRORS as exc:
+                failures.append(f"{strategy}: {_first_line(exc)}")
+                continue
+            if tuple(lw.shape) == (2, batch_size_of(args)):
+                return strategy
+            failures.append(f"{strategy}: weights of shape {tuple(lw.shape)}")
+    finally:
+        pyro.util.set_rng_state(rng)
+    fix = (
+        "write the model so that every sample site is inside the data plate and batch "
+        "dimensions broadcast"
+        if tuple(candidates) == STRATEGIES
+        else "use strategy='auto'"
+    )
+    raise DataError(
+        f"the programs cannot draw particles {' or '.join(candidates)} "
+        f"({'; '.join(failures)}); {fix}"
+    )
 
 
 def chunk_sizes(num_samples: int, chunk: int) -> Iterator[int]:
