@@ -1,8 +1,10 @@
 """Annealed importance sampling of log p(x) per data point, for any model/guide pair.
 
-Contract as in :mod:`pyro_vae.evaluation`: every sample site inside the data plate, the model
-observes ``"x"``, the guide samples the model's latent sites. Chains sit on the left of the
-data plate, so all data points and chains run in one batched HMC.
+Contract as in :mod:`pyro_vae.infer.importance`: every sample site inside the data plate, the
+model observes at least one site, the guide samples the model's continuous latent sites.
+Discrete sites the model marks for enumeration (and the guide leaves alone) are summed out of
+the target exactly; other discrete sites are refused. Chains sit on the left of the data
+plate, so all data points and chains run in one batched HMC.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from pyro_vae.infer.trace import (
     PerExampleEstimate,
     batch_size_of,
     check_program,
+    enumerated_log_weight,
+    enumerated_sites,
+    enumerating,
     latent_sites,
     probe_data,
     site_term,
@@ -91,12 +96,20 @@ class _Densities:
         return total
 
     def target(self, z: dict) -> torch.Tensor:
+        """log p(x, z), (C, batch); sites the model marks for enumeration are summed out."""
+        model = enumerating(self.model, self.particle_dim - 1)
         with pyro.plate("particles", self.chains, dim=self.particle_dim):
-            trace = poutine.trace(poutine.condition(self.model, data=z)).get_trace(
+            trace = poutine.trace(poutine.condition(model, data=z)).get_trace(
                 *self.data, **self.kwargs
             )
         trace = prune_subsample_sites(trace)
         trace.compute_log_prob()
+        enumerated = enumerated_sites(trace)
+        if enumerated:
+            return enumerated_log_weight(
+                trace, None, enumerated, self.particle_dim, self.data_plate, self.chains,
+                self.batch,
+            )  # fmt: skip
         terms = site_terms(trace, self.particle_dim, self.data_plate, self.chains, self.batch)
         return sum(terms.values())
 
@@ -109,7 +122,11 @@ def _initial_sites(model, guide, data, kwargs, chains, particle_dim, init):
     with pyro.plate("particles", chains, dim=particle_dim):
         program = guide if init == "guide" else model
         trace = prune_subsample_sites(poutine.trace(program).get_trace(*data, **kwargs))
-    sites = {n: trace.nodes[n] for n in latent_sites(trace)}
+    sites = {
+        n: trace.nodes[n]
+        for n in latent_sites(trace)
+        if not (init == "prior" and trace.nodes[n]["infer"].get("enumerate"))
+    }  # a site the model enumerates is summed out of the target, not annealed
     if not sites:
         raise DataError(f"the {init} has no latent sample sites to anneal")
     for name, site in sites.items():
@@ -117,7 +134,8 @@ def _initial_sites(model, guide, data, kwargs, chains, particle_dim, init):
         if not fn.has_rsample or fn.support.is_discrete:
             raise ConfigError(
                 f"AIS moves latent sites by HMC, but site {name!r} is discrete "
-                f"({type(fn).__name__}); sum it out inside the model or use log_likelihood"
+                f"({type(fn).__name__}); mark it infer={{'enumerate': 'parallel'}} in the model "
+                "and leave it out of the guide (AIS then sums it out), or use log_likelihood"
             )
     return sites
 

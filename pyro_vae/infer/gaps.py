@@ -15,16 +15,20 @@ from dataclasses import dataclass
 
 import pyro
 import torch
+from pyro import poutine
 from torch.distributions import Distribution
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.trace import (
+    batch_size_of,
     check_program,
     chunk_sizes,
     log_weights,
     probe_data,
+    slice_data,
     stderr,
+    trace_pair,
 )
 
 
@@ -65,66 +69,132 @@ class InferenceGaps:
         return {k: (float(v.mean()), stderr(v)) for k, v in rows.items()}
 
 
-def local_guide(
-    family: Callable[[torch.Tensor], Distribution],
-    params: torch.Tensor,
-    site: str = "z",
-    data_plate: str = "data",
-) -> Callable[..., None]:
-    """A guide with free per-example parameters: z_n ~ family(params_n) in the data plate.
+Family = Callable[[torch.Tensor], Distribution]
+#: A posterior family per latent site (or one, for a guide with one latent site).
+Families = Family | dict[str, Family]
+#: Initial local parameters per latent site: callable(*data) -> (batch, num_params).
+InitParams = Callable[..., torch.Tensor] | dict[str, Callable[..., torch.Tensor]]
 
-    params: (batch, num_params); the guide must be called on data with the same batch (any
-    further positional or keyword arguments are accepted and ignored).
+
+def local_guide(
+    families: dict[str, Callable[[torch.Tensor], Distribution]],
+    params: dict[str, torch.Tensor],
+    data_plate: str = "data",
+    plate_dim: int = -1,
+) -> Callable[..., None]:
+    """A guide with free per-example parameters: z_{s,n} ~ families[s](params[s]_n) for each
+    latent site s, in the data plate (at ``plate_dim``), independently across sites.
+
+    params: site -> (batch, num_params_s); the guide must be called on data with the same
+    batch (its first positional tensor; further arguments are accepted and ignored).
     """
 
     def guide(x: torch.Tensor, *args, **kwargs) -> None:
-        with pyro.plate(data_plate, x.shape[0], dim=-1):
-            pyro.sample(site, family(params))
+        with pyro.plate(data_plate, x.shape[0], dim=plate_dim):
+            for site, family in families.items():
+                pyro.sample(site, family(params[site]))
 
     return guide
 
 
 def optimize_local(
     model: Callable,
-    family: Callable[[torch.Tensor], Distribution],
-    x: torch.Tensor,
-    init_params: torch.Tensor,
+    families: dict[str, Callable[[torch.Tensor], Distribution]],
+    data: tuple,
+    init_params: dict[str, torch.Tensor],
     num_steps: int = 500,
     num_particles: int = 16,
     lr: float = 1e-2,
     *,
-    site: str = "z",
     data_plate: str = "data",
-) -> torch.Tensor:
+    plate_dim: int = -1,
+    **kwargs,
+) -> dict[str, torch.Tensor]:
     """Per-example posterior parameters maximizing the ELBO, by Adam from ``init_params``.
 
-    x: (batch, *event_shape), init_params: (batch, num_params) -> (batch, num_params).
+    data: tensors each (batch, ...), the model's positional inputs (``kwargs`` unchanged);
+    init_params: site -> (batch, num_params_s) -> the optimized parameters, same shapes.
     Maximizes sum_n E_{q(z; params_n)}[log p(x_n, z) - log q(z; params_n)] with reparameterized
     gradients (``num_particles`` samples per step, learning rate decayed linearly to lr/10);
-    the examples do not interact, so one
-    optimizer over the (batch, num_params) tensor optimizes each independently.
+    the examples do not interact, so one optimizer over the (batch, num_params) tensors
+    optimizes each independently.
     """
-    params = init_params.detach().clone().requires_grad_()
-    opt = torch.optim.Adam([params], lr=lr)
+    params = {s: p.detach().clone().requires_grad_() for s, p in init_params.items()}
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
     # decay the step linearly to lr/10, so the noisy gradient settles at the optimum
     sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=num_steps)
-    guide = local_guide(family, params, site, data_plate)
+    guide = local_guide(families, params, data_plate, plate_dim)
     for _ in range(num_steps):
-        loss = -log_weights(model, guide, x, num_particles, data_plate=data_plate).mean(0).sum()
+        lw = log_weights(model, guide, data[0], num_particles, *data[1:], data_plate=data_plate,
+                         **kwargs)
+        loss = -lw.mean(0).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-    return params.detach()
+    return {s: p.detach() for s, p in params.items()}
+
+
+def _legacy_positional(data: tuple, family, init_params) -> tuple[tuple, object, object]:
+    """Accept the old call inference_gaps(model, guide, x, family, init_params)."""
+    if family is None and init_params is None and len(data) >= 3:
+        if callable(data[-2]) and callable(data[-1]) and not isinstance(data[-1], torch.Tensor):
+            return data[:-2], data[-2], data[-1]
+    return data, family, init_params
+
+
+def _per_site(value, latent: list[str], what: str) -> dict:
+    """A per-site dict from ``value`` (a dict, or one callable for a single latent site)."""
+    if isinstance(value, dict):
+        missing = [s for s in latent if s not in value]
+        extra = [s for s in value if s not in latent]
+        if missing or extra:
+            raise ConfigError(
+                f"{what} must name exactly the guide's latent sites {latent} (missing "
+                f"{missing}, unknown {extra})"
+            )
+        return {s: value[s] for s in latent}
+    if value is None or len(latent) != 1:
+        raise ConfigError(
+            f"inference gaps need one {what} per latent site; the guide has latent sites "
+            f"{latent}, so pass {what}={{site: ...}} for each"
+        )
+    return {latent[0]: value}
+
+
+def _local_layout(model, guide, data, data_plate, kwargs) -> tuple[list[str], int, int]:
+    """(latent sites in the guide's order, the data plate's dim, the particle dim); refuses
+    latent sites in plates besides the data plate and enumerated sites (no local family)."""
+    info = check_program(
+        model, guide, *probe_data(model, data), data_plate=data_plate, restore_rng=True, **kwargs
+    )
+    if info.enumerated:
+        raise ConfigError(
+            f"inference gaps optimize a continuous local posterior per data point, but sites "
+            f"{list(info.enumerated)} are enumerated; score such a model with log_likelihood"
+        )
+    with poutine.block():
+        guide_trace, _ = trace_pair(model, guide, *probe_data(model, data), **kwargs)
+    dims = set()
+    for site in info.latent:
+        frames = [f for f in guide_trace.nodes[site]["cond_indep_stack"] if f.vectorized]
+        others = [f.name for f in frames if f.name != data_plate]
+        if others:
+            raise ConfigError(
+                f"latent site {site!r} is inside plate {others[0]!r} as well as "
+                f"{data_plate!r}; the local posterior is per data point only, so move that "
+                "plate into the site's event shape (.to_event)"
+            )
+        dims.update(f.dim for f in frames)
+    return info.latent, (dims.pop() if len(dims) == 1 else -1), info.particle_dim
 
 
 def inference_gaps(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
-    family: Callable[[torch.Tensor], Distribution],
-    init_params: Callable[[torch.Tensor], torch.Tensor],
-    *,
+    *data,
+    family: Families | None = None,
+    init_params: InitParams | None = None,
     num_samples: int = 1000,
     elbo_samples: int = 1000,
     num_steps: int = 500,
@@ -133,44 +203,49 @@ def inference_gaps(
     batch_size: int = 100,
     ais_per_example: torch.Tensor | None = None,
     data_plate: str = "data",
+    **kwargs,
 ) -> InferenceGaps:
     """Approximation and amortization gaps per data point for any model/guide pair.
 
-    data: (N, *event_shape). ``family(params)`` is the guide's posterior family (params:
-    (batch, num_params) -> distribution with event (latent_dim,)) and ``init_params(x)`` the
-    starting parameters, normally the encoder's output (the amortized solution). ELBOs are
+    data: tensors each (N, ...), sliced together along dim 0 and passed positionally to
+    model and guide (``kwargs`` unchanged), as for :func:`log_likelihood`. ``family`` is the
+    guide's posterior family per latent site (site -> params (batch, num_params) ->
+    distribution; one callable for a guide with one latent site) and ``init_params`` the
+    starting parameters per site (site -> callable(*data) -> (batch, num_params)), normally the
+    encoder's output (the amortized solution). The local guide draws each latent site from its
+    own family with free per-example parameters, independently across sites. ELBOs are
     estimated with ``elbo_samples`` samples per point; log p(x) by importance sampling with
     ``num_samples`` samples from the proposal of higher ELBO (the smaller KL to p(z | x)), or
-    ``ais_per_example`` where that is higher. For a VAE: ``vae_inference_gaps``. The local
-    guide replaces ONE latent site: a guide with several latent sites is refused.
+    ``ais_per_example`` where that is higher. For a VAE: ``vae_inference_gaps``. Refused: a
+    site without a family, enumerated sites, latent sites in plates besides the data plate.
     """
-    latent = check_program(
-        model, guide, *probe_data(model, (data,)), data_plate=data_plate, restore_rng=True
-    ).latent
-    if len(latent) != 1:
-        raise ConfigError(
-            f"inference gaps optimize one local posterior per data point, but the guide has "
-            f"latent sites {latent}; score a model with one latent site"
-        )
-    site = latent[0]
+    data, family, init_params = _legacy_positional(data, family, init_params)
+    n = batch_size_of(data)
+    latent, plate_dim, pdim = _local_layout(model, guide, data, data_plate, kwargs)
+    families = _per_site(family, latent, "family")
+    inits = _per_site(init_params, latent, "init_params")
     amortized = log_likelihood(
-        model, guide, data, num_samples=max(num_samples, elbo_samples), data_plate=data_plate
-    )
+        model, guide, *data, num_samples=max(num_samples, elbo_samples), data_plate=data_plate,
+        **kwargs,
+    )  # fmt: skip
     log_px, elbo_local = [], []
-    pdim = check_program(model, guide, data[:1], data_plate=data_plate).particle_dim
-    for start in range(0, data.shape[0], batch_size):
-        x = data[start : start + batch_size]
+    for start in range(0, n, batch_size):
+        batch = slice_data(data, start, start + batch_size)
         with torch.no_grad():
-            init = init_params(x)
+            init = {s: f(*batch) for s, f in inits.items()}
         params = optimize_local(
-            model, family, x, init, num_steps, num_particles, lr, site=site, data_plate=data_plate
-        )
+            model, families, batch, init, num_steps, num_particles, lr,
+            data_plate=data_plate, plate_dim=plate_dim, **kwargs,
+        )  # fmt: skip
         with torch.no_grad():
-            guide_n = local_guide(family, params, site, data_plate)
+            guide_n = local_guide(families, params, data_plate, plate_dim)
             lw = torch.cat([
-                log_weights(model, guide_n, x, k, particle_dim=pdim, data_plate=data_plate)
+                log_weights(
+                    model, guide_n, batch[0], k, *batch[1:], particle_dim=pdim,
+                    data_plate=data_plate, strategy=amortized.strategy, **kwargs,
+                )
                 for k in chunk_sizes(max(num_samples, elbo_samples), 256)
-            ])
+            ])  # fmt: skip
         elbo_local.append(lw.mean(0))
         log_px.append(torch.logsumexp(lw, 0) - math.log(lw.shape[0]))
     # the proposal with the higher ELBO is the closer one (KL(q || p) = log p(x) - ELBO), so
@@ -186,4 +261,6 @@ def inference_gaps(
 
 def vae_inference_gaps(vae, data: torch.Tensor, **kwargs) -> InferenceGaps:
     """:func:`inference_gaps` for a VAE: family ``vae.posterior``, start at ``vae.encoder(x)``."""
-    return inference_gaps(vae.model, vae.guide, data, vae.posterior, vae.encoder, **kwargs)
+    return inference_gaps(
+        vae.model, vae.guide, data, family=vae.posterior, init_params=vae.encoder, **kwargs
+    )

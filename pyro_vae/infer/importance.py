@@ -20,9 +20,9 @@ import torch
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.trace import (
     DEFAULT_PARTICLE_BUDGET,
+    STRATEGIES,
     PerExampleEstimate,
     batch_size_of,
-    STRATEGIES,
     check_program,
     choose_strategy,
     chunk_sizes,

@@ -125,6 +125,15 @@ def _parallel_config(msg: dict) -> dict:
     return {"enumerate": "parallel"} if msg["infer"].get("enumerate") == "sequential" else {}
 
 
+def enumerating(program: Callable, first_available_dim: int | None = None) -> Callable:
+    """``program`` with every site marked ``infer={"enumerate": ...}`` taking all its values
+    at once (``poutine.enum``), from ``first_available_dim`` leftwards (``None``: after the
+    dimensions already allocated, as for a model replayed on an enumerated guide)."""
+    return EnumMessenger(first_available_dim=first_available_dim)(
+        poutine.infer_config(program, _parallel_config)
+    )
+
+
 def _particle_plate(num_particles: int | None, particle_dim: int | None):
     """The plate of vectorized particles at ``particle_dim``; none for ``num_particles=None``."""
     if num_particles is None:
@@ -151,11 +160,8 @@ def trace_pair(
     them out.
     """
     if enumerate_sites:
-        first = -1 if particle_dim is None else particle_dim - 1
-        guide = EnumMessenger(first_available_dim=first)(
-            poutine.infer_config(guide, _parallel_config)
-        )
-        model = EnumMessenger()(poutine.infer_config(model, _parallel_config))
+        guide = enumerating(guide, -1 if particle_dim is None else particle_dim - 1)
+        model = enumerating(model)
     with _particle_plate(num_particles, particle_dim):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
@@ -374,7 +380,7 @@ def site_terms(
 
 def enumerated_log_weight(
     model_trace,
-    guide_trace,
+    guide_trace: object | None,
     enumerated: list[str],
     particle_dim: int,
     data_plate: str,
@@ -391,9 +397,14 @@ def enumerated_log_weight(
     so E[w] = sum_y p(x, y) = p(x): an unbiased weight, whatever q(y | x) is (its log-density
     is left out; the sum replaces sampling y). Plates inside the data plate are summed for
     each y before the logsumexp, which is exact since y is one value per data point.
+    ``guide_trace=None``: the model's log p(x, z) with y summed out (no proposal terms).
     """
     model_sites = list(_sample_sites(model_trace))
-    guide_sites = [(n, s) for n, s in _sample_sites(guide_trace) if n not in enumerated]
+    guide_sites = (
+        []
+        if guide_trace is None
+        else [(n, s) for n, s in _sample_sites(guide_trace) if n not in enumerated]
+    )
     num_enum = max(
         [0] + [s["log_prob"].dim() + particle_dim for _, s in model_sites + guide_sites]
     )
@@ -518,9 +529,7 @@ def particle_terms(
     plate_size, rows = num_particles, batch
     if strategy == "replicate":
         args, plate_size, rows = replicate_data(args, num_particles), None, batch * num_particles
-    guide_run = EnumMessenger(first_available_dim=particle_dim - 1)(
-        poutine.infer_config(guide, _parallel_config)
-    )
+    guide_run = enumerating(guide, particle_dim - 1)
     with _particle_plate(plate_size, particle_dim):
         guide_trace = prune_subsample_sites(poutine.trace(guide_run).get_trace(*args, **kwargs))
     latent = [n for n, s in _sample_sites(guide_trace) if not s["is_observed"]]
@@ -540,7 +549,7 @@ def particle_terms(
     else:
         z_leaf = z
         guide_trace.compute_log_prob()
-    model_run = EnumMessenger()(poutine.infer_config(model, _parallel_config))
+    model_run = enumerating(model)
     with _particle_plate(plate_size, particle_dim):
         model_trace = poutine.trace(poutine.replay(model_run, trace=guide_trace)).get_trace(
             *args, **kwargs
