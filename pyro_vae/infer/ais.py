@@ -24,6 +24,7 @@ from pyro_vae.infer.trace import (
     PerExampleEstimate,
     batch_size_of,
     check_program,
+    choose_strategy,
     enumerated_log_weight,
     enumerated_sites,
     enumerating,
@@ -183,6 +184,12 @@ def ais_log_likelihood(
     betas = sigmoid_schedule(num_steps)
     info = check_program(model, guide, *probe_data(model, data), data_plate=data_plate, **kwargs)
     particle_dim = info.particle_dim
+    choose_strategy(
+        model, guide, *probe_data(model, data), particle_dim=particle_dim,
+        data_plate=data_plate, candidates=("vectorized",),
+        fix="AIS runs its chains in a plate left of the data plate; use log_likelihood, which "
+        "replicates the data instead", **kwargs,
+    )  # fmt: skip
     if particle_dim != -2:
         raise ConfigError(
             "AIS supports programs whose only plate is the data plate (chains at dim -2); "

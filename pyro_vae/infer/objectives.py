@@ -26,7 +26,14 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import Distribution, Independent, kl_divergence
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.trace import ParticleTerms, particle_terms
+from pyro_vae.infer.trace import (
+    ParticleTerms,
+    choose_strategy,
+    enumeration_nesting,
+    particle_dim_of,
+    particle_terms,
+    slice_data,
+)
 
 WARMUPS = ("none", "linear", "cyclical")
 
@@ -99,11 +106,13 @@ def importance_weighted_loss(
     gradient: str = "iwae",
     data_plate: str = "data",
     particle_dim: int | None = None,
+    strategy: str = "vectorized",
     **kwargs,
 ) -> LossValue:
     """Negative IWAE-K bound summed over the batch, with the IWAE or the DReG gradient.
 
-    x: (batch, *event_shape); ``args``/``kwargs`` go to both programs after x. The value is
+    x: (batch, *event_shape); ``args``/``kwargs`` go to both programs after x; particles
+    drawn by ``strategy`` (:func:`~pyro_vae.infer.trace.particle_terms`). The value is
     L_K(x) = E[log (1/K) sum_k w_k], w_k = p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (Burda et al.
     2016); K = 1 is the ELBO. ``gradient="iwae"``: sum_k w~_k grad log w_k with normalized
     weights w~_k = w_k / sum_j w_j. ``gradient="dreg"`` (Tucker, Lawson, Gu & Maddison 2019,
@@ -126,8 +135,9 @@ def importance_weighted_loss(
     dreg = gradient == "dreg"
     terms = particle_terms(
         model, guide, num_particles, x, *args,
-        particle_dim=particle_dim, data_plate=data_plate, detach_guide=dreg, **kwargs,
-    )
+        particle_dim=particle_dim, data_plate=data_plate, detach_guide=dreg, strategy=strategy,
+        **kwargs,
+    )  # fmt: skip
     lw = terms.log_weights(kl_weight)  # (K, batch)
     bound = torch.logsumexp(lw, 0) - math.log(num_particles)
     if not dreg:
@@ -304,7 +314,12 @@ class Objective:
 
 
 class _PyroELBO(Objective):
-    """ELBO through a Pyro ELBO's ``differentiable_loss`` (vectorized particles)."""
+    """ELBO through a Pyro ELBO's ``differentiable_loss`` (vectorized particles).
+
+    Where the programs mark a site for enumeration (``infer={"enumerate": "parallel"}``, as
+    ``config_enumerate`` does), Pyro's ``TraceEnum_ELBO`` computes the loss instead, summing
+    those sites out exactly; decided once, from the traces of the first batch.
+    """
 
     allows_free_bits: ClassVar[bool] = True
     pyro_elbo: ClassVar[type] = pyro.infer.Trace_ELBO
@@ -315,9 +330,28 @@ class _PyroELBO(Objective):
         self.elbo = self.pyro_elbo(
             num_particles=self.num_particles, vectorize_particles=self.num_particles > 1
         )
+        self.enumerates: bool | None = None
+
+    def _pyro_elbo_for(self, model, guide, data, kwargs):
+        """The Pyro ELBO for these programs: TraceEnum_ELBO where a site is enumerated."""
+        if self.enumerates is None:
+            nesting = enumeration_nesting(model, guide, *data, **kwargs)
+            self.enumerates = nesting is not None
+            if self.enumerates:
+                self.elbo = pyro.infer.TraceEnum_ELBO(
+                    max_plate_nesting=nesting,
+                    num_particles=self.num_particles,
+                    vectorize_particles=self.num_particles > 1,
+                )
+        return self.elbo
 
     def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
-        elbo = self.elbo
+        elbo = self._pyro_elbo_for(model, guide, data, kwargs)
+        if self.enumerates and kl_weight != 1.0:
+            raise ConfigError(
+                f"a KL weight of {kl_weight} (beta, warm-up) cannot scale the latent terms of "
+                "programs with enumerated sites; train them with KL weight 1"
+            )
         if kl_weight == 1.0:
             loss = elbo.differentiable_loss(model, guide, *data, **kwargs)
             return LossValue(loss, -float(loss.detach()))
@@ -346,12 +380,21 @@ class IWAE(Objective):
 
     name: ClassVar[str] = "iwae"
     gradient: ClassVar[str] = "iwae"
+    #: how particles are drawn, chosen on the first batch (:func:`choose_strategy`)
+    strategy: str | None = None
 
     def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
+        if self.strategy is None:
+            probe = slice_data(data, 0, 2)
+            self.strategy = choose_strategy(
+                model, guide, *probe, particle_dim=particle_dim_of(model, guide, *probe, **kwargs),
+                data_plate=self.data_plate, **kwargs,
+            )  # fmt: skip
         return importance_weighted_loss(
             model, guide, data[0], self.num_particles, kl_weight, *data[1:],
-            gradient=self.gradient, data_plate=self.data_plate, **kwargs,
-        )
+            gradient=self.gradient, data_plate=self.data_plate, strategy=self.strategy,
+            **kwargs,
+        )  # fmt: skip
 
 
 class DReG(IWAE):

@@ -205,6 +205,23 @@ def _marked_for_enumeration(*traces) -> bool:
     )
 
 
+def enumeration_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int | None:
+    """The plate nesting of the programs if any site is marked for enumeration, else None.
+
+    One trace of guide and model on ``args`` (a batch), hidden from enclosing handlers; the
+    random state is left as it was. ``TraceEnum_ELBO(max_plate_nesting=...)`` takes the result.
+    """
+    rng = pyro.util.get_rng_state()
+    try:
+        with poutine.block():
+            guide_trace, model_trace = trace_pair(model, guide, *args, **kwargs)
+    finally:
+        pyro.util.set_rng_state(rng)
+    if not _marked_for_enumeration(guide_trace, model_trace):
+        return None
+    return -plate_particle_dim(guide_trace, model_trace) - 1
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
@@ -614,12 +631,13 @@ def choose_strategy(
     particle_dim: int,
     data_plate: str = "data",
     candidates: tuple[str, ...] = STRATEGIES,
+    fix: str | None = None,
     **kwargs,
 ) -> str:
     """The first of ``candidates`` under which the programs run with 2 particles on ``args``
     (a small batch) and give (2, batch) weights: by default ``"vectorized"``, else
     ``"replicate"``. Refuses, naming each failure, when none does. The random state is left
-    as it was."""
+    as it was. ``fix``: the advice the refusal ends with (default: what to change)."""
     failures = []
     rng = pyro.util.get_rng_state()
     try:
@@ -638,7 +656,7 @@ def choose_strategy(
             failures.append(f"{strategy}: weights of shape {tuple(lw.shape)}")
     finally:
         pyro.util.set_rng_state(rng)
-    fix = (
+    fix = fix or (
         "write the model so that every sample site is inside the data plate and batch "
         "dimensions broadcast"
         if tuple(candidates) == STRATEGIES
