@@ -499,9 +499,9 @@ def test_model_that_flattens_with_view_falls_back_to_replicated_particles():
     x = sample_x(3)
     with torch.no_grad():
         r = log_likelihood(flat_view_model, flat_view_guide, x, num_samples=2000)
-        indep = independent_estimate(flat_view_model, flat_view_guide, (x,), 500)
+        indep = independent_estimate(flat_view_model, flat_view_guide, (x,), 300)
     assert r.strategy == "replicate"
-    assert ((r.per_example - indep).abs() < mc_tolerance(r, 500)).all()
+    assert ((r.per_example - indep).abs() < mc_tolerance(r, 300)).all()
     assert torch.allclose(r.per_example, exact_log_px_of(NET, x), atol=0.05)
     with pytest.raises(DataError, match="cannot draw particles vectorized.*strategy='auto'"):
         log_likelihood(flat_view_model, flat_view_guide, x, num_samples=4, strategy="vectorized")
@@ -687,10 +687,9 @@ def test_pyro_m2_with_the_label_enumerated_matches_a_per_label_estimate():
     pyro.set_rng_seed(0)
     with torch.no_grad():
         r = log_likelihood(m2_model, guide, xs, num_samples=2000)
-        indep = m2_per_label_estimate(xs, 400)
+        indep = m2_per_label_estimate(xs, 250)
     assert r.enumerated == ("y",) and r.strategy == "vectorized"
-    # per label the ESS is at least that of the enumerated weight's worst label; 3 labels
-    assert ((r.per_example - indep).abs() < mc_tolerance(r, 400)).all()
+    assert ((r.per_example - indep).abs() < mc_tolerance(r, 250)).all()
     # labelled points: y observed, nothing enumerated, log p(x, y)
     ys = torch.nn.functional.one_hot(torch.tensor([0, 2, 1]), NCLS).float()
     labelled = log_likelihood(m2_model, guide, xs, ys, num_samples=3000)
@@ -761,7 +760,9 @@ def test_objectives_on_m2_sum_the_enumerated_label():
     with torch.no_grad():
         iwae = make_objective("iwae", num_particles=2000).loss(m2_model, guide, xs)
         ll = log_likelihood(m2_model, guide, xs, num_samples=2000)
-    assert abs(-float(iwae.loss) - float(ll.per_example.sum())) < 0.1
+    # two independent K = 2000 estimates of sum_n log p(x_n): 4 standard errors (delta method)
+    tolerance = 4 * float((2 / ll.ess).sum().sqrt())
+    assert abs(-float(iwae.loss) - float(ll.per_example.sum())) < tolerance
     with pytest.raises(ConfigError, match="KL weight of 0.5"):
         make_objective("elbo").loss(m2_model, guide, xs, kl_weight=0.5)
 
