@@ -11,7 +11,7 @@ model/guide pair, and :func:`fused_unsupported` says when this one does not appl
 from __future__ import annotations
 
 import torch
-from torch.distributions import kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE
@@ -78,7 +78,20 @@ class FusedELBO:
     def __call__(
         self, x: torch.Tensor, kl_weight: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, elbo)`` on x: (batch, *event_shape); see :func:`fused_elbo_loss`."""
+        """``(loss, elbo)`` on x: (batch, *event_shape); see :func:`fused_elbo_loss`.
+
+        The parts' distributions are built without argument validation (the same values;
+        validation only raises on invalid ones): the caller checked the data, and a
+        non-finite network output gives a non-finite loss, which the training loop reports.
+        """
+        validate = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            return self._elbo(x, kl_weight)
+        finally:
+            Distribution.set_default_validate_args(validate)
+
+    def _elbo(self, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.num_particles
         qz = self.posterior.forward(self.encoder(x))
         batch = qz.batch_shape
@@ -97,9 +110,16 @@ class FusedELBO:
                 latent = None
         if latent is None:
             latent = pz.log_prob(z) - qz.log_prob(z)  # (K?, batch)
-        recon = log_px.sum() / k
-        latent_sum = latent.sum() / (k if latent.dim() > len(batch) else 1)
-        loss = -(recon + kl_weight * latent_sum)
+        # (dividing by 1 and multiplying by 1.0 change no bit, so they are skipped)
+        recon = log_px.sum()
+        latent_sum = latent.sum()
+        if k > 1:
+            recon = recon / k
+            if latent.dim() > len(batch):
+                latent_sum = latent_sum / k
+        unit = isinstance(kl_weight, int | float) and kl_weight == 1
+        weighted = latent_sum if unit else kl_weight * latent_sum
+        loss = -(recon + weighted)
         return loss, (recon + latent_sum).detach()
 
 
