@@ -125,6 +125,7 @@ def log_likelihood(
     data_plate: str = "data",
     keep_log_weights: bool = False,
     particle_budget: int = DEFAULT_PARTICLE_BUDGET,
+    log_weights_fn: Callable[..., torch.Tensor] | None = None,
     **kwargs,
 ) -> LogLikelihood:
     """Importance-sampled estimate of log p(x) per data point.
@@ -141,6 +142,9 @@ def log_likelihood(
     samples per pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
     so memory is flat in K unless ``keep_log_weights`` asks for the (K, N) weights.
     Model and guide are checked against each other first (:func:`check_program`).
+    ``log_weights_fn(x, k, *rest)`` -> (k, batch), when given, computes each chunk's log
+    weights in place of tracing (a caller's fast path for a model it knows, e.g.
+    :class:`pyro_vae.models.fused.FusedLogWeights`; it must equal :func:`log_weights`).
     """
     data, num_samples = _legacy_num_samples(data, num_samples)
     check_positive_int(num_samples, "num_samples")
@@ -168,7 +172,7 @@ def log_likelihood(
             lw = log_weights(
                 model, guide, batch[0], k, *batch[1:],
                 particle_dim=particle_dim, data_plate=data_plate, **kwargs,
-            )
+            ) if log_weights_fn is None else log_weights_fn(batch[0], k, *batch[1:])
             moments.update(lw)
             if keep_log_weights:
                 kept.append(lw)

@@ -145,3 +145,43 @@ def fused_elbo_loss(
     A training loop builds :class:`FusedELBO` once instead.
     """
     return FusedELBO(vae, analytic_kl, num_particles)(x, kl_weight)
+
+
+class FusedLogWeights:
+    """Importance log weights of the library's own VAE computed from its parts, no tracing.
+
+    ``FusedLogWeights(vae)(x, k)`` -> (k, batch): log w_kn = log p(z_kn) + log p(x_n | z_kn)
+    - log q(z_kn | x_n) with z_kn ~ q(z | x_n), the values (and the random draws, from the
+    same generator call) of ``pyro_vae.infer.trace.log_weights(vae.model, vae.guide, x, k)``:
+    the encoder runs once, the k samples go through the decoder as one batch, and each
+    density is evaluated once. Pass it as ``log_likelihood(..., log_weights_fn=...)``; the
+    general traced path stays for every model that :func:`fused_unsupported` refuses.
+    """
+
+    def __init__(self, vae: VAE):
+        reason = fused_unsupported(vae)
+        if reason is not None:
+            raise ConfigError(
+                f"the fused log weights do not apply: {reason}; use the traced estimator"
+            )
+        self.vae = vae
+        self.event_shape = vae.event_shape
+        self.num_outputs = vae.likelihood.num_params
+
+    def __call__(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+        """(num_particles, batch) log weights of x: (batch, *event_shape)."""
+        validate = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            return self._log_weights(x, num_particles)
+        finally:
+            Distribution.set_default_validate_args(validate)
+
+    def _log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        vae = self.vae
+        qz = vae.posterior.forward(vae.encoder(x))
+        z = qz.rsample(torch.Size((k,)))  # (k, batch, latent_dim)
+        params = vae.decoder(z).reshape(*z.shape[:-1], self.num_outputs, *self.event_shape)
+        px = vae.likelihood.forward(params.movedim(2, -1)).to_event(len(self.event_shape))
+        # the traced path's order: model sites (z, then x), then the guide's z
+        return (vae.prior.forward().log_prob(z) + px.log_prob(x)) - qz.log_prob(z)
