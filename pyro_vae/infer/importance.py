@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.infer.chunking import sized_particle_chunk
 from pyro_vae.infer.trace import (
     DEFAULT_PARTICLE_BUDGET,
     PerExampleEstimate,
     batch_size_of,
     check_program,
     chunk_sizes,
-    default_particle_chunk,
     log_weights,
     probe_data,
     slice_data,
@@ -138,8 +138,9 @@ def log_likelihood(
 
     a stochastic lower bound whose expectation rises to log p(x) as K grows (Burda et al.
     2016, "Importance Weighted Autoencoders"). Data are processed ``batch_size`` points at a
-    time and particles in chunks of at most ``particle_chunk`` (default: ``particle_budget``
-    samples per pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
+    time and particles in chunks of at most ``particle_chunk`` (default: sized from the bytes
+    of a probe pass, :mod:`pyro_vae.infer.chunking`, at most ``particle_budget`` samples per
+    pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
     so memory is flat in K unless ``keep_log_weights`` asks for the (K, N) weights.
     Model and guide are checked against each other first (:func:`check_program`).
     ``log_weights_fn(x, k, *rest)`` -> (k, batch), when given, computes each chunk's log
@@ -160,8 +161,12 @@ def log_likelihood(
     particle_dim = info.particle_dim
     if batch_size is None:
         batch_size = min(n, 64)
-    if particle_chunk is None:
-        particle_chunk = default_particle_chunk(batch_size, particle_budget)
+    if particle_chunk is None:  # sized from the bytes of a probe pass (infer.chunking)
+        particle_chunk = sized_particle_chunk(
+            model, guide, probe_data(model, data), min(batch_size, n), num_samples,
+            log_weights_fn, particle_budget, particle_dim=particle_dim, data_plate=data_plate,
+            **kwargs,
+        )  # fmt: skip
     particle_chunk = min(particle_chunk, num_samples)
     per_example, elbos, ess, all_weights = [], [], [], []
     for start in range(0, n, batch_size):

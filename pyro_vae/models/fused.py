@@ -185,3 +185,9 @@ class FusedLogWeights:
         px = vae.likelihood.forward(params.movedim(2, -1)).to_event(len(self.event_shape))
         # the traced path's order: model sites (z, then x), then the guide's z
         return (vae.prior.forward().log_prob(z) + px.log_prob(x)) - qz.log_prob(z)
+
+
+def fused_log_weights(vae: object) -> FusedLogWeights | None:
+    """:class:`FusedLogWeights` of ``vae`` where :func:`fused_unsupported` allows it, else
+    ``None`` (the estimator then traces the model and guide)."""
+    return FusedLogWeights(vae) if fused_unsupported(vae) is None else None

@@ -15,7 +15,7 @@ import torch
 from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.objectives import Objective
 from pyro_vae.models.autoencoder import Autoencoder, mean_reconstruction_nll, model_kind
-from pyro_vae.models.fused import FusedELBO, fused_unsupported
+from pyro_vae.models.fused import FusedELBO, fused_log_weights, fused_unsupported
 from pyro_vae.models.vae import VAE
 
 
@@ -89,7 +89,9 @@ class VAETask:
 
     def validate(self, valid: torch.Tensor) -> dict[str, float]:
         vae, k = self.model, self.valid_num_samples
-        val = log_likelihood(vae.model, vae.guide, valid, num_samples=k)
+        val = log_likelihood(
+            vae.model, vae.guide, valid, num_samples=k, log_weights_fn=fused_log_weights(vae)
+        )
         return {
             "valid_elbo": val.elbo,
             "valid_elbo_stderr": val.elbo_stderr,
