@@ -40,7 +40,13 @@ from pyro_vae.infer.objectives import make_objective
 from pyro_vae.models import ModelConfig, build_vae
 from pyro_vae.models.fused import fused_unsupported
 from pyro_vae.train import TrainConfig, train_epoch
-from pyro_vae.train.loop import make_optimizer
+
+try:
+    from pyro_vae.train.loop import make_optimizer
+except ImportError:  # versions before the loop chose its Adam: fit's plain Adam
+
+    def make_optimizer(model, lr):
+        return torch.optim.Adam(model.parameters(), lr=lr)
 from pyro_vae.train.tasks import VAETask
 
 MODELS = {

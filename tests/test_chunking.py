@@ -51,10 +51,10 @@ def test_bytes_per_sample_grows_with_the_output_and_leaves_the_random_stream():
     assert torch.equal(torch.get_rng_state(), state)
     # the decoder's output (and its log-density terms) dominate: 16 times the pixels
     assert 4 * 16 * 4 <= b_small < b_large
-    assert b_large > 8 * b_small
+    assert b_large > 4 * b_small
 
 
-def test_traced_and_fused_probes_give_similar_chunks():
+def test_the_fused_probe_allows_at_least_the_traced_chunk():
     from pyro_vae.models.fused import fused_log_weights
 
     vae = _vae((1, 8, 8))
@@ -65,7 +65,8 @@ def test_traced_and_fused_probes_give_similar_chunks():
         vae.model, vae.guide, (x,), 64, 10**6, fused_log_weights(vae), **common
     )
     assert traced % ALIGN == 0 and fused % ALIGN == 0
-    assert 0.5 <= fused / traced <= 2
+    # the fused pass makes fewer intermediate tensors (closed-form Bernoulli log-density)
+    assert fused >= traced
 
 
 @pytest.mark.parametrize("chunk", [16, 48, 160])

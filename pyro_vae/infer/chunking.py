@@ -20,8 +20,9 @@ from torch.overrides import TorchFunctionMode
 from pyro_vae.infer.trace import log_weights
 
 #: Bytes of tensors one pass should produce (all of them, freed or not; a pass's working
-#: set at any moment is a fraction of it): a few times a core's L2 cache.
-PASS_BYTES = 32 * 2**20
+#: set at any moment is a fraction of it): measured best on a 2-core Xeon for the MLP and
+#: digits models (benchmarks/RESULTS.md).
+PASS_BYTES = 64 * 2**20
 #: Fewest rows (particles x batch) per pass while the memory bound allows them.
 MIN_ROWS = 512
 #: Most bytes of tensors one pass may produce, whatever else asks for more.
