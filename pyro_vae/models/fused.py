@@ -73,6 +73,7 @@ class FusedELBO:
         self.posterior = vae.posterior
         self.event_shape = vae.event_shape
         self.num_outputs = vae.likelihood.num_params
+        self.event_dims = len(vae.event_shape)
         self.analytic_kl = bool(analytic_kl)
         self.num_particles = int(num_particles)
 
@@ -99,9 +100,15 @@ class FusedELBO:
         z = qz.rsample(torch.Size((k,)) if k > 1 else torch.Size())  # (K?, batch, latent_dim)
         # As VAE.decode: decoder outputs -> (*batch, *event_shape, num_params) -> p(x | z).
         lead = z.shape[:-1]
-        params = self.decoder(z).reshape(*lead, self.num_outputs, *self.event_shape)
-        px = self.likelihood.forward(params.movedim(len(lead), -1))
-        log_px = px.to_event(len(self.event_shape)).log_prob(x)  # (K?, batch)
+        out = self.decoder(z)
+        if self.num_outputs == 1:  # the same layout without moving a dimension of size 1
+            params = out.reshape(*lead, *self.event_shape, 1)
+        else:
+            params = out.reshape(*lead, self.num_outputs, *self.event_shape)
+            params = params.movedim(len(lead), -1)
+        # p(x | z) summed over the event as Independent.log_prob does, without building it
+        log_px = self.likelihood.forward(params).log_prob(x)
+        log_px = log_px.reshape(*log_px.shape[: log_px.dim() - self.event_dims], -1).sum(-1)
         pz = self.prior.forward()
         latent = None
         if self.analytic_kl:

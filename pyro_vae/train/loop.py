@@ -428,7 +428,9 @@ class StepChecks:
             if norm is not None:
                 tensors.append(norm)
             tensors.extend(v for v in sums.values() if isinstance(v, torch.Tensor))
-        values = iter(torch.stack([t.to(torch.float64) for t in tensors]).tolist())
+        if len({t.dtype for t in tensors}) > 1:  # float32 and bfloat16 go exactly to float64
+            tensors = [t.to(torch.float64) for t in tensors]
+        values = iter(torch.stack(tensors).tolist())
         for step, _, norm, sums, size in pending:
             loss = next(values)
             if not math.isfinite(loss):
@@ -460,6 +462,11 @@ def clip_gradients(
         parameters = list(parameters.parameters())
     if max_norm is None:
         grads = [p.grad for p in parameters if p.grad is not None]
+        if grads and len({(g.device, g.dtype) for g in grads}) == 1 and not any(
+            g.is_sparse for g in grads
+        ):
+            # get_total_norm's own arithmetic, without its grouping by device and dtype
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
         return torch.nn.utils.get_total_norm(grads)
     return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
