@@ -364,9 +364,12 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     implementation it started with.
     """
     params = list(model.parameters())
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-    supported = _get_fused_kernels_supported_devices()
+        supported = _get_fused_kernels_supported_devices()
+    except ImportError:  # a torch without the list: the multi-tensor Adam everywhere
+        supported = []
     fused = bool(params) and all(
         p.device.type in supported and p.is_floating_point() for p in params
     )
@@ -465,7 +468,8 @@ def clip_gradients(
         if grads and len({(g.device, g.dtype) for g in grads}) == 1 and not any(
             g.is_sparse for g in grads
         ):
-            # get_total_norm's own arithmetic, without its grouping by device and dtype
+            # the 2-norm of the per-tensor norms, as get_total_norm, without its grouping by
+            # device and dtype (the value only feeds the finiteness check)
             return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
         return torch.nn.utils.get_total_norm(grads)
     return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
