@@ -1,4 +1,4 @@
-"""Wall time of one full Fashion-MNIST training epoch: library loop, fused loop, PyTorch.
+"""Wall time of one full Fashion-MNIST training epoch: traced loop, library loop, PyTorch.
 
 Reads the IDX files (``apt-get install -y dataset-fashion-mnist``) with
 ``pyro_vae.data.load_dataset("fashion-mnist")`` (50,000 training images), then times, interleaved,

@@ -8,12 +8,19 @@ samples on ``--images`` random binary images, and reports:
 - GFLOP/s achieved: FLOPs of the networks' Linear / Conv layers that actually ran (counted by
   forward hooks: 2 * in * out per Linear row, 2 * C_in * C_out * k_h * k_w per conv output
   position, per transposed-conv input position) over the seconds;
-- the same process's 1024 x 1024 float32 matmul GFLOP/s, and the achieved share of it;
+- the same process's 1024 x 1024 float32 matmul GFLOP/s (best of 3, mean of the rates just
+  before and just after the call), and the achieved share of it;
 - peak memory: the growth of the process's maximum resident set (``ru_maxrss``) during the
   call, over a warm-up call with K = 10 (so the interpreter, torch and the model are not counted).
 
+Routes: ``traced`` is ``log_likelihood(vae.model, vae.guide, x)`` (Pyro traces each chunk);
+``fused`` adds ``log_weights_fn=fused_log_weights(vae)`` as ``pyro_vae.runs.score`` does
+(:class:`pyro_vae.models.fused.FusedLogWeights`). Both use the default particle chunk
+(:mod:`pyro_vae.infer.chunking`) unless ``--particle-chunk`` fixes it.
+
 Run: python benchmarks/likelihood_throughput.py [--threads 1] [--images 20]
          [--ks 100,300,1000,3000,10000] [--model pyro-mlp|digits|conv]
+         [--routes traced,fused] [--particle-chunk C]
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def child(model: str, k: int, images: int) -> dict:
+def child(model: str, k: int, images: int, route: str, chunk: int | None) -> dict:
     import pyro
 
     from pyro_vae.infer import log_likelihood
@@ -84,12 +91,18 @@ def child(model: str, k: int, images: int) -> dict:
     vae = build_vae(ModelConfig(**MODELS[model])).eval()
     x = torch.bernoulli(torch.rand(images, *vae.event_shape, generator=torch.Generator()))
     flops = count_flops(vae)
+    options = {"particle_chunk": chunk}
+    if route == "fused":
+        from pyro_vae.models.fused import fused_log_weights
+
+        options["log_weights_fn"] = fused_log_weights(vae)
     with torch.no_grad():
-        log_likelihood(vae.model, vae.guide, x, num_samples=10)
+        log_likelihood(vae.model, vae.guide, x, num_samples=10, **options)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         flops[0] = 0.0
+        mm_before = matmul_gflops()
         start = time.perf_counter()
-        log_likelihood(vae.model, vae.guide, x, num_samples=k)
+        log_likelihood(vae.model, vae.guide, x, num_samples=k, **options)
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
@@ -97,7 +110,8 @@ def child(model: str, k: int, images: int) -> dict:
         "seconds": seconds,
         "samples_per_s": images * k / seconds,
         "gflops": flops[0] / seconds / 1e9,
-        "matmul_gflops": matmul_gflops(),
+        # the machine may be shared: the rate just before and just after the call
+        "matmul_gflops": (mm_before + matmul_gflops()) / 2,
         "peak_mib": (after - before) / 1024,  # ru_maxrss is in KiB on Linux
     }
 
@@ -108,21 +122,25 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--ks", default="100,300,1000,3000,10000")
     parser.add_argument("--model", default="pyro-mlp", choices=sorted(MODELS))
+    parser.add_argument("--routes", default="traced,fused")
+    parser.add_argument("--particle-chunk", type=int, default=None)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child is not None:
-        print(json.dumps(child(args.model, args.child, args.images)))
+        r = child(args.model, args.child, args.images, args.routes, args.particle_chunk)
+        print(json.dumps(r))
         return
     print(
         f"torch {torch.__version__}, threads={args.threads}, model {args.model}, "
         f"{args.images} images"
     )
     print(
-        "| K | s | image-samples/s | GFLOP/s | matmul GFLOP/s | share | peak MiB |\n"
-        "|---|---|---|---|---|---|---|"
+        "| route | K | s | image-samples/s | GFLOP/s | matmul GFLOP/s | share | peak MiB |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
-    for k in (int(v) for v in args.ks.split(",")):
+    runs = [(k, r) for k in (int(v) for v in args.ks.split(",")) for r in args.routes.split(",")]
+    for k, route in runs:
         cmd = [
             sys.executable,
             __file__,
@@ -134,11 +152,14 @@ def main() -> None:
             args.model,
             "--threads",
             str(args.threads),
-        ]
+            "--routes",
+            route,
+        ] + (["--particle-chunk", str(args.particle_chunk)] if args.particle_chunk else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(
-            f"| {k} | {r['seconds']:.2f} | {r['samples_per_s']:,.0f} | {r['gflops']:.1f} | "
+            f"| {route} | {k} | {r['seconds']:.2f} | {r['samples_per_s']:,.0f} | "
+            f"{r['gflops']:.1f} | "
             f"{r['matmul_gflops']:.1f} | {r['gflops'] / r['matmul_gflops']:.0%} | "
             f"{r['peak_mib']:.0f} |",
             flush=True,

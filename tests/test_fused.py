@@ -173,3 +173,63 @@ def test_fused_refuses_what_it_does_not_claim():
     own = VAE(vae.encoder, vae.decoder, vae.prior, MyLikelihood(), vae.posterior)
     assert "MyLikelihood" in fused_unsupported(own)
     assert fused_unsupported(nn.Linear(2, 2)) is not None
+
+
+# --- the fused log weights of importance sampling -------------------------------------------
+
+
+@pytest.mark.parametrize("prior,likelihood,posterior,arch", COMBOS)
+def test_fused_log_weights_match_the_traced_ones_with_same_noise(
+    prior, likelihood, posterior, arch
+):
+    from pyro_vae.infer.trace import log_weights
+    from pyro_vae.models.fused import FusedLogWeights
+
+    vae = _vae(prior, likelihood, posterior, arch).eval()
+    x = _data_for(likelihood)
+    with torch.no_grad():
+        pyro.set_rng_seed(7)
+        ref = log_weights(vae.model, vae.guide, x, 5, particle_dim=-2)
+        pyro.set_rng_seed(7)
+        lw = FusedLogWeights(vae)(x, 5)
+    assert lw.shape == ref.shape == (5, x.shape[0])
+    torch.testing.assert_close(lw, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("posterior", sorted(POSTERIORS))
+def test_log_likelihood_with_fused_log_weights_equals_the_traced_estimate(posterior):
+    from pyro_vae.infer import log_likelihood
+    from pyro_vae.models.fused import fused_log_weights
+
+    vae = _vae("normal", "bernoulli", posterior, "mlp").eval()
+    x = _data_for("bernoulli", n=9)
+    fast = fused_log_weights(vae)
+    assert fast is not None
+    results = []
+    for fn in (None, fast):
+        pyro.set_rng_seed(3)
+        results.append(
+            log_likelihood(
+                vae.model, vae.guide, x, num_samples=40, batch_size=4, particle_chunk=16,
+                keep_log_weights=True, log_weights_fn=fn,
+            )
+        )  # fmt: skip
+    ref, got = results
+    torch.testing.assert_close(got.log_weights, ref.log_weights, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got.per_example, ref.per_example, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got.ess, ref.ess, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_log_weights_are_refused_where_the_fused_path_does_not_apply():
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.models.fused import FusedLogWeights, fused_log_weights
+
+    class Custom(VAE):
+        pass
+
+    vae = _vae("normal", "bernoulli", "diagonal", "mlp")
+    custom = Custom.__new__(Custom)
+    custom.__dict__.update(vae.__dict__)
+    assert fused_log_weights(custom) is None
+    with pytest.raises(ConfigError, match="fused log weights do not apply"):
+        FusedLogWeights(custom)

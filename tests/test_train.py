@@ -210,3 +210,104 @@ def test_fit_from_python_writes_a_run_that_load_run_and_evaluate_use(digits, tmp
     torch.testing.assert_close(model.state_dict(), vae.state_dict())
     assert main(["evaluate", str(run.path), "--num-samples", "5"]) == 0
     assert "test log-likelihood" in capsys.readouterr().out
+
+
+# --- the loop's batched finiteness checks -------------------------------------------------
+
+
+class _PoisonedTask(_ConstantTask):
+    """As _ConstantTask, but the loss (or only the gradient) of call ``bad`` is NaN; the
+    metric sum is a 0-dim tensor, as the fused VAE task reports it."""
+
+    def __init__(self, bad: int, where: str = "loss"):
+        super().__init__()
+        self.bad, self.where, self.calls = bad, where, 0
+
+    def batch_loss(self, x, progress):
+        from pyro_vae.train import BatchLoss
+
+        w = self.model.w * 1.0
+        if self.calls == self.bad:
+            if self.where == "loss":
+                w = w * float("nan")
+            else:  # a finite loss with a NaN gradient
+                w.register_hook(lambda g: g * float("nan"))
+        self.calls += 1
+        loss = w * x.sum()
+        return BatchLoss(loss, {"points": torch.tensor(float(x.shape[0]))})
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+@pytest.mark.parametrize("bad", [0, 5, 15, 16, 21, 39])
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_batched_checks_name_the_exact_step_of_a_fault(bad, where):
+    from pyro_vae.errors import TrainingError
+    from pyro_vae.train import train_epoch
+    from pyro_vae.train.loop import CHECK_EVERY
+
+    assert CHECK_EVERY < 40  # the epoch spans more than one check window
+    task = _PoisonedTask(bad, where)
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=1e-3)
+    config = TrainConfig(epochs=1, batch_size=2)
+    with pytest.raises(TrainingError, match=f"at epoch 3, step {bad};") as info:
+        train_epoch(task, optimizer, torch.ones(80, 2), config, epoch=3)
+    expected = "training loss is nan" if where == "loss" else "gradient norm is nan"
+    assert expected in str(info.value)
+
+
+def test_batched_checks_sum_the_metrics_as_per_step_values_would():
+    from pyro_vae.train import train_epoch
+
+    task = _PoisonedTask(bad=-1)
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    x = torch.linspace(0, 1, 2 * 37).reshape(37, 2)
+    metrics = train_epoch(task, optimizer, x, TrainConfig(epochs=1, batch_size=2), epoch=1)
+    assert metrics["points"] == 1.0
+    # replay: the same order (same generator state) and SGD steps, one value per step
+    task2 = _ConstantTask()
+    opt2 = torch.optim.SGD(task2.model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    order, total = torch.randperm(37), 0.0
+    for i in range(0, 37, 2):
+        b = x[order[i : i + 2]]
+        loss = task2.model.w * b.sum() / b.shape[0]
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+        total += loss.item() * b.shape[0]
+    assert task.model.w.item() == task2.model.w.item()
+    assert metrics["train_loss"] == total / 37  # bit for bit
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_a_fault_inside_a_check_window_writes_no_checkpoint(tmp_path):
+    from pyro_vae.data import DataSplits
+    from pyro_vae.errors import TrainingError
+    from pyro_vae.runs import RunDir
+    from pyro_vae.train import load_checkpoint
+    from pyro_vae.train.loop import CHECK_EVERY
+
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = torch.rand(130, 6, generator=torch.Generator().manual_seed(0))
+    data = DataSplits("tiny", x[:100], x[100:115], x[115:])
+    steps = 50  # batch 2: more than one check window per epoch
+    assert steps > CHECK_EVERY
+    bad = steps + 7  # epoch 2, step 7: inside the first window, not at its end
+    calls = [0]
+
+    def poison(module, inputs, out):
+        if module.training:
+            calls[0] += 1
+            if calls[0] > bad:
+                return out * float("nan")
+        return out
+
+    vae.decoder.register_forward_hook(poison)
+    config = TrainConfig(epochs=3, batch_size=2, valid_num_samples=2)
+    with pytest.raises(TrainingError, match="at epoch 2, step 7;"):
+        fit(vae, data, config, run_dir=RunDir(tmp_path), progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model_state"].values())

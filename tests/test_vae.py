@@ -51,13 +51,20 @@ def test_vectorized_particles_go_left(vae, batch):
     assert torch.isfinite(torch.tensor(loss))
 
 
-def test_encoder_runs_once_per_data_point(vae, batch):
+def test_encoder_runs_once_per_data_point_and_particle_chunk(vae, batch):
     calls = []
-    vae.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    log_likelihood(vae.model, vae.guide, batch, num_samples=1000)
+    handle = vae.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    log_likelihood(vae.model, vae.guide, batch, num_samples=1000, particle_chunk=1000)
     # On one point: one call to check the programs (plate layout, roles), one to check that
     # particles go on the left; then one per batch of data, never one per particle.
     assert sum(calls) == 2 + batch.shape[0]
+    calls.clear()
+    # The default chunk is sized from bytes (one more probe call on one point): the encoder
+    # runs once per data point and chunk of particles, never once per particle.
+    log_likelihood(vae.model, vae.guide, batch, num_samples=1000)
+    handle.remove()
+    per_point = (sum(calls) - 3) / batch.shape[0]
+    assert per_point == int(per_point) and 1 <= per_point <= 1000 // 16 + 1
 
 
 def test_trace_and_meanfield_elbo_agree(vae, batch):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.infer.chunking import sized_particle_chunk
 from pyro_vae.infer.trace import (
     DEFAULT_PARTICLE_BUDGET,
     STRATEGIES,
@@ -26,7 +27,6 @@ from pyro_vae.infer.trace import (
     check_program,
     choose_strategy,
     chunk_sizes,
-    default_particle_chunk,
     log_weights,
     probe_data,
     slice_data,
@@ -132,6 +132,7 @@ def log_likelihood(
     keep_log_weights: bool = False,
     particle_budget: int = DEFAULT_PARTICLE_BUDGET,
     strategy: str = "auto",
+    log_weights_fn: Callable[..., torch.Tensor] | None = None,
     **kwargs,
 ) -> LogLikelihood:
     """Importance-sampled estimate of log p(x) per data point.
@@ -144,8 +145,9 @@ def log_likelihood(
 
     a stochastic lower bound whose expectation rises to log p(x) as K grows (Burda et al.
     2016, "Importance Weighted Autoencoders"). Data are processed ``batch_size`` points at a
-    time and particles in chunks of at most ``particle_chunk`` (default: ``particle_budget``
-    samples per pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
+    time and particles in chunks of at most ``particle_chunk`` (default: sized from the bytes
+    of a probe pass, :mod:`pyro_vae.infer.chunking`, at most ``particle_budget`` samples per
+    pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
     so memory is flat in K unless ``keep_log_weights`` asks for the (K, N) weights.
     Model and guide are checked against each other first (:func:`check_program`).
 
@@ -156,6 +158,10 @@ def log_likelihood(
     the second; the result says which ran. Sites marked ``infer={"enumerate": "parallel"}``
     (in the guide, or in the model where the guide does not sample them) take every value at
     once and are summed out exactly: log w = logsumexp_y [log p(x, y, z) - log q(z | x, y)].
+
+    ``log_weights_fn(x, k, *rest)`` -> (k, batch), when given, computes each chunk's log
+    weights in place of tracing (a caller's fast path for a model it knows, e.g.
+    :class:`pyro_vae.models.fused.FusedLogWeights`; it must equal :func:`log_weights`).
     """
     data, num_samples = _legacy_num_samples(data, num_samples)
     check_positive_int(num_samples, "num_samples")
@@ -178,8 +184,12 @@ def log_likelihood(
     )  # fmt: skip
     if batch_size is None:
         batch_size = min(n, 64)
-    if particle_chunk is None:
-        particle_chunk = default_particle_chunk(batch_size, particle_budget)
+    if particle_chunk is None:  # sized from the bytes of a probe pass (infer.chunking)
+        particle_chunk = sized_particle_chunk(
+            model, guide, probe, min(batch_size, n), num_samples, log_weights_fn,
+            particle_budget, particle_dim=particle_dim, data_plate=data_plate, strategy=strategy,
+            **kwargs,
+        )  # fmt: skip
     particle_chunk = min(particle_chunk, num_samples)
     per_example, elbos, ess, all_weights = [], [], [], []
     for start in range(0, n, batch_size):
@@ -190,7 +200,7 @@ def log_likelihood(
             lw = log_weights(
                 model, guide, batch[0], k, *batch[1:],
                 particle_dim=particle_dim, data_plate=data_plate, strategy=strategy, **kwargs,
-            )
+            ) if log_weights_fn is None else log_weights_fn(batch[0], k, *batch[1:])
             moments.update(lw)
             if keep_log_weights:
                 kept.append(lw)

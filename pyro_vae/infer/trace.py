@@ -672,8 +672,3 @@ def chunk_sizes(num_samples: int, chunk: int) -> Iterator[int]:
     """Particle counts of successive chunks: ``chunk`` each, the last one what is left."""
     for k0 in range(0, num_samples, chunk):
         yield min(chunk, num_samples - k0)
-
-
-def default_particle_chunk(batch: int, budget: int = DEFAULT_PARTICLE_BUDGET) -> int:
-    """Particles per pass so that particles x batch stays within ``budget`` samples."""
-    return max(1, budget // max(1, batch))

@@ -11,11 +11,12 @@ model/guide pair, and :func:`fused_unsupported` says when this one does not appl
 from __future__ import annotations
 
 import torch
-from torch.distributions import kl_divergence
+from torch.distributions import Distribution, kl_divergence
+from torch.nn.functional import softplus
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.vae import VAE
-from pyro_vae.parts.likelihoods import LIKELIHOODS
+from pyro_vae.parts.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.parts.posteriors import POSTERIORS
 from pyro_vae.parts.priors import PRIORS
 
@@ -72,22 +73,42 @@ class FusedELBO:
         self.posterior = vae.posterior
         self.event_shape = vae.event_shape
         self.num_outputs = vae.likelihood.num_params
+        self.event_dims = len(vae.event_shape)
         self.analytic_kl = bool(analytic_kl)
         self.num_particles = int(num_particles)
 
     def __call__(
         self, x: torch.Tensor, kl_weight: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, elbo)`` on x: (batch, *event_shape); see :func:`fused_elbo_loss`."""
+        """``(loss, elbo)`` on x: (batch, *event_shape); see :func:`fused_elbo_loss`.
+
+        The parts' distributions are built without argument validation (the same values;
+        validation only raises on invalid ones): the caller checked the data, and a
+        non-finite network output gives a non-finite loss, which the training loop reports.
+        """
+        validate = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            return self._elbo(x, kl_weight)
+        finally:
+            Distribution.set_default_validate_args(validate)
+
+    def _elbo(self, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.num_particles
         qz = self.posterior.forward(self.encoder(x))
         batch = qz.batch_shape
         z = qz.rsample(torch.Size((k,)) if k > 1 else torch.Size())  # (K?, batch, latent_dim)
         # As VAE.decode: decoder outputs -> (*batch, *event_shape, num_params) -> p(x | z).
         lead = z.shape[:-1]
-        params = self.decoder(z).reshape(*lead, self.num_outputs, *self.event_shape)
-        px = self.likelihood.forward(params.movedim(len(lead), -1))
-        log_px = px.to_event(len(self.event_shape)).log_prob(x)  # (K?, batch)
+        out = self.decoder(z)
+        if self.num_outputs == 1:  # the same layout without moving a dimension of size 1
+            params = out.reshape(*lead, *self.event_shape, 1)
+        else:
+            params = out.reshape(*lead, self.num_outputs, *self.event_shape)
+            params = params.movedim(len(lead), -1)
+        # p(x | z) summed over the event as Independent.log_prob does, without building it
+        log_px = self.likelihood.forward(params).log_prob(x)
+        log_px = log_px.reshape(*log_px.shape[: log_px.dim() - self.event_dims], -1).sum(-1)
         pz = self.prior.forward()
         latent = None
         if self.analytic_kl:
@@ -97,9 +118,16 @@ class FusedELBO:
                 latent = None
         if latent is None:
             latent = pz.log_prob(z) - qz.log_prob(z)  # (K?, batch)
-        recon = log_px.sum() / k
-        latent_sum = latent.sum() / (k if latent.dim() > len(batch) else 1)
-        loss = -(recon + kl_weight * latent_sum)
+        # (dividing by 1 and multiplying by 1.0 change no bit, so they are skipped)
+        recon = log_px.sum()
+        latent_sum = latent.sum()
+        if k > 1:
+            recon = recon / k
+            if latent.dim() > len(batch):
+                latent_sum = latent_sum / k
+        unit = isinstance(kl_weight, int | float) and kl_weight == 1
+        weighted = latent_sum if unit else kl_weight * latent_sum
+        loss = -(recon + weighted)
         return loss, (recon + latent_sum).detach()
 
 
@@ -125,3 +153,68 @@ def fused_elbo_loss(
     A training loop builds :class:`FusedELBO` once instead.
     """
     return FusedELBO(vae, analytic_kl, num_particles)(x, kl_weight)
+
+
+class FusedLogWeights:
+    """Importance log weights of the library's own VAE computed from its parts, no tracing.
+
+    ``FusedLogWeights(vae)(x, k)`` -> (k, batch): log w_kn = log p(z_kn) + log p(x_n | z_kn)
+    - log q(z_kn | x_n) with z_kn ~ q(z | x_n): the random draws (the same generator call)
+    and the values of ``pyro_vae.infer.trace.log_weights(vae.model, vae.guide, x, k)``, up
+    to float rounding where Bernoulli pixels are scored in closed form
+    (:func:`bernoulli_log_prob`). The encoder runs once, the k samples go through the
+    decoder as one batch, and each density is evaluated once. Pass it as
+    ``log_likelihood(..., log_weights_fn=...)``; the
+    general traced path stays for every model that :func:`fused_unsupported` refuses.
+    """
+
+    def __init__(self, vae: VAE):
+        reason = fused_unsupported(vae)
+        if reason is not None:
+            raise ConfigError(
+                f"the fused log weights do not apply: {reason}; use the traced estimator"
+            )
+        self.vae = vae
+        self.event_shape = vae.event_shape
+        self.num_outputs = vae.likelihood.num_params
+        #: Bernoulli pixels: the log-density in closed form (:func:`bernoulli_log_prob`)
+        self.bernoulli = type(vae.likelihood) is Bernoulli and self.num_outputs == 1
+
+    def __call__(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+        """(num_particles, batch) log weights of x: (batch, *event_shape)."""
+        validate = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            return self._log_weights(x, num_particles)
+        finally:
+            Distribution.set_default_validate_args(validate)
+
+    def _log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        vae = self.vae
+        qz = vae.posterior.forward(vae.encoder(x))
+        z = qz.rsample(torch.Size((k,)))  # (k, batch, latent_dim)
+        out = vae.decoder(z)
+        if self.bernoulli:
+            log_px = bernoulli_log_prob(out.reshape(*z.shape[:-1], -1), x.flatten(1))
+        else:
+            params = out.reshape(*z.shape[:-1], self.num_outputs, *self.event_shape)
+            px = vae.likelihood.forward(params.movedim(2, -1)).to_event(len(self.event_shape))
+            log_px = px.log_prob(x)
+        # the traced path's order: model sites (z, then x), then the guide's z
+        return (vae.prior.forward().log_prob(z) + log_px) - qz.log_prob(z)
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_j log Bernoulli(x_j; sigmoid(l_j)) = sum_j x_j l_j - softplus(l_j), per row.
+
+    logits: (..., batch, D); x: (batch, D) in [0, 1] -> (..., batch). The same value as
+    ``Bernoulli(logits=l).to_event(...).log_prob(x)`` (``-binary_cross_entropy_with_logits``)
+    up to float rounding, in two passes over the logits instead of about six.
+    """
+    return torch.linalg.vecdot(logits, x) - softplus(logits).sum(-1)
+
+
+def fused_log_weights(vae: object) -> FusedLogWeights | None:
+    """:class:`FusedLogWeights` of ``vae`` where :func:`fused_unsupported` allows it, else
+    ``None`` (the estimator then traces the model and guide)."""
+    return FusedLogWeights(vae) if fused_unsupported(vae) is None else None

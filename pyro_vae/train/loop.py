@@ -218,7 +218,7 @@ def fit(
     engine = Engine.build(model, task.batch_loss, device, config.precision, num_workers)
     # rank 0 draws the stream a one-process run draws; the other ranks their own
     pyro.set_rng_seed(rank_seed(config.seed, engine.group.rank))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config.lr)
     if run_dir is not None and not engine.group.is_main:
         run_dir = ReadOnlyRun(run_dir)
     history: list[dict[str, Any]] = []
@@ -309,7 +309,10 @@ def train_epoch(
 
     train: (N, *event_shape), or a Dataset of such points. Each step minimizes loss_sum /
     (the batch's actual size), so a short last batch weighs its points as much as a full one.
-    The loss and gradient are checked before each update. ``engine`` (default: this process,
+    The loss and gradient norm of every step are checked, in batches of
+    :data:`CHECK_EVERY` steps (one wait for the device each) and at the epoch's end, so a
+    non-finite value stops training, named by its epoch and step, before the epoch's
+    metrics, validation or checkpoint. ``engine`` (default: this process,
     the model's device, float32) says where the steps run; with several processes the
     metrics are summed over all of them before dividing.
     """
@@ -322,43 +325,154 @@ def train_epoch(
     batches = epoch_batches(
         train, config.batch_size, order, engine.device, num_workers=engine.num_workers
     )
-    total, seen = 0.0, 0
-    sums: dict[str, float] = {}
+    # hoisted out of the steps: the parameter list, the flags, the bound methods
+    params = [p for p in model.parameters()]
+    binarize = model.likelihood.binarize
+    check_norm = engine.scaler is None  # float16 overflows are the scaler's to skip
+    module, autocast = engine.module, engine.autocast
+    checks = StepChecks(epoch, run, task.loss_name)
     last: dict[str, float] = {}
     for step, x in enumerate(batches):
         if streamed:
             check_tensor(x, f"training batch {step} of epoch {epoch}", model.event_shape)
             model.likelihood.check_data(x)
-        if model.likelihood.binarize:
+        if binarize:
             x = dynamic_binarize(x)
-        with engine.autocast():
-            value = engine.module(x, epoch - 1 + step / steps_per_epoch)
-        loss = value.loss_sum.float() / x.shape[0]
-        check_finite_step(loss, None, epoch, step, run)
+        with autocast():
+            value = module(x, epoch - 1 + step / steps_per_epoch)
+        size = x.shape[0]
+        loss = value.loss_sum.float() / size
         optimizer.zero_grad()
         engine.backward(loss, optimizer)
-        norm = clip_gradients(model, config.clip_grad)
-        # float16 overflows are the scaler's to skip, not a fault
-        check_finite_step(loss, norm if engine.scaler is None else None, epoch, step, run)
+        norm = clip_gradients(params, config.clip_grad)
+        checks.add(step, loss, norm if check_norm else None, value.sums, size)
         engine.step(optimizer)
-        total += loss.item() * x.shape[0]
-        for key, v in value.sums.items():
-            sums[key] = sums.get(key, 0.0) + v
         last = value.last
-        seen += x.shape[0]
-    sums = engine.reduce_sums({**sums, task.loss_name: total, "_points": float(seen)})
+    # before the epoch's metrics, validation or checkpoint
+    sums = engine.reduce_sums({**checks.flush(), "_points": float(checks.seen)})
     seen = sums.pop("_points")
     return {**{k: v / seen for k, v in sums.items()}, **last}
 
 
-def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The fit loop's Adam, in one fused kernel per step where torch has one for the
+    parameters' device (CPU and CUDA among them), else multi-tensor (``foreach``).
+
+    Both compute Adam's update (Kingma & Ba 2015); the fused kernel may round the last bit
+    of an element differently from the per-parameter loop (``foreach`` does not). The
+    optimizer's state (and this choice) is checkpointed, so a resumed run continues with the
+    implementation it started with.
+    """
+    params = list(model.parameters())
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        supported = _get_fused_kernels_supported_devices()
+    except ImportError:  # a torch without the list: the multi-tensor Adam everywhere
+        supported = []
+    fused = bool(params) and all(
+        p.device.type in supported and p.is_floating_point() for p in params
+    )
+    if fused:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+#: Steps between two finiteness checks of the training loop (each check waits for the
+#: device once; a fault is still reported at its exact step, and always before a checkpoint).
+CHECK_EVERY = 16
+
+
+class StepChecks:
+    """Per-step losses, gradient norms and metric sums of one epoch, checked in batches.
+
+    Each step's values stay on the device until :meth:`flush` (every :data:`CHECK_EVERY`
+    steps and at the epoch's end) copies them to the host in one transfer, stops on the first
+    step whose loss or gradient norm is not finite (naming its epoch and step, as
+    :func:`check_finite_step` does), and adds them up in step order, in float64, as a
+    per-step ``.item()`` would.
+    """
+
+    def __init__(
+        self, epoch: int, run: RunStore | None, loss_name: str, every: int = CHECK_EVERY
+    ):
+        self.epoch, self.run, self.loss_name, self.every = epoch, run, loss_name, every
+        self.sums: dict[str, float] = {}
+        self.total = 0.0
+        self.seen = 0
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None, dict, int]] = []
+
+    def add(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        grad_norm: torch.Tensor | None,
+        sums: dict[str, Any],
+        size: int,
+    ) -> None:
+        """Record step ``step``: its mean loss (0-dim), gradient norm (or ``None``: not
+        checked), metric sums (floats or 0-dim tensors) and batch size."""
+        self._pending.append((step, loss.detach(), grad_norm, sums, size))
+        if len(self._pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> dict[str, float]:
+        """Check and add up the pending steps; returns the epoch's sums so far (the metric
+        sums, then the loss's under ``loss_name``)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self._add_up(pending)
+        return {**self.sums, self.loss_name: self.total}
+
+    def _add_up(self, pending: list) -> None:
+        tensors = []
+        for _, loss, norm, sums, _ in pending:
+            tensors.append(loss)
+            if norm is not None:
+                tensors.append(norm)
+            tensors.extend(v for v in sums.values() if isinstance(v, torch.Tensor))
+        if len({t.dtype for t in tensors}) > 1:  # float32 and bfloat16 go exactly to float64
+            tensors = [t.to(torch.float64) for t in tensors]
+        values = iter(torch.stack(tensors).tolist())
+        for step, _, norm, sums, size in pending:
+            loss = next(values)
+            if not math.isfinite(loss):
+                raise training_fault(f"training loss is {loss}", self.epoch, step, self.run)
+            if norm is not None:
+                grad_norm = next(values)
+                if not math.isfinite(grad_norm):
+                    raise training_fault(
+                        f"gradient norm is {grad_norm}", self.epoch, step, self.run
+                    )
+            self.total += loss * size
+            for key, v in sums.items():
+                v = next(values) if isinstance(v, torch.Tensor) else v
+                self.sums[key] = self.sums.get(key, 0.0) + v
+            self.seen += size
+
+
+def clip_gradients(
+    parameters: torch.nn.Module | list[torch.Tensor], max_norm: float | None
+) -> torch.Tensor:
     """Rescale the gradients to total 2-norm at most ``max_norm`` (no change when ``None``).
 
-    Returns the total gradient norm before clipping. With ``max_norm=None`` the scale factor
-    is exactly 1, so results match an unclipped run bit for bit.
+    ``parameters``: a module or a list of its parameters (a list made once saves walking the
+    module every step). Returns the total gradient norm before clipping. With
+    ``max_norm=None`` the norm is computed and the gradients are left untouched (the scale
+    factor would be exactly 1), so results match an unclipped run bit for bit.
     """
-    limit = math.inf if max_norm is None else max_norm
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
+    if isinstance(parameters, torch.nn.Module):
+        parameters = list(parameters.parameters())
+    if max_norm is None:
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if grads and len({(g.device, g.dtype) for g in grads}) == 1 and not any(
+            g.is_sparse for g in grads
+        ):
+            # the 2-norm of the per-tensor norms, as get_total_norm, without its grouping by
+            # device and dtype (the value only feeds the finiteness check)
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 def training_fault(

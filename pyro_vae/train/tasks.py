@@ -15,17 +15,21 @@ import torch
 from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.objectives import Objective
 from pyro_vae.models.autoencoder import Autoencoder, mean_reconstruction_nll, model_kind
-from pyro_vae.models.fused import FusedELBO, fused_unsupported
+from pyro_vae.models.fused import FusedELBO, fused_log_weights, fused_unsupported
 from pyro_vae.models.vae import VAE
 
 
 @dataclass
 class BatchLoss:
     """One batch's loss summed over its points (differentiable), metric sums, and values
-    that hold at this step (recorded from the epoch's last step)."""
+    that hold at this step (recorded from the epoch's last step).
+
+    A metric sum may be a 0-dim tensor on the device: the loop copies the sums of several
+    steps to the host at once, so a step need not wait for the device.
+    """
 
     loss_sum: torch.Tensor
-    sums: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float | torch.Tensor] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
 
 
@@ -79,13 +83,15 @@ class VAETask:
         kl_weight = self.objective.kl_weight(progress)
         if self.fused is not None:
             loss, elbo = self.fused(x, kl_weight)
-            return BatchLoss(loss, {"train_elbo": float(elbo)}, {"kl_weight": kl_weight})
+            return BatchLoss(loss, {"train_elbo": elbo}, {"kl_weight": kl_weight})
         value = self.objective.loss(self.model.model, self.model.guide, x, kl_weight)
         return BatchLoss(value.loss, {"train_elbo": value.elbo}, {"kl_weight": kl_weight})
 
     def validate(self, valid: torch.Tensor) -> dict[str, float]:
         vae, k = self.model, self.valid_num_samples
-        val = log_likelihood(vae.model, vae.guide, valid, num_samples=k)
+        val = log_likelihood(
+            vae.model, vae.guide, valid, num_samples=k, log_weights_fn=fused_log_weights(vae)
+        )
         return {
             "valid_elbo": val.elbo,
             "valid_elbo_stderr": val.elbo_stderr,

@@ -1,0 +1,119 @@
+"""How many importance samples to draw per pass: sized from bytes, not from a point count.
+
+One pass of an estimator evaluates ``particles x batch`` samples (rows) at once. Larger passes
+amortize the per-pass cost (tracing, Python) and feed the matrix products more rows; but every
+intermediate tensor of a pass grows with its rows, and once a pass's tensors outgrow the
+processor's cache (or a fresh allocation must be faulted in page by page) each elementwise
+operation runs at memory speed. The chunk is therefore chosen from the bytes one sample
+produces, measured on a small probe pass (:func:`bytes_per_sample`), so that a pass's
+tensors add up to about :data:`PASS_BYTES`, never fewer than :data:`MIN_ROWS` rows (a matrix
+product needs rows to reach its rate) and never more than :data:`MEMORY_BYTES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from pyro_vae.infer.trace import log_weights
+
+#: Bytes of tensors one pass should produce (all of them, freed or not; a pass's working
+#: set at any moment is a fraction of it): measured best on a 2-core Xeon for the MLP and
+#: digits models (benchmarks/RESULTS.md).
+PASS_BYTES = 64 * 2**20
+#: Fewest rows (particles x batch) per pass while the memory bound allows them.
+MIN_ROWS = 512
+#: Most bytes of tensors one pass may produce, whatever else asks for more.
+MEMORY_BYTES = 256 * 2**20
+#: Chunks of at least this many particles are rounded down to a multiple of it: a CPU
+#: generator fills normal draws 16 at a time, so such chunks draw the same numbers as one
+#: pass over all particles would, and an estimate does not depend on the chunking.
+ALIGN = 16
+
+
+class _CountBytes(TorchFunctionMode):
+    """Adds up the bytes of every tensor that a torch function returns while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.total += t.numel() * t.element_size()
+        return out
+
+
+def bytes_per_sample(
+    run: Callable[[int], torch.Tensor],
+    batch: int,
+    probe: int = 2,
+    device: torch.device | None = None,
+) -> float:
+    """Bytes of all tensors one particle-sample produces in a pass, measured by running it.
+
+    ``run(k)`` evaluates ``k`` particles for ``batch`` data points (e.g. the log weights of
+    a probe batch). It runs once with ``probe`` particles, under ``torch.no_grad`` and a
+    forked random state (of the CPU and of ``device``), so the caller's random stream is
+    unchanged. Every tensor any torch function returns is counted, views at full size, so
+    the figure bounds the pass's memory traffic per sample from above.
+    """
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), _CountBytes() as counter:
+        run(probe)
+    return max(1.0, counter.total / (probe * max(1, batch)))
+
+
+def particle_chunk(
+    sample_bytes: float,
+    batch: int,
+    num_samples: int,
+    pass_bytes: int = PASS_BYTES,
+    min_rows: int = MIN_ROWS,
+    memory_bytes: int = MEMORY_BYTES,
+    max_rows: int | None = None,
+) -> int:
+    """Particles per pass for ``batch`` data points, each particle-sample producing
+    ``sample_bytes`` bytes.
+
+    Rows (particles x batch) are ``pass_bytes / sample_bytes``, raised to ``min_rows``,
+    lowered to ``memory_bytes / sample_bytes`` and to ``max_rows``; the particles are at
+    least 1, at most ``num_samples``, and a multiple of :data:`ALIGN` when at least that.
+    """
+    rows = max(pass_bytes / sample_bytes, float(min_rows))
+    rows = min(rows, memory_bytes / sample_bytes)
+    if max_rows is not None:
+        rows = min(rows, float(max_rows))
+    chunk = int(rows // max(1, batch))
+    if chunk >= ALIGN:
+        chunk -= chunk % ALIGN
+    return min(max(1, chunk), num_samples)
+
+
+def sized_particle_chunk(
+    model: Callable,
+    guide: Callable,
+    probe: tuple,
+    batch: int,
+    num_samples: int,
+    log_weights_fn: Callable[..., torch.Tensor] | None = None,
+    max_rows: int | None = None,
+    **kwargs,
+) -> int:
+    """The particle chunk of :func:`pyro_vae.infer.log_likelihood` for passes over
+    ``batch`` points: :func:`particle_chunk` of the bytes per sample of one probe pass of
+    the log weights on the ``probe`` data (``log_weights_fn`` when given, else the traced
+    :func:`~pyro_vae.infer.trace.log_weights` with ``kwargs``), at most ``max_rows`` rows."""
+    x, rest = probe[0], probe[1:]
+
+    def run(k: int) -> torch.Tensor:
+        if log_weights_fn is not None:
+            return log_weights_fn(x, k, *rest)
+        return log_weights(model, guide, x, k, *rest, **kwargs)
+
+    sample_bytes = bytes_per_sample(run, x.shape[0], device=x.device)
+    return particle_chunk(sample_bytes, batch, num_samples, max_rows=max_rows)

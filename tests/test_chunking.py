@@ -1,0 +1,104 @@
+"""Particle chunks of importance sampling are sized from bytes, and do not change estimates."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae.infer import log_likelihood
+from pyro_vae.infer.chunking import (
+    ALIGN,
+    MEMORY_BYTES,
+    bytes_per_sample,
+    particle_chunk,
+    sized_particle_chunk,
+)
+from pyro_vae.models import ModelConfig, build_vae
+
+
+def _vae(event=(1, 4, 4), hidden=(8,)):
+    pyro.set_rng_seed(0)
+    return build_vae(ModelConfig(event_shape=event, latent_dim=2, hidden=hidden)).eval()
+
+
+def test_particle_chunk_fills_the_pass_bytes_within_its_bounds():
+    # 1 KiB per sample, 32 MiB per pass: 32768 rows, 512 particles for 64 points
+    assert particle_chunk(1024, 64, 10**6, pass_bytes=32 * 2**20) == 512
+    assert particle_chunk(1024, 64, 100, pass_bytes=32 * 2**20) == 100  # at most K
+    # huge samples: at least min_rows, unless the memory bound says fewer
+    assert particle_chunk(10**6, 4, 10**6, min_rows=512, memory_bytes=10**12) == 128
+    assert particle_chunk(10**6, 4, 10**6, min_rows=512, memory_bytes=10**8) == 16
+    assert particle_chunk(10**9, 4, 10**6) == 1  # never fewer than one particle
+    assert particle_chunk(1, 8, 10**6, max_rows=256) == 256 // 8
+    # rounded down to a multiple of ALIGN once it reaches it
+    assert particle_chunk(1024, 100, 10**6, pass_bytes=100 * 1024 * 37) == 32
+    assert particle_chunk(1024, 100, 10**6, pass_bytes=100 * 1024 * 9) == 9
+    rows = MEMORY_BYTES / 4096
+    assert particle_chunk(4096, 1, 10**9, pass_bytes=10**12) * 1 <= rows
+
+
+def test_bytes_per_sample_grows_with_the_output_and_leaves_the_random_stream():
+    small, large = _vae((1, 4, 4)), _vae((1, 16, 16))
+    from pyro_vae.models.fused import FusedLogWeights
+
+    x_small = torch.ones(1, 1, 4, 4)
+    x_large = torch.ones(1, 1, 16, 16)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    b_small = bytes_per_sample(lambda k: FusedLogWeights(small)(x_small, k), 1)
+    b_large = bytes_per_sample(lambda k: FusedLogWeights(large)(x_large, k), 1)
+    assert torch.equal(torch.get_rng_state(), state)
+    # the decoder's output (and its log-density terms) dominate: 16 times the pixels
+    assert 4 * 16 * 4 <= b_small < b_large
+    assert b_large > 4 * b_small
+
+
+def test_the_fused_probe_allows_at_least_the_traced_chunk():
+    from pyro_vae.models.fused import fused_log_weights
+
+    vae = _vae((1, 8, 8))
+    x = torch.ones(1, 1, 8, 8)
+    common = dict(particle_dim=-2, data_plate="data")
+    traced = sized_particle_chunk(vae.model, vae.guide, (x,), 64, 10**6, **common)
+    fused = sized_particle_chunk(
+        vae.model, vae.guide, (x,), 64, 10**6, fused_log_weights(vae), **common
+    )
+    assert traced % ALIGN == 0 and fused % ALIGN == 0
+    # the fused pass makes fewer intermediate tensors (closed-form Bernoulli log-density)
+    assert fused >= traced
+
+
+@pytest.mark.parametrize("chunk", [16, 48, 160])
+def test_chunks_of_whole_alignments_draw_the_same_numbers_as_one_pass(chunk):
+    vae = _vae()
+    x = torch.bernoulli(torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(1)))
+    results = []
+    for c in (chunk, 500):
+        pyro.set_rng_seed(2)
+        results.append(log_likelihood(vae.model, vae.guide, x, num_samples=500,
+                                      batch_size=4, particle_chunk=c))  # fmt: skip
+    # only the order of the running sums differs
+    torch.testing.assert_close(results[0].per_example, results[1].per_example)
+    torch.testing.assert_close(results[0].elbo_per_example, results[1].elbo_per_example)
+
+
+def test_default_chunk_is_sized_and_bounded_by_the_particle_budget(monkeypatch):
+    import pyro_vae.infer.importance as importance
+
+    rows = []
+    original = importance.log_weights
+
+    def recording(*args, **kwargs):
+        lw = original(*args, **kwargs)
+        rows.append(lw.shape[0])
+        return lw
+
+    monkeypatch.setattr(importance, "log_weights", recording)
+    vae = _vae((1, 16, 16))
+    x = torch.ones(8, 1, 16, 16)
+    log_likelihood(vae.model, vae.guide, x, num_samples=3000, batch_size=8)
+    assert max(rows) < 3000 and max(rows) % ALIGN == 0  # sized, in several passes
+    rows.clear()
+    log_likelihood(vae.model, vae.guide, x, num_samples=3000, batch_size=8, particle_budget=64)
+    assert max(rows) == 64 // 8
