@@ -23,11 +23,20 @@ def test_ais_converges_to_exact_log_likelihood_from_a_poor_start():
 
 
 def test_ais_from_the_prior():
+    """E[w] = p(x) only if every HMC transition leaves its f_t invariant.
+
+    A leapfrog whose last momentum update is a full step instead of a half step breaks that:
+    its weights get a heavy right tail, which 16 chains rarely see but 128 do. On this model it
+    then exceeds the exact log p(x) by about 0.3 nats, 20 standard errors; the correct kernel
+    stays within 1.
+    """
     lg = LinearGaussian()
     x = lg.sample_x(10, seed=2)
     pyro.set_rng_seed(1)
-    r = ais_log_likelihood(lg.model, lg.guide, x, num_steps=200, num_chains=16, init="prior")
-    assert abs(r.mean - float(lg.log_px(x).mean())) < 4 * r.mc_stderr
+    r = ais_log_likelihood(lg.model, lg.guide, x, num_steps=200, num_chains=128, init="prior")
+    exact = float(lg.log_px(x).mean())
+    assert r.mc_stderr < 0.05  # small enough that a 0.3-nat bias cannot hide in it
+    assert abs(r.mean - exact) < 4 * r.mc_stderr
     assert r.per_example.shape == (10,)
 
 

@@ -49,6 +49,28 @@ def test_iwae_is_nondecreasing_in_k_and_reaches_log_px():
     assert means[-1] < float(lg.log_px(x).mean()) + 3 * ses[-1]
 
 
+def test_iwae_closes_the_known_gap_of_an_overdispersed_proposal():
+    """q(z | x) = N(m, c^2 S) around the exact posterior N(m, S), c = 1.5, L = 2 latents.
+
+    Known answers: the ELBO (K = 1) is log p(x) - KL(q || p(z | x)), KL = L/2 (c^2 - 1 - 2 log c)
+    = 0.4395 nats; the IWAE-K gap is about var(w / p(x)) / (2K) = 0.4465 / (2K), 2e-4 nats at
+    K = 1000. An "IWAE" that averages the log weights stays at the ELBO for every K.
+    """
+    lg = LinearGaussian()
+    x = lg.sample_x(10).repeat(10, 1)  # 100 points: the mean over them averages the noise down
+    guide = lg.exact_guide(scale=1.5)
+    exact = float(lg.log_px(x).mean())
+    kl = 0.5 * lg.L * (1.5**2 - 1 - 2 * math.log(1.5))
+    pyro.set_rng_seed(0)
+    with torch.no_grad():
+        elbo = -float(iwae_loss(lg.model, guide, x.repeat(10, 1), 1).loss) / (10 * x.shape[0])
+        bound = -float(iwae_loss(lg.model, guide, x, 1000).loss) / x.shape[0]
+    # sd(log w) = (c^2 - 1) sqrt(L / 2) = 1.25 per point: SE 0.04 over 1000 points
+    assert elbo == pytest.approx(exact - kl, abs=4 * 1.25 / math.sqrt(1000))
+    # sd of log mean_k w_k ~ sqrt(0.4465 / 1000) = 0.021 per point: SE 0.0021 over 100 points
+    assert bound == pytest.approx(exact - 0.4465 / 2000, abs=0.01)
+
+
 def _grads(loss_fn, lg, x, k, reps):
     enc, dec = [], []
     for _ in range(reps):
