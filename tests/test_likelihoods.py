@@ -61,6 +61,55 @@ def test_discretized_logistic_bin_mass_is_cdf_difference():
     assert got == pytest.approx(expected, rel=1e-9)
 
 
+def _log_softplus(t: float) -> float:
+    """log(1 + e^t) in float64 without overflow."""
+    return max(t, 0.0) + math.log1p(math.exp(-abs(t)))
+
+
+def _discretized_logistic_reference(k: int, loc: float, scale: float) -> float:
+    """log P(bin k) in float64 from a form with no cancellation anywhere:
+    sigmoid(a) - sigmoid(b) = e^b (e^(a-b) - 1) / ((1 + e^a)(1 + e^b)), a > b."""
+    h = 0.5 / 255
+    a, b = (k / 255 + h - loc) / scale, (k / 255 - h - loc) / scale
+    if k == 0:
+        return -_log_softplus(-a)  # log sigmoid(a)
+    if k == 255:
+        return -_log_softplus(b)  # log (1 - sigmoid(b))
+    return b + math.log(math.expm1(a - b)) - _log_softplus(a) - _log_softplus(b)
+
+
+@pytest.mark.parametrize(
+    "loc,scale,dtype",
+    [
+        (0.2, 0.01, torch.float32),
+        (0.1, 0.004, torch.float32),
+        (0.5, 0.05, torch.float32),
+        (-0.3, 0.1, torch.float32),
+        (0.05, 0.0011, torch.float64),
+    ],
+)
+def test_discretized_logistic_tails_match_float64_closed_form(loc, scale, dtype):
+    """Every one of the 256 bins against the float64 closed form.
+
+    Far in the right tail both CDF values round to 1 (log-CDFs to 0) once the bin is more than
+    about 90 scales above loc in float32 (about 740 in float64), so the bin mass must be taken
+    from the tail that keeps it: log-probabilities reach -225 nats in float32 and -860 in
+    float64 here.
+    """
+    raw = math.log(math.expm1(scale - 1e-3))  # softplus(raw) + 1e-3 = scale
+    d = DiscretizedLogistic()(torch.tensor([[loc, raw]], dtype=dtype))
+    levels = (torch.arange(256, dtype=dtype) / 255)[:, None]
+    got = d.log_prob(levels)[:, 0].double()
+    scale = float(torch.nn.functional.softplus(torch.tensor(raw, dtype=torch.float64))) + 1e-3
+    want = torch.tensor(
+        [_discretized_logistic_reference(k, loc, scale) for k in range(256)], dtype=torch.float64
+    )
+    assert torch.isfinite(got).all()
+    # float32 inputs (value - loc) / scale carry a relative error ~1e-7: 1e-5 of |log p|
+    rtol, atol = (1e-5, 2e-4) if dtype == torch.float32 else (1e-10, 1e-10)
+    assert torch.allclose(got, want, rtol=rtol, atol=atol)
+
+
 def test_discretized_logistic_samples_lie_on_the_grid():
     d = DiscretizedLogistic()(torch.randn(50, 2))
     x = d.sample((3,))
@@ -99,6 +148,22 @@ def test_continuous_bernoulli_float32_is_stable_near_half():
     # Exact: log C -> log 2 as logit -> 0, and the Bernoulli part -> log(1/2).
     assert torch.allclose(lp, torch.full((5, 1), 0.0), atol=2e-3)
     assert torch.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_continuous_bernoulli_at_tiny_logits_matches_float64_closed_form(dtype, tol):
+    """log C = log(l / tanh(l / 2)), evaluated in float64 where it is accurate, against the
+    normalizer's series branch (|l| < 1e-2, l^2/6 there is 1.7e-5 and l^4/360 is 3e-11)."""
+    logits = [0.0, 1e-7, -1e-5, 3e-4, -2e-3, 6e-3, -9.99e-3, 1e-2, -0.05]
+    x = 0.3
+    want = []
+    for lg in logits:
+        log_c = math.log(2.0) if lg == 0 else math.log(lg / math.tanh(lg / 2))
+        log_sig, log_sig_neg = -_log_softplus(-lg), -_log_softplus(lg)
+        want.append(log_c + x * log_sig + (1 - x) * log_sig_neg)
+    d = ContinuousBernoulli()(torch.tensor(logits, dtype=dtype)[:, None])
+    got = d.log_prob(torch.full((len(logits),), x, dtype=dtype)).double()  # batch (9,)
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=0, atol=tol)
 
 
 def test_continuous_bernoulli_matches_torch_away_from_half():
