@@ -1,5 +1,6 @@
 import pyro
 import pytest
+import torch
 from ppca_encoder import LinearGaussian
 
 from pyro_vae.errors import ConfigError
@@ -46,3 +47,15 @@ def test_schedule_and_errors():
     lg = LinearGaussian()
     with pytest.raises(ConfigError):
         ais_log_likelihood(lg.model, lg.guide, lg.sample_x(2), init="posterior")
+
+
+def test_ais_started_at_the_exact_posterior_is_exact_in_one_step_batch_by_batch():
+    """With f_0 = p(z | x), every increment is (beta_t - beta_{t-1}) log p(x): log w = log p(x)
+    exactly, whatever the HMC moves, so every chain of every batch returns it."""
+    lg = LinearGaussian()
+    x = lg.sample_x(10, seed=3)
+    pyro.set_rng_seed(0)
+    r = ais_log_likelihood(lg.model, lg.exact_guide(), x, num_steps=1, num_chains=4, batch_size=4)
+    assert torch.allclose(r.per_example, lg.log_px(x), atol=1e-4)
+    assert (r.per_example_stderr < 1e-4).all()
+    assert len(sigmoid_schedule(1)) == 2 and len(sigmoid_schedule(10)) == 11
