@@ -69,6 +69,10 @@ def test_iwae_closes_the_known_gap_of_an_overdispersed_proposal():
     assert elbo == pytest.approx(exact - kl, abs=4 * 1.25 / math.sqrt(1000))
     # sd of log mean_k w_k ~ sqrt(0.4465 / 1000) = 0.021 per point: SE 0.0021 over 100 points
     assert bound == pytest.approx(exact - 0.4465 / 2000, abs=0.01)
+    # the reported ELBO is the beta = 1 one whatever KL weight is optimized
+    with torch.no_grad():
+        reported = iwae_loss(lg.model, guide, x.repeat(10, 1), 1, kl_weight=0.3).elbo / 1000
+    assert reported == pytest.approx(exact - kl, abs=4 * 1.25 / math.sqrt(1000))
 
 
 def _grads(loss_fn, lg, x, k, reps):
