@@ -1,4 +1,5 @@
 import pyro
+import pytest
 import torch
 from ppca_encoder import LinearGaussian
 
@@ -59,3 +60,21 @@ def test_sir_with_an_offset_proposal_recovers_the_exact_posterior_mean():
     sir_mean = torch.as_tensor(idata.posterior["z"].values.reshape(-1, lg.L).mean(0))
     assert ((q_mean - loc[0]).abs() > 0.3 * sd).any()  # the proposal is off
     assert ((sir_mean - loc[0]).abs() < 0.15 * sd + 0.02).all()
+
+
+def test_khat_summary_counts_strictly_over_the_thresholds():
+    khat = torch.tensor([0.2, 0.5, 0.6, 0.7, 0.9, -float("inf")], dtype=torch.float64)
+    want = {"frac_over_0.5": 3 / 6, "frac_over_0.7": 1 / 6, "max": 0.9}
+    assert khat_summary(khat) == pytest.approx(want, rel=1e-6)
+
+
+def test_khat_of_small_but_nonzero_spread_is_finite_and_keeps_the_dtype():
+    """Only (numerically) equal weights get k = -inf; a spread of 0.1 nats has a tail to fit."""
+    g = torch.Generator().manual_seed(0)
+    lw = 0.02 * torch.randn(2000, 3, generator=g)  # spread about 0.15 nats, float32
+    k = psis_khat(lw)
+    assert k.dtype == torch.float32
+    assert torch.isfinite(k).all() and (k < 0.5).all()
+    flat = torch.zeros(50, 2)
+    flat[0, 1] = 5e-5  # within 1e-4 of equal: no tail
+    assert torch.isinf(psis_khat(flat)).all()
