@@ -30,7 +30,6 @@ from pyro_vae.infer.trace import (
     ParticleTerms,
     choose_strategy,
     enumeration_nesting,
-    particle_dim_of,
     particle_terms,
     slice_data,
 )
@@ -387,9 +386,8 @@ class IWAE(Objective):
         if self.strategy is None:
             probe = slice_data(data, 0, 2)
             self.strategy = choose_strategy(
-                model, guide, *probe, particle_dim=particle_dim_of(model, guide, *probe, **kwargs),
-                data_plate=self.data_plate, **kwargs,
-            )  # fmt: skip
+                model, guide, *probe, data_plate=self.data_plate, **kwargs
+            )
         return importance_weighted_loss(
             model, guide, data[0], self.num_particles, kl_weight, *data[1:],
             gradient=self.gradient, data_plate=self.data_plate, strategy=self.strategy,

@@ -628,7 +628,7 @@ def choose_strategy(
     model: Callable,
     guide: Callable,
     *args,
-    particle_dim: int,
+    particle_dim: int | None = None,
     data_plate: str = "data",
     candidates: tuple[str, ...] = STRATEGIES,
     fix: str | None = None,
@@ -637,10 +637,13 @@ def choose_strategy(
     """The first of ``candidates`` under which the programs run with 2 particles on ``args``
     (a small batch) and give (2, batch) weights: by default ``"vectorized"``, else
     ``"replicate"``. Refuses, naming each failure, when none does. The random state is left
-    as it was. ``fix``: the advice the refusal ends with (default: what to change)."""
+    as it was. ``particle_dim`` (default: from the plates, :func:`particle_dim_of`);
+    ``fix``: the advice the refusal ends with (default: what to change)."""
     failures = []
     rng = pyro.util.get_rng_state()
     try:
+        if particle_dim is None:
+            particle_dim = particle_dim_of(model, guide, *args, **kwargs)
         for strategy in candidates:
             try:
                 with poutine.block():
