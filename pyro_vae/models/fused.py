@@ -10,6 +10,9 @@ model/guide pair, and :func:`fused_unsupported` says when this one does not appl
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch.distributions import Distribution, kl_divergence
 from torch.nn.functional import softplus
@@ -53,6 +56,18 @@ def fused_unsupported(
     return None
 
 
+
+@contextlib.contextmanager
+def without_validation() -> Iterator[None]:
+    """Distributions built inside skip argument validation (the same values; validation only
+    raises on invalid ones); the previous default is restored on exit."""
+    validate = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(validate)
+
 class FusedELBO:
     """The fused ELBO of one VAE, with its parts looked up once (not at every step).
 
@@ -86,12 +101,8 @@ class FusedELBO:
         validation only raises on invalid ones): the caller checked the data, and a
         non-finite network output gives a non-finite loss, which the training loop reports.
         """
-        validate = Distribution._validate_args
-        Distribution.set_default_validate_args(False)
-        try:
+        with without_validation():
             return self._elbo(x, kl_weight)
-        finally:
-            Distribution.set_default_validate_args(validate)
 
     def _elbo(self, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.num_particles
@@ -182,12 +193,8 @@ class FusedLogWeights:
 
     def __call__(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
         """(num_particles, batch) log weights of x: (batch, *event_shape)."""
-        validate = Distribution._validate_args
-        Distribution.set_default_validate_args(False)
-        try:
+        with without_validation():
             return self._log_weights(x, num_particles)
-        finally:
-            Distribution.set_default_validate_args(validate)
 
     def _log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
         vae = self.vae
