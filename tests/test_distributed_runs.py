@@ -27,9 +27,11 @@ TINY = ["--hidden", "16", "--num-samples", "20", "--no-progress", "--device", "c
 
 def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    cmd += ["--standalone", "-m", "pyro_vae", *args]
+    cmd += ["--standalone", "--tee", "3", "-m", "pyro_vae", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # on failure, show what each rank printed (prefixed "[rank]:"), not only the launcher's
+    ranks = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("[")]
+    assert proc.returncode == 0, "\n".join(ranks[-40:]) + "\n" + proc.stderr[-1500:]
     return proc
 
 
