@@ -792,3 +792,17 @@ def test_importance_weighted_objectives_train_a_flattening_model(name):
             ).loss  # fmt: skip
         )
     assert torch.allclose(bounds[0], bounds[1], atol=1e-5)
+
+
+def test_posterior_summary_of_a_flattening_model_and_refusal_with_enumeration():
+    from pyro.infer import config_enumerate
+
+    from pyro_vae.infer import posterior_inference_data
+
+    idata = posterior_inference_data(
+        flat_view_model, flat_view_guide, sample_x(1), num_samples=100, seed=0
+    )
+    assert idata.posterior["z"].shape == (1, 100, L)
+    xs = torch.bernoulli(torch.full((1, D), 0.4), generator=torch.Generator().manual_seed(14))
+    with pytest.raises(ConfigError, match=r"sites \['y'\] are enumerated"):
+        posterior_inference_data(m2_model, config_enumerate(m2_guide, "parallel"), xs)

@@ -10,7 +10,13 @@ import numpy as np
 import torch
 
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.infer.trace import batch_size_of, check_program, particle_dim_of, particle_terms
+from pyro_vae.infer.trace import (
+    batch_size_of,
+    check_program,
+    choose_strategy,
+    particle_dim_of,
+    particle_terms,
+)
 
 #: Above this PSIS shape the importance-sampling estimate is unreliable (Vehtari et al. 2024).
 KHAT_UNRELIABLE = 0.7
@@ -83,9 +89,14 @@ def posterior_inference_data(
         raise DataError(
             f"expected one data point, got a batch of {batch_size_of(data)}; pass x[i : i + 1]"
         )
-    latent = check_program(
-        model, guide, *data, data_plate=data_plate, restore_rng=True, **kwargs
-    ).latent
+    info = check_program(model, guide, *data, data_plate=data_plate, restore_rng=True, **kwargs)
+    latent = info.latent
+    if info.enumerated:
+        raise ConfigError(
+            f"sites {list(info.enumerated)} are enumerated, so the guide's draws of the other "
+            "sites come one per enumerated value; summarize a program without enumeration, or "
+            "score it with log_likelihood"
+        )
     if site is None:
         if len(latent) != 1:
             raise ConfigError(
@@ -97,9 +108,13 @@ def posterior_inference_data(
     if seed is not None:
         pyro.set_rng_seed(seed)
     pdim = particle_dim_of(model, guide, *data, **kwargs)
-    terms = particle_terms(
-        model, guide, num_samples, *data, particle_dim=pdim, data_plate=data_plate, **kwargs
+    strategy = choose_strategy(
+        model, guide, *data, particle_dim=pdim, data_plate=data_plate, **kwargs
     )
+    terms = particle_terms(
+        model, guide, num_samples, *data, particle_dim=pdim, data_plate=data_plate,
+        strategy=strategy, **kwargs,
+    )  # fmt: skip
     z = terms.z[site].reshape(num_samples, -1)  # (K, latent_dim)
     lw = terms.log_weights()[:, 0]
     idx = torch.multinomial(torch.softmax(lw, 0), num_samples, replacement=True)
