@@ -807,7 +807,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "plot": _cmd_plot,
             "parts": _cmd_parts,
         }
-        return commands[args.command](args)
+        status = commands[args.command](args)
+        _leave_processes(wait=True)
+        return status
     except PyroVAEError as exc:
         if debug:
             traceback.print_exc()
@@ -826,6 +828,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        _leave_processes(wait=False)  # a failed command leaves without waiting for the rest
+
+
+def _leave_processes(wait: bool) -> None:
+    """Leave a torchrun process group this command joined (the ranks meet first)."""
+    from pyro_vae.runtime.distributed import leave_group
+
+    leave_group(wait=wait)
 
 
 def _one_line(exc: BaseException) -> str:

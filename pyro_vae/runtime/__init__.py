@@ -10,6 +10,7 @@ from pyro_vae.runtime.distributed import (
     all_reduce_sum,
     current_group,
     init_from_environment,
+    leave_group,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "all_reduce_sum",
     "current_group",
     "init_from_environment",
+    "leave_group",
 ]

@@ -93,7 +93,33 @@ def init_from_environment(device: torch.device) -> ProcessGroup:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend)
+    global _JOINED
+    _JOINED = True
     return current_group()
+
+
+#: Whether :func:`init_from_environment` created the default group (then it may leave it).
+_JOINED = False
+
+
+def leave_group(wait: bool = True) -> None:
+    """Leave the process group :func:`init_from_environment` joined, if it did
+    (``destroy_process_group``); a group the caller created is left alone.
+
+    With ``wait`` the ranks first meet at a barrier, so none closes its connections while
+    another still uses them. Leaving explicitly matters: a gloo group left to the
+    interpreter's teardown can abort the process at exit ("terminate called without an
+    active exception") after the work is done.
+    """
+    global _JOINED
+    if not (_JOINED and dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+        _JOINED = False
 
 
 def collective_device() -> torch.device:
