@@ -134,6 +134,17 @@ def enumerating(program: Callable, first_available_dim: int | None = None) -> Ca
     )
 
 
+@contextlib.contextmanager
+def kept_random_state() -> Iterator[None]:
+    """Run the block, then put Pyro's random state (torch, NumPy, Python) back as it was: a
+    probe or check pass leaves the caller's random stream unchanged."""
+    state = pyro.util.get_rng_state()
+    try:
+        yield
+    finally:
+        pyro.util.set_rng_state(state)
+
+
 def _particle_plate(num_particles: int | None, particle_dim: int | None):
     """The plate of vectorized particles at ``particle_dim``; none for ``num_particles=None``."""
     if num_particles is None:
@@ -211,12 +222,8 @@ def enumeration_nesting(model: Callable, guide: Callable, *args, **kwargs) -> in
     One trace of guide and model on ``args`` (a batch), hidden from enclosing handlers; the
     random state is left as it was. ``TraceEnum_ELBO(max_plate_nesting=...)`` takes the result.
     """
-    rng = pyro.util.get_rng_state()
-    try:
-        with poutine.block():
-            guide_trace, model_trace = trace_pair(model, guide, *args, **kwargs)
-    finally:
-        pyro.util.set_rng_state(rng)
+    with kept_random_state(), poutine.block():
+        guide_trace, model_trace = trace_pair(model, guide, *args, **kwargs)
     if not _marked_for_enumeration(guide_trace, model_trace):
         return None
     return -plate_particle_dim(guide_trace, model_trace) - 1
@@ -245,27 +252,22 @@ def check_program(
     (:class:`ProgramInfo`). ``restore_rng``: leave the random state as it was.
     """
     n = batch_size_of(args)
-    rng = pyro.util.get_rng_state()
     try:
-        with poutine.block():
+        with kept_random_state() if restore_rng else contextlib.nullcontext(), poutine.block():
             guide_trace, model_trace = trace_pair(model, guide, *args, **kwargs)
             pdim = plate_particle_dim(guide_trace, model_trace)
             enum_guide, enum_model = guide_trace, model_trace
             if _marked_for_enumeration(guide_trace, model_trace):
-                drawn = pyro.util.get_rng_state()  # the second pass leaves the stream alone
-                enum_guide, enum_model = trace_pair(
-                    model, guide, *args, particle_dim=pdim, enumerate_sites=True, **kwargs
-                )
-                pyro.util.set_rng_state(drawn)
+                with kept_random_state():  # the second pass leaves the stream alone
+                    enum_guide, enum_model = trace_pair(
+                        model, guide, *args, particle_dim=pdim, enumerate_sites=True, **kwargs
+                    )
     except PROGRAM_ERRORS as exc:
         shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
         raise DataError(
             f"the model cannot read data of shape {shapes} ({_first_line(exc)}); pass data "
             "shaped (N, *event_shape) as in training"
         ) from exc
-    finally:
-        if restore_rng:
-            pyro.util.set_rng_state(rng)
     if not observed_sites(model_trace):
         raise DataError(
             "the model observes no sample site; give the data to pyro.sample(..., obs=x) so "
@@ -623,7 +625,6 @@ def log_weights(
     ).log_weights()
 
 
-
 def choose_strategy(
     model: Callable,
     guide: Callable,
@@ -640,8 +641,7 @@ def choose_strategy(
     as it was. ``particle_dim`` (default: from the plates, :func:`particle_dim_of`);
     ``fix``: the advice the refusal ends with (default: what to change)."""
     failures = []
-    rng = pyro.util.get_rng_state()
-    try:
+    with kept_random_state():
         if particle_dim is None:
             particle_dim = particle_dim_of(model, guide, *args, **kwargs)
         for strategy in candidates:
@@ -657,8 +657,6 @@ def choose_strategy(
             if tuple(lw.shape) == (2, batch_size_of(args)):
                 return strategy
             failures.append(f"{strategy}: weights of shape {tuple(lw.shape)}")
-    finally:
-        pyro.util.set_rng_state(rng)
     fix = fix or (
         "write the model so that every sample site is inside the data plate and batch "
         "dimensions broadcast"

@@ -389,7 +389,7 @@ class StepChecks:
     Each step's values stay on the device until :meth:`flush` (every :data:`CHECK_EVERY`
     steps and at the epoch's end) copies them to the host in one transfer, stops on the first
     step whose loss or gradient norm is not finite (naming its epoch and step, as
-    :func:`check_finite_step` does), and adds them up in step order, in float64, as a
+    :func:`check_finite_values`), and adds them up in step order, in float64, as a
     per-step ``.item()`` would.
     """
 
@@ -436,14 +436,8 @@ class StepChecks:
         values = iter(torch.stack(tensors).tolist())
         for step, _, norm, sums, size in pending:
             loss = next(values)
-            if not math.isfinite(loss):
-                raise training_fault(f"training loss is {loss}", self.epoch, step, self.run)
-            if norm is not None:
-                grad_norm = next(values)
-                if not math.isfinite(grad_norm):
-                    raise training_fault(
-                        f"gradient norm is {grad_norm}", self.epoch, step, self.run
-                    )
+            grad_norm = None if norm is None else next(values)
+            check_finite_values(loss, grad_norm, self.epoch, step, self.run)
             self.total += loss * size
             for key, v in sums.items():
                 v = next(values) if isinstance(v, torch.Tensor) else v
@@ -499,10 +493,19 @@ def check_finite_step(
     run: RunStore | None,
 ) -> None:
     """Stop on a non-finite loss or gradient norm, naming where it happened and the fixes."""
-    if not bool(torch.isfinite(loss)):
-        raise training_fault(f"training loss is {loss.item()}", epoch, step, run)
-    if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
-        raise training_fault(f"gradient norm is {float(grad_norm)}", epoch, step, run)
+    norm = None if grad_norm is None else float(grad_norm)
+    check_finite_values(loss.item(), norm, epoch, step, run)
+
+
+def check_finite_values(
+    loss: float, grad_norm: float | None, epoch: int, step: int, run: RunStore | None
+) -> None:
+    """:func:`check_finite_step` on values already on the host (``grad_norm=None``: not
+    checked): the loss first, then the gradient norm."""
+    if not math.isfinite(loss):
+        raise training_fault(f"training loss is {loss}", epoch, step, run)
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        raise training_fault(f"gradient norm is {grad_norm}", epoch, step, run)
 
 
 def end_epoch(
