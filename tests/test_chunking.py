@@ -40,18 +40,42 @@ def test_particle_chunk_fills_the_pass_bytes_within_its_bounds():
 
 def test_bytes_per_sample_grows_with_the_output_and_leaves_the_random_stream():
     small, large = _vae((1, 4, 4)), _vae((1, 16, 16))
-    from pyro_vae.models.fused import FusedLogWeights
+    from pyro_vae.infer.trace import log_weights
 
     x_small = torch.ones(1, 1, 4, 4)
     x_large = torch.ones(1, 1, 16, 16)
+
+    def traced(vae, x):
+        return lambda k: log_weights(vae.model, vae.guide, x, k, particle_dim=-2)
+
     torch.manual_seed(5)
     state = torch.get_rng_state()
-    b_small = bytes_per_sample(lambda k: FusedLogWeights(small)(x_small, k), 1)
-    b_large = bytes_per_sample(lambda k: FusedLogWeights(large)(x_large, k), 1)
+    b_small = bytes_per_sample(traced(small, x_small), 1)
+    b_large = bytes_per_sample(traced(large, x_large), 1)
     assert torch.equal(torch.get_rng_state(), state)
     # the decoder's output (and its log-density terms) dominate: 16 times the pixels
     assert 4 * 16 * 4 <= b_small < b_large
     assert b_large > 4 * b_small
+
+
+def test_bytes_per_sample_counts_new_memory_once_and_not_per_call_costs():
+    # views, in-place steps and out= arguments make no memory
+    def viewing(k):
+        a = torch.zeros(k, 100)  # 400 bytes per particle
+        a.exp_().add_(1)
+        torch.mul(a, 2, out=a)
+        return a.view(-1).reshape(k, 100)[:, :50].t()
+
+    assert bytes_per_sample(viewing, 1) == 400
+    # what a pass makes once (here 1 MB), or only on its first call, is not charged per sample
+    made = []
+
+    def fixed_cost(k):
+        if not made:
+            made.append(torch.zeros(10**6))
+        return torch.zeros(10**5).sum() + torch.zeros(k, 10)
+
+    assert bytes_per_sample(fixed_cost, 1) == 80  # zeros(k, 10) and the sum: 2 x 40 bytes
 
 
 def test_the_fused_probe_allows_at_least_the_traced_chunk():

@@ -4,25 +4,27 @@ One pass of an estimator evaluates ``particles x batch`` samples (rows) at once.
 amortize the per-pass cost (tracing, Python) and feed the matrix products more rows; but every
 intermediate tensor of a pass grows with its rows, and once a pass's tensors outgrow the
 processor's cache (or a fresh allocation must be faulted in page by page) each elementwise
-operation runs at memory speed. The chunk is therefore chosen from the bytes one sample
-produces, measured on a small probe pass (:func:`bytes_per_sample`), so that a pass's
-tensors add up to about :data:`PASS_BYTES`, never fewer than :data:`MIN_ROWS` rows (a matrix
-product needs rows to reach its rate) and never more than :data:`MEMORY_BYTES`.
+operation runs at memory speed. The chunk is therefore chosen from the bytes of memory one
+sample makes, measured on small probe passes (:func:`bytes_per_sample`), so that a pass's
+new tensors add up to about :data:`PASS_BYTES`, never fewer than :data:`MIN_ROWS` rows (a
+matrix product needs rows to reach its rate) and never more than :data:`MEMORY_BYTES`. A
+pass that works in cache-sized tiles of its own (the library's MLP decoder,
+:mod:`pyro_vae.models.mlp_bernoulli`) makes little memory per sample and gets long passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 from pyro_vae.infer.trace import log_weights
 
-#: Bytes of tensors one pass should produce (all of them, freed or not; a pass's working
-#: set at any moment is a fraction of it): measured best on a 2-core Xeon for the MLP and
-#: digits models (benchmarks/RESULTS.md).
-PASS_BYTES = 64 * 2**20
+#: Bytes of new tensors one pass should make (all of them, freed or not; a pass's working
+#: set at any moment is a fraction of it): measured best on a 2-core Xeon for the traced
+#: MLP and digits models (benchmarks/RESULTS.md).
+PASS_BYTES = 32 * 2**20
 #: Fewest rows (particles x batch) per pass while the memory bound allows them.
 MIN_ROWS = 512
 #: Most bytes of tensors one pass may produce, whatever else asks for more.
@@ -34,18 +36,41 @@ ALIGN = 16
 
 
 class _CountBytes(TorchFunctionMode):
-    """Adds up the bytes of every tensor that a torch function returns while active."""
+    """Adds up the bytes of the memory that torch functions allocate while active: each
+    tensor a function returns, unless it shares memory with a tensor the function was given
+    (a view, an in-place method such as ``exp_``, an ``out=`` argument) or with another it
+    returns."""
 
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, tuple | list) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.total += t.numel() * t.element_size()
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        seen = {_storage(t) for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            where = _storage(t)
+            if where not in seen:
+                seen.add(where)
+                self.total += t.untyped_storage().nbytes()
         return out
+
+
+def _tensors(tree: object) -> Iterator[torch.Tensor]:
+    """The tensors in nested tuples, lists and dicts."""
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, tuple | list):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
+
+
+def _storage(t: torch.Tensor) -> tuple[int, str]:
+    return t.untyped_storage().data_ptr(), str(t.device)
 
 
 def bytes_per_sample(
@@ -57,15 +82,24 @@ def bytes_per_sample(
     """Bytes of all tensors one particle-sample produces in a pass, measured by running it.
 
     ``run(k)`` evaluates ``k`` particles for ``batch`` data points (e.g. the log weights of
-    a probe batch). It runs once with ``probe`` particles, under ``torch.no_grad`` and a
-    forked random state (of the CPU and of ``device``), so the caller's random stream is
-    unchanged. Every tensor any torch function returns is counted, views at full size, so
-    the figure bounds the pass's memory traffic per sample from above.
+    a probe batch). It runs with ``probe``, ``2 * probe`` and again ``probe`` particles,
+    under ``torch.no_grad`` and a forked random state (of the CPU and of ``device``), so the
+    caller's random stream is unchanged. The figure is the growth from the smaller of the
+    ``probe`` runs to the ``2 * probe`` run, over ``probe * batch``: what a pass makes once
+    whatever its particles (the encoder's output), or only on a first call (a cache), is
+    not charged to every sample. Every tensor any torch function returns is
+    counted, views at full size, except what in-place steps write into their inputs
+    (:class:`_CountBytes`); so the figure bounds the memory a pass's steps produce per sample
+    from above.
     """
     devices = [device] if device is not None and device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), _CountBytes() as counter:
-        run(probe)
-    return max(1.0, counter.total / (probe * max(1, batch)))
+    totals = []
+    for k in (probe, 2 * probe, probe):
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), _CountBytes() as counter:
+            run(k)
+        totals.append(counter.total)
+    growth = totals[1] - min(totals[0], totals[2])
+    return max(1.0, growth / (probe * max(1, batch)))
 
 
 def particle_chunk(

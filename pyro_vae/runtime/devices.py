@@ -59,3 +59,38 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+#: Cache size assumed where the operating system does not report one (bytes).
+DEFAULT_CACHE_BYTES = 1 << 20
+
+
+def cache_bytes(level: int = 2) -> int:
+    """Bytes of one core's data cache at ``level`` (1, 2 or 3), as the system reports it.
+
+    Read from ``os.sysconf`` (Linux, glibc) or ``/sys/devices/system/cpu/cpu0/cache``;
+    :data:`DEFAULT_CACHE_BYTES` where neither says.
+    """
+    import os
+
+    name = {1: "SC_LEVEL1_DCACHE_SIZE", 2: "SC_LEVEL2_CACHE_SIZE", 3: "SC_LEVEL3_CACHE_SIZE"}
+    try:
+        size = int(os.sysconf(name[level]))
+    except (KeyError, ValueError, OSError, AttributeError):
+        size = 0
+    if size > 0:
+        return size
+    from pathlib import Path
+
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if int((index / "level").read_text()) != level:
+                continue
+            if (index / "type").read_text().strip() not in ("Data", "Unified"):
+                continue
+            text = (index / "size").read_text().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            return int(text.rstrip("KMG")) * scale
+        except (OSError, ValueError):
+            continue
+    return DEFAULT_CACHE_BYTES

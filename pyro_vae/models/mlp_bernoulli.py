@@ -1,0 +1,200 @@
+"""log p(x | z) of Bernoulli pixels under an MLP decoder, in row tiles that stay in cache.
+
+Importance sampling spends its time in the decoder: for each of K x B samples z, an MLP
+``Linear -> Softplus -> ... -> Linear`` gives D logits l, scored as
+
+    log p(x | z) = sum_j x_j l_j - softplus(l_j).
+
+Run as plain torch operations over a chunk of thousands of rows, each elementwise step
+(bias copy, softplus, product, sum) streams the chunk's tensors through memory, and together
+they cost as much as the matrix products. :class:`MLPBernoulliLogProb` computes the same
+value (up to float rounding) with three changes:
+
+- **Row tiles sized from the cache.** The rows are processed a tile at a time, in buffers
+  allocated once per call, with as many rows as fit one core's L2 cache
+  (:func:`pyro_vae.runtime.devices.cache_bytes`), so every elementwise step reads the cache.
+- **Biases inside the products.** Each layer's input carries a column of ones and its weight
+  a row holding the bias, ``[h, 1] @ [W^T; b] = h W^T + b``: no bias copy.
+- **Fewer elementwise passes.** ``softplus(a) = log(1 + exp(a))`` runs in place as three
+  passes (exp, add 1, log), on the hidden units and on the logits; and the data term is
+  folded into the last layer, ``sum_j x_j l_j = [h, 1] . ([W^T; b] x)``, a dot product over
+  the H + 1 hidden units instead of over the D pixels.
+
+``exp`` overflows for inputs above about 88 (float32): a row where it did comes out
+non-finite and is computed again the plain way (:func:`bernoulli_log_prob` on the
+decoder's output), so the result is right for every input. The
+tiles do not use autograd (in-place steps): the caller runs them under ``torch.no_grad``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+from pyro_vae.parts.nets import MLPDecoder
+from pyro_vae.runtime.devices import cache_bytes
+
+#: Share of one core's L2 cache that a tile's buffers (all layers' rows) may fill.
+CACHE_SHARE = 0.5
+#: Fewest rows in a tile, whatever the cache: a matrix product needs rows to reach its rate.
+MIN_TILE_ROWS = 64
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_j log Bernoulli(x_j; sigmoid(l_j)) = sum_j x_j l_j - softplus(l_j), per row.
+
+    logits: (..., batch, D); x: (batch, D) in [0, 1] -> (..., batch). The same value as
+    ``Bernoulli(logits=l).to_event(...).log_prob(x)`` (``-binary_cross_entropy_with_logits``)
+    up to float rounding, in two passes over the logits instead of about six.
+    """
+    return torch.linalg.vecdot(logits, x) - softplus(logits).sum(-1)
+
+
+def _layers(decoder: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layers of an :class:`MLPDecoder` built as ``(Linear, Softplus)* Linear``
+    with the default softplus (beta 1) and no hooks, else ``None``."""
+    if type(decoder) is not MLPDecoder or type(decoder.net) is not nn.Sequential:
+        return None
+    modules = list(decoder.net)
+    linears = modules[::2]
+    activations = modules[1::2]
+    if len(modules) % 2 != 1 or any(type(m) is not nn.Linear for m in linears):
+        return None
+    if any(type(m) is not nn.Softplus or m.beta != 1 for m in activations):
+        return None
+    if any(m.bias is None for m in linears):
+        return None
+    hooks = nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return None  # a hook must see every call
+    for m in (decoder, decoder.net, *modules):
+        if m._forward_hooks or m._forward_pre_hooks:
+            return None
+    return linears
+
+
+class MLPBernoulliLogProb:
+    """``MLPBernoulliLogProb.of(decoder)(z, x)`` -> (k, batch): log p(x_n | z_kn), summed over
+    the D pixels, for z: (k, batch, latent_dim) and x: (batch, D) in [0, 1].
+
+    The same value as ``bernoulli_log_prob(decoder(z), x)`` up to float rounding; see the
+    module docstring for how. Built by :meth:`of`, which returns ``None`` for any decoder
+    other than a plain :class:`MLPDecoder`.
+    """
+
+    def __init__(self, decoder: MLPDecoder, layers: list[nn.Linear]):
+        self.decoder = decoder
+        self.layers = layers
+        widths = [layers[0].in_features] + [m.out_features for m in layers]
+        #: numbers in one row of a tile: each layer's input with its column of ones, the logits
+        self.row_size = sum(w + 1 for w in widths[:-1]) + widths[-1]
+        self._key: tuple = ()
+        self._weights: list[torch.Tensor] = []
+
+    def usable(self) -> bool:
+        """Whether the decoder is still a plain MLP without hooks (checked at each call)."""
+        return _layers(self.decoder) == self.layers
+
+    def augmented_weights(self) -> list[torch.Tensor]:
+        """``[W^T; b]`` per layer, (in + 1, out) (a transposed view of ``[W, b]``), made again
+        only when a parameter changed: another tensor (the key holds the tensors, so none is
+        freed and its address reused) or a write to it (its version counter)."""
+        params = [p for m in self.layers for p in (m.weight, m.bias)]
+        versions = [p._version for p in params]
+        fresh = len(self._key) == len(params) and all(
+            a is b and v == w for (a, v), b, w in zip(self._key, params, versions, strict=True)
+        )
+        if not fresh:
+            key = tuple(zip(params, versions, strict=True))
+            self._weights = [
+                torch.cat([m.weight.detach(), m.bias.detach()[:, None]], 1).t() for m in self.layers
+            ]
+            self._key = key
+        return self._weights
+
+    @classmethod
+    def of(cls, decoder: nn.Module) -> MLPBernoulliLogProb | None:
+        """The tiled log-density of ``decoder``, or ``None`` where it is not a plain MLP."""
+        layers = _layers(decoder)
+        return None if layers is None else cls(decoder, layers)  # type: ignore[arg-type]
+
+    def tile_rows(self, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+        """Rows per tile: :data:`CACHE_SHARE` of the L2 cache over a row's bytes (CPU), at
+        least :data:`MIN_TILE_ROWS`; on other devices one tile holds every row (0: no limit)."""
+        if device.type != "cpu":
+            return 0
+        row_bytes = self.row_size * torch.empty((), dtype=dtype).element_size()
+        return max(MIN_TILE_ROWS, int(CACHE_SHARE * cache_bytes(2) / row_bytes))
+
+    def __call__(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        k, batch, _ = z.shape
+        if torch.is_grad_enabled():
+            raise RuntimeError("MLPBernoulliLogProb runs in place: call it under torch.no_grad")
+        x = x.reshape(batch, -1).to(z.dtype)
+        weights = self.augmented_weights()
+        data_term = x @ weights[-1].t()  # (batch, H + 1): [W, b] x
+        rows = self.tile_rows(z.device, z.dtype) or k * batch
+        per_tile = max(1, rows // batch)  # particles per tile; or one, and a slice of the batch
+        span = batch if per_tile > 1 or rows >= batch else rows
+        # a whole tile's memory even for fewer rows: a pass's memory does not grow with them
+        buffers = _TileBuffers(weights, per_tile * span, z)
+        particles = min(k, per_tile)
+        tiles: dict[tuple[int, int], _Tile] = {}
+        out = torch.empty(k, batch, dtype=z.dtype, device=z.device)
+        for i in range(0, k, particles):
+            p = min(particles, k - i)
+            for b in range(0, batch, span):
+                s = min(span, batch - b)
+                tile = tiles.get((p, s)) or tiles.setdefault((p, s), _Tile(buffers, p, s))
+                out[i : i + p, b : b + s] = tile(
+                    z[i : i + p, b : b + s], weights, data_term[b : b + s]
+                )
+        return self._mend(out, z, x)
+
+    def _mend(self, out: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Rows where exp overflowed (non-finite), computed again with the plain softplus."""
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            index = bad.nonzero(as_tuple=True)
+            logits = self.decoder(z[index])
+            out[index] = bernoulli_log_prob(logits, x[index[1]])
+        return out
+
+
+class _TileBuffers:
+    """One tile's memory, allocated once per call: each layer's input with a last column of
+    ones, ``(rows, in + 1)``, and the logits, ``(rows, D)``."""
+
+    def __init__(self, weights: list[torch.Tensor], rows: int, like: torch.Tensor):
+        self.inputs = []
+        for w in weights:
+            buf = torch.empty(rows, w.shape[0], dtype=like.dtype, device=like.device)
+            buf[:, -1] = 1
+            self.inputs.append(buf)
+        self.logits = torch.empty(rows, weights[-1].shape[1], dtype=like.dtype, device=like.device)
+
+
+class _Tile:
+    """Views of :class:`_TileBuffers` for ``p`` particles of ``s`` data points (n = p s
+    rows), made once per tile shape; calling it runs the tile: (p, s) log p(x | z)."""
+
+    def __init__(self, buffers: _TileBuffers, p: int, s: int):
+        n = p * s
+        inputs = [buf[:n] for buf in buffers.inputs]
+        self.shape = (p, s)
+        self.latent = inputs[0][:, :-1].view(p, s, -1)
+        self.layers = [(src, dst[:, :-1]) for src, dst in zip(inputs[:-1], inputs[1:], strict=True)]
+        self.hidden = inputs[-1]
+        self.hidden_by_point = inputs[-1].view(p, s, -1)
+        self.logits = buffers.logits[:n]
+
+    def __call__(
+        self, z: torch.Tensor, weights: list[torch.Tensor], data_term: torch.Tensor
+    ) -> torch.Tensor:
+        self.latent.copy_(z)
+        for w, (src, dst) in zip(weights[:-1], self.layers, strict=True):
+            torch.mm(src, w, out=dst).exp_().add_(1).log_()  # softplus
+        logits = torch.mm(self.hidden, weights[-1], out=self.logits)
+        xl = torch.linalg.vecdot(self.hidden_by_point, data_term)  # sum_j x_j l_j: (p, s)
+        return xl - logits.exp_().add_(1).log_().sum(-1).view(self.shape)

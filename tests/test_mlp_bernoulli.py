@@ -1,0 +1,156 @@
+"""The tiled Bernoulli log-density of an MLP decoder equals the plain one, for every input."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae.models import ModelConfig, build_vae, mlp_bernoulli
+from pyro_vae.models.fused import FusedLogWeights
+from pyro_vae.models.mlp_bernoulli import MLPBernoulliLogProb, bernoulli_log_prob
+from pyro_vae.parts.nets import ConvDecoder, MLPDecoder
+
+
+def _reference(decoder: nn.Module, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return bernoulli_log_prob(decoder(z), x)
+
+
+def _decoder(latent=3, out=20, hidden=(16, 8), seed=0) -> MLPDecoder:
+    torch.manual_seed(seed)
+    return MLPDecoder(latent, out, hidden)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """A 4 KiB "cache": tiles of MIN_TILE_ROWS (64) rows, so most calls span several tiles."""
+    monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 4096)
+
+
+@pytest.mark.parametrize("hidden", [(), (16,), (16, 8), (32, 16, 8)])
+@pytest.mark.parametrize("k,batch", [(1, 1), (13, 10), (3, 100), (64, 1), (5, 64)])
+def test_tiles_equal_the_plain_log_density(small_tiles, hidden, k, batch):
+    decoder = _decoder(hidden=hidden)
+    tiled = MLPBernoulliLogProb.of(decoder)
+    assert tiled is not None and tiled.tile_rows(torch.device("cpu")) == 64
+    z = 3 * torch.randn(k, batch, 3)
+    x = torch.rand(batch, 20)  # continuous targets in [0, 1] as well as binary ones
+    x[: batch // 2] = x[: batch // 2].round()
+    with torch.no_grad():
+        got = tiled(z, x)
+        ref = _reference(decoder, z, x)
+    assert got.shape == (k, batch)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_default_tiles_fit_half_the_l2_cache():
+    decoder = _decoder(latent=50, out=784, hidden=(400,))
+    tiled = MLPBernoulliLogProb.of(decoder)
+    assert tiled.row_size == 51 + 401 + 784
+    cache = mlp_bernoulli.CACHE_SHARE * mlp_bernoulli.cache_bytes(2)
+    for dtype, size in ((torch.float32, 4), (torch.float64, 8)):
+        rows = tiled.tile_rows(torch.device("cpu"), dtype)
+        assert rows == max(mlp_bernoulli.MIN_TILE_ROWS, int(cache / (size * tiled.row_size)))
+    assert tiled.tile_rows(torch.device("meta")) == 0  # other devices: one tile
+
+
+@pytest.mark.parametrize("where", ["hidden", "logits"])
+def test_rows_where_exp_overflows_are_computed_again(small_tiles, where):
+    decoder = _decoder(hidden=(16,))
+    with torch.no_grad():
+        layer = decoder.net[0] if where == "hidden" else decoder.net[2]
+        layer.bias[0] = 200.0  # exp(200) overflows float32; softplus(200) = 200
+    tiled = MLPBernoulliLogProb.of(decoder)
+    z = torch.randn(7, 10, 3)
+    x = torch.rand(10, 20).round()
+    with torch.no_grad():
+        got = tiled(z, x)
+        ref = _reference(decoder, z, x)
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_a_non_finite_input_stays_non_finite():
+    decoder = _decoder()
+    z = torch.randn(4, 5, 3)
+    z[1, 2, 0] = float("nan")
+    x = torch.rand(5, 20).round()
+    with torch.no_grad():
+        got = MLPBernoulliLogProb.of(decoder)(z, x)
+    assert torch.isnan(got[1, 2])
+    assert torch.isfinite(got).sum() == got.numel() - 1
+
+
+def test_new_parameters_are_used_at_the_next_call():
+    decoder = _decoder()
+    tiled = MLPBernoulliLogProb.of(decoder)
+    z, x = torch.randn(4, 5, 3), torch.rand(5, 20).round()
+    with torch.no_grad():
+        before = tiled(z, x)
+        decoder.net[-1].bias.add_(1.0)  # an in-place write, as an optimizer step makes
+        after = tiled(z, x)
+        torch.testing.assert_close(after, _reference(decoder, z, x), rtol=1e-5, atol=1e-4)
+        assert not torch.allclose(before, after)
+        decoder.load_state_dict(_decoder(seed=1).state_dict())
+        torch.testing.assert_close(tiled(z, x), _reference(decoder, z, x), rtol=1e-5, atol=1e-4)
+        decoder.net[0].weight = nn.Parameter(torch.zeros_like(decoder.net[0].weight))
+        torch.testing.assert_close(tiled(z, x), _reference(decoder, z, x), rtol=1e-5, atol=1e-4)
+
+
+def test_other_decoders_and_hooked_ones_take_the_plain_path():
+    assert MLPBernoulliLogProb.of(ConvDecoder(2, (1, 8, 8))) is None
+    relu = _decoder()
+    relu.net[1] = nn.ReLU()
+    assert MLPBernoulliLogProb.of(relu) is None
+    steep = _decoder()
+    steep.net[1] = nn.Softplus(beta=2.0)
+    assert MLPBernoulliLogProb.of(steep) is None
+    decoder = _decoder()
+    tiled = MLPBernoulliLogProb.of(decoder)
+    assert tiled.usable()
+    handle = decoder.net[0].register_forward_hook(lambda *a: None)
+    assert not tiled.usable() and MLPBernoulliLogProb.of(decoder) is None
+    handle.remove()
+    assert tiled.usable()
+
+
+def test_autograd_is_refused():
+    decoder = _decoder()
+    with pytest.raises(RuntimeError, match="no_grad"):
+        MLPBernoulliLogProb.of(decoder)(torch.randn(2, 3, 3), torch.rand(3, 20))
+
+
+def test_fused_log_weights_use_the_tiles_and_equal_the_plain_path():
+    pyro.set_rng_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(1, 6, 6), latent_dim=3, hidden=(16,))).eval()
+    x = torch.rand(9, 1, 6, 6).round()
+    fused = FusedLogWeights(vae)
+    assert fused.tiled is not None
+    calls = []
+    with torch.no_grad():
+        torch.manual_seed(2)
+        tiled = fused(x, 7)
+        # a hook registered now sees every decoder call: the plain path runs
+        handle = vae.decoder.register_forward_hook(lambda *a: calls.append(1))
+        torch.manual_seed(2)
+        plain = fused(x, 7)
+        handle.remove()
+    assert calls == [1]
+    torch.testing.assert_close(tiled, plain, rtol=1e-5, atol=1e-4)
+    # with autograd the plain path runs, and gradients reach the decoder
+    torch.manual_seed(2)
+    with_grad = fused(x, 7)
+    with_grad.sum().backward()
+    torch.testing.assert_close(with_grad.detach(), plain, rtol=1e-5, atol=1e-4)
+    assert vae.decoder.net[0].weight.grad is not None
+
+
+def test_float64_tiles_equal_the_plain_log_density(small_tiles):
+    decoder = _decoder().double()
+    z, x = torch.randn(9, 11, 3, dtype=torch.float64), torch.rand(11, 20, dtype=torch.float64)
+    with torch.no_grad():
+        got = MLPBernoulliLogProb.of(decoder)(z, x)
+        ref = _reference(decoder, z, x)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-10)
