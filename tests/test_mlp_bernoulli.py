@@ -44,10 +44,10 @@ def test_tiles_equal_the_plain_log_density(small_tiles, hidden, k, batch):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
 
 
-def test_default_tiles_fit_half_the_l2_cache():
+def test_default_tiles_fill_the_l2_cache():
     decoder = _decoder(latent=50, out=784, hidden=(400,))
     tiled = MLPBernoulliLogProb.of(decoder)
-    assert tiled.row_size == 51 + 401 + 784
+    assert tiled.row_size == 64 + 416 + 784  # inputs with their ones, aligned; the logits
     cache = mlp_bernoulli.CACHE_SHARE * mlp_bernoulli.cache_bytes(2)
     for dtype, size in ((torch.float32, 4), (torch.float64, 8)):
         rows = tiled.tile_rows(torch.device("cpu"), dtype)

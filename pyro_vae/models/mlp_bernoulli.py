@@ -35,10 +35,19 @@ from torch.nn.functional import softplus
 from pyro_vae.parts.nets import MLPDecoder
 from pyro_vae.runtime.devices import cache_bytes
 
-#: Share of one core's L2 cache that a tile's buffers (all layers' rows) may fill.
-CACHE_SHARE = 0.5
+#: Share of one core's L2 cache that a tile's buffers (all layers' rows) fill: the whole of it
+#: measured faster than half or a quarter (benchmarks/RESULTS.md).
+CACHE_SHARE = 1.0
 #: Fewest rows in a tile, whatever the cache: a matrix product needs rows to reach its rate.
 MIN_TILE_ROWS = 64
+#: Rows of the tile buffers start on multiples of this many numbers (64 bytes in float32, a
+#: cache line), so products read and write aligned rows (measured faster, RESULTS.md).
+ROW_ALIGN = 16
+
+
+def _aligned(width: int) -> int:
+    """``width`` rounded up to a multiple of :data:`ROW_ALIGN`."""
+    return -(-width // ROW_ALIGN) * ROW_ALIGN
 
 
 def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +96,9 @@ class MLPBernoulliLogProb:
         self.decoder = decoder
         self.layers = layers
         widths = [layers[0].in_features] + [m.out_features for m in layers]
-        #: numbers in one row of a tile: each layer's input with its column of ones, the logits
-        self.row_size = sum(w + 1 for w in widths[:-1]) + widths[-1]
+        #: numbers in one row of a tile: each layer's input with its column of ones (aligned,
+        #: :data:`ROW_ALIGN`), the logits
+        self.row_size = sum(_aligned(w + 1) for w in widths[:-1]) + widths[-1]
         self._key: tuple = ()
         self._weights: list[torch.Tensor] = []
 
@@ -97,7 +107,8 @@ class MLPBernoulliLogProb:
         return _layers(self.decoder) == self.layers
 
     def augmented_weights(self) -> list[torch.Tensor]:
-        """``[W^T; b]`` per layer, (in + 1, out) (a transposed view of ``[W, b]``), made again
+        """``[W^T; b]`` per layer, (in + 1, out), contiguous (a product reads its rows in
+        order), made again
         only when a parameter changed: another tensor (the key holds the tensors, so none is
         freed and its address reused) or a write to it (its version counter)."""
         params = [p for m in self.layers for p in (m.weight, m.bias)]
@@ -108,7 +119,8 @@ class MLPBernoulliLogProb:
         if not fresh:
             key = tuple(zip(params, versions, strict=True))
             self._weights = [
-                torch.cat([m.weight.detach(), m.bias.detach()[:, None]], 1).t() for m in self.layers
+                torch.cat([m.weight.detach().t(), m.bias.detach()[None]]).contiguous()
+                for m in self.layers
             ]
             self._key = key
         return self._weights
@@ -164,12 +176,14 @@ class MLPBernoulliLogProb:
 
 class _TileBuffers:
     """One tile's memory, allocated once per call: each layer's input with a last column of
-    ones, ``(rows, in + 1)``, and the logits, ``(rows, D)``."""
+    ones, ``(rows, in + 1)`` (rows :data:`ROW_ALIGN`-aligned), and the logits, ``(rows, D)``."""
 
     def __init__(self, weights: list[torch.Tensor], rows: int, like: torch.Tensor):
         self.inputs = []
         for w in weights:
-            buf = torch.empty(rows, w.shape[0], dtype=like.dtype, device=like.device)
+            width = w.shape[0]
+            buf = torch.empty(rows, _aligned(width), dtype=like.dtype, device=like.device)
+            buf = buf[:, :width]
             buf[:, -1] = 1
             self.inputs.append(buf)
         self.logits = torch.empty(rows, weights[-1].shape[1], dtype=like.dtype, device=like.device)
@@ -183,10 +197,10 @@ class _Tile:
         n = p * s
         inputs = [buf[:n] for buf in buffers.inputs]
         self.shape = (p, s)
-        self.latent = inputs[0][:, :-1].view(p, s, -1)
+        self.latent = inputs[0][:, :-1].unflatten(0, (p, s))
         self.layers = [(src, dst[:, :-1]) for src, dst in zip(inputs[:-1], inputs[1:], strict=True)]
         self.hidden = inputs[-1]
-        self.hidden_by_point = inputs[-1].view(p, s, -1)
+        self.hidden_by_point = inputs[-1].unflatten(0, (p, s))
         self.logits = buffers.logits[:n]
 
     def __call__(
