@@ -12,8 +12,9 @@ samples on ``--images`` random binary images, and reports:
   timed call (a hooked decoder runs the plain path). The encoder's FLOPs (once per image and
   pass) are not counted;
 - the same process's 1024 x 1024 float32 matmul GFLOP/s, and the achieved share of it. The
-  machine may be shared, so ``--repeats`` calls are interleaved with matmul measurements
-  (each the best of 3 x 10 products) and the fastest call is set against the best rate;
+  machine may be shared, so ``--repeats`` calls are interleaved with spans of matmuls as
+  long as a call (0.5 s to 30 s), and the fastest call is set against the fastest span:
+  like is compared with like, a sustained rate with a sustained rate;
 - peak memory: the growth of the process's maximum resident set (``ru_maxrss``) during the
   call, over a warm-up call with K = 10 (so the interpreter, torch and the model are not counted).
 
@@ -77,17 +78,16 @@ def decoder_flops(decoder: nn.Module, latent_dim: int) -> float:
     return counter[0]
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
-    """Best-of-3 float32 n x n matmul rate in GFLOP/s."""
+def matmul_gflops(n: int = 1024, seconds: float = 0.5) -> float:
+    """Float32 n x n matmul rate in GFLOP/s sustained over about ``seconds`` (at least 10
+    products, after one to warm up)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * n**3 / best / 1e9
+    count, start = 0, time.perf_counter()
+    while count < 10 or time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
 def child(
@@ -111,13 +111,16 @@ def child(
     with torch.no_grad():
         log_likelihood(vae.model, vae.guide, x, num_samples=10, **options)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        # the machine may be shared: calls and matmul rates interleaved, the best of each
+        # the machine may be shared: calls interleaved with matmul spans as long as a call,
+        # the best of each
+        span = 0.5
         for _ in range(repeats):
-            rates.append(matmul_gflops())
+            rates.append(matmul_gflops(seconds=span))
             start = time.perf_counter()
             log_likelihood(vae.model, vae.guide, x, num_samples=k, **options)
             times.append(time.perf_counter() - start)
-        rates.append(matmul_gflops())
+            span = min(max(times[-1], 0.5), 30.0)
+        rates.append(matmul_gflops(seconds=span))
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     seconds = min(times)
     return {

@@ -30,12 +30,13 @@ def small_tiles(monkeypatch):
 
 @pytest.mark.parametrize("hidden", [(), (16,), (16, 8), (32, 16, 8)])
 @pytest.mark.parametrize("k,batch", [(1, 1), (13, 10), (3, 100), (64, 1), (5, 64)])
-def test_tiles_equal_the_plain_log_density(small_tiles, hidden, k, batch):
-    decoder = _decoder(hidden=hidden)
+@pytest.mark.parametrize("pixels", [20, 21, 1])
+def test_tiles_equal_the_plain_log_density(small_tiles, hidden, k, batch, pixels):
+    decoder = _decoder(out=pixels, hidden=hidden)
     tiled = MLPBernoulliLogProb.of(decoder)
     assert tiled is not None and tiled.tile_rows(torch.device("cpu")) == 64
     z = 3 * torch.randn(k, batch, 3)
-    x = torch.rand(batch, 20)  # continuous targets in [0, 1] as well as binary ones
+    x = torch.rand(batch, pixels)  # continuous targets in [0, 1] as well as binary ones
     x[: batch // 2] = x[: batch // 2].round()
     with torch.no_grad():
         got = tiled(z, x)
@@ -55,12 +56,14 @@ def test_default_tiles_fill_the_l2_cache():
     assert tiled.tile_rows(torch.device("meta")) == 0  # other devices: one tile
 
 
-@pytest.mark.parametrize("where", ["hidden", "logits"])
+@pytest.mark.parametrize("where", ["hidden", "logits", "pair"])
 def test_rows_where_exp_overflows_are_computed_again(small_tiles, where):
     decoder = _decoder(hidden=(16,))
     with torch.no_grad():
         layer = decoder.net[0] if where == "hidden" else decoder.net[2]
         layer.bias[0] = 200.0  # exp(200) overflows float32; softplus(200) = 200
+        if where == "pair":  # e^50 is finite, but the product of pixels 0 and 10 is not
+            layer.bias[0] = layer.bias[10] = 50.0
     tiled = MLPBernoulliLogProb.of(decoder)
     z = torch.randn(7, 10, 3)
     x = torch.rand(10, 20).round()

@@ -211,4 +211,24 @@ class _Tile:
             torch.mm(src, w, out=dst).exp_().add_(1).log_()  # softplus
         logits = torch.mm(self.hidden, weights[-1], out=self.logits)
         xl = torch.linalg.vecdot(self.hidden_by_point, data_term)  # sum_j x_j l_j: (p, s)
-        return xl - logits.exp_().add_(1).log_().sum(-1).view(self.shape)
+        return xl - _sum_softplus_(logits).view(self.shape)
+
+
+def _sum_softplus_(logits: torch.Tensor) -> torch.Tensor:
+    """sum_j softplus(l_j) per row of logits (n, D), overwriting them: (n,).
+
+    sum_j log(1 + e^l_j), with the factors of the two halves of each row multiplied in pairs
+    first, log((1 + e^a)(1 + e^b)) = log(1 + e^a) + log(1 + e^b), so half as many logs. A
+    product overflows only where a + b > 88 (float32); that row comes out infinite, and the
+    caller computes it again.
+    """
+    terms = logits.exp_().add_(1)
+    size = terms.shape[-1]
+    half = size // 2
+    if half == 0:
+        return terms.log_().sum(-1)
+    pairs = terms[:, :half].mul_(terms[:, half : 2 * half])
+    total = pairs.log_().sum(-1)
+    if size % 2:  # the odd one out
+        total += terms[:, -1].log()
+    return total
