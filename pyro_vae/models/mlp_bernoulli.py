@@ -14,16 +14,20 @@ value (up to float rounding) with three changes:
   allocated once per call, with as many rows as fit one core's L2 cache
   (:func:`pyro_vae.runtime.devices.cache_bytes`), so every elementwise step reads the cache.
 - **Biases inside the products.** Each layer's input carries a column of ones and its weight
-  a row holding the bias, ``[h, 1] @ [W^T; b] = h W^T + b``: no bias copy.
+  a row holding the bias, ``[h, 1] @ [W^T; b] = h W^T + b``: no bias copy. Buffer rows start
+  on cache lines (:data:`ROW_ALIGN`).
 - **Fewer elementwise passes.** ``softplus(a) = log(1 + exp(a))`` runs in place as three
-  passes (exp, add 1, log), on the hidden units and on the logits; and the data term is
-  folded into the last layer, ``sum_j x_j l_j = [h, 1] . ([W^T; b] x)``, a dot product over
-  the H + 1 hidden units instead of over the D pixels.
+  passes (exp, add 1, log) on the hidden units; over the logits only the sum is needed, and
+  the factors ``1 + e^l`` of pixel pairs are multiplied before the log
+  (:func:`_sum_softplus_`). The data term is folded into the last layer,
+  ``sum_j x_j l_j = [h, 1] . ([W^T; b] x)``, a dot product over the H + 1 hidden units
+  instead of over the D pixels.
 
-``exp`` overflows for inputs above about 88 (float32): a row where it did comes out
-non-finite and is computed again the plain way (:func:`bernoulli_log_prob` on the
-decoder's output), so the result is right for every input. The
-tiles do not use autograd (in-place steps): the caller runs them under ``torch.no_grad``.
+``exp`` overflows for inputs above about 88 (float32), and a pixel pair's product where
+their logits sum above about 88: such a row comes out non-finite and is computed again the
+plain way (:func:`bernoulli_log_prob` on the decoder's output), so the result is right for
+every input. The tiles do not use autograd (in-place steps): the caller runs them under
+``torch.no_grad``.
 """
 
 from __future__ import annotations
