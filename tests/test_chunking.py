@@ -107,18 +107,8 @@ def test_chunks_of_whole_alignments_draw_the_same_numbers_as_one_pass(chunk):
     torch.testing.assert_close(results[0].elbo_per_example, results[1].elbo_per_example)
 
 
-def test_default_chunk_is_sized_and_bounded_by_the_particle_budget(monkeypatch):
-    import pyro_vae.infer.importance as importance
-
-    rows = []
-    original = importance.log_weights
-
-    def recording(*args, **kwargs):
-        lw = original(*args, **kwargs)
-        rows.append(lw.shape[0])
-        return lw
-
-    monkeypatch.setattr(importance, "log_weights", recording)
+def test_default_chunk_is_sized_and_bounded_by_the_particle_budget(log_weight_rows):
+    rows = log_weight_rows
     vae = _vae((1, 16, 16))
     x = torch.ones(8, 1, 16, 16)
     log_likelihood(vae.model, vae.guide, x, num_samples=3000, batch_size=8)

@@ -79,7 +79,7 @@ def bytes_per_sample(
     probe: int = 2,
     device: torch.device | None = None,
 ) -> float:
-    """Bytes of all tensors one particle-sample produces in a pass, measured by running it.
+    """Bytes of memory one particle-sample makes in a pass, measured by running it.
 
     ``run(k)`` evaluates ``k`` particles for ``batch`` data points (e.g. the log weights of
     a probe batch). It runs with ``probe``, ``2 * probe`` and again ``probe`` particles,
@@ -87,10 +87,9 @@ def bytes_per_sample(
     caller's random stream is unchanged. The figure is the growth from the smaller of the
     ``probe`` runs to the ``2 * probe`` run, over ``probe * batch``: what a pass makes once
     whatever its particles (the encoder's output), or only on a first call (a cache), is
-    not charged to every sample. Every tensor any torch function returns is
-    counted, views at full size, except what in-place steps write into their inputs
-    (:class:`_CountBytes`); so the figure bounds the memory a pass's steps produce per sample
-    from above.
+    not charged to every sample. Each new tensor's memory counts once, freed or not; views,
+    in-place steps and ``out=`` arguments make none (:class:`_CountBytes`); so the figure
+    bounds from above what a pass's steps allocate per sample.
     """
     devices = [device] if device is not None and device.type == "cuda" else []
     totals = []
@@ -139,8 +138,9 @@ def sized_particle_chunk(
     **kwargs,
 ) -> int:
     """The particle chunk of :func:`pyro_vae.infer.log_likelihood` for passes over
-    ``batch`` points: :func:`particle_chunk` of the bytes per sample of one probe pass of
-    the log weights on the ``probe`` data (``log_weights_fn`` when given, else the traced
+    ``batch`` points: :func:`particle_chunk` of the bytes per sample
+    (:func:`bytes_per_sample`) of probe passes of the log weights on the ``probe`` data
+    (``log_weights_fn`` when given, else the traced
     :func:`~pyro_vae.infer.trace.log_weights` with ``kwargs``), at most ``max_rows`` rows."""
     x, rest = probe[0], probe[1:]
 

@@ -112,9 +112,9 @@ class MLPBernoulliLogProb:
 
     def augmented_weights(self) -> list[torch.Tensor]:
         """``[W^T; b]`` per layer, (in + 1, out), contiguous (a product reads its rows in
-        order), made again
-        only when a parameter changed: another tensor (the key holds the tensors, so none is
-        freed and its address reused) or a write to it (its version counter)."""
+        order), made again only when a parameter changed: another tensor (the key holds the
+        tensors, so none is freed and its address reused) or a write to it (its version
+        counter)."""
         params = [p for m in self.layers for p in (m.weight, m.bias)]
         versions = [p._version for p in params]
         fresh = len(self._key) == len(params) and all(

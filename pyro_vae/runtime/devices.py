@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -71,8 +73,6 @@ def cache_bytes(level: int = 2) -> int:
     Read from ``os.sysconf`` (Linux, glibc) or ``/sys/devices/system/cpu/cpu0/cache``;
     :data:`DEFAULT_CACHE_BYTES` where neither says.
     """
-    import os
-
     name = {1: "SC_LEVEL1_DCACHE_SIZE", 2: "SC_LEVEL2_CACHE_SIZE", 3: "SC_LEVEL3_CACHE_SIZE"}
     try:
         size = int(os.sysconf(name[level]))
@@ -80,8 +80,6 @@ def cache_bytes(level: int = 2) -> int:
         size = 0
     if size > 0:
         return size
-    from pathlib import Path
-
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
             if int((index / "level").read_text()) != level:
