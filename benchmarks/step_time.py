@@ -47,7 +47,7 @@ except ImportError:  # versions before the loop chose its Adam: fit's plain Adam
 
     def make_optimizer(model, lr):
         return torch.optim.Adam(model.parameters(), lr=lr)
-from pyro_vae.train.tasks import VAETask
+from pyro_vae.train.tasks import ELBOTask
 
 MODELS = {
     "pyro-mlp": ModelConfig(event_shape=(1, 28, 28), latent_dim=50, hidden=(400,)),
@@ -85,10 +85,10 @@ def make_routes(config: ModelConfig, batch_size: int):
     objective = make_objective("elbo")
 
     traced = copy.deepcopy(base)
-    traced_task = VAETask(traced, objective, fused=False)
+    traced_task = ELBOTask(traced, objective, fused=False)
     traced_opt = make_optimizer(traced, 1e-3)
     lib = copy.deepcopy(base)
-    lib_task = VAETask(lib, objective)
+    lib_task = ELBOTask(lib, objective)
     assert lib_task.fused is not None
     lib_opt = make_optimizer(lib, 1e-3)
     enc, dec = copy.deepcopy(base.encoder), copy.deepcopy(base.decoder)

@@ -8,6 +8,7 @@ import inspect
 import sys
 import time
 import traceback
+import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,7 +113,7 @@ def _run_options() -> dict[str, tuple[Any, Any]]:
         "output_dir": (str, DEFAULT_OUTPUT_DIR),
         "name": (str | None, None),
         "no_progress": (bool, not params["progress"].default),
-        "model": (str, params["kind"].default),
+        "model": (str, "vae"),
         "format": (str, params["fmt"].default),
         "device": (str, params["device"].default),
         "num_workers": (int, params["num_workers"].default),
@@ -139,12 +140,30 @@ def _model_config_fields() -> dict[str, tuple[Any, Any]]:
     from pyro_vae.models.config import PART_KINDS, ModelConfig
 
     hints = typing.get_type_hints(ModelConfig)
-    skip = {"event_shape", *(f"{kind}_options" for kind in PART_KINDS)}
+    skip = {"event_shape", "kind", "kind_options", *(f"{kind}_options" for kind in PART_KINDS)}
     return {
         f.name: (hints[f.name], _field_default(f))
         for f in dataclasses.fields(ModelConfig)
         if f.name not in skip
     }
+
+
+def _kind_option_flags() -> dict[str, list[str]]:
+    """Each model kind's own options as flags (``--condition-on``): dest -> the kinds that
+    have it. An option whose name another flag already has is set with --model-opt only."""
+    from pyro_vae.models.config import LEGACY_OPTIONS
+    from pyro_vae.models.kinds import MODELS
+
+    taken = {
+        *_train_config_fields(), *_model_config_fields(), *_run_options(), *LEGACY_OPTIONS,
+        "model_opt", "overwrite", "resume", "config", "plugin", "debug",
+    }  # fmt: skip
+    flags: dict[str, list[str]] = {}
+    for name in MODELS:
+        for option in MODELS.entry(name).options:
+            if option not in taken:
+                flags.setdefault(option, []).append(name)
+    return flags
 
 
 def build_parser(track: bool = False) -> argparse.ArgumentParser:
@@ -154,7 +173,7 @@ def build_parser(track: bool = False) -> argparse.ArgumentParser:
     written on the command line (how config files and --resume know what was given).
     """
     from pyro_vae.infer.report import METHODS
-    from pyro_vae.runs.pipeline import score
+    from pyro_vae.runs.metrics import score
 
     parser = OneLineParser(
         prog="pyro-vae",
@@ -233,16 +252,11 @@ def build_parser(track: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-FIGURE_KINDS = (
-    "elbo",
-    "samples",
-    "reconstructions",
-    "latent",
-    "manifold",
-    "interpolation",
-    "attribute",
-    "compare",
-)
+def _figure_kinds() -> list[str]:
+    """``plot --kind`` choices: every registered figure, then attribute and compare."""
+    from pyro_vae.analysis.run_figures import FIGURES
+
+    return [*FIGURES, "attribute", "compare"]
 
 
 def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
@@ -273,7 +287,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    plot.add_argument("--kind", choices=FIGURE_KINDS, required=True)
+    plot.add_argument("--kind", choices=_figure_kinds(), required=True)
     plot.add_argument("--output", type=Path, default=None, help="default RUN_DIR/KIND.FORMAT")
     plot.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
     plot.add_argument("--seed", type=int, default=0)
@@ -301,8 +315,9 @@ def _add_train_arguments(train: argparse.ArgumentParser, track: bool) -> None:
     With ``track``, no defaults are set, so the parsed namespace holds only the flags given.
     """
     from pyro_vae.models.config import LEGACY_OPTIONS, PART_KINDS
+    from pyro_vae.models.kinds import MODELS
     from pyro_vae.parts.registry import REGISTRIES
-    from pyro_vae.runs.pipeline import FIGURE_FORMATS, MODEL_KINDS
+    from pyro_vae.runs.pipeline import FIGURE_FORMATS
 
     defaults: dict[str, Any] = {}
     run = _run_options()
@@ -350,9 +365,22 @@ def _add_train_arguments(train: argparse.ArgumentParser, track: bool) -> None:
         )
     model.add_argument(
         "--model",
-        choices=list(MODEL_KINDS),
-        help="vae, or ae: the deterministic autoencoder baseline with the same networks",
+        choices=MODELS.names(),
+        metavar="NAME",
+        help=f"model kind: {', '.join(sorted(MODELS))} (`pyro-vae parts` lists their options)",
     )
+    model.add_argument(
+        "--model-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the model kind (repeat for more); `pyro-vae parts` lists them",
+    )
+    for dest, owners in _kind_option_flags().items():
+        model.add_argument(
+            "--" + dest.replace("_", "-"),
+            metavar="VALUE",
+            help=f"same as --model-opt {dest}=VALUE (model {'/'.join(owners)})",
+        )
     hardware = train.add_argument_group("devices and data loading")
     hardware.add_argument("--device", help=DEVICE_HELP)
     hardware.add_argument(
@@ -432,8 +460,24 @@ def _file_settings(path: Path) -> dict[str, Any]:
                 "command line if you mean to replace the run directory"
             )
     values.pop("plugins", None)  # imported before parsing (see main)
+    table = values.get("model")
+    if isinstance(table, dict):  # a [model] table: its name and the kind's options
+        table = dict(table)
+        if "name" not in table:
+            raise ConfigError(f"the [model] table in {path} needs a name, e.g. name = 'cvae'")
+        values["model"] = table.pop("name")
+        values["model_options"] = {**(values.get("model_options") or {}), **table}
+    kind_keys = set(_kind_option_flags())
+    flat = {k: values.pop(k) for k in list(values) if k in kind_keys}
+    if flat:
+        values["model_options"] = {**(values.get("model_options") or {}), **flat}
+    if not isinstance(values.get("model_options", {}), dict):
+        raise ConfigError(f"model_options in {path} must be a table of the kind's options")
     typed = {**_train_config_fields(), **_run_options()}
-    model_keys = {*_model_config_fields(), *LEGACY_OPTIONS, *(f"{k}_options" for k in PART_KINDS)}
+    model_keys = {
+        *_model_config_fields(), *LEGACY_OPTIONS, *(f"{k}_options" for k in PART_KINDS),
+        "model_options",
+    }  # fmt: skip
     for key, value in values.items():
         if key in typed:
             values[key] = coerce(value, typed[key][0], f"{key} in config file {path}")
@@ -493,7 +537,42 @@ def _train_settings(args: argparse.Namespace, given: set[str]) -> dict[str, Any]
                 words.append(f"{option}={getattr(args, key)}")
         options.update(_part_options(kind, name, words))
         settings[kind], settings[f"{kind}_options"] = name, options
+    settings["model"], settings["model_options"] = _kind_settings(args, given, settings, file)
     return settings
+
+
+def _kind_settings(
+    args: argparse.Namespace, given: set[str], settings: dict[str, Any], file: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The model kind and its options: a config file's, then --model-opt and the kinds'
+    own flags (an option of another kind is refused, naming the kinds that have it)."""
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.models.kinds import MODELS
+    from pyro_vae.parts.options import parse_text
+
+    name = MODELS.canonical(settings["model"])
+    from_file = "model" not in given or MODELS.canonical(file.get("model", name)) == name
+    options = dict(file.get("model_options") or {}) if from_file else {}
+    entry = MODELS.entry(name)
+    for option, owners in _kind_option_flags().items():
+        if option in given:
+            if option not in entry.options:
+                raise ConfigError(
+                    f"--{option.replace('_', '-')} is an option of model "
+                    f"{' or '.join(map(repr, owners))}, not {name!r}; add --model {owners[0]} "
+                    "or drop it"
+                )
+            options[option] = parse_text(getattr(args, option), entry.options[option].hint)
+    for word in getattr(args, "model_opt", None) or []:
+        key, sep, text = word.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--model-opt takes KEY=VALUE, got {word!r}")
+        if key not in entry.options:
+            known = ", ".join(o.describe() for o in entry.options.values()) or "none"
+            raise ConfigError(f"model {name!r} has no option {key!r}; its options are: {known}")
+        options[key] = parse_text(text, entry.options[key].hint)
+    return name, options
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -516,7 +595,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     model_keys = [*_model_config_fields(), *(f"{kind}_options" for kind in PART_KINDS)]
     model_config = ModelConfig(
-        event_shape=data.event_shape, **{key: s[key] for key in model_keys}
+        event_shape=data.event_shape,
+        kind=s["model"],
+        kind_options=s["model_options"],
+        **{key: s[key] for key in model_keys},
     )
     train_config = TrainConfig(**{key: s[key] for key in _train_config_fields()})
     if s["num_samples"] < 1:
@@ -533,7 +615,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not s["no_progress"],
         data=data,
-        kind=s["model"],
         data_dir=data_dir,
         binarize=s["binarize"],
         fmt=s["format"],
@@ -549,15 +630,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_run_results(results: dict) -> None:
+    from pyro_vae.models.kinds import build_kind
+    from pyro_vae.runs.metrics import metric_lines
+
     print(f"trained {results['epochs']} epochs in {results['train_seconds']:.1f} s")
-    if results.get("kind") == "ae":
-        print(
-            f"test reconstruction NLL: {results['test_reconstruction_nll']:9.3f} +- "
-            f"{results['test_reconstruction_nll_stderr']:.3f} nats per data point "
-            f"(n={results['num_test_points']})"
-        )
-    else:
-        _print_scores(results)
+    for line in metric_lines(build_kind(results.get("kind", "vae")), results):
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
 
 
 #: Options ``train --resume`` accepts; every other setting comes from the run's config.json.
@@ -593,8 +671,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_parts(args: argparse.Namespace) -> int:
+    from pyro_vae.models.kinds import MODELS
     from pyro_vae.parts.registry import REGISTRIES
 
+    print("models (--model NAME --model-opt KEY=VALUE):")
+    for name in MODELS:
+        entry = MODELS.entry(name)
+        options = ", ".join(o.describe() for o in entry.options.values()) or "no options"
+        origin = f"  [{entry.module}]" if entry.is_plugin else ""
+        print(f"  {name:24s} {options}{origin}")
     for kind, registry in REGISTRIES.items():
         print(f"{kind}s (--{kind} NAME --{kind}-opt KEY=VALUE):")
         for name in registry:
@@ -624,43 +709,35 @@ def _plugins_before_parsing(argv: Sequence[str] | None) -> None:
         import_plugins(plugins, f"plugins in config file {known.config}")
 
 
-def _print_scores(r: dict) -> None:
-    n = r["num_test_points"]
-    elbo, elbo_se = r["test_elbo"], r["test_elbo_stderr"]
-    ll, ll_se = r["test_log_likelihood"], r["test_log_likelihood_stderr"]
-    print(f"test ELBO:           {elbo:9.3f} +- {elbo_se:.3f} nats per data point (n={n})")
-    print(
-        f"test log-likelihood: {ll:9.3f} +- {ll_se:.3f} nats per data point "
-        f"(importance sampling, K={r['num_samples']}, mean ESS {r['mean_ess']:.1f})"
-    )
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import pyro
 
-    from pyro_vae.runs import check_size, load_run, load_run_data, score, summary
+    from pyro_vae.models.kinds import kind_of
+    from pyro_vae.runs import check_size, load_run, load_run_data
+    from pyro_vae.runs.metrics import ScoreOptions, metric_lines, test_metrics
 
     check_size(args.num_samples, "--num-samples (importance samples per point)")
     if args.batch_size is not None and args.batch_size < 1:
         raise _usage(f"--batch-size must be at least 1, got {args.batch_size}")
     group = join_processes(args.device)
-    vae, config = load_run(args.run_dir, device=args.device)
-    if config.get("kind") == "ae":
-        raise _usage(
-            f"{str(args.run_dir)!r} is an autoencoder run: it has no likelihood p(x) to score; "
-            "its test reconstruction NLL is in results.json"
-        )
+    model, config = load_run(args.run_dir, device=args.device)
+    kind = kind_of(model)
     data = load_run_data(config)
     pyro.set_rng_seed(args.seed)
     if args.method is not None:
-        return _print_inference_report(args, vae, data)
-    result = score(
-        vae, data, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed
-    )
+        if not kind.scores_likelihood:
+            raise _usage(
+                f"{str(args.run_dir)!r} is a {kind.label} run: it has no likelihood p(x) for "
+                f"--method {args.method}; drop --method for its test metrics"
+            )
+        return _print_inference_report(args, model, data)
+    options = ScoreOptions(args.num_samples, args.batch_size, args.seed)
+    results = test_metrics(model, data, options)
     if not group.is_main:
         return 0
     print(f"run directory: {args.run_dir}")
-    _print_scores(summary(result))
+    for line in metric_lines(kind, results):
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
     return 0
 
 
@@ -680,31 +757,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_vae.analysis import figures, plots
+    from pyro_vae.analysis import figures
+    from pyro_vae.analysis.run_figures import draw
+    from pyro_vae.models.kinds import kind_of
     from pyro_vae.runs import RunDir, check_size, load_run, load_run_data
 
     if args.kind == "interpolation":
         check_size(args.steps, "--steps (interpolation steps)")
     model, config = load_run(args.run_dir, device=args.device)
+    kind = kind_of(model)
     out = args.output or args.run_dir / f"{args.kind}.{args.format}"
     torch.manual_seed(args.seed)
-    if args.kind == "elbo":
+    figure = args.kind
+    if figure in ("elbo", "loss"):  # the training curve the run's kind draws
+        figure = next((f for f in kind.figures if f in ("elbo", "loss")), figure)
         history = RunDir(args.run_dir).read_metrics()
-        if config.get("kind") == "ae":
-            path = plots.plot_reconstruction_nll(history, out)
-        else:
-            path = plots.plot_elbo(history, out, title=f"ELBO on {config['dataset']}")
+        named = types.SimpleNamespace(name=config["dataset"])
+        path = draw(figure, model, named, out, history=history, seed=args.seed)
         print(f"wrote {path}")
         return 0
     data = load_run_data(config)
     if args.kind == "samples":
         path = figures.figure_samples(model, data, out, source=args.source, seed=args.seed)
-    elif args.kind == "reconstructions":
-        path = figures.figure_reconstructions(model, data, out)
-    elif args.kind == "latent":
-        path = figures.figure_latent(model, data, out)
-    elif args.kind == "manifold":
-        path = figures.figure_manifold(model, data, out)
     elif args.kind == "interpolation":
         if args.steps < 2:
             raise _usage(f"--steps must be at least 2, got {args.steps}")
@@ -716,7 +790,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         path = figures.figure_attribute(
             model, data, out, args.positive, args.negative, strengths=args.strengths
         )
-    else:  # compare
+    elif args.kind != "compare":
+        if args.kind not in kind.figures:
+            raise _usage(
+                f"figure {args.kind!r} does not fit a {kind.label} run; its figures are "
+                f"{', '.join(kind.figures)} (and attribute, compare)"
+            )
+        path = draw(args.kind, model, data, out, seed=args.seed)
+    else:
         if args.against is None:
             raise _usage("--kind compare needs --against OTHER_RUN_DIR (e.g. an --model ae run)")
         other, other_config = load_run(args.against)
@@ -725,8 +806,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
                 f"runs were trained on different data ({config['dataset']!r} and "
                 f"{other_config['dataset']!r}); compare runs on the same data set"
             )
-        name = "autoencoder" if config.get("kind") == "ae" else "VAE"
-        other_name = "autoencoder" if other_config.get("kind") == "ae" else "VAE"
+        name, other_name = kind.label, kind_of(other).label
         if name == other_name:
             name, other_name = (
                 f"{name} ({args.run_dir.name})",

@@ -135,9 +135,12 @@ def test_train_writes_standard_figures_and_plot_commands_work(tmp_path, capsys):
     assert main(["sample", str(ae_dir)]) == 2
     assert main(["plot", str(ae_dir), "--kind", "manifold"]) == 2
     assert main(["plot", str(vae_dir), "--kind", "attribute"]) == 2
-    assert main(["evaluate", str(ae_dir)]) == 2
+    assert main(["evaluate", str(ae_dir), "--method", "ais"]) == 2
     err = capsys.readouterr().err
     assert "no prior" in err and "autoencoder run" in err
+    # an autoencoder's evaluate reports its own metric: the reconstruction NLL
+    assert main(["evaluate", str(ae_dir)]) == 0
+    assert "test reconstruction NLL" in capsys.readouterr().out
 
 
 BACKEND_PROBE = """

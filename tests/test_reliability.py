@@ -64,7 +64,7 @@ def test_edited_kind_is_refused_on_load(run, tmp_path):
     config = edited.read_json(RunDir.CONFIG)
     config["kind"] = "ae"
     edited.write_json(RunDir.CONFIG, config)
-    with pytest.raises(CheckpointError, match=r"in \['kind'"):
+    with pytest.raises(CheckpointError, match=r"names kind 'ae'"):
         load_run(edited.path)
 
 

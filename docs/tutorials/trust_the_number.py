@@ -18,6 +18,7 @@ from pyro_vae.data import eval_data, load_digits
 from pyro_vae.infer import (
     ais_log_likelihood,
     khat_summary,
+    latent_usage,
     log_likelihood,
     psis_khat,
     vae_inference_gaps,
@@ -31,8 +32,21 @@ OUT.mkdir(parents=True, exist_ok=True)
 data = load_digits()
 if QUICK:  # the test suite's size
     data = data.head(200)
-vae = pyro_vae.build_vae(pyro_vae.ModelConfig(event_shape=data.event_shape, latent_dim=4))
-fit(vae, data, TrainConfig(epochs=1 if QUICK else 60, seed=0), progress=False)
+EPOCHS = 1 if QUICK else 60
+
+# 0. First check the model uses its latent space. A model whose decoder ignores z has
+#    q(z | x) = p(z) = p(z | x): every proposal is then exact, and the checks below would
+#    pass for that reason alone. Active units (Burda et al. 2016): Cov_x E_q[z_u] > 0.01.
+config = pyro_vae.ModelConfig(event_shape=data.event_shape, latent_dim=4)
+plain = pyro_vae.build_vae(config)
+fit(plain, data, TrainConfig(epochs=EPOCHS, seed=0), progress=False)
+usage_plain = latent_usage(plain.model, plain.guide, eval_data(plain, data.test))
+
+# The usual remedy: KL warm-up, the KL weight rising from 0 to 1 over the first epochs.
+vae = pyro_vae.build_vae(config)
+warmup = TrainConfig(epochs=EPOCHS, seed=0, warmup="linear", warmup_epochs=EPOCHS / 3)
+fit(vae, data, warmup, progress=False)
+usage = latent_usage(vae.model, vae.guide, eval_data(vae, data.test))
 x = eval_data(vae, data.test[: 4 if QUICK else 40])
 
 
@@ -66,6 +80,15 @@ ais = ais_log_likelihood(
 gaps = vae_inference_gaps(
     vae, x, num_steps=20 if QUICK else 500, num_samples=Ks[-1], ais_per_example=ais.per_example
 )
+
+rows = ["| model | active units | KL per dimension (nats) | I(x; z) (nats) |", "|---|---|---|---|"]
+for name, u in (("plain ELBO", usage_plain), ("KL warm-up", usage)):
+    kl = ", ".join(f"{v:.3f}" for v in u.sites["z"].kl_per_dim.tolist())
+    active = f"{u.active_units} of {u.num_units}"
+    rows.append(f"| {name} | {active} | {kl} | {u.mutual_information:.2f} |")
+rows += ["", f"The plain model's collapse warning: `{usage_plain.warning() or 'none'}`"]
+(OUT / "usage.md").write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
 
 lines = ["| proposal | estimate | nats per digit | standard error | mean ESS |"]
 lines.append("|---|---|---|---|---|")
@@ -113,3 +136,9 @@ right.set_xlabel(f"PSIS k-hat per digit (K={Ks[-1]})")
 right.set_ylabel("digits")
 right.legend(fontsize=8)
 fig.savefig(OUT / "estimates.png", dpi=120)
+
+# The KL of each latent dimension of both models; the bars of inactive units are grey.
+from pyro_vae.analysis.plots import plot_kl_per_dim  # noqa: E402
+
+plot_kl_per_dim(usage_plain, OUT / "kl_plain.png", title="plain ELBO, 60 epochs")
+plot_kl_per_dim(usage, OUT / "kl_warmup.png", title="KL warm-up over 20 epochs, 60 epochs")

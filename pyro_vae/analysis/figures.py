@@ -38,7 +38,7 @@ def figure_samples(
     model, data: DataSplits, path: str | Path, source: str = "prior", n: int = 64, seed: int = 0
 ) -> Path | None:
     """Grid of E[x | z] with z from the prior or from a mixture fitted to the training codes."""
-    if source == "prior" and not hasattr(model, "prior"):
+    if source == "prior" and not callable(getattr(model, "sample", None)):
         raise ConfigError(
             "an autoencoder has no prior to sample from; use the aggregate-posterior sampler "
             "(--source aggregate)"

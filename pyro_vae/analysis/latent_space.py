@@ -209,7 +209,12 @@ def sample_images(
     """
     torch.manual_seed(seed)
     if source == "prior":
-        return decode_mean(model, model.prior().sample((n,)))
+        if not callable(getattr(model, "sample", None)):
+            raise ConfigError(
+                "this model has no prior to sample from; use the aggregate-posterior sampler "
+                "(--source aggregate)"
+            )
+        return model.sample(n)  # ancestral: p(z) (every layer of a hierarchy), then E[x | z]
     if source == "aggregate":
         if train_x is None:
             raise ConfigError("sampling from the aggregate posterior needs training data")

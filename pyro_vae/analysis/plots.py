@@ -12,13 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from pyro_vae.infer.collapse import LatentUsage, SiteUsage
 
 TRAIN_COLOR = "#1f77b4"
 VALID_COLOR = "#d62728"
@@ -407,3 +411,93 @@ def plot_reconstruction_nll(
     return plot_curves(
         history, path, "train_nll", "valid_nll", "-log p(x | z(x)) per data point (nats)", title
     )
+
+
+# --- latent usage ---------------------------------------------------------------------------
+
+INACTIVE_COLOR = "#bdbdbd"
+
+
+def plot_kl_per_dim(
+    usage: LatentUsage,
+    path: str | Path,
+    title: str = "KL per latent dimension",
+) -> Path:
+    """Bars of KL(q || p) per latent dimension (nats), one panel per latent site.
+
+    ``usage``: a :class:`~pyro_vae.infer.collapse.LatentUsage`. Bars stand at their
+    dimension index (not sorted), coloured when the unit is active, Cov_x(E_q[z_u | x]) >
+    ``usage.threshold`` (Burda et al. 2016), grey and hatched when not; a strip of markers on
+    the axis repeats each unit's activity, so a unit with KL near 0 still shows. A site whose
+    KL does not factorize over dimensions shows its total KL as a note above the strip.
+    Figure width grows with the widest site (6.5 to 14 inches), 2.4 inches of height per site.
+    """
+    names = list(usage.sites)
+    widest = max((usage.sites[n].num_units for n in names), default=1)
+    width = min(14.0, max(6.5, 2.5 + 0.22 * widest))
+    fig, axes = subplots(
+        max(1, len(names)), 1, figsize=(width, 1.0 + 2.4 * max(1, len(names))), squeeze=False
+    )
+    labels = (f"active (Cov_x E_q[z] > {usage.threshold:g})", "inactive")
+    for ax, name in zip(axes[:, 0], names, strict=False):
+        _kl_panel(ax, name, usage.sites[name], labels, width)
+    if not names:
+        axes[0, 0].set_axis_off()
+    heading = (
+        f"{title}\n{usage.active_units} of {usage.num_units} units active, "
+        f"I(x; z) {usage.mutual_information:.2f} nats"
+    )
+    if usage.skipped:
+        heading += "\nnot shown: " + "; ".join(
+            f"{n} ({why.split(':')[0]})" for n, why in usage.skipped.items()
+        )
+    fig.suptitle(heading)
+    return save_figure(fig, path)
+
+
+def _kl_panel(ax: Axes, name: str, site: SiteUsage, labels: tuple[str, str], width: float) -> None:
+    """One site's KL bars (or its total as a note) and its strip of active/inactive units."""
+    units = max(site.num_units, 1)
+    dims = np.arange(site.num_units)
+    active = site.active.detach().cpu().numpy().astype(bool)
+    ax.set_title(
+        f"{name}: {site.active_units} of {site.num_units} units active, KL {site.kl:.3g} nats",
+        fontsize=10,
+    )
+    styles = ((active, TRAIN_COLOR, None, labels[0]), (~active, INACTIVE_COLOR, "//", labels[1]))
+    if site.kl_per_dim is not None:
+        kl = site.kl_per_dim.detach().cpu().double().numpy()
+        for mask, color, hatch, label in styles:
+            if mask.any():
+                ax.bar(
+                    dims[mask], kl[mask], width=0.8, color=color, hatch=hatch,
+                    edgecolor="#636363" if hatch else color, linewidth=0.3, label=label,
+                )  # fmt: skip
+        top = float(kl.max(initial=0.0)) if np.isfinite(kl).all() else 1.0
+        ax.set_ylim(0, max(1.2 * top, 1e-3))
+        ax.set_ylabel("KL (nats)")
+        ax.grid(axis="y", alpha=0.3)
+    else:
+        ax.text(
+            0.5, 0.6, f"total KL {site.kl:.3g} nats, not split by dimension:\n{site.reason}",
+            transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": INACTIVE_COLOR},
+        )  # fmt: skip
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+    # markers sized to the space one unit gets on the axis, so 200 units do not overlap
+    size = min(36.0, (0.6 * (width - 1.5) * 72 / units) ** 2)
+    for mask, color, _, label in styles:
+        if mask.any():
+            ax.scatter(
+                dims[mask], np.zeros(mask.sum()), marker="s", s=size, color=color,
+                edgecolors="#636363", linewidths=0.3, clip_on=False, zorder=3,
+                label=label if site.kl_per_dim is None else None,
+            )  # fmt: skip
+    ax.set_xlim(-0.6, max(units, 3) - 0.4)
+    if units <= 20:
+        ax.set_xticks(dims)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"dimension of {name}")
+    ax.legend(fontsize=8, loc="upper right", frameon=False)

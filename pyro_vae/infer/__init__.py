@@ -9,6 +9,7 @@ from pyro_vae.infer.ais import (
     ais_log_likelihood,
     sigmoid_schedule,
 )
+from pyro_vae.infer.collapse import LatentUsage, SiteUsage, latent_usage
 from pyro_vae.infer.diagnostics import (
     KHAT_UNRELIABLE,
     khat_summary,
@@ -113,4 +114,7 @@ __all__ = [
     "METHODS",
     "InferenceReport",
     "inference_report",
+    "SiteUsage",
+    "LatentUsage",
+    "latent_usage",
 ]

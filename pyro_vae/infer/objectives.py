@@ -30,6 +30,7 @@ from pyro_vae.infer.trace import (
     ParticleTerms,
     choose_strategy,
     enumeration_nesting,
+    latent_dependencies,
     particle_terms,
     slice_data,
 )
@@ -291,6 +292,7 @@ class Objective:
         ``args`` and ``kwargs`` are passed to model and guide after ``x``.
         """
         if self.free_bits > 0:
+            self._check_pair(model, guide, (x, *args), kwargs)
             return free_bits_loss(
                 model, guide, x, self.free_bits, kl_weight, *args,
                 data_plate=self.data_plate, **kwargs,
@@ -302,6 +304,20 @@ class Objective:
     ) -> LossValue:
         """The objective's own loss on ``data`` (x first), with latent terms times kl_weight."""
         raise NotImplementedError
+
+    def check_programs(self, model: Callable, guide: Callable, data: tuple, kwargs: dict) -> None:
+        """Refuse a model/guide pair this objective's assumptions do not hold for (a
+        :class:`ConfigError` naming the site and the fix); called once per pair. The base
+        checks free bits: each site's KL per dimension is taken against p(site | parents) at
+        the guide's draws of the parents, which the guide must draw before the site."""
+        if self.free_bits > 0:
+            _refuse_mean_field_conflict(model, guide, data, kwargs, "free bits")
+
+    def _check_pair(self, model: Callable, guide: Callable, data: tuple, kwargs: dict) -> None:
+        checked = self.__dict__.setdefault("_checked_pairs", set())
+        if (model, guide) not in checked:
+            self.check_programs(model, guide, slice_data(data, 0, 2), kwargs)
+            checked.add((model, guide))
 
     def true_elbo(self, model: Callable, guide: Callable, data: tuple, kwargs: dict) -> float:
         """Monte Carlo ELBO (beta = 1) summed over the batch, with ``num_particles`` samples."""
@@ -325,26 +341,34 @@ class _PyroELBO(Objective):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # one instance for the run: it guesses the plate nesting once, on its first call
-        self.elbo = self.pyro_elbo(
-            num_particles=self.num_particles, vectorize_particles=self.num_particles > 1
-        )
-        self.enumerates: bool | None = None
+        # one Pyro ELBO per model/guide pair (it guesses the plate nesting once, on its first
+        # call), so a pair that enumerates and one that does not never share one
+        self._elbos: dict[tuple[Callable, Callable], tuple[object, bool]] = {}
+
+    @property
+    def enumerates(self) -> bool | None:
+        """Whether the pair seen last sums a site out (``None`` before the first batch)."""
+        return self._last_enumerates if self._elbos else None
 
     def _pyro_elbo_for(self, model, guide, data, kwargs):
         """The Pyro ELBO for these programs: TraceEnum_ELBO where a site is enumerated."""
-        if self.enumerates is None:
+        key = (model, guide)
+        if key not in self._elbos:
             nesting = enumeration_nesting(model, guide, *data, **kwargs)
-            self.enumerates = nesting is not None
-            if self.enumerates:
-                self.elbo = pyro.infer.TraceEnum_ELBO(
-                    max_plate_nesting=nesting,
-                    num_particles=self.num_particles,
-                    vectorize_particles=self.num_particles > 1,
-                )
-        return self.elbo
+            particles = {
+                "num_particles": self.num_particles,
+                "vectorize_particles": self.num_particles > 1,
+            }
+            if nesting is None:
+                elbo = self.pyro_elbo(**particles)
+            else:
+                elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=nesting, **particles)
+            self._elbos[key] = (elbo, nesting is not None)
+        elbo, self._last_enumerates = self._elbos[key]
+        return elbo
 
     def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
+        self._check_pair(model, guide, data, kwargs)
         elbo = self._pyro_elbo_for(model, guide, data, kwargs)
         if self.enumerates and kl_weight != 1.0:
             raise ConfigError(
@@ -373,6 +397,12 @@ class MeanFieldELBO(_PyroELBO):
     name: ClassVar[str] = "meanfield"
     pyro_elbo: ClassVar[type] = pyro.infer.TraceMeanField_ELBO
 
+    def check_programs(self, model, guide, data, kwargs) -> None:
+        """The analytic KL of each site is taken against p(site | parents) at the guide's
+        draws of the parents: refuse a guide that draws a parent after the site."""
+        super().check_programs(model, guide, data, kwargs)
+        _refuse_mean_field_conflict(model, guide, data, kwargs, "meanfield's analytic KL")
+
 
 class IWAE(Objective):
     """IWAE-K bound log mean_k w_k (Burda et al. 2016), see :func:`importance_weighted_loss`."""
@@ -383,6 +413,7 @@ class IWAE(Objective):
     strategy: str | None = None
 
     def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
+        self._check_pair(model, guide, data, kwargs)
         if self.strategy is None:
             probe = slice_data(data, 0, 2)
             self.strategy = choose_strategy(
@@ -401,11 +432,41 @@ class DReG(IWAE):
     name: ClassVar[str] = "dreg"
     gradient: ClassVar[str] = "dreg"
 
+    def check_programs(self, model, guide, data, kwargs) -> None:
+        """DReG's encoder gradient (Tucker et al. 2019) holds for guide sites that are
+        conditionally independent given x: refuse a guide site that depends on another's draw
+        (a bottom-up or ladder hierarchy)."""
+        super().check_programs(model, guide, data, kwargs)
+        dependent = latent_dependencies(model, guide, *data, **kwargs).dependent_guide_site()
+        if dependent is not None:
+            site, parent = dependent
+            raise ConfigError(
+                f"dreg assumes the guide's latent sites are conditionally independent given the "
+                f"data, but q({site} | ...) depends on the draw of {parent!r}, so its encoder "
+                "gradient would be biased; use --objective iwae for this model"
+            )
+
 
 #: Objective name -> class, accepted by :func:`make_objective` and ``pyro-vae train --objective``.
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (TraceELBO, MeanFieldELBO, IWAE, DReG)
 }
+
+
+def _refuse_mean_field_conflict(
+    model: Callable, guide: Callable, data: tuple, kwargs: dict, what: str
+) -> None:
+    """Refuse a pair whose guide draws a model parent of a latent site after that site
+    (:meth:`~pyro_vae.infer.trace.LatentDependencies.mean_field_conflict`)."""
+    conflict = latent_dependencies(model, guide, *data, **kwargs).mean_field_conflict()
+    if conflict is not None:
+        site, parent = conflict
+        raise ConfigError(
+            f"{what} of site {site!r} is taken against p({site} | {parent}) at the guide's "
+            f"draw of {parent!r}, which the guide makes after {site!r} (from it), so it would "
+            f"be biased; use --objective elbo without free bits, or a guide that draws "
+            f"{parent!r} first (a top-down guide, e.g. --inference ladder)"
+        )
 
 
 def make_objective(

@@ -181,6 +181,80 @@ def trace_pair(
     return prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
 
 
+class LatentDependencies(NamedTuple):
+    """Which latent sites each site's distribution depends on, in the model and the guide.
+
+    ``order``: the latent sites in the guide's order. ``guide_parents[s]``: the latent sites
+    whose drawn values q(s | ...) depends on; ``model_parents[s]``: those p(s | ...) depends
+    on (evaluated at the guide's draws). Found by differentiating each site's log-density with
+    respect to the other sites' reparameterized draws, so a dependency on a site drawn without
+    a pathwise gradient (a discrete label) is not seen; see :meth:`mean_field_conflict`.
+    """
+
+    order: tuple[str, ...]
+    guide_parents: dict[str, set[str]]
+    model_parents: dict[str, set[str]]
+
+    def mean_field_conflict(self) -> tuple[str, str] | None:
+        """``(site, parent)`` where p(site | parent) is scored at a parent the guide draws
+        AFTER ``site`` (from it), or ``None``.
+
+        An analytic KL(q(site | ...) || p(site | parent)) at the guide's draw of ``parent`` is
+        then not E_q[log q - log p]: the draw of ``parent`` depends on that of ``site``
+        (a bottom-up guide of a top-down model). Besides the differentiated dependencies, a
+        model site drawn before ``site`` that is not reparameterized counts as a parent.
+        """
+        position = {name: i for i, name in enumerate(self.order)}
+        for site in self.order:
+            parents = self.model_parents.get(site, set())
+            for parent in sorted(parents):
+                if position.get(parent, -1) > position[site]:
+                    return site, parent
+        return None
+
+    def dependent_guide_site(self) -> tuple[str, str] | None:
+        """``(site, parent)`` where q(site | ...) depends on the draw of another latent
+        ``parent``, or ``None`` when the guide's sites are conditionally independent given
+        the data."""
+        for site in self.order:
+            for parent in sorted(self.guide_parents.get(site, set())):
+                return site, parent
+        return None
+
+
+def latent_dependencies(model: Callable, guide: Callable, *args, **kwargs) -> LatentDependencies:
+    """:class:`LatentDependencies` of a model/guide pair, from one traced pass on ``args``.
+
+    The pass runs with gradients on and leaves the caller's random stream unchanged.
+    """
+    with kept_random_state(), poutine.block(), torch.enable_grad():
+        guide_trace, model_trace = trace_pair(model, guide, *args, **kwargs)
+    order = tuple(latent_sites(guide_trace, model_trace))
+    values = {n: guide_trace.nodes[n]["value"] for n in order}
+
+    def parents(fn, site: str) -> set[str]:
+        others = [t for t in order if t != site and values[t].requires_grad]
+        if not others:
+            return set()
+        lp = fn.log_prob(values[site].detach()).sum()
+        if not lp.requires_grad:
+            return set()
+        grads = torch.autograd.grad(
+            lp, [values[t] for t in others], allow_unused=True, retain_graph=True
+        )
+        return {t for t, g in zip(others, grads, strict=True) if g is not None}
+
+    guide_parents = {s: parents(guide_trace.nodes[s]["fn"], s) for s in order}
+    model_parents: dict[str, set[str]] = {}
+    model_order = [n for n in model_trace.nodes if n in values]
+    for i, s in enumerate(model_order):
+        found = parents(model_trace.nodes[s]["fn"], s)
+        # an earlier model site without a pathwise gradient may be a parent: count it
+        found |= {t for t in model_order[:i] if not values[t].requires_grad}
+        model_parents[s] = found
+    return LatentDependencies(order, guide_parents, model_parents)
+
+
 def particle_dim_of(model: Callable, guide: Callable, *args, **kwargs) -> int:
     """The first free dimension left of every plate used by the model and guide."""
     with poutine.block():

@@ -14,12 +14,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae.errors import ConfigError
 from pyro_vae.models.config import ModelConfig, build_vae
-from pyro_vae.models.vae import VAE
-
-#: The model kinds a run can train: the VAE and this deterministic baseline.
-MODEL_KINDS = ("vae", "ae")
 
 
 class Autoencoder(nn.Module):
@@ -71,26 +66,6 @@ def build_autoencoder(config: ModelConfig) -> Autoencoder:
     without the prior and the posterior family: the code is the encoder's location output."""
     vae = build_vae(config)
     return Autoencoder(vae.encoder, vae.decoder, vae.likelihood, vae.event_shape, vae.latent_dim)
-
-
-def build_model(config: ModelConfig, kind: str = "vae") -> VAE | Autoencoder:
-    """The model of one kind (:data:`MODEL_KINDS`) for ``config``."""
-    if kind not in MODEL_KINDS:
-        raise ConfigError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
-    return build_autoencoder(config) if kind == "ae" else build_vae(config)
-
-
-def model_kind(model: nn.Module) -> str:
-    """``"ae"`` for an :class:`Autoencoder`, ``"vae"`` for a :class:`VAE`: the one place the
-    two are told apart."""
-    if isinstance(model, Autoencoder):
-        return "ae"
-    if isinstance(model, VAE):
-        return "vae"
-    raise ConfigError(
-        f"expected a pyro_vae VAE or Autoencoder, got {type(model).__name__}; build one with "
-        "build_vae or build_autoencoder"
-    )
 
 
 @torch.no_grad()

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from pyro_vae.errors import ConfigError
+from pyro_vae.models.kinds import MODELS, build_kind
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts.options import PositiveInt, Sizes, coerce
 from pyro_vae.parts.registry import ARCHS, LIKELIHOODS, POSTERIORS, PRIORS, REGISTRIES
@@ -41,8 +44,11 @@ LEGACY_OPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
 
 @dataclass
 class ModelConfig:
-    """What to build: the data shape, the latent size, the networks' widths and four parts.
+    """What to build: the model kind, the data shape, the latent size, the networks' widths
+    and four parts.
 
+    ``kind`` names a model kind (:data:`~pyro_vae.models.kinds.MODELS`: ``vae``, ``ae``,
+    ``cvae``, ``hvae``, ``m2`` or a plugin's) and ``kind_options`` its own options.
     ``event_shape`` is the shape of one data point; ``hidden`` the encoder's hidden widths
     (the decoder mirrors them). ``prior``, ``likelihood``, ``posterior`` and ``arch`` are
     registry names; ``<kind>_options`` their constructor options (defaults filled in).
@@ -59,6 +65,8 @@ class ModelConfig:
     likelihood_options: dict[str, Any] = field(default_factory=dict)
     posterior_options: dict[str, Any] = field(default_factory=dict)
     arch_options: dict[str, Any] = field(default_factory=dict)
+    kind: str = "vae"
+    kind_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,6 +82,8 @@ class ModelConfig:
             setattr(self, kind, name)
             options = registry.check_options(name, getattr(self, f"{kind}_options"), **shared)
             setattr(self, f"{kind}_options", options)
+        self.kind = MODELS.canonical(self.kind)
+        self.kind_options = MODELS.check_options(self.kind, self.kind_options)
 
     def shared_sizes(self) -> dict[str, Any]:
         """The sizes builders pass to every part (each takes those it names)."""
@@ -90,6 +100,8 @@ class ModelConfig:
             entry = registry.entry(getattr(self, kind))
             if entry.is_plugin:
                 out[kind] = entry.module
+        if MODELS.entry(self.kind).is_plugin:
+            out["kind"] = MODELS.entry(self.kind).module
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +129,7 @@ class ModelConfig:
         if not isinstance(plugins, Mapping):
             raise ConfigError(f"model config 'plugins' must be a table, got {plugins!r}")
         d = normalize_part_keys(d, strict=False)
-        for kind, registry in REGISTRIES.items():
+        for kind, registry in {**REGISTRIES, "kind": MODELS}.items():
             if kind in d:
                 d[kind] = registry.canonical(d[kind], plugin=plugins.get(kind))
                 module = registry.entry(d[kind]).module
@@ -204,6 +216,19 @@ def build_nets(config: ModelConfig):
     return ARCHS.build(config.arch, config.arch_options, **config.shared_sizes())
 
 
+def build_model(config: ModelConfig) -> nn.Module:
+    """The module of ``config.kind`` (:mod:`pyro_vae.models.kinds`) built from ``config``.
+
+    The module carries its kind's name and options (``kind``, ``kind_options``), so the fit
+    loop, the estimators' callers and the figures find its kind without a config.
+    """
+    kind = build_kind(config.kind, config.kind_options)
+    model = kind.build(config)
+    model.kind = config.kind
+    model.kind_options = dict(config.kind_options)
+    return model
+
+
 def build_vae(config: ModelConfig) -> VAE:
     """Build a :class:`VAE` from a :class:`ModelConfig`; heads are sized from the parts.
 
@@ -265,6 +290,7 @@ __all__ = [
     "PART_KINDS",
     "ModelConfig",
     "build_likelihood",
+    "build_model",
     "build_nets",
     "build_posterior",
     "build_prior",

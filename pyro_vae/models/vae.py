@@ -45,6 +45,9 @@ class VAE(PyroModule):
     encoder and posterior family here.
     """
 
+    #: its model kind's registered name (:mod:`pyro_vae.models.kinds`)
+    kind = "vae"
+
     def __init__(
         self,
         encoder: nn.Module,

@@ -127,6 +127,11 @@ def parse_text(text: str, hint: Any) -> Any:
     base, _ = _unwrap(hint)
     if base is str or (_is_union(base) and str in typing.get_args(base)):
         return text
+    if _is_union(base):  # e.g. ``Sizes | None``: "null" is None, else the other arm's syntax
+        arms = [a for a in typing.get_args(base) if a is not type(None)]
+        if text.strip() == "null" or len(arms) != 1:
+            return _json_word(text)
+        return parse_text(text, arms[0])
     if _sequence_item(base) is not None:
         return [_json_word(t.strip()) for t in text.split(",") if t.strip()]
     return _json_word(text)

@@ -2,6 +2,7 @@
 configured model with all its files.
 """
 
+from pyro_vae.runs.metrics import METRICS, ScoreOptions, register_metric, score, summary
 from pyro_vae.runs.pipeline import (
     FIGURE_FORMATS,
     MIN_SPLIT_SIZES,
@@ -9,13 +10,12 @@ from pyro_vae.runs.pipeline import (
     check_binarize,
     check_run_data,
     check_size,
+    configured_for_data,
     finish_run,
     load_run,
     load_run_data,
     read_run_config,
     resume_run,
-    score,
-    summary,
     test_scores,
     train_run,
     write_figures,
@@ -33,6 +33,10 @@ __all__ = [
     "MIN_SPLIT_SIZES",
     "check_run_data",
     "score",
+    "METRICS",
+    "ScoreOptions",
+    "register_metric",
+    "configured_for_data",
     "summary",
     "test_scores",
     "finish_run",

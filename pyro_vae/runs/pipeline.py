@@ -1,16 +1,17 @@
 """Run directories end to end: train a configured model, write its files, resume it, load it.
 
 The files of a run and their names are :class:`~pyro_vae.runs.rundir.RunDir`'s. The figures
-are ``elbo`` (``loss`` for an autoencoder baseline, ``kind: "ae"``), ``samples``,
-``reconstructions``, ``latent``, ``interpolation`` and, for a 2-D latent space, ``manifold``
-(``.png``, or ``.pdf`` on request); an autoencoder's samples come from a mixture fitted to its
-training codes.
+are those the model's kind lists (``ModelKind.figures``, drawn by
+:data:`~pyro_vae.analysis.run_figures.FIGURES`; ``.png``, or ``.pdf`` on request), and the test
+metrics those it lists (``ModelKind.metrics``, :data:`~pyro_vae.runs.metrics.METRICS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,27 +19,18 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae.analysis import plots
+from pyro_vae.analysis.run_figures import draw
 from pyro_vae.data.batches import num_points
-from pyro_vae.data.binarize import BINARIZE_MODES, binarize_splits, eval_data
+from pyro_vae.data.binarize import BINARIZE_MODES, binarize_splits
 from pyro_vae.data.catalog import load_dataset
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.data.streaming import load_streaming
-from pyro_vae.errors import CheckpointError, ConfigError, DataError
-from pyro_vae.infer.importance import LogLikelihood, log_likelihood
-from pyro_vae.infer.sharded import sharded_estimate
-from pyro_vae.models.autoencoder import (
-    MODEL_KINDS,
-    Autoencoder,
-    build_model,
-    mean_reconstruction_nll,
-    model_kind,
-)
-from pyro_vae.models.config import ModelConfig, build_likelihood
-from pyro_vae.models.fused import fused_log_weights
-from pyro_vae.models.vae import VAE
+from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError
+from pyro_vae.models.config import ModelConfig, build_likelihood, build_model
+from pyro_vae.models.kinds import MODELS, build_kind, kind_of
+from pyro_vae.runs.metrics import ScoreOptions, test_metrics
 from pyro_vae.runs.rundir import RunDir, printable
-from pyro_vae.runtime.devices import model_device, resolve_device
+from pyro_vae.runtime.devices import resolve_device
 from pyro_vae.runtime.distributed import current_group
 from pyro_vae.train.checkpoint import restore_model
 from pyro_vae.train.fingerprint import check_fingerprint, data_fingerprint
@@ -84,114 +76,47 @@ def check_size(value: int, name: str) -> int:
 
 
 def write_figures(
-    model: VAE | Autoencoder,
+    model: torch.nn.Module,
     data: DataSplits,
     history: list[dict[str, Any]],
     run: RunDir,
     seed: int = 0,
     fmt: str = "png",
 ) -> list[Path]:
-    """The standard figures of a run (see the module docstring); returns the paths written."""
-    from pyro_vae.analysis import figures
-
+    """The figures ``model``'s kind lists (``ModelKind.figures``); returns the paths written."""
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"unknown figure format {fmt!r}; choose one of {list(FIGURE_FORMATS)}")
     run = RunDir(run)
-    torch.manual_seed(seed)
-    is_vae = model_kind(model) == "vae"
     name = printable(data.name)
     if name != data.name:  # figure titles show the name; matplotlib cannot draw surrogates
         data = copy.copy(data)
         data.name = name
-    if is_vae:
-        written = [plots.plot_elbo(history, run.figure("elbo", fmt), title=f"ELBO on {name}")]
-    else:
-        title = f"autoencoder reconstruction loss on {name}"
-        written = [plots.plot_reconstruction_nll(history, run.figure("loss", fmt), title=title)]
     model.eval()
-    jobs = {
-        "samples": (figures.figure_samples, {"source": "prior" if is_vae else "aggregate"}),
-        "reconstructions": (figures.figure_reconstructions, {}),
-        "latent": (figures.figure_latent, {}),
-        "interpolation": (figures.figure_interpolation, {}),
-    }
-    if is_vae and model.latent_dim == 2:
-        jobs["manifold"] = (figures.figure_manifold, {})
-    jobs["samples"][1]["seed"] = seed
-    for figure, (make, options) in jobs.items():
-        path = make(model, data, run.figure(figure, fmt), **options)
+    written = []
+    for figure in kind_of(model).figures:
+        try:
+            path = draw(figure, model, data, run.figure(figure, fmt), history=history, seed=seed)
+        except PyroVAEError as exc:  # an estimator refused the model: say so, keep the run
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            print(f"warning: figure {figure} not drawn: {reason}", file=sys.stderr)
+            continue
         if path is not None:
             written.append(path)
     return written
 
 
-def score(
-    vae: VAE,
-    data: DataSplits,
-    num_samples: int = 1000,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    seed: int = 0,
-) -> LogLikelihood:
-    """Test-split importance-sampled log-likelihood (and ELBO) of a trained model.
-
-    On ``device`` (default: where the model is), in float32. Under ``torchrun`` the test
-    points are sharded over the processes (:func:`~pyro_vae.infer.sharded.sharded_estimate`,
-    blocks of ``batch_size`` drawn with seeds from ``seed``) and gathered in order.
-    """
-    vae.eval()
-    if device is not None:
-        vae.to(resolve_device(device))
-    x = eval_data(vae, data.test).to(model_device(vae))
-    # the library's own VAE: log weights straight from its parts, equal to the traced ones
-    fast = fused_log_weights(vae)
-    if current_group().distributed:
-        return sharded_estimate(
-            log_likelihood,
-            vae.model,
-            vae.guide,
-            x,
-            block_size=batch_size or 64,
-            seed=seed,
-            num_samples=num_samples,
-            log_weights_fn=fast,
-        )
-    return log_likelihood(
-        vae.model, vae.guide, x, num_samples=num_samples, batch_size=batch_size,
-        log_weights_fn=fast,
-    )  # fmt: skip
-
-
-def summary(result: LogLikelihood) -> dict[str, float]:
-    """The test scores of :func:`score` as ``results.json`` records them."""
-    return {
-        "test_log_likelihood": result.mean,
-        "test_log_likelihood_stderr": result.stderr,
-        "test_elbo": result.elbo,
-        "test_elbo_stderr": result.elbo_stderr,
-        "num_samples": result.num_samples,
-        "num_test_points": int(result.per_example.numel()),
-        "mean_ess": float(result.ess.mean()),
-    }
-
-
-def test_scores(model: VAE | Autoencoder, data: DataSplits, num_samples: int) -> dict[str, Any]:
-    """A VAE's test log-likelihood and ELBO, or an autoencoder's test reconstruction NLL."""
-    if model_kind(model) == "vae":
-        return summary(score(model, data, num_samples))
-    model.eval()
-    x = eval_data(model, data.test).to(model_device(model))
-    nll, nll_se = mean_reconstruction_nll(model, x)
-    return {
-        "kind": "ae",
-        "test_reconstruction_nll": nll,
-        "test_reconstruction_nll_stderr": nll_se,
-        "num_test_points": int(data.test.shape[0]),
-    }
+def test_scores(
+    model: torch.nn.Module, data: DataSplits, num_samples: int, seed: int = 0
+) -> dict[str, Any]:
+    """The test metrics of ``model``'s kind (``ModelKind.metrics``), with ``num_samples``
+    importance samples per point where a metric samples, drawn from ``seed`` (so the scores do
+    not depend on what was drawn before them)."""
+    pyro.set_rng_seed(seed)
+    return test_metrics(model, data, ScoreOptions(num_samples=num_samples, seed=seed))
 
 
 def finish_run(
-    model: VAE | Autoencoder,
+    model: torch.nn.Module,
     data: DataSplits,
     result: FitResult,
     run: RunDir,
@@ -207,12 +132,14 @@ def finish_run(
     main = current_group().is_main
     if main:
         write_figures(model, data, result.history, run, seed=seed, fmt=fmt)
-    final = "valid_elbo" if model_kind(model) == "vae" else "valid_nll"
+    kind = kind_of(model)
+    final = kind.final_metric
     results = {
+        "kind": kind.name,
         "epochs": result.epochs,
         "train_seconds": result.seconds,
         f"final_{final}": result.history[-1][final],
-        **test_scores(model, data, num_samples),
+        **test_scores(model, data, num_samples, seed=seed),
     }
     if main:
         run.write_json(RunDir.RESULTS, results)
@@ -228,7 +155,7 @@ def train_run(
     overwrite: bool = False,
     progress: bool = True,
     data: DataSplits | None = None,
-    kind: str = "vae",
+    kind: str | None = None,
     data_dir: str | Path | None = None,
     binarize: str | None = None,
     fmt: str = "png",
@@ -240,9 +167,12 @@ def train_run(
     """Load ``dataset``, build, train, score on the test split, and write every file of a run
     directory. Returns the results written to ``results.json``.
 
-    ``kind="ae"`` trains the deterministic autoencoder baseline with the same networks and
-    likelihood (:mod:`pyro_vae.models.autoencoder`) and scores its test reconstruction NLL
-    instead of the importance-sampled log-likelihood (``num_samples`` per point).
+    ``kind`` (default: ``model_config.kind``, else ``"vae"``; given, it replaces the config's)
+    names the model kind
+    (:mod:`pyro_vae.models.kinds`): ``"ae"`` trains the deterministic autoencoder baseline,
+    ``"cvae"``, ``"hvae"``, ``"m2"`` the conditional, hierarchical and semi-supervised VAEs;
+    the kind's metrics are scored on the test split (``num_samples`` importance samples per
+    point) and its options derived from the data (the number of classes) are filled in.
     ``binarize`` (``dynamic``/``static``/``none``; default: the likelihood's own choice) and
     ``data_dir`` are recorded so that later commands load the same data. Every check runs
     before a file is written; the run directory is locked while it trains.
@@ -251,8 +181,10 @@ def train_run(
     goes (:mod:`pyro_vae.data.streaming`, ``num_workers`` reader processes). Under
     ``torchrun`` every process trains (DDP) and scores its share; rank 0 alone writes.
     """
-    if kind not in MODEL_KINDS:
-        raise ConfigError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
+    if kind is not None and model_config is not None:
+        kind = MODELS.canonical(kind)
+        if model_config.kind != kind:  # the kind given wins; the options were the other's
+            model_config = dataclasses.replace(model_config, kind=kind, kind_options={})
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"unknown figure format {fmt!r}; choose one of {list(FIGURE_FORMATS)}")
     check_size(num_samples, "--num-samples (importance samples per point)")
@@ -261,12 +193,15 @@ def train_run(
     data_options["stream"] = stream or None
     data = data if data is not None else load_run_data({"dataset": dataset, **data_options})
     if model_config is None:
-        model_config = ModelConfig(event_shape=data.event_shape, **model_options)
+        model_config = ModelConfig(
+            event_shape=data.event_shape, kind=kind or "vae", **model_options
+        )
+    model_config = configured_for_data(model_config, data)
     check_binarize(model_config, binarize)
     check_run_data(data)
     # Seed before building: the initial weights are part of what the seed fixes.
     pyro.set_rng_seed(train_config.seed)
-    model = build_model(model_config, kind)
+    model = build_model(model_config)
     check_fit(model, data, train_config.batch_size)
     run = RunDir(run_dir)
     group = current_group()
@@ -274,7 +209,7 @@ def train_run(
     group.barrier()  # and all of them before rank 0 creates it
     config = {
         "dataset": dataset,
-        "kind": kind,
+        "kind": model_config.kind,
         "model": model_config.to_dict(),
         "train": asdict(train_config),
         "num_samples": num_samples,
@@ -308,7 +243,7 @@ def resume_run(
     random-number state are restored, so a run killed at any moment and resumed ends with
     the same metrics as an uninterrupted run (CPU). ``epochs`` may extend the run; it is
     recorded in ``config.json`` only after the resume's checks pass. A run killed before its
-    first checkpoint starts over. Works for both model kinds.
+    first checkpoint starts over. Works for every model kind.
     """
     run = RunDir(run_dir)
     config, model_config = read_run_config(run)
@@ -327,7 +262,7 @@ def resume_run(
         check_fingerprint(data, config.get("data_fingerprint"), str(run))
         check_run_data(data)
         pyro.set_rng_seed(train_config.seed)
-        model = build_model(model_config, config.get("kind", "vae"))
+        model = build_model(model_config)
         result = fit(
             model, data, train_config, run, model_config, progress,
             resume=run.has_checkpoint(), device=device, num_workers=num_workers,
@@ -345,33 +280,61 @@ def read_run_config(run: str | Path | RunDir) -> tuple[dict[str, Any], ModelConf
     config = run.read_json(RunDir.CONFIG)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{run.quoted(RunDir.CONFIG)} has no model table; restore it")
-    if config.get("kind", "vae") not in MODEL_KINDS:
+    kind = config.get("kind", "vae")
+    if not isinstance(kind, str) or kind not in MODELS:
+        plugin = (config["model"].get("plugins") or {}).get("kind")
         raise CheckpointError(
-            f"{run.quoted(RunDir.CONFIG)} names kind {config.get('kind')!r}, not one of "
-            f"{list(MODEL_KINDS)}; restore it"
+            f"{run.quoted(RunDir.CONFIG)} names model kind {kind!r}, not one of "
+            f"{sorted(MODELS)}"
+            + (f"; it comes from module {plugin!r}: pass --plugin {plugin} if you trust it"
+               if isinstance(plugin, str) else "; restore it")
         )
     try:
-        model_config = ModelConfig.from_dict(config["model"])
+        model_config = ModelConfig.from_dict(with_kind(config["model"], kind))
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"{run.quoted(RunDir.CONFIG)} is not a valid run configuration ({exc}); restore it"
         ) from exc
+    if model_config.kind != MODELS.canonical(kind):
+        raise CheckpointError(
+            f"{run.quoted(RunDir.CONFIG)} names kind {kind!r} but its model table "
+            f"{model_config.kind!r}; restore the run's original config.json"
+        )
     return config, model_config
+
+
+def with_kind(table: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A model table with its kind: tables written before model kinds had their own key
+    recorded the kind beside them (``"kind": "ae"``)."""
+    return table if "kind" in table else {**table, "kind": kind}
+
+
+def configured_for_data(model_config: ModelConfig, data: DataSplits) -> ModelConfig:
+    """``model_config`` with the kind's options that follow from the data filled in (the
+    number of classes of a labelled model), after the kind checks the data it needs."""
+    kind = build_kind(model_config.kind, model_config.kind_options)
+    derived = kind.for_data(data)
+    missing = {k: v for k, v in derived.items() if model_config.kind_options.get(k) is None}
+    if not missing:
+        return model_config
+    return dataclasses.replace(
+        model_config, kind_options={**model_config.kind_options, **missing}
+    )
 
 
 def load_run(
     run_dir: str | Path | RunDir, device: str | torch.device = "cpu"
-) -> tuple[VAE | Autoencoder, dict[str, Any]]:
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model of a run directory from its configuration and checkpoint.
 
     ``config.json``'s kind and model configuration must equal those the checkpoint recorded
     (an edited config.json would otherwise score a different model with these weights);
-    weights must have the model's dtypes and be finite. Returns the model (a :class:`VAE`,
-    or an :class:`Autoencoder` for ``"kind": "ae"``) in eval mode and the run's config.
+    weights must have the model's dtypes and be finite. Returns the model (of the run's kind:
+    a :class:`~pyro_vae.models.VAE` for ``"kind": "vae"``) in eval mode and the run's config.
     """
     run = RunDir(run_dir)
     config, model_config = read_run_config(run)
-    kind = config.get("kind", "vae")
+    kind = model_config.kind
     state = run.load_checkpoint()
     saved = state.get("model_config")
     if not isinstance(saved, dict):
@@ -380,7 +343,7 @@ def load_run(
             "cannot be checked against it; retrain the run"
         )
     try:
-        saved = ModelConfig.from_dict(saved).to_dict()
+        saved = ModelConfig.from_dict(with_kind(saved, state.get("kind", "vae"))).to_dict()
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"the checkpoint in {run.quoted()} has an invalid model config ({exc})"
@@ -393,7 +356,7 @@ def load_run(
             f"{run.quoted(RunDir.CONFIG)} differs from the checkpoint's model in {differing}; "
             "restore the run's original config.json"
         )
-    model = build_model(model_config, kind)
+    model = build_model(model_config)
     restore_model(model, state.get("model_state"), str(run))
     model.to(resolve_device(device)).eval()
     return model, config

@@ -30,7 +30,16 @@ from pyro_vae.train.loop import (
 )
 from pyro_vae.train.rng import get_rng_state, set_rng_state
 from pyro_vae.train.schedules import KLSchedule
-from pyro_vae.train.tasks import AutoencoderTask, BatchLoss, TrainTask, VAETask, make_task
+from pyro_vae.train.semisupervised import SemiSupervisedTask, choose_labelled
+from pyro_vae.train.tasks import (
+    TASKS,
+    AutoencoderTask,
+    BatchLoss,
+    ELBOTask,
+    TrainTask,
+    make_task,
+    register_task,
+)
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -41,7 +50,11 @@ __all__ = [
     "RunStore",
     "TrainTask",
     "BatchLoss",
-    "VAETask",
+    "ELBOTask",
+    "SemiSupervisedTask",
+    "choose_labelled",
+    "TASKS",
+    "register_task",
     "AutoencoderTask",
     "make_task",
     "KLSchedule",

@@ -2,8 +2,10 @@
 gradient clipping, durable per-epoch checkpoints and exact resume.
 
 Each model kind supplies a :class:`TrainTask`: the loss of one batch (summed over its points)
-and the validation metrics. :class:`VAETask` minimizes the objective's negative ELBO;
-:class:`~pyro_vae.train.autoencoder.AutoencoderTask` the reconstruction NLL. The run's files
+and the validation metrics (:data:`~pyro_vae.train.tasks.TASKS`, named by the model's kind):
+:class:`~pyro_vae.train.tasks.ELBOTask` minimizes the objective's negative ELBO,
+:class:`~pyro_vae.train.tasks.AutoencoderTask` the reconstruction NLL. A kind whose programs
+take labels gets them batch by batch beside x. The run's files
 go through a :class:`RunStore` (:class:`pyro_vae.runs.RunDir`), which owns their names.
 """
 
@@ -24,8 +26,8 @@ from pyro_vae.data.binarize import dynamic_binarize, eval_data
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from pyro_vae.infer.objectives import Objective, make_objective
-from pyro_vae.models.autoencoder import model_kind
 from pyro_vae.models.config import ModelConfig
+from pyro_vae.models.kinds import ModelKind, kind_of
 from pyro_vae.runtime.devices import model_device, resolve_device
 from pyro_vae.train.checkpoint import restore_model
 from pyro_vae.train.fingerprint import data_fingerprint
@@ -140,13 +142,20 @@ class RunStore(Protocol):
 def check_fit(model: torch.nn.Module, data: DataSplits, batch_size: int) -> None:
     """Refuse data the model cannot use, before any training or file write.
 
-    ``model`` is a :class:`VAE` or an :class:`~pyro_vae.models.Autoencoder`.
+    ``model`` is a module of a registered model kind (a :class:`VAE`, an
+    :class:`~pyro_vae.models.Autoencoder`, ...); the kind checks the labels it needs.
     """
-    model_kind(model)
+    kind = kind_of(model)
     if not isinstance(data, DataSplits):
         raise DataError(
             f"fit needs a pyro_vae.data.DataSplits, got {type(data).__name__}; wrap tensors "
             "with DataSplits(name, train, valid, test) or use load_dataset"
+        )
+    kind.for_data(data)
+    if kind.uses_labels and not isinstance(data.train, torch.Tensor):
+        raise DataError(
+            f"model {kind.name!r} takes labels beside each point, which a streamed training "
+            "split does not carry; load the data into memory (drop --stream)"
         )
     if data.event_shape != model.event_shape:
         raise DataError(
@@ -214,7 +223,10 @@ def fit(
         raise ConfigError("resume needs the run directory to continue from; pass run_dir")
     device = model_device(model) if device is None else resolve_device(device)
     model.to(device)
-    task = make_task(model, config.make_objective(), config.valid_num_samples, config.fused)
+    task = make_task(
+        model, config.make_objective(), config.valid_num_samples, config.fused, data=data,
+        seed=config.seed,
+    )  # fmt: skip
     engine = Engine.build(model, task.batch_loss, device, config.precision, num_workers)
     # rank 0 draws the stream a one-process run draws; the other ranks their own
     pyro.set_rng_seed(rank_seed(config.seed, engine.group.rank))
@@ -225,7 +237,9 @@ def fit(
     if run_dir is not None:
         if resume:
             history = resume_state(run_dir, model, optimizer, config, model_config, engine)
-        record_run_config(run_dir, model, data, config, model_config)
+        record_run_config(
+            run_dir, model, data, config, model_config, getattr(task, "run_record", None)
+        )
         run_dir.write_metrics(history)
     return run_epochs(
         task, optimizer, data, config, history, run_dir, model_config, progress, engine
@@ -238,13 +252,16 @@ def record_run_config(
     data: DataSplits,
     config: TrainConfig,
     model_config: ModelConfig | None,
+    task_record: dict[str, Any] | None = None,
 ) -> None:
     """Record kind, model, training settings and data fingerprint in the run's config.json
-    (written once; rewritten only when a resume extends the run, after its checks)."""
+    (written once; rewritten only when a resume extends the run, after its checks), and what
+    the training task chose (``task_record``, e.g. the labelled points)."""
     if model_config is None:
         return
     updates = {
-        "kind": model_kind(model),
+        **(task_record or {}),
+        "kind": kind_of(model).name,
         "model": model_config.to_dict(),
         "train": asdict(config),
         "data_fingerprint": data_fingerprint(data),
@@ -265,22 +282,27 @@ def run_epochs(
 ) -> FitResult:
     """Train from ``len(history) + 1`` to ``config.epochs``, validating and checkpointing."""
     model = task.model
+    kind = kind_of(model)
     valid = eval_data(model, data.valid).to(engine.device)
+    valid_args = split_args(kind, data, "valid", engine.device)
+    train_args = split_args(kind, data, "train")
     first = len(history) + 1
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     bar = tqdm(
         range(first, config.epochs + 1),
         initial=first - 1,
         total=config.epochs,
-        desc="train" if model_kind(model) == "vae" else "train AE",
+        desc=f"train {kind.label}",
         unit="epoch",
         disable=not (progress and engine.group.is_main),
     )
     for epoch in bar:
         model.train()
-        train_metrics = train_epoch(task, optimizer, data.train, config, epoch, run, engine)
+        train_metrics = train_epoch(
+            task, optimizer, data.train, config, epoch, run, engine, args=train_args
+        )
         model.eval()
-        valid_metrics = task.validate(valid)
+        valid_metrics = task.validate(valid, *valid_args)
         record = {
             "epoch": epoch,
             **train_metrics,
@@ -294,6 +316,17 @@ def run_epochs(
     return FitResult(history, config.epochs, time.perf_counter() - start)
 
 
+def split_args(
+    kind: ModelKind, data: DataSplits, split: str, device: torch.device | None = None
+) -> tuple[torch.Tensor, ...]:
+    """The programs' arguments after x for every point of ``split`` (labels for a kind that
+    takes them; ``()`` otherwise): each (N_split, ...), on ``device`` when given."""
+    if not kind.uses_labels:
+        return ()
+    args = kind.program_args(data.labels.get(split))
+    return tuple(a.to(device) for a in args) if device is not None else args
+
+
 def train_epoch(
     task: TrainTask,
     optimizer: torch.optim.Optimizer,
@@ -302,6 +335,8 @@ def train_epoch(
     epoch: int,
     run: RunStore | None = None,
     engine: Engine | None = None,
+    *,
+    args: tuple[torch.Tensor, ...] = (),
 ) -> dict[str, float]:
     """One pass over ``train`` in a fresh random order; returns the epoch's training metrics
     per data point: the task's metric sums / points seen, the minimized loss under
@@ -312,7 +347,8 @@ def train_epoch(
     The loss and gradient norm of every step are checked, in batches of
     :data:`CHECK_EVERY` steps (one wait for the device each) and at the epoch's end, so a
     non-finite value stops training, named by its epoch and step, before the epoch's
-    metrics, validation or checkpoint. ``engine`` (default: this process,
+    metrics, validation or checkpoint. ``args`` (each (N, ...)) are the programs' further
+    arguments, taken in the same order as the points. ``engine`` (default: this process,
     the model's device, float32) says where the steps run; with several processes the
     metrics are summed over all of them before dividing.
     """
@@ -333,13 +369,19 @@ def train_epoch(
     checks = StepChecks(epoch, run, task.loss_name)
     last: dict[str, float] = {}
     for step, x in enumerate(batches):
+        extra = tuple(
+            a[order[step * config.batch_size : (step + 1) * config.batch_size]].to(
+                engine.device, non_blocking=True
+            )
+            for a in args
+        )
         if streamed:
             check_tensor(x, f"training batch {step} of epoch {epoch}", model.event_shape)
             model.likelihood.check_data(x)
         if binarize:
             x = dynamic_binarize(x)
         with autocast():
-            value = module(x, epoch - 1 + step / steps_per_epoch)
+            value = module(x, epoch - 1 + step / steps_per_epoch, *extra)
         size = x.shape[0]
         loss = value.loss_sum.float() / size
         optimizer.zero_grad()
@@ -534,7 +576,7 @@ def end_epoch(
         return
     run.append_metrics(history[-1])
     state = {
-        "kind": model_kind(model),
+        "kind": kind_of(model).name,
         "model_config": model_config.to_dict() if model_config else None,
         "train_config": asdict(config),
         "model_state": model.state_dict(),
@@ -584,6 +626,8 @@ def check_resumable(
     saved_model = state["model_config"]
     if model_config is not None and saved_model is not None:
         # an older run's flat keys are migrated, so compare the configurations, not the dicts
+        # a checkpoint from before model kinds recorded its kind beside the model table
+        saved_model = {"kind": state.get("kind", "vae"), **saved_model}
         saved_dict = ModelConfig.from_dict(saved_model).to_dict()
         differing = config_differences(saved_dict, model_config.to_dict())
         if differing:
@@ -611,7 +655,7 @@ def resume_state(
     Returns the metrics history up to the checkpointed epoch.
     """
     state = run.load_checkpoint()
-    check_resumable(state, run, model_kind(model), config, model_config)
+    check_resumable(state, run, kind_of(model).name, config, model_config)
     restore_model(model, state["model_state"], str(run))
     try:
         optimizer.load_state_dict(state["optimizer_state"])

@@ -1,22 +1,27 @@
-"""What each model kind supplies to the fit loop: the loss of a batch and validation metrics.
+"""Training tasks: the loss of a batch and the validation metrics, one per way of training.
 
-:class:`VAETask` minimizes an objective's loss (negative ELBO, IWAE, ... with a KL weight);
+:class:`ELBOTask` minimizes an objective's loss (negative ELBO, IWAE, ... with a KL weight)
+on any model/guide pair, with the programs' extra arguments (labels) passed after x;
 :class:`AutoencoderTask` the reconstruction negative log-likelihood of the deterministic
-baseline. :func:`make_task` picks one by :func:`~pyro_vae.models.autoencoder.model_kind`.
+baseline; :class:`~pyro_vae.train.semisupervised.SemiSupervisedTask` the M2 objective. Each is
+registered in :data:`TASKS` under the name a model kind gives as its ``task``
+(:mod:`pyro_vae.models.kinds`); :func:`make_task` looks it up, so the loop never asks which
+kind it trains.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.objectives import Objective
-from pyro_vae.models.autoencoder import Autoencoder, mean_reconstruction_nll, model_kind
+from pyro_vae.models.autoencoder import Autoencoder, mean_reconstruction_nll
 from pyro_vae.models.fused import FusedELBO, fused_log_weights, fused_unsupported
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.kinds import ModelKind, kind_of
 
 
 @dataclass
@@ -43,15 +48,17 @@ class TrainTask(Protocol):
     #: History keys shown on the progress bar (train, valid).
     headline: tuple[str, str]
 
-    def batch_loss(self, x: torch.Tensor, progress: float) -> BatchLoss:
-        """x: (batch, *event_shape); ``progress``: epochs done (fractional)."""
+    def batch_loss(self, x: torch.Tensor, progress: float, *args: torch.Tensor) -> BatchLoss:
+        """x: (batch, *event_shape); ``progress``: epochs done (fractional); ``args``: the
+        programs' further arguments for the same points (e.g. labels (batch,))."""
 
-    def validate(self, valid: torch.Tensor) -> dict[str, float]:
-        """Validation metrics per data point; valid: (N, *event_shape)."""
+    def validate(self, valid: torch.Tensor, *args: torch.Tensor) -> dict[str, float]:
+        """Validation metrics per data point; valid: (N, *event_shape), args as above."""
 
 
-class VAETask:
-    """Train a VAE: minimize the objective's loss (negative ELBO, IWAE, ... with KL weight).
+class ELBOTask:
+    """Train a model/guide pair: minimize the objective's loss (negative ELBO, IWAE, ... with
+    KL weight), the programs' arguments after x passed to both.
 
     ``train_elbo`` is always the true (beta = 1) ELBO, ``train_loss`` what was minimized,
     ``kl_weight`` the schedule's weight at the epoch's last step.
@@ -62,10 +69,13 @@ class VAETask:
 
     def __init__(
         self,
-        vae: VAE,
+        vae: torch.nn.Module,
         objective: Objective,
         valid_num_samples: int = 10,
         fused: bool = True,
+        kind: ModelKind | None = None,
+        data: Any = None,
+        seed: int = 0,
     ):
         self.model = vae
         self.objective = objective
@@ -79,19 +89,20 @@ class VAETask:
         ) is None:
             self.fused = FusedELBO(vae, objective.name == "meanfield", objective.num_particles)
 
-    def batch_loss(self, x: torch.Tensor, progress: float) -> BatchLoss:
+    def batch_loss(self, x: torch.Tensor, progress: float, *args: torch.Tensor) -> BatchLoss:
         kl_weight = self.objective.kl_weight(progress)
-        if self.fused is not None:
+        if self.fused is not None and not args:
             loss, elbo = self.fused(x, kl_weight)
             return BatchLoss(loss, {"train_elbo": elbo}, {"kl_weight": kl_weight})
-        value = self.objective.loss(self.model.model, self.model.guide, x, kl_weight)
+        value = self.objective.loss(self.model.model, self.model.guide, x, kl_weight, *args)
         return BatchLoss(value.loss, {"train_elbo": value.elbo}, {"kl_weight": kl_weight})
 
-    def validate(self, valid: torch.Tensor) -> dict[str, float]:
+    def validate(self, valid: torch.Tensor, *args: torch.Tensor) -> dict[str, float]:
         vae, k = self.model, self.valid_num_samples
         val = log_likelihood(
-            vae.model, vae.guide, valid, num_samples=k, log_weights_fn=fused_log_weights(vae)
-        )
+            vae.model, vae.guide, valid, *args, num_samples=k,
+            log_weights_fn=None if args else fused_log_weights(vae),
+        )  # fmt: skip
         return {
             "valid_elbo": val.elbo,
             "valid_elbo_stderr": val.elbo_stderr,
@@ -108,21 +119,48 @@ class AutoencoderTask:
     loss_name = "train_nll"
     headline = ("train_nll", "valid_nll")
 
-    def __init__(self, ae: Autoencoder):
+    def __init__(self, ae: Autoencoder, objective: Objective | None = None, *_: Any, **__: Any):
         self.model = ae
 
-    def batch_loss(self, x: torch.Tensor, progress: float) -> BatchLoss:
+    def batch_loss(self, x: torch.Tensor, progress: float, *args: torch.Tensor) -> BatchLoss:
         return BatchLoss(self.model.reconstruction_nll(x).sum())
 
-    def validate(self, valid: torch.Tensor) -> dict[str, float]:
+    def validate(self, valid: torch.Tensor, *args: torch.Tensor) -> dict[str, float]:
         nll, se = mean_reconstruction_nll(self.model, valid)
         return {"valid_nll": nll, "valid_nll_stderr": se}
 
 
+#: Training tasks by the name a model kind gives (``ModelKind.task``); a task class is
+#: called as ``cls(model, objective, valid_num_samples, fused, kind=..., data=..., seed=...)``
+#: and may set ``run_record``, a dict the run adds to its ``config.json``.
+TASKS: dict[str, Any] = {"elbo": ELBOTask, "reconstruction": AutoencoderTask}
+
+
+def register_task(name: str, cls: Any) -> Any:
+    """Add a training task under ``name`` (a model kind names it as its ``task``)."""
+    TASKS[name] = cls
+    return cls
+
+
 def make_task(
-    model: torch.nn.Module, objective: Objective, valid_num_samples: int = 10, fused: bool = True
+    model: torch.nn.Module,
+    objective: Objective,
+    valid_num_samples: int = 10,
+    fused: bool = True,
+    data: Any = None,
+    seed: int = 0,
 ) -> TrainTask:
-    """The :class:`TrainTask` of ``model``'s kind; ``objective`` is used by a VAE only."""
-    if model_kind(model) == "ae":
-        return AutoencoderTask(model)
-    return VAETask(model, objective, valid_num_samples, fused)
+    """The :class:`TrainTask` ``model``'s kind names (``ModelKind.task``).
+
+    ``data`` (a :class:`~pyro_vae.data.DataSplits`) and the run's ``seed`` are given to
+    tasks that choose points from the data (the labelled subset of semi-supervised training).
+    """
+    kind = kind_of(model)
+    if kind.task not in TASKS:
+        raise ConfigError(
+            f"model kind {kind.name!r} trains with task {kind.task!r}, which is not registered; "
+            f"known tasks: {sorted(TASKS)}"
+        )
+    return TASKS[kind.task](
+        model, objective, valid_num_samples, fused, kind=kind, data=data, seed=seed
+    )

@@ -1,0 +1,577 @@
+"""The hierarchical VAE against known answers: two-layer linear-Gaussian models, the ladder merge.
+
+z2 ~ N(0, I), z1 | z2 ~ N(A z2 + a, S1), x | z1 ~ N(W z1 + b, s^2 I) has
+p(x) = N(W a + b, W (A A^T + S1) W^T + s^2 I) and a Gaussian posterior over (z1, z2), so an
+exact guide gives log p(x) for every K and an inflated one a bound that rises with K.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_vae import ModelConfig
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer import log_likelihood
+from pyro_vae.models.hierarchical import (
+    IWAE_TWO_LAYER,
+    HierarchicalVAE,
+    build_hierarchical,
+    precision_weighted,
+)
+from pyro_vae.parts.likelihoods import Normal
+from pyro_vae.parts.posteriors import DiagonalNormal, FullRankNormal
+from pyro_vae.parts.priors import StandardNormal
+
+F64 = torch.float64
+
+
+def _inv_softplus(y: torch.Tensor) -> torch.Tensor:
+    return torch.log(torch.expm1(y))
+
+
+class TwoLayerGaussian:
+    """z2 ~ N(0, I_d2), z1 | z2 ~ N(A z2 + a, S1), x | z1 ~ N(W z1 + b, s^2 I_D), exactly.
+
+    The posterior factorizes as q(z1 | x) q(z2 | z1) with q(z2 | z1) = p(z2 | z1) (x is
+    independent of z2 given z1): q(z1 | x) = N(S (P1^-1 a + W^T (x - b) / s^2), S) with
+    P1 = A A^T + S1, S = (P1^-1 + W^T W / s^2)^-1; p(z2 | z1) = N(C (z1 - a), I - C A),
+    C = A^T P1^-1.
+    """
+
+    def __init__(self, d1: int = 3, d2: int = 2, data_dim: int = 5, s: float = 0.5, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.d1, self.d2, self.D, self.s = d1, d2, data_dim, s
+        self.A = torch.randn(d1, d2, generator=g, dtype=F64)
+        self.a = torch.randn(d1, generator=g, dtype=F64)
+        m = 0.4 * torch.randn(d1, d1, generator=g, dtype=F64)
+        self.S1 = m @ m.T + 0.3 * torch.eye(d1, dtype=F64)
+        self.W = torch.randn(data_dim, d1, generator=g, dtype=F64)
+        self.b = torch.randn(data_dim, generator=g, dtype=F64)
+        self.set_derived()
+
+    def set_derived(self) -> None:
+        eye2 = torch.eye(self.d2, dtype=F64)
+        self.P1 = self.A @ self.A.T + self.S1
+        p1_inv = torch.linalg.inv(self.P1)
+        self.S = torch.linalg.inv(p1_inv + self.W.T @ self.W / self.s**2)
+        self.post_gain = self.S @ self.W.T / self.s**2  # z1 mean = gain (x - b) + offset
+        self.post_offset = self.S @ p1_inv @ self.a
+        self.C = self.A.T @ p1_inv
+        self.R = eye2 - self.C @ self.A
+        self.S_tril = torch.linalg.cholesky(self.S)
+        self.R_tril = torch.linalg.cholesky(self.R)
+        self.S1_tril = torch.linalg.cholesky(self.S1)
+
+    def exact_log_px(self, x: torch.Tensor) -> torch.Tensor:
+        cov = self.W @ self.P1 @ self.W.T + self.s**2 * torch.eye(self.D, dtype=F64)
+        return dist.MultivariateNormal(self.W @ self.a + self.b, cov).log_prob(x)
+
+    def z1_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b) @ self.post_gain.T + self.post_offset
+
+    def model(self, x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z2 = pyro.sample("z2", dist.Normal(torch.zeros(self.d2, dtype=F64), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.MultivariateNormal(z2 @ self.A.T + self.a,
+                                                           scale_tril=self.S1_tril))
+            pyro.sample("x", dist.Normal(z1 @ self.W.T + self.b, self.s).to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor, inflate: float = 1.0) -> None:
+        """The exact posterior, both factors' scales times ``inflate``."""
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z1 = pyro.sample(
+                "z1", dist.MultivariateNormal(self.z1_mean(x), scale_tril=inflate * self.S_tril)
+            )
+            loc = (z1 - self.a) @ self.C.T
+            pyro.sample("z2", dist.MultivariateNormal(loc, scale_tril=inflate * self.R_tril))
+
+    def sample_x(self, n: int, seed: int = 1) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        z2 = torch.randn(n, self.d2, generator=g, dtype=F64)
+        e1 = torch.randn(n, self.d1, generator=g, dtype=F64)
+        z1 = z2 @ self.A.T + self.a + e1 @ self.S1_tril.T
+        return z1 @ self.W.T + self.b + self.s * torch.randn(n, self.D, generator=g, dtype=F64)
+
+
+# 1. The estimator on plain two-layer programs -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lg() -> TwoLayerGaussian:
+    return TwoLayerGaussian()
+
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_exact_guide_gives_exact_log_px_for_every_k(lg, k):
+    x = lg.sample_x(12)
+    est = log_likelihood(lg.model, lg.guide, x, num_samples=k)
+    assert torch.allclose(est.per_example, lg.exact_log_px(x), atol=1e-4, rtol=0)
+
+
+def test_inflated_guide_is_a_bound_that_rises_with_k(lg):
+    c = 2.0
+    x = lg.sample_x(2000)
+    exact = lg.exact_log_px(x)
+
+    def inflated(x: torch.Tensor) -> None:
+        lg.guide(x, inflate=c)
+
+    def se(values: torch.Tensor) -> float:
+        return float(values.std() / math.sqrt(values.numel()))
+
+    gap1 = log_likelihood(lg.model, inflated, x, num_samples=1).per_example - exact
+    est100 = log_likelihood(lg.model, inflated, x, num_samples=100)
+    gap100 = est100.per_example - exact
+    head = slice(0, 200)  # K = 5000 on fewer points keeps the test fast
+    gap5000 = log_likelihood(lg.model, inflated, x[head], num_samples=5000).per_example
+    gap5000 = gap5000 - exact[head]
+    assert float(gap1.mean()) < float(gap100.mean()) - 3 * se(gap100 - gap1)
+    # K = 100 lies below log p(x), which K = 5000 matches within its noise.
+    assert float(gap100.mean()) < -3 * se(gap100)
+    assert abs(float(gap5000.mean())) < 3 * se(gap5000)
+    # Both factors inflated by c: the joint covariance is c^2 times the posterior's, so
+    # KL(q || p(z | x)) = k/2 (c^2 - 1 - 2 log c), k = d1 + d2, for every x.
+    k_dim = lg.d1 + lg.d2
+    kl = k_dim / 2 * (c**2 - 1 - 2 * math.log(c))
+    elbo_gap = est100.elbo_per_example - exact
+    assert abs(float(elbo_gap.mean()) + kl) < 4 * se(elbo_gap)
+
+
+# 2. HierarchicalVAE set to the linear-Gaussian model: the closed form ----------------------------
+
+
+def _affine(net: nn.Module) -> nn.Linear:
+    """The single affine map of a net built with no hidden layers."""
+    assert len(net) == 2 and len(net[0]) == 0
+    return net[1]
+
+
+def _set_linear(layer: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+
+
+def _full_rank_raw(tril: torch.Tensor) -> torch.Tensor:
+    """FullRankNormal's raw triangle for the Cholesky factor ``tril`` (rows of tril_indices)."""
+    d = tril.shape[-1]
+    raw = tril.clone()
+    raw.diagonal().copy_(_inv_softplus(tril.diagonal() - 1e-5))
+    rows, cols = torch.tril_indices(d, d)
+    return raw[rows, cols]
+
+
+def test_bottom_up_hvae_with_exact_weights_gives_exact_log_px():
+    lg = TwoLayerGaussian(seed=3)
+    s1 = torch.tensor([0.7, 0.5, 0.9], dtype=F64)
+    lg.S1 = torch.diag(s1**2)  # the conditional family is diagonal
+    lg.set_derived()
+    d1, d2, D = lg.d1, lg.d2, lg.D
+    hvae = HierarchicalVAE(
+        (D,), (d1, d2), ((), ()), Normal(scale=lg.s), StandardNormal(d2),
+        [FullRankNormal(d1), FullRankNormal(d2)], [DiagonalNormal(d1)], "bottom_up",
+    ).double()  # fmt: skip
+    zeros = torch.zeros
+    _set_linear(
+        _affine(hvae.conditionals[0]),
+        torch.cat([lg.A, zeros(d1, d2, dtype=F64)]),
+        torch.cat([lg.a, _inv_softplus(s1 - 1e-6)]),
+    )
+    _set_linear(_affine(hvae.decoder), lg.W, lg.b)
+    n1, n2 = d1 * (d1 + 1) // 2, d2 * (d2 + 1) // 2
+    _set_linear(
+        _affine(hvae.encoders[0]),
+        torch.cat([lg.post_gain, zeros(n1, D, dtype=F64)]),
+        torch.cat([lg.post_offset - lg.post_gain @ lg.b, _full_rank_raw(lg.S_tril)]),
+    )
+    _set_linear(
+        _affine(hvae.encoders[1]),
+        torch.cat([lg.C, zeros(n2, d1, dtype=F64)]),
+        torch.cat([-lg.C @ lg.a, _full_rank_raw(lg.R_tril)]),
+    )
+    x = lg.sample_x(10)
+    for k in (1, 10):
+        est = log_likelihood(hvae.model, hvae.guide, x, num_samples=k)
+        assert est.strategy == "vectorized"
+        assert torch.allclose(est.per_example, lg.exact_log_px(x), atol=1e-6, rtol=0)
+
+
+def orthogonal_model() -> TwoLayerGaussian:
+    """W with orthogonal columns and diagonal A, S1: independent coordinates, so every exact
+    conditional (bottom-up or the ladder's merge) is a diagonal normal."""
+    g = torch.Generator().manual_seed(5)
+    D, d = 5, 2
+    U, _ = torch.linalg.qr(torch.randn(D, d, generator=g, dtype=F64))
+    lg = TwoLayerGaussian(d1=d, d2=d, data_dim=D, s=0.5)
+    lg.U, lg.Dj = U, torch.tensor([1.5, 0.8], dtype=F64)
+    lg.alpha, lg.s1 = torch.tensor([1.2, -0.6], dtype=F64), torch.tensor([0.6, 0.9], dtype=F64)
+    lg.A, lg.a, lg.S1 = torch.diag(lg.alpha), torch.tensor([0.3, -0.5], dtype=F64), torch.diag(
+        lg.s1**2
+    )
+    lg.W = U * lg.Dj
+    lg.set_derived()
+    return lg
+
+
+def exact_diagonal_hvae(lg: TwoLayerGaussian, inference: str) -> HierarchicalVAE:
+    """The HVAE with linear nets set to ``lg`` (from :func:`orthogonal_model`) and its exact
+    posterior, all families diagonal."""
+    d, D, s = lg.d1, lg.D, lg.s
+    hvae = HierarchicalVAE(
+        (D,), (d, d), ((), ()), Normal(scale=s), StandardNormal(d),
+        [DiagonalNormal(d), DiagonalNormal(d)], [DiagonalNormal(d)], inference,
+    ).double()  # fmt: skip
+    zeros_dd, zeros = torch.zeros(d, d, dtype=F64), torch.zeros(d, D, dtype=F64)
+    _set_linear(
+        _affine(hvae.conditionals[0]),
+        torch.cat([lg.A, zeros_dd]),
+        torch.cat([lg.a, _inv_softplus(lg.s1 - 1e-6)]),
+    )
+    _set_linear(_affine(hvae.decoder), lg.W, lg.b)
+    if inference == "bottom_up":
+        assert torch.allclose(lg.S, torch.diag(lg.S.diagonal()))
+        _set_linear(
+            _affine(hvae.encoders[0]),
+            torch.cat([lg.post_gain, zeros]),
+            torch.cat([lg.post_offset - lg.post_gain @ lg.b,
+                       _inv_softplus(lg.S.diagonal().sqrt() - 1e-6)]),
+        )
+        _set_linear(
+            _affine(hvae.encoders[1]),
+            torch.cat([lg.C, zeros_dd]),
+            torch.cat([-lg.C @ lg.a, _inv_softplus(lg.R.diagonal().sqrt() - 1e-6)]),
+        )
+        return hvae
+    U, Dj, alpha = lg.U, lg.Dj, lg.alpha
+    assert len(hvae.trunks[0]) == 0 and len(hvae.trunks[1]) == 0
+    # y = U^T (x - b) = Dj z1 + noise(s^2): the message about z1 is N(y / Dj, (s / Dj)^2) ...
+    _set_linear(
+        hvae.heads[0],
+        torch.cat([U.T / Dj[:, None], zeros]),
+        torch.cat([-(U.T @ lg.b) / Dj, _inv_softplus(s / Dj - 1e-6)]),
+    )
+    # ... and y = Dj alpha z2 + Dj a + noise(v), v = Dj^2 s1^2 + s^2, gives p(z2 | x).
+    v = Dj**2 * lg.s1**2 + s**2
+    prec = 1 + (Dj * alpha) ** 2 / v
+    gain = Dj * alpha / v / prec
+    _set_linear(
+        hvae.heads[1],
+        torch.cat([gain[:, None] * U.T, zeros]),
+        torch.cat([-gain * (U.T @ lg.b + Dj * lg.a), _inv_softplus(prec.rsqrt() - 1e-6)]),
+    )
+    return hvae
+
+
+@pytest.mark.parametrize("inference", ["bottom_up", "ladder"])
+def test_diagonal_hvae_with_exact_weights_gives_exact_log_px(inference):
+    lg = orthogonal_model()
+    hvae = exact_diagonal_hvae(lg, inference)
+    x = lg.sample_x(10)
+    for k in (1, 10):
+        est = log_likelihood(hvae.model, hvae.guide, x, num_samples=k)
+        assert torch.allclose(est.per_example, lg.exact_log_px(x), atol=1e-6, rtol=0)
+
+
+# 2b. Sites, plates and gradients of the built model ---------------------------------------------
+
+
+def _small(inference: str, layers=(4, 3), **kwargs) -> HierarchicalVAE:
+    config = ModelConfig(event_shape=(1, 2, 3), hidden=(8,))
+    return build_hierarchical(config, layers, inference=inference, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def bits() -> torch.Tensor:
+    return torch.randint(0, 2, (5, 1, 2, 3), generator=torch.Generator().manual_seed(0)).float()
+
+
+@pytest.mark.parametrize("inference", ["bottom_up", "ladder"])
+@pytest.mark.parametrize("layers", [(4, 3), (4, 3, 2)])
+def test_sites_plates_and_gradients(inference, layers, bits):
+    hvae = _small(inference, layers)
+    names = tuple(f"z{i + 1}" for i in range(len(layers)))
+    assert hvae.latent_sites == names and hvae.layers == layers and hvae.latent_dim == 4
+    guide_trace = poutine.trace(hvae.guide).get_trace(bits)
+    model_trace = poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(bits)
+    order = [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and n != "data"]
+    assert order == [*reversed(names), "x"]
+    for trace in (guide_trace, model_trace):
+        for name in names:
+            site = trace.nodes[name]
+            assert site["value"].shape == (5, layers[int(name[1:]) - 1])
+            assert [(f.name, f.dim) for f in site["cond_indep_stack"]] == [("data", -1)]
+    x = model_trace.nodes["x"]
+    assert x["is_observed"] and x["fn"].event_shape == (1, 2, 3) and x["fn"].batch_shape == (5,)
+    loss = pyro.infer.Trace_ELBO().differentiable_loss(hvae.model, hvae.guide, bits)
+    assert torch.isfinite(loss)
+    params = dict(hvae.named_parameters())
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    missing = [n for n, g in zip(params, grads, strict=True) if g is None or not g.abs().sum() > 0]
+    assert not missing
+    assert not list(pyro.get_param_store().keys())  # parameters live in the modules
+
+
+@pytest.mark.parametrize("inference", ["bottom_up", "ladder"])
+def test_vectorized_particles_on_the_left(inference, bits):
+    hvae = _small(inference, (4, 3, 2))
+    with pyro.plate("particles", 7, dim=-2):
+        guide_trace = poutine.trace(hvae.guide).get_trace(bits)
+        model_trace = poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(bits)
+    assert guide_trace.nodes["z1"]["value"].shape == (7, 5, 4)
+    assert model_trace.nodes["z1"]["fn"].batch_shape == (7, 5)
+    assert model_trace.nodes["x"]["fn"].batch_shape == (7, 5)
+    est = log_likelihood(hvae.model, hvae.guide, bits, num_samples=20)
+    assert est.strategy == "vectorized" and est.per_example.shape == (5,)
+
+
+# 3. The ladder's guide is the precision-weighted merge ---------------------------------------
+
+
+@pytest.mark.parametrize("layers", [(4, 3), (4, 3, 2)])
+def test_ladder_guide_is_the_precision_weighted_merge(layers, bits):
+    hvae = _small("ladder", layers, activation="softplus")
+    guide_trace = poutine.trace(hvae.guide).get_trace(bits)
+    model_trace = poutine.trace(poutine.replay(hvae.model, trace=guide_trace)).get_trace(bits)
+    n = len(layers)
+    with torch.no_grad():
+        d, hats = bits.reshape(5, -1), []
+        for i in range(n):
+            d = hvae.trunks[i](d)
+            loc, raw = hvae.heads[i](d).split(layers[i], -1)
+            hats.append((loc, nn.functional.softplus(raw) + 1e-6))
+        top = guide_trace.nodes[f"z{n}"]["fn"].base_dist
+        assert torch.allclose(top.loc, hats[-1][0]) and torch.allclose(top.scale, hats[-1][1])
+        for level in range(n - 1, 0, -1):
+            z_above = guide_trace.nodes[f"z{level + 1}"]["value"]
+            loc_p, raw_p = hvae.conditionals[level - 1](z_above).split(layers[level - 1], -1)
+            scale_p = nn.functional.softplus(raw_p) + 1e-6
+            # the model's own p(z_l | z_{l+1}) at the guide's sample: the shared network
+            prior = model_trace.nodes[f"z{level}"]["fn"].base_dist
+            assert torch.allclose(prior.loc, loc_p) and torch.allclose(prior.scale, scale_p)
+            loc_h, scale_h = hats[level - 1]
+            var = 1 / (scale_h**-2 + scale_p**-2)
+            q = guide_trace.nodes[f"z{level}"]["fn"].base_dist
+            assert torch.allclose(q.scale, var.sqrt(), atol=1e-6)
+            assert torch.allclose(q.loc, (loc_h * scale_h**-2 + loc_p * scale_p**-2) * var,
+                                  atol=1e-5)
+
+
+def test_precision_weighted_is_the_normalized_product():
+    g = torch.Generator().manual_seed(0)
+    la, lb = torch.randn(3, generator=g), torch.randn(3, generator=g)
+    sa, sb = torch.rand(3, generator=g) + 0.2, torch.rand(3, generator=g) + 0.2
+    loc, scale = precision_weighted(la, sa, lb, sb)
+    z = torch.linspace(-3, 3, 7)[:, None]
+    log_prod = dist.Normal(la, sa).log_prob(z) + dist.Normal(lb, sb).log_prob(z)
+    diff = log_prod - dist.Normal(loc, scale).log_prob(z)  # constant in z
+    assert torch.allclose(diff, diff[:1].expand_as(diff), atol=1e-4)
+
+
+# 4. Trace_ELBO and TraceMeanField_ELBO agree in expectation ----------------------------------
+
+
+def _elbo_mean_and_se(elbo_cls, hvae, x, repeats: int = 16, particles: int = 4000):
+    values = torch.stack([
+        torch.as_tensor(elbo_cls(
+            num_particles=particles, vectorize_particles=True, max_plate_nesting=1
+        ).loss(hvae.model, hvae.guide, x))
+        for _ in range(repeats)
+    ])  # fmt: skip
+    return float(values.mean()), float(values.std() / math.sqrt(repeats))
+
+
+def test_trace_and_mean_field_elbo_agree_for_the_ladder(bits):
+    # The ladder's guide samples top-down in the model's order, so the analytic KL of each
+    # layer given the layer above is exact.
+    pyro.set_rng_seed(1)
+    hvae = _small("ladder", (3, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pyro warns when the mean-field order check fails
+        mf, mf_se = _elbo_mean_and_se(pyro.infer.TraceMeanField_ELBO, hvae, bits)
+    tr, tr_se = _elbo_mean_and_se(pyro.infer.Trace_ELBO, hvae, bits)
+    assert abs(mf - tr) < 4 * math.hypot(mf_se, tr_se)
+
+
+@pytest.mark.parametrize("inference", ["bottom_up", "ladder"])
+def test_elbos_with_the_exact_posterior(inference):
+    # With the exact posterior as guide log w = log p(x) for every draw: Trace_ELBO is exact
+    # with no variance, and a valid TraceMeanField_ELBO has the same expectation.
+    lg = orthogonal_model()
+    hvae = exact_diagonal_hvae(lg, inference)
+    x = lg.sample_x(6)
+    exact_loss = -float(lg.exact_log_px(x).sum())
+    tr, tr_se = _elbo_mean_and_se(pyro.infer.Trace_ELBO, hvae, x, repeats=2, particles=10)
+    assert tr == pytest.approx(exact_loss, abs=1e-5) and tr_se < 1e-6
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mf, mf_se = _elbo_mean_and_se(pyro.infer.TraceMeanField_ELBO, hvae, x)
+    mean_field_warned = any("mean field" in str(w.message) for w in caught)
+    if inference == "ladder":
+        # top-down in the model's order: each layer's analytic KL given the layer above is exact
+        assert not mean_field_warned
+        assert abs(mf - exact_loss) < 4 * mf_se
+    else:
+        # z2 ~ q(z2 | z1) depends on z1, so KL(q(z1 | x) || p(z1 | z2)) at that z2 is not
+        # E[log q(z1 | x) - log p(z1 | z2)]: TraceMeanField_ELBO is biased (here by about
+        # 2 nats on 6 points) and Pyro only warns; train bottom-up HVAEs with Trace_ELBO or IWAE.
+        assert mean_field_warned
+        assert mf - exact_loss > 1.0 and mf - exact_loss > 20 * mf_se
+
+
+# 5. Refusals -------------------------------------------------------------------------------
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"layers": (4,)}, "at least 2"),
+        ({"layers": (4, 0)}, "positive"),
+        ({"layers": (4, 3), "activation": "sigmoid"}, "activation 'sigmoid'"),
+        ({"layers": (4, 3), "inference": "top_down"}, "inference 'top_down'"),
+        ({"layers": (4, 3), "layer_hidden": ((8,),)}, "one per layer"),
+        ({"layers": (4, 3), "layer_hidden": ((8,), (0,))}, "positive integers"),
+        ({"layers": (4, 3), "inference": "ladder", "posteriors": ("diagonal", "full_rank")},
+         "posteriors[1] is 'full_rank'"),
+        ({"layers": (4, 3), "inference": "ladder", "conditional_prior": "low_rank"},
+         "conditional_prior is 'low_rank'"),
+        ({"layers": (4, 3), "posteriors": ("diagonal",)}, "one family per layer"),
+    ],
+)
+def test_builder_refusals(kwargs, words):
+    with pytest.raises(ConfigError) as exc:
+        build_hierarchical(ModelConfig(event_shape=(6,), hidden=(8,)), **kwargs)
+    assert words in _one_line(exc)
+
+
+def test_constructor_refuses_a_ladder_of_non_diagonal_families():
+    with pytest.raises(ConfigError) as exc:
+        HierarchicalVAE(
+            (6,), (3, 2), ((8,), (8,)), Normal(), StandardNormal(2),
+            [FullRankNormal(3), DiagonalNormal(2)], [DiagonalNormal(3)], "ladder",
+        )  # fmt: skip
+    assert "posteriors[0] is FullRankNormal" in _one_line(exc)
+
+
+def test_vamp_prior_only_with_the_ladder(bits):
+    config = ModelConfig(event_shape=(1, 2, 3), hidden=(8,), prior="vamp",
+                         prior_options={"num_pseudo_inputs": 4})
+    with pytest.raises(ConfigError) as exc:
+        build_hierarchical(config, (4, 3))
+    assert "inference 'ladder'" in _one_line(exc)
+    hvae = build_hierarchical(config, (4, 3), inference="ladder")
+    assert hvae.top_prior().components.batch_shape == (4,)
+    est = log_likelihood(hvae.model, hvae.guide, bits, num_samples=8)
+    assert torch.isfinite(est.per_example).all()
+    assert "top_prior.pseudo_inputs" in dict(hvae.named_parameters())
+
+
+def test_other_priors_and_families_build(bits):
+    config = ModelConfig(event_shape=(1, 2, 3), hidden=(8,), prior="mixture",
+                         prior_options={"n_components": 3})
+    hvae = build_hierarchical(config, (4, 3), posteriors=("full_rank", "low_rank"),
+                              conditional_prior="full_rank", activation="relu")
+    assert isinstance(hvae.posteriors[0], FullRankNormal)
+    assert isinstance(hvae.conditional_priors[0], FullRankNormal)
+    loss = pyro.infer.Trace_ELBO().differentiable_loss(hvae.model, hvae.guide, bits)
+    assert torch.isfinite(loss)
+
+
+# 6. The VAE-like methods and Burda et al.'s architecture ---------------------------------------
+
+
+@pytest.mark.parametrize("inference", ["bottom_up", "ladder"])
+def test_methods_shapes(inference, bits):
+    hvae = _small(inference, (4, 3, 2))
+    qz = hvae.encode(bits)
+    assert qz.batch_shape == (5,) and qz.event_shape == (4,)
+    assert hvae.decode(torch.zeros(7, 5, 4)).batch_shape == (7, 5)
+    assert hvae.decode(torch.zeros(7, 5, 4)).event_shape == (1, 2, 3)
+    assert hvae.sample(6).shape == (6, 1, 2, 3)
+    assert set(hvae.sample(6, mean=False).unique().tolist()) <= {0.0, 1.0}
+    recon = hvae.reconstruct(bits)
+    assert recon.shape == bits.shape and torch.equal(recon, hvae.reconstruct(bits))
+    assert hvae.reconstruct(bits, mean=False).shape == bits.shape
+    assert hvae.num_data_elements() == 6 and hvae.event_shape == (1, 2, 3)
+    assert hvae.likelihood.binarize
+
+
+def test_iwae_two_layer_architecture():
+    hvae = build_hierarchical(ModelConfig(event_shape=(784,)), **IWAE_TWO_LAYER)
+    assert hvae.layers == (100, 50) and hvae.activation == "tanh"
+
+    def dense(*widths: int) -> int:
+        return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+    expected = (
+        dense(784, 200, 200, 2 * 100)  # q(z1 | x): mean and log-scale heads
+        + dense(100, 100, 100, 2 * 50)  # q(z2 | z1)
+        + dense(50, 100, 100, 2 * 100)  # p(z1 | z2)
+        + dense(100, 200, 200, 784)  # p(x | z1), Bernoulli logits
+    )
+    assert sum(p.numel() for p in hvae.parameters()) == expected == 521_084
+    assert sum(isinstance(m, nn.Tanh) for m in hvae.modules()) == 8
+    assert hvae.sample(2).shape == (2, 784)
+
+
+@pytest.mark.parametrize("objective", ["meanfield", "free_bits", "dreg"])
+def test_objectives_refuse_a_bottom_up_guide_they_would_bias(objective, bits):
+    """Analytic KL and free bits score p(z1 | z2) at a z2 the bottom-up guide draws from z1;
+    DReG drops q(z2 | z1)'s dependence on z1: each refuses, naming the sites, before a step."""
+    from pyro_vae.infer.objectives import make_objective
+
+    hvae = _small("bottom_up")
+    name, options = {
+        "meanfield": ("meanfield", {}),
+        "free_bits": ("elbo", {"free_bits": 0.1}),
+        "dreg": ("dreg", {}),
+    }[objective]
+    particles = 4 if name == "dreg" else 1
+    chosen = make_objective(name, particles, **options)
+    with pytest.raises(ConfigError) as info:
+        chosen.loss(hvae.model, hvae.guide, bits)
+    message = _one_line(info)
+    assert "'z1'" in message or "z1" in message
+    assert ("iwae" if name == "dreg" else "ladder") in message
+
+
+@pytest.mark.parametrize("objective", ["meanfield", "free_bits"])
+def test_top_down_guides_pass_the_mean_field_check(objective, bits):
+    """The ladder guide draws z2 before z1, as the model does: analytic KL is exact there."""
+    from pyro_vae.infer.objectives import make_objective
+
+    hvae = _small("ladder")
+    options = {"free_bits": 0.1} if objective == "free_bits" else {}
+    chosen = make_objective("elbo" if objective == "free_bits" else objective, 1, **options)
+    value = chosen.loss(hvae.model, hvae.guide, bits)
+    assert torch.isfinite(value.loss)
+
+
+def test_dependencies_are_read_from_the_programs(bits):
+    """The dependency analysis finds q(z2 | z1) in the bottom-up guide and p(z1 | z2) in the
+    model; a one-layer VAE's guide has no dependent site."""
+    from pyro_vae.infer.trace import latent_dependencies
+    from pyro_vae.models import build_vae
+
+    hvae = _small("bottom_up")
+    deps = latent_dependencies(hvae.model, hvae.guide, bits)
+    assert deps.order == ("z1", "z2")
+    assert deps.guide_parents == {"z1": set(), "z2": {"z1"}}
+    assert deps.model_parents["z1"] == {"z2"}
+    assert deps.mean_field_conflict() == ("z1", "z2")
+    vae = build_vae(ModelConfig(event_shape=tuple(bits.shape[1:]), latent_dim=2))
+    one = latent_dependencies(vae.model, vae.guide, bits)
+    assert one.dependent_guide_site() is None and one.mean_field_conflict() is None

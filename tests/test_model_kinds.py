@@ -1,0 +1,229 @@
+"""Model kinds are registry entries: every kind trains from the CLI and from a config file,
+checkpoints, resumes to identical metrics and evaluates; bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import cli
+from pyro_vae.data import DataSplits
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.models import MODELS, ModelConfig, build_model, kind_of
+from pyro_vae.runs import RunDir, configured_for_data, train_run
+from pyro_vae.train import TrainConfig, choose_labelled
+
+#: Each built-in kind with options that keep the test small, and the metric it must report.
+KINDS = {
+    "vae": ([], "test_log_likelihood"),
+    "ae": ([], "test_reconstruction_nll"),
+    "cvae": (["--condition-on", "labels", "--conditional-prior", "true"], "test_log_likelihood"),
+    "cvae_quadrant": (["--condition-on", "quadrant"], "test_log_likelihood"),
+    "hvae": (["--layers", "4,2", "--inference", "ladder"], "test_log_likelihood"),
+    "m2": (["--labels-per-class", "3"], "test_classification_error"),
+}
+
+
+def _train(out, name, kind, *extra, epochs=2):
+    model = kind.removesuffix("_quadrant")
+    return [
+        "train", "--dataset", "digits", "--num-samples", "3", "--no-progress", "--seed", "1",
+        "--epochs", str(epochs), "--output-dir", str(out), "--name", name, "--model", model,
+        "--latent-dim", "3", "--hidden", "16", "--batch-size", "128", *extra,
+    ]  # fmt: skip
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pyro-vae: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_built_in_kinds_are_registered_with_their_options():
+    assert {"vae", "ae", "cvae", "hvae", "m2"} <= set(MODELS)
+    assert {"condition_on", "conditional_prior"} <= set(MODELS.entry("cvae").options)
+    assert {"layers", "inference", "preset"} <= set(MODELS.entry("hvae").options)
+    assert {"labels_per_class", "alpha"} <= set(MODELS.entry("m2").options)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_kind_trains_resumes_identically_and_evaluates(kind, tmp_path, capsys):
+    extra, metric = KINDS[kind]
+    assert cli.main(_train(tmp_path, "full", kind, *extra, epochs=3)) == 0
+    assert cli.main(_train(tmp_path, "part", kind, *extra, epochs=2)) == 0
+    capsys.readouterr()
+    part = tmp_path / "part"
+    assert cli.main(["train", "--resume", str(part), "--epochs", "3", "--no-progress"]) == 0
+    full_dir = RunDir(tmp_path / "full")
+    def timeless(records):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    assert timeless(RunDir(part).read_metrics()) == timeless(full_dir.read_metrics())
+    full = full_dir.read_json(RunDir.RESULTS)
+    resumed = RunDir(part).read_json(RunDir.RESULTS)
+    assert resumed[metric] == full[metric]
+    assert full["kind"] == kind.removesuffix("_quadrant")
+    assert json.loads((part / "config.json").read_text())["model"]["kind"] == full["kind"]
+    # every figure the kind lists was drawn (digits are images)
+    model, _ = __import__("pyro_vae.runs", fromlist=["load_run"]).load_run(part)
+    for figure in kind_of(model).figures:
+        if figure != "manifold":
+            assert (part / f"{figure}.png").is_file(), figure
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(part), "--num-samples", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "test" in out and "run directory" in out
+
+
+def test_a_config_file_names_the_kind_and_its_options(tmp_path):
+    config = tmp_path / "m.toml"
+    config.write_text(
+        'model = "cvae"\nlatent_dim = 2\nhidden = [16]\n[model_options]\n'
+        'condition_on = "labels"\nconditional_prior = true\n'
+    )
+    args = ["train", "--config", str(config), "--epochs", "1", "--num-samples", "2"]
+    args += ["--no-progress", "--output-dir", str(tmp_path), "--name", "c"]
+    assert cli.main(args) == 0
+    saved = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert saved["kind"] == "cvae"
+    assert saved["model"]["kind_options"]["conditional_prior"] is True
+    assert saved["model"]["kind_options"]["num_classes"] == 10  # from the digits' labels
+    table = tmp_path / "t.toml"
+    table.write_text('[model]\nname = "hvae"\nlayers = [3, 2]\ninference = "ladder"\n')
+    args = ["train", "--config", str(table), "--epochs", "1", "--num-samples", "2"]
+    args += ["--no-progress", "--output-dir", str(tmp_path), "--name", "h", "--hidden", "8"]
+    assert cli.main(args) == 0
+    saved = json.loads((tmp_path / "h" / "config.json").read_text())
+    assert saved["model"]["kind"] == "hvae"
+    assert saved["model"]["kind_options"]["layers"] == [3, 2]
+
+
+def _labelled_npz(path, y_train, y_valid=None, y_test=None):
+    g = np.random.default_rng(0)
+    x = g.random((len(y_train), 4, 4)).astype(np.float32)
+    arrays = {"x_train": x, "y_train": np.asarray(y_train)}
+    arrays["x_valid"], arrays["x_test"] = x[:10], x[:10]
+    arrays["y_valid"] = np.asarray(y_valid if y_valid is not None else y_train[:10])
+    arrays["y_test"] = np.asarray(y_test if y_test is not None else y_train[:10])
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("no labels", "needs labels"),
+        ("negative label", "contain -1"),
+        ("too many per class", "labels-per-class 50"),
+        ("zero per class", "labels_per_class must be int >= 1"),
+        ("option of another kind", "--labels-per-class is an option of model 'm2'"),
+        ("bad condition", "unknown condition_on 'colour'"),
+        ("unknown model", "invalid choice"),
+        ("one layer", "at least 2 layers"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(case, words, tmp_path, capsys):
+    out = ["--output-dir", str(tmp_path), "--no-progress", "--epochs", "1"]
+    labels = np.arange(40) % 4
+    if case == "no labels":
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).random((40, 6)).astype(np.float32))
+        args = ["train", "--dataset", str(tmp_path / "x.npy"), "--model", "cvae", *out]
+    elif case == "negative label":
+        bad = labels.copy()
+        bad[3] = -1
+        data = _labelled_npz(tmp_path / "d.npz", bad)
+        args = ["train", "--dataset", str(data), "--model", "m2", *out]
+    elif case == "too many per class":
+        data = _labelled_npz(tmp_path / "d.npz", labels)
+        args = ["train", "--dataset", str(data), "--model", "m2", "--labels-per-class", "50", *out]
+    elif case == "zero per class":
+        args = ["train", "--model", "m2", "--labels-per-class", "0", *out]
+    elif case == "option of another kind":
+        args = ["train", "--model", "cvae", "--labels-per-class", "3", *out]
+    elif case == "bad condition":
+        args = ["train", "--model", "cvae", "--condition-on", "colour", *out]
+    elif case == "unknown model":
+        args = ["train", "--model", "gan", *out]
+    else:
+        args = ["train", "--model", "hvae", "--layers", "4", *out]
+    try:
+        status = cli.main(args)
+    except SystemExit as exc:  # argparse's own usage errors exit from the parser
+        status = exc.code
+    assert status == 2
+    assert words in _one_error_line(capsys)
+
+
+def test_labels_out_of_range_for_the_model_are_refused():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(30, 6, generator=g)
+    y = torch.arange(30) % 5
+    data = DataSplits("five", x[:20], x[20:25], x[25:], labels={
+        "train": y[:20], "valid": y[20:25], "test": y[25:]})  # fmt: skip
+    config = ModelConfig((6,), kind="cvae", kind_options={"num_classes": 3})
+    with pytest.raises(DataError, match="labels go up to 4 but model 'cvae' has num_classes=3"):
+        configured_for_data(config, data)
+    config = configured_for_data(ModelConfig((6,), kind="cvae"), data)
+    assert config.kind_options["num_classes"] == 5
+
+
+def test_the_labelled_subset_is_balanced_seeded_and_recorded(tmp_path):
+    y = torch.arange(200) % 4
+    a, b = choose_labelled(y, 5, seed=3), choose_labelled(y, 5, seed=3)
+    assert torch.equal(a, b) and a.numel() == 20
+    assert torch.bincount(y[a]).tolist() == [5, 5, 5, 5]
+    assert not torch.equal(a, choose_labelled(y, 5, seed=4))
+    assert choose_labelled(y, None, 0).numel() == 200
+    with pytest.raises(DataError, match="fewer than"):
+        choose_labelled(y, 51, 0)
+    results = train_run(
+        "digits", None, TrainConfig(epochs=1, batch_size=256, seed=2), tmp_path / "m2",
+        num_samples=2, progress=False, kind="m2", latent_dim=2, hidden=(8,),
+    )  # fmt: skip
+    saved = RunDir(tmp_path / "m2").read_json(RunDir.CONFIG)
+    labels = __import__("pyro_vae.data", fromlist=["load_digits"]).load_digits().labels["train"]
+    assert saved["labelled_points"] == choose_labelled(labels, 10, seed=2).tolist()
+    assert 0.0 <= results["test_classification_error"] <= 1.0
+
+
+def test_a_run_of_a_plugin_kind_needs_its_module(tmp_path, monkeypatch):
+    """A kind registered from a user's module is recorded with its module; loading the run
+    without that module names it instead of guessing."""
+    module = tmp_path / "my_kinds.py"
+    module.write_text(
+        "from pyro_vae.models import ModelKind, register_model, build_vae\n"
+        "@register_model('tiny_vae')\n"
+        "class TinyKind(ModelKind):\n"
+        "    def __init__(self, depth: int = 1):\n"
+        "        self.depth = depth\n"
+        "    def build(self, config):\n"
+        "        return build_vae(config)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = _train(tmp_path, "p", "tiny_vae", "--plugin", "my_kinds", "--model-opt", "depth=2")
+    try:
+        assert cli.main(args) == 0
+        saved = json.loads((tmp_path / "p" / "config.json").read_text())
+        assert saved["kind"] == "tiny_vae"
+        assert saved["model"]["plugins"] == {"kind": "my_kinds"}
+        assert saved["model"]["kind_options"] == {"depth": 2}
+        assert cli.main(["evaluate", str(tmp_path / "p"), "--num-samples", "2"]) == 0
+        MODELS.unregister("tiny_vae")
+        with pytest.raises(ConfigError):
+            ModelConfig.from_dict(saved["model"])
+    finally:
+        if "tiny_vae" in MODELS:
+            MODELS.unregister("tiny_vae")
+
+
+def test_a_module_built_by_hand_knows_its_kind():
+    config = ModelConfig((6,), latent_dim=2, kind="hvae", kind_options={"layers": (2, 1)})
+    model = build_model(config)
+    assert kind_of(model).name == "hvae" and kind_of(model).options()["layers"] == (2, 1)
+    with pytest.raises(ConfigError, match="expected a pyro_vae model"):
+        kind_of(torch.nn.Linear(2, 2))

@@ -1,0 +1,297 @@
+"""Enumerated labels and the M2 semi-supervised VAE: exact sums over classes, the M2 objective
+against its terms, exact log p(x) where it is known, shapes and refusals."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pyro.infer
+import pytest
+import torch
+from linear_gaussian import LinearGaussian
+from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
+
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.infer.importance import log_likelihood
+from pyro_vae.infer.objectives import make_objective
+from pyro_vae.models.config import ModelConfig
+from pyro_vae.models.semisupervised import DEFAULT_ALPHA, build_semisupervised, m2_loss
+
+F64 = torch.float64
+
+
+class Mixture:
+    """y ~ Cat(pi), w | y ~ N(mu_y, sigma^2 I); y marked for parallel enumeration."""
+
+    def __init__(self, dim: int = 3):
+        g = torch.Generator().manual_seed(0)
+        self.pi = torch.tensor([0.2, 0.5, 0.3], dtype=F64)
+        self.mu = 2 * torch.randn(3, dim, generator=g, dtype=F64)
+        self.sigma = 0.8
+
+    def observe(self, name: str, w: torch.Tensor) -> None:
+        y = pyro.sample("y", dist.Categorical(self.pi), infer={"enumerate": "parallel"})
+        pyro.sample(name, dist.Normal(self.mu[y], self.sigma).to_event(1), obs=w)
+
+    def model(self, w: torch.Tensor) -> None:
+        with pyro.plate("data", w.shape[0], dim=-1):
+            self.observe("x", w)
+
+    def exact_log_p(self, w: torch.Tensor) -> torch.Tensor:
+        components = dist.Normal(self.mu, self.sigma).to_event(1).log_prob(w[:, None])
+        return torch.logsumexp(self.pi.log() + components, -1)
+
+    def sample(self, n: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(1)
+        y = torch.multinomial(self.pi, n, replacement=True, generator=g)
+        return self.mu[y] + self.sigma * torch.randn(n, self.mu.shape[1], generator=g, dtype=F64)
+
+
+def empty_guide(*args) -> None:
+    pass
+
+
+def test_enumerated_mixture_with_an_empty_guide_is_exact():
+    mix = Mixture()
+    w = mix.sample(30)
+    exact = mix.exact_log_p(w)
+    for k in (1, 5):
+        ll = log_likelihood(mix.model, empty_guide, w, num_samples=k)
+        assert ll.enumerated == ("y",)
+        assert torch.allclose(ll.per_example, exact, atol=1e-6, rtol=0)
+    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).loss(mix.model, empty_guide, w)
+    assert loss == pytest.approx(-float(exact.sum()), abs=1e-6)
+
+
+def test_enumerated_label_beside_a_guided_continuous_latent_is_exact():
+    """x from a linear-Gaussian z (exact guide), w from the enumerated mixture: both exact."""
+    mix, lg = Mixture(), LinearGaussian()
+    w, x = mix.sample(20), lg.sample_data(20)
+
+    def model(x, w):
+        with pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(torch.zeros(lg.L, dtype=F64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ lg.W.T + lg.b, lg.s).to_event(1), obs=x)
+            mix.observe("w", w)
+
+    def guide(x, w):
+        lg.exact_guide(x)
+
+    exact = lg.exact_log_px(x) + mix.exact_log_p(w)
+    for k in (1, 10):
+        ll = log_likelihood(model, guide, x, w, num_samples=k)
+        assert ll.enumerated == ("y",)
+        assert torch.allclose(ll.per_example, exact, atol=1e-6, rtol=0)
+    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, x, w)
+    assert loss == pytest.approx(-float(exact.sum()), abs=1e-6)
+
+
+CONFIG = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+
+
+@pytest.fixture
+def m2():
+    pyro.set_rng_seed(0)
+    return build_semisupervised(CONFIG, num_classes=3, classifier_hidden=(5,))
+
+
+@pytest.fixture(scope="module")
+def x():
+    g = torch.Generator().manual_seed(0)
+    return torch.bernoulli(torch.full((4, 6), 0.4), generator=g)
+
+
+def elbo_given_label(m2, x, label: int, z: torch.Tensor) -> torch.Tensor:
+    """ELBO(x, y) at the draw z: log p(y) + log p(z) + log p(x | y, z) - log q(z | x, y)."""
+    y = torch.full((x.shape[0],), label)
+    y1 = m2.one_hot(y)
+    return (
+        m2.label_prior().log_prob(y1)
+        + m2.prior().log_prob(z)
+        + m2.decode(z, y).log_prob(x)
+        - m2.encode(x, y).log_prob(z)
+    )
+
+
+def test_enumerated_elbo_is_the_explicit_sum_over_labels(m2, x):
+    """TraceEnum_ELBO on (model, guide_enumerated) = -sum_n sum_y q(y|x)[ELBO(x, y) - log q(y|x)],
+    with each ELBO(x, y) at the z the guide drew for that y."""
+    traced = poutine.trace(m2.guide_enumerated)
+    pyro.set_rng_seed(1)
+    loss = (
+        pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+        .differentiable_loss(m2.model, traced, x)
+        .detach()
+    )
+    guide_trace = traced.trace
+    assert guide_trace.nodes["y"]["value"].shape == (3, 1, 3)
+    z = guide_trace.nodes["z"]["value"]
+    assert z.shape == (3, 4, 2)
+    with torch.no_grad():
+        log_q = m2.classify(x).log_softmax(-1)
+        explicit = sum(
+            log_q[:, c].exp() * (elbo_given_label(m2, x, c, z[c]) - log_q[:, c]) for c in range(3)
+        )
+    assert float(loss) == pytest.approx(-float(explicit.sum()), rel=1e-5)
+    # The library's ELBO objective switches to TraceEnum_ELBO and draws the same z.
+    pyro.set_rng_seed(1)
+    value = make_objective("elbo").loss(m2.model, m2.guide_enumerated, x, 1.0)
+    assert float(value.loss.detach()) == pytest.approx(float(loss), rel=1e-6)
+    assert value.elbo == pytest.approx(-float(loss), rel=1e-6)
+
+
+def test_labelled_elbo_is_trace_elbo_with_the_label_observed(m2, x):
+    y = torch.tensor([0, 2, 1, 2])
+    traced = poutine.trace(m2.guide)
+    pyro.set_rng_seed(2)
+    loss = pyro.infer.Trace_ELBO().loss(m2.model, traced, x, y)
+    guide_trace = prune_subsample_sites(traced.trace)
+    assert set(guide_trace.stochastic_nodes) == {"z"}  # y is given, not sampled
+    z = guide_trace.nodes["z"]["value"]
+    with torch.no_grad():
+        by_hand = sum(
+            torch.where(y == c, elbo_given_label(m2, x, c, z), 0.0) for c in range(3)
+        ).sum()
+    assert loss == pytest.approx(-float(by_hand), rel=1e-5)
+    pyro.set_rng_seed(2)
+    assert make_objective("elbo").loss(m2.model, m2.guide, x, 1.0, y).elbo == pytest.approx(
+        -loss, rel=1e-6
+    )
+
+
+# The enumerating ELBO, once chosen, warns on labelled batches (nothing to enumerate).
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_m2_loss_weighs_its_terms_as_documented(m2, x):
+    xl = torch.tensor([[1.0, 0, 1, 0, 1, 0], [0, 1, 1, 0, 0, 1]])
+    yl = torch.tensor([1, 2])
+    alpha = 0.3
+    pyro.set_rng_seed(3)
+    loss, parts = m2_loss(m2, make_objective("elbo"), x, xl, yl, alpha)
+    pyro.set_rng_seed(3)
+    objective = make_objective("elbo")
+    unlabelled = objective.loss(m2.model, m2.guide_enumerated, x, 1.0)
+    labelled = objective.loss(m2.model, m2.guide, xl, 1.0, yl)
+    nll = m2.classification_loss(xl, yl)
+    expected = unlabelled.loss + (4 / 2) * (labelled.loss + alpha * nll.sum())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts["elbo_unlabelled"] == pytest.approx(unlabelled.elbo, rel=1e-6)
+    assert parts["elbo_labelled"] == pytest.approx(labelled.elbo, rel=1e-6)
+    assert parts["classification_loss"] == pytest.approx(nll.sum().item(), rel=1e-6)
+    assert parts["correct"] == float((m2.classify(xl).argmax(-1) == yl).sum())
+    per_point = (
+        -parts["elbo_unlabelled"] / 4 - parts["elbo_labelled"] / 2 + alpha * nll.mean().item()
+    )
+    assert loss.item() / 4 == pytest.approx(per_point, rel=1e-5)
+    assert DEFAULT_ALPHA == 0.1
+    loss.backward()
+    # q(y | x) learns from the unlabelled sum over labels as well as from the cross-entropy.
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m2.classifier.parameters())
+
+
+def test_one_objective_enumerates_the_pair_that_marks_y_whatever_it_saw_first(m2, x):
+    """An objective keeps one Pyro ELBO per model/guide pair: used first on labelled points
+    (nothing to enumerate), it still sums y out exactly for the enumerated guide after."""
+    objective = make_objective("elbo")
+    objective.loss(m2.model, m2.guide, x, 1.0, torch.tensor([0, 1, 2, 0]))
+    pyro.set_rng_seed(5)
+    ours = objective.loss(m2.model, m2.guide_enumerated, x, 1.0).loss
+    pyro.set_rng_seed(5)
+    exact = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+        m2.model, m2.guide_enumerated, x
+    )
+    assert torch.allclose(ours, exact)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "found no sample sites configured" on y given
+        objective.loss(m2.model, m2.guide, x, 1.0, torch.tensor([0, 1, 2, 0]))
+
+
+def test_m2_loss_runs_with_vectorized_particles(m2, x):
+    loss, parts = m2_loss(m2, make_objective("elbo", 3), x, x[:2], torch.tensor([0, 1]))
+    assert torch.isfinite(loss) and math.isfinite(parts["elbo_unlabelled"])
+
+
+def test_log_likelihood_runs_with_either_guide(m2, x):
+    for guide in (m2.guide, m2.guide_enumerated):
+        ll = log_likelihood(m2.model, guide, x, num_samples=30)
+        assert torch.isfinite(ll.per_example).all() and (ll.per_example < 0).all()
+    assert log_likelihood(m2.model, m2.guide_enumerated, x, num_samples=2).enumerated == ("y",)
+
+
+def ignoring_m2(logits: torch.Tensor):
+    """An M2 whose decoder ignores y and z (fixed pixel logits), whose q(y|x) is p(y) and whose
+    q(z|x,y) is p(z): every log weight is log p(x), a product of fixed Bernoullis."""
+    m2 = build_semisupervised(CONFIG, num_classes=3, classifier_hidden=(5,)).double()
+    with torch.no_grad():
+        for net in (m2.decoder.net, m2.encoder.net, m2.classifier.net):
+            net[-1].weight.zero_()
+            net[-1].bias.zero_()
+        m2.decoder.net[-1].bias.copy_(logits)
+        one = torch.tensor(1 - 1e-6, dtype=F64)
+        m2.encoder.net[-1].bias[2:] = torch.log(torch.expm1(one))
+    return m2
+
+
+def test_log_likelihood_is_exact_for_an_m2_that_ignores_y_and_z(x):
+    logits = torch.linspace(-2, 2, 6, dtype=F64)
+    m2 = ignoring_m2(logits)
+    x = x.double()
+    exact = dist.Bernoulli(logits=logits).log_prob(x).sum(-1)
+    for guide in (m2.guide, m2.guide_enumerated):
+        for k in (1, 20):
+            ll = log_likelihood(m2.model, guide, x, num_samples=k)
+            assert torch.allclose(ll.per_example, exact, atol=1e-4, rtol=0)
+    y = torch.tensor([0, 1, 2, 1])
+    joint = log_likelihood(m2.model, m2.guide, x, y, num_samples=5)
+    assert torch.allclose(joint.per_example, exact - math.log(3), atol=1e-4, rtol=0)
+
+
+def test_shapes_and_sites(m2, x):
+    y = torch.tensor([0, 2, 1, 2])
+    logits = m2.classify(x)
+    assert logits.shape == (4, 3) and m2.num_classes == 3 and m2.latent_dim == 2
+    assert torch.allclose(
+        m2.classification_loss(x, y),
+        torch.nn.functional.cross_entropy(logits, y, reduction="none"),
+        atol=1e-6,
+    )
+    assert m2.encode(x).batch_shape == (4,) and m2.encode(x, y).event_shape == (2,)
+    assert m2.decode(torch.zeros(5, 4, 2), y).batch_shape == (5, 4)
+    assert m2.sample(7).shape == (7, 6)
+    assert m2.sample(2, torch.tensor([0, 2])).shape == (2, 2, 6)
+    assert m2.sample_per_class(3).shape == (3, 3, 6)
+    assert m2.reconstruct(x).shape == (4, 6) and m2.reconstruct(x, y, mean=False).shape == (4, 6)
+    assert m2.event_shape == (6,) and m2.likelihood is not None
+    for args, latent in (((x,), {"y", "z"}), ((x, y), {"z"})):
+        guide_trace = prune_subsample_sites(poutine.trace(m2.guide).get_trace(*args))
+        model_trace = prune_subsample_sites(
+            poutine.trace(poutine.replay(m2.model, trace=guide_trace)).get_trace(*args)
+        )
+        assert set(guide_trace.stochastic_nodes) == latent
+        assert set(model_trace.observation_nodes) == {"x", "y"} - latent
+        for site in list(guide_trace.nodes.values()) + list(model_trace.nodes.values()):
+            if site["type"] == "sample":
+                assert [(f.name, f.dim) for f in site["cond_indep_stack"]] == [("data", -1)]
+
+
+def test_refusals(m2, x):
+    with pytest.raises(ConfigError, match="num_classes must be an integer of at least 2"):
+        build_semisupervised(CONFIG, num_classes=1)
+    with pytest.raises(ConfigError, match="arch = 'mlp'"):
+        conv = ModelConfig(event_shape=(1, 8, 8), latent_dim=2, hidden=(8,), arch="conv")
+        build_semisupervised(conv, num_classes=3)
+    with pytest.raises(ConfigError, match="classifier_hidden"):
+        build_semisupervised(CONFIG, num_classes=3, classifier_hidden=(0,))
+    with pytest.raises(DataError, match="label 3 is outside"):
+        m2.model(x, torch.tensor([0, 1, 3, 0]))
+    with pytest.raises(DataError, match="label -2 is outside"):
+        m2.classification_loss(x, torch.tensor([0, -2, 1, 0]))
+    with pytest.raises(DataError, match="one-hot rows"):
+        m2.guide(x, torch.zeros(4, 2))
+    with pytest.raises(ConfigError, match="alpha"):
+        m2_loss(m2, make_objective("elbo"), x, x[:2], torch.tensor([0, 1]), alpha=-1.0)
+    with pytest.raises(DataError, match="non-empty"):
+        m2_loss(m2, make_objective("elbo"), x, x[:0], torch.tensor([], dtype=torch.long))
