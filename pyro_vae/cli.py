@@ -828,9 +828,19 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _print_inference_report(args: argparse.Namespace, vae, data) -> int:
     from pyro_vae.data.binarize import eval_data
     from pyro_vae.infer.report import inference_report
+    from pyro_vae.models.kinds import kind_of
+    from pyro_vae.runs.metrics import test_args
 
     if args.num_points < 1:
         raise _usage(f"--num-points must be at least 1, got {args.num_points}")
+    kind = kind_of(vae)
+    parts = kind.gap_parts(vae)
+    if args.method == "gaps" and parts is None:
+        raise _usage(
+            f"the inference gaps need one posterior family per site fed by one encoder, which "
+            f"a {kind.label} does not have; use --method ais"
+        )
+    family, encoder = parts or (None, None)
     report = inference_report(
         vae.model,
         vae.guide,
@@ -840,9 +850,10 @@ def _print_inference_report(args: argparse.Namespace, vae, data) -> int:
         num_points=args.num_points,
         ais_steps=args.ais_steps,
         gap_steps=args.gap_steps,
-        family=vae.posterior,
-        init_params=vae.encoder,
+        family=family,
+        init_params=encoder,
         batch_size=args.batch_size,
+        args=test_args(vae, data),
     )
     print(f"run directory: {args.run_dir}")
     print(report.table())

@@ -227,3 +227,34 @@ def test_a_module_built_by_hand_knows_its_kind():
     assert kind_of(model).name == "hvae" and kind_of(model).options()["layers"] == (2, 1)
     with pytest.raises(ConfigError, match="expected a pyro_vae model"):
         kind_of(torch.nn.Linear(2, 2))
+
+
+def test_evaluate_methods_take_the_labels_and_refuse_what_does_not_apply(tmp_path, capsys):
+    """AIS runs on a label-conditioned model with the labels as data; the inference gaps,
+    which need one family per site fed by one encoder, are refused with one line."""
+    args = _train(tmp_path, "c", "cvae", "--condition-on", "labels", epochs=1)
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    report = ["evaluate", str(tmp_path / "c"), "--num-points", "3", "--ais-steps", "3"]
+    assert cli.main([*report, "--method", "ais", "--num-samples", "5"]) == 0
+    assert "AIS" in capsys.readouterr().out
+    assert cli.main([*report, "--method", "gaps", "--num-samples", "5"]) == 2
+    assert "inference gaps need one posterior family" in _one_error_line(capsys)
+
+
+def test_the_collapse_warning_fires_on_the_tutorials_sixty_epoch_model():
+    """The digits VAE with a 4-D latent space after 60 epochs of the plain ELBO uses at most
+    one of its dimensions: the warning names the remedies."""
+    from pyro_vae.data import eval_data, load_digits
+    from pyro_vae.infer import latent_usage
+    from pyro_vae.models import build_vae
+    from pyro_vae.train import fit
+
+    data = load_digits()
+    vae = build_vae(ModelConfig(event_shape=data.event_shape, latent_dim=4))
+    fit(vae, data, TrainConfig(epochs=60, seed=0), progress=False)
+    usage = latent_usage(vae.model, vae.guide, eval_data(vae, data.test))
+    assert usage.active_units <= 1 and usage.collapsed
+    warning = usage.warning()
+    assert warning.startswith("posterior collapse:") and "--warmup" in warning
+    assert "--free-bits" in warning and "\n" not in warning

@@ -62,12 +62,15 @@ def inference_report(
     init_params: Callable | None = None,
     batch_size: int | None = None,
     data_plate: str = "data",
+    args: Sequence[torch.Tensor] = (),
 ) -> InferenceReport:
     """Bounds and estimates of log p(x) per data point, mean and standard error over ``data``.
 
-    data: (N, *event_shape). ``is``: ELBO, IWAE-k for each k in ``ks`` (k = 1 is an ELBO
-    estimate), importance sampling with ``num_samples``, and PSIS k-hat. ``ais`` adds AIS
-    (:func:`~pyro_vae.ais.ais_log_likelihood`) and IS on the first ``num_points`` points;
+    data: (N, *event_shape); ``args``: the programs' further per-point inputs (labels (N,)),
+    passed after the data to every estimator and sliced with it. ``is``: ELBO, IWAE-k for
+    each k in ``ks`` (k = 1 is an ELBO estimate), importance sampling with ``num_samples``,
+    and PSIS k-hat. ``ais`` adds AIS (:func:`~pyro_vae.ais.ais_log_likelihood`) and IS on
+    the first ``num_points`` points;
     ``gaps`` adds the inference gaps (:func:`~pyro_vae.gaps.inference_gaps`, which needs the
     guide's posterior ``family`` and ``init_params``) on those points, with AIS in log p(x).
     """
@@ -75,28 +78,32 @@ def inference_report(
         raise ConfigError(f"unknown method {method!r}; choose one of {list(METHODS)}")
     report = InferenceReport()
     n = data.shape[0]
+    args = tuple(args)
     ll = log_likelihood(
-        model, guide, data, num_samples=num_samples, batch_size=batch_size,
+        model, guide, data, *args, num_samples=num_samples, batch_size=batch_size,
         keep_log_weights=True, data_plate=data_plate,
     )
     report.rows.append(("ELBO", ll.elbo, ll.elbo_stderr, n))
     for k in ks:
         if 1 < k < num_samples:
             r = log_likelihood(
-                model, guide, data, num_samples=k, batch_size=batch_size, data_plate=data_plate
-            )
+                model, guide, data, *args, num_samples=k, batch_size=batch_size,
+                data_plate=data_plate,
+            )  # fmt: skip
             report.rows.append((f"IWAE-{k}", r.mean, r.stderr, n))
     report.rows.append((f"IS (K={num_samples})", ll.mean, ll.stderr, n))
     report.khat = khat_summary(psis_khat(ll.log_weights))
     if method == "is":
         return report
     sub = data[:num_points]
+    sub_args = tuple(a[:num_points] for a in args)
     m = sub.shape[0]
     sub_is = ll.per_example[:m]
     report.rows.append((f"IS (K={num_samples}), subset", float(sub_is.mean()), stderr(sub_is), m))
     ais = ais_log_likelihood(
-        model, guide, sub, num_steps=ais_steps, num_chains=ais_chains, data_plate=data_plate
-    )
+        model, guide, sub, *sub_args, num_steps=ais_steps, num_chains=ais_chains,
+        data_plate=data_plate,
+    )  # fmt: skip
     report.rows.append(
         (f"AIS ({ais_steps} steps x {ais_chains} chains), subset", ais.mean, ais.stderr, m)
     )
@@ -105,11 +112,15 @@ def inference_report(
     if method == "ais":
         return report
     if family is None or init_params is None:
-        raise ConfigError("gaps need the guide's posterior family and initial parameters")
+        raise ConfigError(
+            "the inference gaps need the guide's posterior family and initial parameters, "
+            "which this model does not provide; use --method ais"
+        )
     gaps = inference_gaps(
         model,
         guide,
         sub,
+        *sub_args,
         family=family,
         init_params=init_params,
         num_samples=num_samples,

@@ -24,6 +24,9 @@ class VAEKind(ModelKind):
     def build(self, config: ModelConfig) -> nn.Module:
         return build_vae(config)
 
+    def gap_parts(self, model: nn.Module) -> tuple[Any, Any]:
+        return model.posterior, model.encoder
+
 
 @register_model("ae")
 class AutoencoderKind(ModelKind):

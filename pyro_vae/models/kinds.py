@@ -93,6 +93,12 @@ class ModelKind:
             check_labels(data, self.name, getattr(self, "num_classes", None))
         return {}
 
+    def gap_parts(self, model: nn.Module) -> tuple[Any, Any] | None:
+        """The guide's posterior family and its amortized parameters for the inference gaps
+        (:func:`~pyro_vae.infer.gaps.inference_gaps`), or ``None`` where the kind's guide is
+        not one family per site fed by one encoder (then the gaps are refused)."""
+        return None
+
     def program_args(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """What the programs take after x for points with these ``labels``: (batch,) or None."""
         if not self.uses_labels:
