@@ -118,8 +118,14 @@ def classifier_baseline(m2_config: ModelConfig, data, index: torch.Tensor, args)
 
 def m2_row(data, args) -> dict:
     """M2 with ``labels_per_class`` labels per class: the test error after every epoch."""
-    options = {"labels_per_class": args.labels_per_class, "alpha": args.alpha}
-    config = ModelConfig(data.event_shape, 50, (500,), kind="m2", kind_options=options)
+    options = {
+        "labels_per_class": args.labels_per_class,
+        "alpha": args.alpha,
+        "labelled_weight": args.labelled_weight,
+    }
+    config = ModelConfig(
+        data.event_shape, args.m2_latent, (500,), kind="m2", kind_options=options
+    )
     config = configured_for_data(config, data)
     curve = []
     start = time.perf_counter()
@@ -221,6 +227,8 @@ def main() -> None:
     p.add_argument("--test-points", type=int, default=2000)
     p.add_argument("--labels-per-class", type=int, default=10)
     p.add_argument("--alpha", type=float, default=None)
+    p.add_argument("--m2-latent", type=int, default=50, help="M2's latent size (paper: 50)")
+    p.add_argument("--labelled-weight", type=float, default=1.0)
     p.add_argument("--classifier-steps", type=int, default=2000)
     p.add_argument("--out", type=Path, default=HERE / "structured_models.json")
     args = p.parse_args()

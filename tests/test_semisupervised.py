@@ -186,7 +186,12 @@ def test_m2_loss_weighs_its_terms_as_documented(m2, x):
         -parts["elbo_unlabelled"] / 4 - parts["elbo_labelled"] / 2 + alpha * nll.mean().item()
     )
     assert loss.item() / 4 == pytest.approx(per_point, rel=1e-5)
-    assert DEFAULT_ALPHA == 0.1
+    assert DEFAULT_ALPHA == 50.0
+    # the labelled bound's weight: 0.25 of it, the rest unchanged
+    pyro.set_rng_seed(3)
+    weighted, _ = m2_loss(m2, make_objective("elbo"), x, xl, yl, alpha, labelled_weight=0.25)
+    expected = unlabelled.loss + (4 / 2) * (0.25 * labelled.loss + alpha * nll.sum())
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
     # q(y | x) learns from the unlabelled sum over labels as well as from the cross-entropy.
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m2.classifier.parameters())

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 
 from pyro_vae.analysis import figures, plots
@@ -49,7 +50,7 @@ def draw(
     """Figure ``name`` of ``model`` written to ``path`` (``None`` where it does not apply)."""
     if name not in FIGURES:
         raise ConfigError(f"unknown figure {name!r}; choose one of {sorted(FIGURES)}")
-    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
     return FIGURES[name](model, data, Path(path), history=list(history), seed=seed)
 
 
@@ -155,7 +156,8 @@ def _kl_per_dim(model, data, path, *, history, seed):
     from pyro_vae.infer.collapse import latent_usage
 
     x, args = _test_inputs(model, data, 1000)
-    usage = latent_usage(model.model, model.guide, x, *args)
+    with torch.no_grad():
+        usage = latent_usage(model.model, model.guide, x, *args)
     return plots.plot_kl_per_dim(
         usage, path, title=f"KL per latent dimension ({len(x)} {data.name} test points)"
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pyro
 import torch
 
 from pyro_vae.data.binarize import eval_data
@@ -180,6 +181,7 @@ def _latent_usage(model, data: DataSplits, options: ScoreOptions) -> dict[str, A
     model.eval()
     x = eval_data(model, data.test[:1000]).to(model_device(model))
     args = tuple(a[:1000] for a in test_args(model, data))
+    pyro.set_rng_seed(options.seed)  # the same draws as the run's kl_per_dim figure
     with torch.no_grad():
         usage = latent_usage(model.model, model.guide, x, *args)
     return {"latent_usage": usage.to_dict(), "collapse_warning": usage.warning()}

@@ -87,6 +87,7 @@ class SemiSupervisedTask:
         self.objective = objective
         self.valid_num_samples = valid_num_samples
         self.alpha = float(kind.alpha)
+        self.labelled_weight = float(getattr(kind, "labelled_weight", 1.0))
         labels = data.labels["train"]
         index = choose_labelled(labels, kind.labels_per_class, seed)
         self.labelled_x = data.train[index]
@@ -106,7 +107,9 @@ class SemiSupervisedTask:
         y_l = self.labelled_y[pick].to(x.device, non_blocking=True)
         if self.model.likelihood.binarize:
             x_l = dynamic_binarize(x_l)
-        loss, parts = m2_loss(self.model, self.objective, x, x_l, y_l, self.alpha)
+        loss, parts = m2_loss(
+            self.model, self.objective, x, x_l, y_l, self.alpha, self.labelled_weight
+        )
         # labelled sums are per labelled point once the loop divides by the unlabelled count
         per = x.shape[0] / y_l.shape[0]
         return BatchLoss(
