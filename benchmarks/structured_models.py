@@ -51,6 +51,7 @@ def score(model, data, k: int, n: int) -> dict:
         ll = log_likelihood(model.model, model.guide, x, num_samples=k, batch_size=50)
         usage = latent_usage(model.model, model.guide, x[:1000])
     return {
+        "per_example": ll.per_example.tolist(),
         "log_likelihood": ll.mean,
         "log_likelihood_stderr": ll.stderr,
         "elbo": ll.elbo,
@@ -87,8 +88,14 @@ def layers_rows(name: str, data, args) -> list[dict]:
         model, seconds = train(config, data, tc)
         row = {"data": name, "model": label, "epochs": args.epochs, "train_seconds": seconds}
         row.update(score(model, data, args.k, args.test_points))
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "per_example"}), flush=True)
         rows.append(row)
+    # the same test images score both models: their paired difference is the precise figure
+    diff = torch.tensor(rows[1]["per_example"]) - torch.tensor(rows[0]["per_example"])
+    rows[1]["paired_difference"] = float(diff.mean())
+    rows[1]["paired_difference_stderr"] = float(diff.std() / len(diff) ** 0.5)
+    print(json.dumps({"paired": rows[1]["paired_difference"],
+                      "stderr": rows[1]["paired_difference_stderr"]}), flush=True)  # fmt: skip
     return rows
 
 
@@ -161,7 +168,8 @@ def m2_row(data, args) -> dict:
     }
     row["test_error_at_best_valid"] = curve[row["best_valid_epoch"] - 1]["test_error"]
     row.update(score(model, data, args.k, args.test_points))
-    print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+    shown = {k: v for k, v in row.items() if k not in ("curve", "per_example")}
+    print(json.dumps(shown), flush=True)
     plot_error_curve(row, FIGURES / "m2_test_error.png")
     return row
 

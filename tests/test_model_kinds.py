@@ -258,3 +258,38 @@ def test_the_collapse_warning_fires_on_the_tutorials_sixty_epoch_model():
     warning = usage.warning()
     assert warning.startswith("posterior collapse:") and "--warmup" in warning
     assert "--free-bits" in warning and "\n" not in warning
+
+
+@pytest.mark.parametrize(
+    "kind, extra",
+    [
+        ("cvae", ["--objective", "iwae", "--num-particles", "3"]),
+        ("cvae", ["--objective", "dreg", "--num-particles", "3"]),
+        ("cvae", ["--free-bits", "0.2", "--warmup", "linear", "--warmup-epochs", "1"]),
+        ("cvae", ["--objective", "meanfield", "--beta", "0.5"]),
+        ("hvae", ["--inference", "ladder", "--free-bits", "0.2", "--objective", "elbo"]),
+        ("hvae", ["--inference", "ladder", "--objective", "meanfield"]),
+        ("hvae", ["--objective", "iwae", "--num-particles", "3"]),
+        ("m2", ["--objective", "meanfield"]),
+    ],
+)
+def test_objectives_train_the_structured_kinds(kind, extra, tmp_path):
+    """Labels pass to every objective as data; schedules and free bits act on each layer."""
+    assert cli.main(_train(tmp_path, "o", kind, *extra, epochs=1)) == 0
+    metrics = RunDir(tmp_path / "o").read_metrics()
+    assert all(np.isfinite(r["train_elbo"]) for r in metrics)
+
+
+@pytest.mark.parametrize(
+    "kind, extra, words",
+    [
+        ("hvae", ["--objective", "dreg", "--num-particles", "2"], "dreg assumes"),
+        ("hvae", ["--objective", "meanfield"], "analytic KL of site 'z1'"),
+        ("hvae", ["--free-bits", "0.5"], "free bits of site 'z1'"),
+        ("m2", ["--objective", "iwae", "--num-particles", "2"], "no enumerated form"),
+        ("m2", ["--beta", "0.5"], "KL weight 1"),
+    ],
+)
+def test_objectives_refuse_what_they_cannot_do_for_a_kind(kind, extra, words, tmp_path, capsys):
+    assert cli.main(_train(tmp_path, "r", kind, *extra, epochs=1)) == 2
+    assert words in _one_error_line(capsys)

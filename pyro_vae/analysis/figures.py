@@ -1,7 +1,8 @@
 """The lecture's applications as figures of a trained model: one function per picture.
 
-Each ``figure_*`` takes a trained model (a :class:`~pyro_vae.vae.VAE` or an
-:class:`~pyro_vae.autoencoder.Autoencoder`), the data it was trained on, and an output path
+Each ``figure_*`` takes a trained model (a :class:`~pyro_vae.models.VAE`, an
+:class:`~pyro_vae.models.Autoencoder`, or a module of another model kind with ``encode`` and
+``decode``), the data it was trained on, and an output path
 (``.png`` or ``.pdf``), and returns the path written (``None`` where the data are not images).
 """
 
@@ -18,6 +19,7 @@ from pyro_vae.data.batches import first_points
 from pyro_vae.data.binarize import eval_data
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.models.kinds import kind_of
 from pyro_vae.runtime.devices import model_device
 
 #: Test points shown in latent scatters (all of them for small test sets).
@@ -25,7 +27,19 @@ MAX_SCATTER_POINTS = 5000
 
 
 def _model_name(model) -> str:
-    return "autoencoder" if not hasattr(model, "prior") else "VAE"
+    """The model's kind as figure titles name it ("VAE", "autoencoder", "hierarchical VAE")."""
+    try:
+        return kind_of(model).label
+    except ConfigError:  # a module of no registered kind
+        return type(model).__name__
+
+
+def _probabilistic(model) -> bool:
+    """Whether the model's codes are posterior means (a model with p(x)) or a point code."""
+    try:
+        return kind_of(model).scores_likelihood
+    except ConfigError:
+        return hasattr(model, "guide")
 
 
 def _inputs(model, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +80,7 @@ def figure_latent(model, data: DataSplits, path: str | Path) -> Path:
     points, axis_labels = ls.project_2d(codes)
     labels = data.labels.get("test")
     labels = labels[:MAX_SCATTER_POINTS] if labels is not None else None
-    what = "posterior means E[z | x]" if hasattr(model, "prior") else "codes z(x)"
+    what = "posterior means E[z | x]" if _probabilistic(model) else "codes z(x)"
     return plots.plot_latent_scatter(
         points,
         labels,

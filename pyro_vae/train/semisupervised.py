@@ -83,6 +83,11 @@ class SemiSupervisedTask:
                 f"{objective.name!r} has no enumerated form here: use --objective elbo or "
                 "meanfield"
             )
+        schedule = objective.schedule
+        if schedule.beta != 1.0 or schedule.warmup != "none":
+            raise ConfigError(
+                "M2's enumerated ELBO is trained with KL weight 1; drop --beta and --warmup"
+            )
         self.model = m2
         self.objective = objective
         self.valid_num_samples = valid_num_samples
