@@ -491,20 +491,26 @@ def _file_settings(path: Path) -> dict[str, Any]:
 
 def _part_options(kind: str, name: str, words: Sequence[str]) -> dict[str, Any]:
     """``--KIND-opt KEY=VALUE`` words parsed by the option types of part ``name``."""
-    from pyro_vae.errors import ConfigError
-    from pyro_vae.parts.options import parse_text
     from pyro_vae.parts.registry import REGISTRIES
 
-    entry = REGISTRIES[kind].entry(name)
+    return _option_words(f"--{kind}-opt", f"{kind} {name!r}", REGISTRIES[kind].entry(name), words)
+
+
+def _option_words(flag: str, owner: str, entry, words: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` words of ``flag`` parsed by the option types of a registry ``entry``
+    (a part or a model kind, named ``owner`` in messages)."""
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.parts.options import parse_text
+
     options: dict[str, Any] = {}
     for word in words:
         key, sep, text = word.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ConfigError(f"--{kind}-opt takes KEY=VALUE, got {word!r}")
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {word!r}")
         if key not in entry.options:
             known = ", ".join(o.describe() for o in entry.options.values()) or "none"
-            raise ConfigError(f"{kind} {name!r} has no option {key!r}; its options are: {known}")
+            raise ConfigError(f"{owner} has no option {key!r}; its options are: {known}")
         options[key] = parse_text(text, entry.options[key].hint)
     return options
 
@@ -563,15 +569,8 @@ def _kind_settings(
                     "or drop it"
                 )
             options[option] = parse_text(getattr(args, option), entry.options[option].hint)
-    for word in getattr(args, "model_opt", None) or []:
-        key, sep, text = word.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ConfigError(f"--model-opt takes KEY=VALUE, got {word!r}")
-        if key not in entry.options:
-            known = ", ".join(o.describe() for o in entry.options.values()) or "none"
-            raise ConfigError(f"model {name!r} has no option {key!r}; its options are: {known}")
-        options[key] = parse_text(text, entry.options[key].hint)
+    words = getattr(args, "model_opt", None) or []
+    options.update(_option_words("--model-opt", f"model {name!r}", entry, words))
     return name, options
 
 

@@ -50,7 +50,7 @@ class ModelKind:
 
     #: the training task's name (``pyro_vae.train.tasks.TASKS``)
     task: ClassVar[str] = "elbo"
-    #: figures a run of this kind draws (``pyro_vae.analysis.figures.FIGURES``), in order
+    #: figures a run of this kind draws (``pyro_vae.analysis.run_figures.FIGURES``), in order
     figures: ClassVar[tuple[str, ...]] = (
         "elbo",
         "samples",
@@ -62,8 +62,9 @@ class ModelKind:
     )
     #: metrics ``evaluate`` and ``results.json`` report (``pyro_vae.runs.metrics.METRICS``)
     metrics: ClassVar[tuple[str, ...]] = ("log_likelihood", "latent_usage")
-    #: the history key that ends a run's results (``final_<key>``) and its progress bar label
+    #: the history key recorded as ``final_<key>`` in results.json
     final_metric: ClassVar[str] = "valid_elbo"
+    #: how titles, progress bars and messages name the kind
     label: ClassVar[str] = "VAE"
     uses_labels: ClassVar[bool] = False
     scores_likelihood: ClassVar[bool] = True
