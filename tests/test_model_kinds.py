@@ -293,3 +293,31 @@ def test_objectives_train_the_structured_kinds(kind, extra, tmp_path):
 def test_objectives_refuse_what_they_cannot_do_for_a_kind(kind, extra, words, tmp_path, capsys):
     assert cli.main(_train(tmp_path, "r", kind, *extra, epochs=1)) == 2
     assert words in _one_error_line(capsys)
+
+
+def test_posterior_summaries_and_khat_on_the_structured_kinds():
+    """Posterior summaries take the labels as data and name any layer of a hierarchy; PSIS
+    k-hat reads the log weights of any kind."""
+    pytest.importorskip("arviz")
+    from pyro_vae.data import eval_data, load_digits
+    from pyro_vae.infer import log_likelihood, posterior_inference_data, psis_khat
+
+    data = load_digits().head(40)
+    configs = {
+        "hvae": ModelConfig(data.event_shape, hidden=(16,), kind="hvae",
+                            kind_options={"layers": (3, 2)}),
+        "cvae": configured_for_data(ModelConfig(data.event_shape, latent_dim=2, hidden=(16,),
+                                                kind="cvae"), data),
+    }  # fmt: skip
+    for name, config in configs.items():
+        model = build_model(config)
+        x = eval_data(model, data.test[:3])
+        args = (data.labels["test"][:3],) if name == "cvae" else ()
+        site = "z2" if name == "hvae" else "z"
+        idata = posterior_inference_data(
+            model.model, model.guide, x[:1], *(a[:1] for a in args), num_samples=50, site=site
+        )
+        assert idata is not None
+        ll = log_likelihood(model.model, model.guide, x, *args, num_samples=20,
+                            keep_log_weights=True)  # fmt: skip
+        assert psis_khat(ll.log_weights).shape == (3,)
