@@ -144,8 +144,7 @@ def _completions(model, data, path, *, history, seed):
     return plots.plot_image_grid(
         rows.reshape(-1, *x.shape[1:]).cpu(),
         path,
-        "quadrant completion, one test image per row:\ngiven (grey: hidden), three "
-        "E[x | z, c] with z ~ p(z | c), truth",
+        "quadrant completion\ngiven | 3 x E[x | z, c] | truth",
         ncol=rows.shape[1],
     )
 
