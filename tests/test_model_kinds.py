@@ -321,3 +321,12 @@ def test_posterior_summaries_and_khat_on_the_structured_kinds():
         ll = log_likelihood(model.model, model.guide, x, *args, num_samples=20,
                             keep_log_weights=True)  # fmt: skip
         assert psis_khat(ll.log_weights).shape == (3,)
+
+
+def test_parts_lists_the_model_kinds_with_their_options(capsys):
+    assert cli.main(["parts"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("models (--model NAME --model-opt KEY=VALUE):")
+    for name in ("vae", "ae", "cvae", "hvae", "m2"):
+        assert f"\n  {name} " in out
+    assert 'condition_on: str = "labels"' in out and "labels_per_class" in out
