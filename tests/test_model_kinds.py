@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_cli import _one_error_line
 
 from pyro_vae import cli
 from pyro_vae.data import DataSplits
@@ -34,14 +35,6 @@ def _train(out, name, kind, *extra, epochs=2):
         "--epochs", str(epochs), "--output-dir", str(out), "--name", name, "--model", model,
         "--latent-dim", "3", "--hidden", "16", "--batch-size", "128", *extra,
     ]  # fmt: skip
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("pyro-vae: error: ") and "Traceback" not in err
-    return lines[0]
 
 
 def test_built_in_kinds_are_registered_with_their_options():
