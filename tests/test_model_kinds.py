@@ -323,3 +323,17 @@ def test_parts_lists_the_model_kinds_with_their_options(capsys):
     for name in ("vae", "ae", "cvae", "hvae", "m2"):
         assert f"\n  {name} " in out
     assert 'condition_on: str = "labels"' in out and "labels_per_class" in out
+
+
+def test_latent_usage_lines_print_what_could_not_be_estimated():
+    """results.json stores a non-finite estimate as null; the printed line says undefined,
+    and an estimate within rounding of zero prints as 0.000."""
+    from pyro_vae.runs import METRICS
+
+    lines = METRICS["latent_usage"].lines
+    usage = {"active_units": 0, "num_units": 2, "kl": 0.01, "mutual_information": -0.0003}
+    assert lines({"latent_usage": usage})[0].endswith("KL 0.010 nats; I(x; z) 0.000 nats")
+    usage = {"active_units": 0, "num_units": 2, "kl": None, "mutual_information": None}
+    printed = lines({"latent_usage": usage, "collapse_warning": "posterior collapse: ..."})
+    assert printed[0].endswith("KL undefined; I(x; z) undefined")
+    assert printed[1] == "warning: posterior collapse: ..."

@@ -445,7 +445,7 @@ def plot_kl_per_dim(
         axes[0, 0].set_axis_off()
     heading = (
         f"{title}\n{usage.active_units} of {usage.num_units} units active, "
-        f"I(x; z) {usage.mutual_information:.2f} nats"
+        f"I(x; z) {usage.mutual_information + 0.0:.2f} nats".replace("-0.00", "0.00")
     )
     if usage.skipped:
         heading += "\nnot shown: " + "; ".join(

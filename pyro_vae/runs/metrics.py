@@ -189,9 +189,13 @@ def _latent_usage(model, data: DataSplits, options: ScoreOptions) -> dict[str, A
 
 def _latent_usage_lines(r: dict[str, Any]) -> list[str]:
     u = r["latent_usage"]
+    mi = u.get("mutual_information")  # None where it could not be estimated (JSON has no NaN)
+    # an estimate within rounding of zero prints as 0.000, not -0.000
+    mi_text = "undefined" if mi is None else f"{mi + 0.0:.3f} nats".replace("-0.000", "0.000")
+    kl = "undefined" if u.get("kl") is None else f"{u['kl']:.3f} nats"
     lines = [
         f"active units:        {u['active_units']} of {u['num_units']} (Cov_x E_q[z] > 0.01); "
-        f"KL {u['kl']:.3f} nats; I(x; z) {u['mutual_information']:.3f} nats"
+        f"KL {kl}; I(x; z) {mi_text}"
     ]
     if r.get("collapse_warning"):
         lines.append(f"warning: {r['collapse_warning']}")
