@@ -633,7 +633,12 @@ def _print_run_results(results: dict) -> None:
     from pyro_vae.runs.metrics import metric_lines
 
     print(f"trained {results['epochs']} epochs in {results['train_seconds']:.1f} s")
-    for line in metric_lines(build_kind(results.get("kind", "vae")), results):
+    _print_metric_lines(metric_lines(build_kind(results.get("kind", "vae")), results))
+
+
+def _print_metric_lines(lines: Sequence[str]) -> None:
+    """A kind's metric lines on stdout, its warnings on stderr."""
+    for line in lines:
         print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
 
 
@@ -735,8 +740,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not group.is_main:
         return 0
     print(f"run directory: {args.run_dir}")
-    for line in metric_lines(kind, results):
-        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
+    _print_metric_lines(metric_lines(kind, results))
     return 0
 
 

@@ -20,6 +20,7 @@ from pyro_vae.analysis import figures, plots
 from pyro_vae.data.binarize import eval_data
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer.collapse import latent_usage
 from pyro_vae.models.kinds import kind_of
 from pyro_vae.runtime.devices import model_device
 
@@ -59,11 +60,7 @@ def _test_inputs(model: Any, data: DataSplits, n: int) -> tuple[torch.Tensor, tu
     arguments for them (labels), on the model's device."""
     device = model_device(model)
     x = eval_data(model, data.test[:n]).to(device)
-    kind = kind_of(model)
-    args: tuple = ()
-    if kind.uses_labels:
-        args = tuple(a.to(device) for a in kind.program_args(data.labels["test"][:n]))
-    return x, args
+    return x, tuple(a[:n].to(device) for a in kind_of(model).split_args(data, "test"))
 
 
 @register_figure("elbo")
@@ -152,8 +149,6 @@ def _completions(model, data, path, *, history, seed):
 @register_figure("kl_per_dim")
 def _kl_per_dim(model, data, path, *, history, seed):
     """KL per latent dimension and the active units on (up to) 1000 test points."""
-    from pyro_vae.infer.collapse import latent_usage
-
     x, args = _test_inputs(model, data, 1000)
     with torch.no_grad():
         usage = latent_usage(model.model, model.guide, x, *args)

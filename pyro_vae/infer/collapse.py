@@ -41,6 +41,7 @@ from pyro_vae.infer.trace import (
     batch_size_of,
     check_program,
     choose_strategy,
+    data_plate_frame,
     enumerated_log_weight,
     kept_random_state,
     probe_data,
@@ -263,13 +264,7 @@ def _is_point_mass(d: Distribution) -> bool:
 
 
 def _data_dim(site: dict, data_plate: str) -> int:
-    for frame in site["cond_indep_stack"]:
-        if frame.name == data_plate:
-            return frame.dim
-    raise DataError(
-        f"latent site {site['name']!r} is outside plate {data_plate!r}; every sample site "
-        f"must be inside the data plate (or pass data_plate= the name of your data plate)"
-    )
+    return data_plate_frame(site["name"], site, data_plate, "latent usage needs").dim
 
 
 def _units(

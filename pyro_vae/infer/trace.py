@@ -364,14 +364,7 @@ def check_program(
         )
     for trace in (guide_trace, model_trace):
         for name, site in _sample_sites(trace):
-            frames = {f.name: f for f in site["cond_indep_stack"]}
-            if data_plate not in frames:
-                raise DataError(
-                    f"sample site {name!r} is outside plate {data_plate!r}; per-example "
-                    f"weights need every sample site inside the data plate (or pass "
-                    f"data_plate= the name of your data plate)"
-                )
-            frame = frames[data_plate]
+            frame = data_plate_frame(name, site, data_plate)
             if frame.size == -1:  # pyro.plate(name) without a size: it takes the site's
                 shape = site["fn"].batch_shape
                 size = shape[frame.dim] if len(shape) >= -frame.dim else 1
@@ -421,6 +414,21 @@ def probe_data(model: Callable, data: tuple) -> tuple:
     return slice_data(data, 0, 1 if getattr(owner, "event_shape", None) is not None else 2)
 
 
+def data_plate_frame(
+    name: str, site: dict, data_plate: str, needs: str = "per-example weights need"
+):
+    """The frame of plate ``data_plate`` in ``site``'s plate stack, or a :class:`DataError`
+    naming the site, the plate and what needs it (``needs``, e.g. "per-example weights
+    need")."""
+    for frame in site["cond_indep_stack"]:
+        if frame.name == data_plate:
+            return frame
+    raise DataError(
+        f"sample site {name!r} is outside plate {data_plate!r}; {needs} every sample site "
+        "inside the data plate (or pass data_plate= the name of your data plate)"
+    )
+
+
 def _site_log_prob(
     name: str, site: dict, particle_dim: int, data_plate: str, num_enum: int = 0
 ) -> torch.Tensor:
@@ -429,12 +437,7 @@ def _site_log_prob(
     Every plate dimension except the particle dimension and the data plate's is summed out;
     ``num_enum`` enumeration dimensions (left of the particle dimension) are kept.
     """
-    frames = {f.name: f for f in site["cond_indep_stack"]}
-    if data_plate not in frames:
-        raise DataError(
-            f"sample site {name!r} is outside plate {data_plate!r}; per-example weights "
-            f"need every sample site inside the data plate"
-        )
+    data_frame = data_plate_frame(name, site, data_plate)
     n_dims = num_enum - particle_dim
     lp = site["log_prob"]
     if lp.dim() > n_dims:
@@ -444,7 +447,7 @@ def _site_log_prob(
         )
     lp = lp.reshape((1,) * (n_dims - lp.dim()) + tuple(lp.shape))
     p_idx = num_enum
-    data_idx = n_dims + frames[data_plate].dim
+    data_idx = n_dims + data_frame.dim
     inner = [d for d in range(p_idx + 1, n_dims) if d != data_idx]
     if inner:
         lp = lp.sum(inner, keepdim=True)

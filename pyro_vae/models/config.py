@@ -113,8 +113,11 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+    def from_dict(cls, d: Mapping[str, Any], default_kind: str = "vae") -> ModelConfig:
         """The config a :meth:`to_dict` (or an older flat ``config.json``) describes.
+
+        A table written before model kinds had a key of their own takes ``default_kind``
+        (such runs recorded it beside the table: ``"kind": "ae"``).
 
         Imports nothing: a part named there must already be registered; if not, the error
         names the module recorded for it (import it only if you trust it). Flat option keys
@@ -124,6 +127,7 @@ class ModelConfig:
         if not isinstance(d, Mapping):
             raise ConfigError(f"a model config must be a table of keys, got {type(d).__name__}")
         d = dict(d)
+        d.setdefault("kind", default_kind)
         d.pop("extra", None)
         plugins = d.pop("plugins", None) or {}
         if not isinstance(plugins, Mapping):

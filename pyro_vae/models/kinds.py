@@ -100,6 +100,14 @@ class ModelKind:
         not one family per site fed by one encoder (then the gaps are refused)."""
         return None
 
+    def split_args(self, data: Any, split: str) -> tuple[torch.Tensor, ...]:
+        """The programs' arguments after x for every point of ``split`` of ``data`` (a
+        :class:`~pyro_vae.data.DataSplits`): its labels for a kind that takes them, each
+        (N_split, ...); ``()`` otherwise."""
+        if not self.uses_labels:
+            return ()
+        return self.program_args(data.labels.get(split))
+
     def program_args(self, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """What the programs take after x for points with these ``labels``: (batch,) or None."""
         if not self.uses_labels:

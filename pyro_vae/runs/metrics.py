@@ -19,6 +19,7 @@ import torch
 from pyro_vae.data.binarize import eval_data
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.infer.collapse import latent_usage
 from pyro_vae.infer.importance import LogLikelihood, log_likelihood
 from pyro_vae.infer.sharded import sharded_estimate
 from pyro_vae.models.autoencoder import mean_reconstruction_nll
@@ -58,11 +59,8 @@ def register_metric(name: str, compute, lines) -> Metric:
 def test_args(model: Any, data: DataSplits, split: str = "test") -> tuple[torch.Tensor, ...]:
     """The programs' arguments after x for the points of ``split`` (labels), on the model's
     device; ``()`` for a kind whose programs take x alone."""
-    kind = kind_of(model)
-    if not kind.uses_labels:
-        return ()
     device = model_device(model)
-    return tuple(a.to(device) for a in kind.program_args(data.labels.get(split)))
+    return tuple(a.to(device) for a in kind_of(model).split_args(data, split))
 
 
 def score(
@@ -176,8 +174,6 @@ def _classification_error_lines(r: dict[str, Any]) -> list[str]:
 
 def _latent_usage(model, data: DataSplits, options: ScoreOptions) -> dict[str, Any]:
     """KL per dimension and layer, active units and I(x; z) on up to 1000 test points."""
-    from pyro_vae.infer.collapse import latent_usage
-
     model.eval()
     x = eval_data(model, data.test[:1000]).to(model_device(model))
     args = tuple(a[:1000] for a in test_args(model, data))

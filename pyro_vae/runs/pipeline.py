@@ -290,7 +290,7 @@ def read_run_config(run: str | Path | RunDir) -> tuple[dict[str, Any], ModelConf
                if isinstance(plugin, str) else "; restore it")
         )
     try:
-        model_config = ModelConfig.from_dict(with_kind(config["model"], kind))
+        model_config = ModelConfig.from_dict(config["model"], default_kind=kind)
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"{run.quoted(RunDir.CONFIG)} is not a valid run configuration ({exc}); restore it"
@@ -301,12 +301,6 @@ def read_run_config(run: str | Path | RunDir) -> tuple[dict[str, Any], ModelConf
             f"{model_config.kind!r}; restore the run's original config.json"
         )
     return config, model_config
-
-
-def with_kind(table: dict[str, Any], kind: str) -> dict[str, Any]:
-    """A model table with its kind: tables written before model kinds had their own key
-    recorded the kind beside them (``"kind": "ae"``)."""
-    return table if "kind" in table else {**table, "kind": kind}
 
 
 def configured_for_data(model_config: ModelConfig, data: DataSplits) -> ModelConfig:
@@ -343,7 +337,7 @@ def load_run(
             "cannot be checked against it; retrain the run"
         )
     try:
-        saved = ModelConfig.from_dict(with_kind(saved, state.get("kind", "vae"))).to_dict()
+        saved = ModelConfig.from_dict(saved, default_kind=state.get("kind", "vae")).to_dict()
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"the checkpoint in {run.quoted()} has an invalid model config ({exc})"

@@ -27,7 +27,7 @@ from pyro_vae.data.splits import DataSplits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, TrainingError
 from pyro_vae.infer.objectives import Objective, make_objective
 from pyro_vae.models.config import ModelConfig
-from pyro_vae.models.kinds import ModelKind, kind_of
+from pyro_vae.models.kinds import kind_of
 from pyro_vae.runtime.devices import model_device, resolve_device
 from pyro_vae.train.checkpoint import restore_model
 from pyro_vae.train.fingerprint import data_fingerprint
@@ -284,8 +284,8 @@ def run_epochs(
     model = task.model
     kind = kind_of(model)
     valid = eval_data(model, data.valid).to(engine.device)
-    valid_args = split_args(kind, data, "valid", engine.device)
-    train_args = split_args(kind, data, "train")
+    valid_args = tuple(a.to(engine.device) for a in kind.split_args(data, "valid"))
+    train_args = kind.split_args(data, "train")
     first = len(history) + 1
     start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     bar = tqdm(
@@ -314,17 +314,6 @@ def run_epochs(
         bar.set_postfix(train=f"{record[shown_train]:.2f}", valid=f"{record[shown_valid]:.2f}")
         end_epoch(model, optimizer, config, model_config, history, run, engine)
     return FitResult(history, config.epochs, time.perf_counter() - start)
-
-
-def split_args(
-    kind: ModelKind, data: DataSplits, split: str, device: torch.device | None = None
-) -> tuple[torch.Tensor, ...]:
-    """The programs' arguments after x for every point of ``split`` (labels for a kind that
-    takes them; ``()`` otherwise): each (N_split, ...), on ``device`` when given."""
-    if not kind.uses_labels:
-        return ()
-    args = kind.program_args(data.labels.get(split))
-    return tuple(a.to(device) for a in args) if device is not None else args
 
 
 def train_epoch(
@@ -626,9 +615,9 @@ def check_resumable(
     saved_model = state["model_config"]
     if model_config is not None and saved_model is not None:
         # an older run's flat keys are migrated, so compare the configurations, not the dicts
-        # a checkpoint from before model kinds recorded its kind beside the model table
-        saved_model = {"kind": state.get("kind", "vae"), **saved_model}
-        saved_dict = ModelConfig.from_dict(saved_model).to_dict()
+        saved_dict = ModelConfig.from_dict(
+            saved_model, default_kind=state.get("kind", "vae")
+        ).to_dict()
         differing = config_differences(saved_dict, model_config.to_dict())
         if differing:
             raise ConfigError(

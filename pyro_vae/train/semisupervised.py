@@ -22,11 +22,10 @@ import torch
 
 from pyro_vae.data.binarize import dynamic_binarize
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.objectives import Objective
 from pyro_vae.models.kinds import ModelKind
 from pyro_vae.models.semisupervised import m2_loss
-from pyro_vae.train.tasks import BatchLoss, register_task
+from pyro_vae.train.tasks import BatchLoss, importance_validation, register_task
 
 
 def choose_labelled(labels: torch.Tensor, per_class: int | None, seed: int) -> torch.Tensor:
@@ -129,16 +128,10 @@ class SemiSupervisedTask:
 
     @torch.no_grad()
     def validate(self, valid: torch.Tensor, *args: torch.Tensor) -> dict[str, float]:
-        m2, k = self.model, self.valid_num_samples
-        val = log_likelihood(m2.model, m2.guide, valid, num_samples=k)
         y = self.valid_y.to(valid.device)
-        error = float((m2.classify(valid).argmax(-1) != y).double().mean())
-        return {
-            "valid_elbo": val.elbo,
-            "valid_elbo_stderr": val.elbo_stderr,
-            f"valid_iwae{k}": val.mean,
-            "valid_error": error,
-        }
+        error = float((self.model.classify(valid).argmax(-1) != y).double().mean())
+        scores = importance_validation(self.model, valid, self.valid_num_samples)
+        return {**scores, "valid_error": error}
 
 
 register_task("semi_supervised", SemiSupervisedTask)

@@ -98,16 +98,23 @@ class ELBOTask:
         return BatchLoss(value.loss, {"train_elbo": value.elbo}, {"kl_weight": kl_weight})
 
     def validate(self, valid: torch.Tensor, *args: torch.Tensor) -> dict[str, float]:
-        vae, k = self.model, self.valid_num_samples
-        val = log_likelihood(
-            vae.model, vae.guide, valid, *args, num_samples=k,
-            log_weights_fn=None if args else fused_log_weights(vae),
-        )  # fmt: skip
-        return {
-            "valid_elbo": val.elbo,
-            "valid_elbo_stderr": val.elbo_stderr,
-            f"valid_iwae{k}": val.mean,
-        }
+        fast = None if args else fused_log_weights(self.model)
+        return importance_validation(self.model, valid, self.valid_num_samples, *args, fast=fast)
+
+
+def importance_validation(
+    model: torch.nn.Module, valid: torch.Tensor, k: int, *args: torch.Tensor, fast: Any = None
+) -> dict[str, float]:
+    """``valid_elbo`` (+- ``valid_elbo_stderr``) and ``valid_iwae<k>`` per data point: the
+    K = ``k`` importance-sampled bound of ``model``'s programs on valid: (N, *event_shape),
+    with their further arguments ``args``; ``fast``: the library's own log weights, if any."""
+    val = log_likelihood(model.model, model.guide, valid, *args, num_samples=k,
+                         log_weights_fn=fast)  # fmt: skip
+    return {
+        "valid_elbo": val.elbo,
+        "valid_elbo_stderr": val.elbo_stderr,
+        f"valid_iwae{k}": val.mean,
+    }
 
 
 class AutoencoderTask:
