@@ -49,6 +49,8 @@ _HELP = {
     "epochs": "passes over the training split",
     "batch_size": "data points per SVI step",
     "lr": "Adam learning rate",
+    "lr_schedule": "learning-rate schedule by epoch (iwae: Burda et al.'s 3^i-epoch stages)",
+    "adam_eps": "Adam's epsilon",
     "seed": "random seed (same seed, same run)",
     "objective": "training objective",
     "num_particles": "ELBO particles per step",
@@ -77,6 +79,7 @@ def _choices(hint_name: str) -> Sequence[str] | None:
     from pyro_vae.infer.objectives import OBJECTIVES, WARMUPS
     from pyro_vae.parts.registry import REGISTRIES
     from pyro_vae.train.parallel import PRECISIONS
+    from pyro_vae.train.schedules import LR_SCHEDULES
 
     if hint_name in REGISTRIES:
         return REGISTRIES[hint_name].names()
@@ -85,6 +88,7 @@ def _choices(hint_name: str) -> Sequence[str] | None:
         "warmup": list(WARMUPS),
         "binarize": list(BINARIZE_MODES),
         "precision": list(PRECISIONS),
+        "lr_schedule": sorted(LR_SCHEDULES),
     }.get(hint_name)
 
 

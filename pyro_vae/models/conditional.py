@@ -485,23 +485,24 @@ def build_conditional(
     cdim = condition_size(condition_on, config.event_shape, num_classes, condition_dim, quadrant)
     posterior = build_posterior(config)
     likelihood = build_likelihood(config)
+    act = config.arch_options.get("activation", "softplus")
     if conditional_prior:
         family = build_posterior(config)
         prior: Prior | ConditionalPrior = ConditionalPrior(
-            MLPEncoder((cdim,), family.num_params, config.hidden), family
+            MLPEncoder((cdim,), family.num_params, config.hidden, act), family
         )
     else:
         prior = build_prior(config)
     size = math.prod(config.event_shape)
-    encoder = MLPEncoder((size + cdim,), posterior.num_params, config.hidden)
+    encoder = MLPEncoder((size + cdim,), posterior.num_params, config.hidden, act)
     decoder = MLPDecoder(
-        config.latent_dim + cdim, likelihood.num_params * size, tuple(reversed(config.hidden))
-    )
+        config.latent_dim + cdim, likelihood.num_params * size, tuple(reversed(config.hidden)),
+        act,
+    )  # fmt: skip
     return ConditionalVAE(
         encoder, decoder, prior, likelihood, posterior, config.event_shape, condition_on,
         num_classes=num_classes, condition_dim=condition_dim, quadrant=quadrant,
     )  # fmt: skip
-
 
 
 @register_model("cvae")
@@ -565,6 +566,7 @@ class ConditionalKind(ModelKind):
             conditional_prior=self.conditional_prior,
             quadrant=self.quadrant,
         )
+
 
 __all__ = [
     "CONDITION_SOURCES",

@@ -24,6 +24,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.models.kinds import ModelKind, check_choice, register_model
 from pyro_vae.models.vae import local_params
 from pyro_vae.parts.likelihoods import Likelihood
+from pyro_vae.parts.nets import ACTIVATIONS, hidden_layers
 from pyro_vae.parts.options import Sizes
 from pyro_vae.parts.posteriors import DiagonalNormal, Posterior
 from pyro_vae.parts.priors import Prior
@@ -32,12 +33,6 @@ from pyro_vae.parts.registry import LIKELIHOODS, POSTERIORS, PRIORS
 if TYPE_CHECKING:  # a model-kind registry in config may come to import this module
     from pyro_vae.models.config import ModelConfig
 
-#: Nonlinearities of the hidden layers, by the name ``activation`` takes.
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
-    "softplus": nn.Softplus,
-    "relu": nn.ReLU,
-}
 
 #: How the guide is structured (see :class:`HierarchicalVAE`).
 INFERENCES = ("bottom_up", "ladder")
@@ -74,12 +69,7 @@ def trunk(in_features: int, hidden: Sequence[int], activation: str) -> nn.Sequen
 
     With ``hidden=()`` the identity, so the width stays ``in_features``.
     """
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden:
-        layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
-        width = h
-    return nn.Sequential(*layers)
+    return nn.Sequential(*hidden_layers(in_features, hidden, activation))
 
 
 def width_of(in_features: int, hidden: Sequence[int]) -> int:
@@ -162,7 +152,8 @@ class HierarchicalVAE(PyroModule):
         posteriors: L families, ``posteriors[l].latent_dim == layers[l]``.
         conditional_priors: L - 1 families for p(z_l | z_{l+1}), l = 1..L-1.
         inference: ``"bottom_up"`` or ``"ladder"``.
-        activation: ``"tanh"``, ``"softplus"`` or ``"relu"`` (:data:`ACTIVATIONS`).
+        activation: ``"tanh"``, ``"softplus"``, ``"relu"`` or ``"gated"``
+            (:data:`pyro_vae.parts.nets.ACTIVATIONS`).
     """
 
     def __init__(
@@ -452,9 +443,7 @@ def build_hierarchical(
     if posteriors is None:
         posteriors = (config.posterior,) * n
     if isinstance(posteriors, str) or len(posteriors) != n:
-        raise ConfigError(
-            f"posteriors must name one family per layer ({n}), got {posteriors!r}"
-        )
+        raise ConfigError(f"posteriors must name one family per layer ({n}), got {posteriors!r}")
     names = [POSTERIORS.canonical(p) for p in posteriors]
     conditional = POSTERIORS.canonical(conditional_prior)
     if inference == "ladder":
@@ -492,7 +481,6 @@ def build_hierarchical(
         inference=inference,
         activation=activation,
     )
-
 
 
 #: Named architectures of the hierarchical VAE: ``--preset iwae`` is Burda et al. (2016)'s
@@ -572,6 +560,7 @@ class HierarchicalKind(ModelKind):
             conditional_prior=self.conditional_prior,
             **settings,
         )
+
 
 __all__ = [
     "ACTIVATIONS",

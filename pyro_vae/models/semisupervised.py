@@ -274,11 +274,13 @@ def build_semisupervised(
     likelihood = build_likelihood(config)
     prior = build_prior(config)
     size = math.prod(config.event_shape)
-    encoder = MLPEncoder((size + num_classes,), posterior.num_params, hidden)
+    act = config.arch_options.get("activation", "softplus")
+    encoder = MLPEncoder((size + num_classes,), posterior.num_params, hidden, act)
     decoder = MLPDecoder(
-        config.latent_dim + num_classes, likelihood.num_params * size, tuple(reversed(hidden))
-    )
-    classifier = MLPEncoder(config.event_shape, num_classes, classifier_widths)
+        config.latent_dim + num_classes, likelihood.num_params * size, tuple(reversed(hidden)),
+        act,
+    )  # fmt: skip
+    classifier = MLPEncoder(config.event_shape, num_classes, classifier_widths, act)
     return SemiSupervisedVAE(
         encoder, decoder, classifier, prior, likelihood, posterior, config.event_shape,
         num_classes,
@@ -362,7 +364,6 @@ def m2_loss(
     return loss, parts
 
 
-
 @register_model("m2")
 class SemiSupervisedKind(ModelKind):
     """Semi-supervised M2 (Kingma et al. 2014): y observed on a labelled subset and summed
@@ -421,6 +422,7 @@ class SemiSupervisedKind(ModelKind):
                 "the data)"
             )
         return build_semisupervised(config, self.num_classes, self.classifier_hidden)
+
 
 __all__ = [
     "DEFAULT_ALPHA",

@@ -8,7 +8,7 @@ batch dimensions (particles, chains, data) pass through untouched.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,28 +18,79 @@ from pyro_vae.parts.options import Sizes
 from pyro_vae.parts.registry import ARCHS, register_arch
 
 
-def _mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
+class GatedDense(nn.Module):
+    """A gated hidden layer: h = (W x + b) * sigmoid(V x + c), (*batch, a) -> (*batch, b).
+
+    Dauphin et al. (2017)'s gating as the element-wise nonlinearity, as Tomczak & Welling
+    (2018, "VAE with a VampPrior") use in every hidden layer.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.h = nn.Linear(in_features, out_features)
+        self.g = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+def _plain(activation: type[nn.Module]) -> Callable[[int, int], list[nn.Module]]:
+    return lambda a, b: [nn.Linear(a, b), activation()]
+
+
+#: Hidden layers by the name an ``activation`` option takes: ``(in, out)`` -> the modules of
+#: one hidden layer. Plain ones are ``Linear`` then the nonlinearity (two modules, so a net's
+#: layout and state-dict keys are those of ``nn.Sequential(Linear, act, Linear, act, ...)``).
+ACTIVATIONS: dict[str, Callable[[int, int], list[nn.Module]]] = {
+    "softplus": _plain(nn.Softplus),
+    "tanh": _plain(nn.Tanh),
+    "relu": _plain(nn.ReLU),
+    "gated": lambda a, b: [GatedDense(a, b)],
+}
+
+
+def check_activation(activation: str) -> None:
+    """Refuse an activation name that is not in :data:`ACTIVATIONS`."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+
+
+def hidden_layers(in_features: int, hidden: Sequence[int], activation: str) -> list[nn.Module]:
+    """The hidden layers of an MLP: (*batch, in_features) -> (*batch, hidden[-1])."""
+    check_activation(activation)
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.Softplus()]
-        width = h
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
+        layers += ACTIVATIONS[activation](width, int(h))
+        width = int(h)
+    return layers
+
+
+def _mlp(
+    in_features: int, hidden: Sequence[int], out_features: int, activation: str = "softplus"
+) -> nn.Sequential:
+    width = int(hidden[-1]) if len(hidden) else in_features
+    layers = hidden_layers(in_features, hidden, activation)
+    return nn.Sequential(*layers, nn.Linear(width, out_features))
 
 
 class MLPEncoder(nn.Module):
     """Fully connected encoder.
 
     x: (*batch, *event_shape) -> (*batch, out_features). Event dimensions are flattened.
+    ``activation`` names the hidden layers (:data:`ACTIVATIONS`).
     """
 
     def __init__(
-        self, event_shape: Sequence[int], out_features: int, hidden: Sequence[int] = (256, 128)
+        self,
+        event_shape: Sequence[int],
+        out_features: int,
+        hidden: Sequence[int] = (256, 128),
+        activation: str = "softplus",
     ):
         super().__init__()
         self.event_shape = tuple(int(s) for s in event_shape)
-        self.net = _mlp(math.prod(self.event_shape), hidden, out_features)
+        self.net = _mlp(math.prod(self.event_shape), hidden, out_features, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: x.dim() - len(self.event_shape)]
@@ -49,12 +100,19 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """Fully connected decoder.
 
-    z: (*batch, latent_dim) -> (*batch, out_features).
+    z: (*batch, latent_dim) -> (*batch, out_features). ``activation`` names the hidden
+    layers (:data:`ACTIVATIONS`).
     """
 
-    def __init__(self, latent_dim: int, out_features: int, hidden: Sequence[int] = (128, 256)):
+    def __init__(
+        self,
+        latent_dim: int,
+        out_features: int,
+        hidden: Sequence[int] = (128, 256),
+        activation: str = "softplus",
+    ):
         super().__init__()
-        self.net = _mlp(latent_dim, hidden, out_features)
+        self.net = _mlp(latent_dim, hidden, out_features, activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -181,13 +239,27 @@ MAX_PARAMETERS = 500_000_000
 
 @register_arch("mlp")
 class MLPNets(Nets):
-    """Fully connected nets: the encoder has ``hidden`` widths, the decoder mirrors them."""
+    """Fully connected nets: the encoder has ``hidden`` widths, the decoder mirrors them;
+    ``activation`` names the hidden layers' nonlinearity (:data:`ACTIVATIONS`: ``softplus``,
+    ``tanh``, ``relu`` or ``gated``)."""
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        latent_dim: int,
+        hidden: Sequence[int],
+        activation: str = "softplus",
+    ):
+        super().__init__(event_shape, latent_dim, hidden)
+        self.activation = activation
 
     @classmethod
     def check_options(
         cls, options: dict, event_shape: Sequence[int], latent_dim: int, hidden: Sequence[int]
     ) -> None:
-        """Refuse sizes whose weights could not be allocated (before trying for minutes)."""
+        """Refuse an unknown activation, and sizes whose weights could not be allocated
+        (before trying for minutes)."""
+        check_activation(options.get("activation", "softplus"))
         widths = [math.prod(event_shape), *hidden, latent_dim]
         count = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
         if count > MAX_PARAMETERS:
@@ -198,11 +270,11 @@ class MLPNets(Nets):
             )
 
     def encoder(self, out_features: int) -> nn.Module:
-        return MLPEncoder(self.event_shape, out_features, self.hidden)
+        return MLPEncoder(self.event_shape, out_features, self.hidden, self.activation)
 
     def decoder(self, num_params: int) -> nn.Module:
         n_out = num_params * math.prod(self.event_shape)
-        return MLPDecoder(self.latent_dim, n_out, tuple(reversed(self.hidden)))
+        return MLPDecoder(self.latent_dim, n_out, tuple(reversed(self.hidden)), self.activation)
 
 
 @register_arch("conv")
@@ -244,7 +316,11 @@ class ConvNets(Nets):
 
 
 __all__ = [
+    "ACTIVATIONS",
     "ARCHS",
+    "GatedDense",
+    "check_activation",
+    "hidden_layers",
     "MLPEncoder",
     "MLPDecoder",
     "ConvEncoder",

@@ -40,6 +40,7 @@ from pyro_vae.train.parallel import (
     rank_seed,
 )
 from pyro_vae.train.rng import get_rng_state, set_rng_state
+from pyro_vae.train.schedules import LR_SCHEDULES, learning_rate
 from pyro_vae.train.tasks import TrainTask, make_task
 from pyro_vae.validation import check_finite_config, check_positive_int, check_tensor
 
@@ -67,6 +68,10 @@ class TrainConfig:
     epochs: int = 300
     batch_size: int = 64
     lr: float = 1e-3
+    #: Learning-rate schedule by epoch (:data:`pyro_vae.train.schedules.LR_SCHEDULES`).
+    lr_schedule: str = "constant"
+    #: Adam's epsilon (the denominator's floor): 1e-8 as in torch; Burda et al. use 1e-4.
+    adam_eps: float = 1e-8
     seed: int = 0
     objective: str = "elbo"
     num_particles: int = 1
@@ -99,6 +104,14 @@ class TrainConfig:
         lr = self.lr
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
             raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"unknown learning-rate schedule {self.lr_schedule!r}; choose one of "
+                f"{sorted(LR_SCHEDULES)}"
+            )
+        eps = self.adam_eps
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps < math.inf:
+            raise ConfigError(f"adam_eps must be a positive number, got {eps!r}")
         if self.clip_grad is not None:
             check_finite_config(self.clip_grad, "clip_grad (--clip-grad)")
         if self.precision not in PRECISIONS:
@@ -230,7 +243,7 @@ def fit(
     engine = Engine.build(model, task.batch_loss, device, config.precision, num_workers)
     # rank 0 draws the stream a one-process run draws; the other ranks their own
     pyro.set_rng_seed(rank_seed(config.seed, engine.group.rank))
-    optimizer = make_optimizer(model, config.lr)
+    optimizer = make_optimizer(model, config.lr, config.adam_eps)
     if run_dir is not None and not engine.group.is_main:
         run_dir = ReadOnlyRun(run_dir)
     history: list[dict[str, Any]] = []
@@ -297,6 +310,9 @@ def run_epochs(
         disable=not (progress and engine.group.is_main),
     )
     for epoch in bar:
+        rate = learning_rate(config.lr, config.lr_schedule, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
         model.train()
         train_metrics = train_epoch(
             task, optimizer, data.train, config, epoch, run, engine, args=train_args
@@ -385,7 +401,7 @@ def train_epoch(
     return {**{k: v / seen for k, v in sums.items()}, **last}
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, lr: float, eps: float = 1e-8) -> torch.optim.Optimizer:
     """The fit loop's Adam, in one fused kernel per step where torch has one for the
     parameters' device (CPU and CUDA among them), else multi-tensor (``foreach``).
 
@@ -405,8 +421,8 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         p.device.type in supported and p.is_floating_point() for p in params
     )
     if fused:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    return torch.optim.Adam(params, lr=lr, foreach=True)
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
 
 
 #: Steps between two finiteness checks of the training loop (each check waits for the
@@ -424,9 +440,7 @@ class StepChecks:
     per-step ``.item()`` would.
     """
 
-    def __init__(
-        self, epoch: int, run: RunStore | None, loss_name: str, every: int = CHECK_EVERY
-    ):
+    def __init__(self, epoch: int, run: RunStore | None, loss_name: str, every: int = CHECK_EVERY):
         self.epoch, self.run, self.loss_name, self.every = epoch, run, loss_name, every
         self.sums: dict[str, float] = {}
         self.total = 0.0
@@ -490,8 +504,10 @@ def clip_gradients(
         parameters = list(parameters.parameters())
     if max_norm is None:
         grads = [p.grad for p in parameters if p.grad is not None]
-        if grads and len({(g.device, g.dtype) for g in grads}) == 1 and not any(
-            g.is_sparse for g in grads
+        if (
+            grads
+            and len({(g.device, g.dtype) for g in grads}) == 1
+            and not any(g.is_sparse for g in grads)
         ):
             # the 2-norm of the per-tensor norms, as get_total_norm, without its grouping by
             # device and dtype (the value only feeds the finiteness check)

@@ -1,0 +1,111 @@
+"""Learning-rate schedules and Adam's epsilon: the rate of each epoch on known values, the
+rate a run actually used (read back from its checkpoint), exact resume on a schedule, and
+one-line refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae.cli import main
+from pyro_vae.data import DataSplits
+from pyro_vae.errors import ConfigError
+from pyro_vae.models import ModelConfig, build_model
+from pyro_vae.runs import RunDir, resume_run, train_run
+from pyro_vae.train import TrainConfig, fit, load_checkpoint
+from pyro_vae.train.schedules import LR_SCHEDULES, iwae_stage, learning_rate
+
+# Burda et al. (2016): 3^i epochs at 1e-3 * 10^(-i/7); the values written out by hand.
+BURDA = {
+    1: 1e-3,
+    2: 7.196856730011521e-4,
+    4: 7.196856730011521e-4,
+    5: 5.179474679231212e-4,
+    13: 5.179474679231212e-4,
+    14: 3.727593720314941e-4,
+    40: 3.727593720314941e-4,
+    41: 2.6826957952797275e-4,
+    3280: 1e-4,
+    3281: 1e-4,
+    10_000: 1e-4,
+}
+
+
+@pytest.mark.parametrize("epoch, rate", sorted(BURDA.items()))
+def test_iwae_schedule_gives_the_papers_rate_of_each_epoch(epoch, rate):
+    assert learning_rate(1e-3, "iwae", epoch) == pytest.approx(rate, rel=1e-12)
+
+
+def test_iwae_stages_last_three_to_the_i_epochs():
+    stages = [iwae_stage(e) for e in range(1, 3281)]
+    assert [stages.count(i) for i in range(8)] == [1, 3, 9, 27, 81, 243, 729, 2187]
+    assert stages == sorted(stages)
+
+
+def test_constant_schedule_keeps_the_rate():
+    assert {learning_rate(3e-4, "constant", e) for e in (1, 7, 500)} == {3e-4}
+    assert set(LR_SCHEDULES) >= {"constant", "iwae"}
+
+
+def _tiny() -> tuple[DataSplits, ModelConfig]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 5, generator=g)
+    return DataSplits("tiny", x[:30], x[30:35], x[35:]), ModelConfig(
+        event_shape=(5,), latent_dim=2, hidden=(6,)
+    )
+
+
+def _run(tmp_path: Path, name: str, epochs: int, **train) -> Path:
+    data, model = _tiny()
+    config = TrainConfig(epochs=epochs, batch_size=8, valid_num_samples=3, **train)
+    train_run("tiny", model, config, tmp_path / name, num_samples=5, progress=False, data=data)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 4, 5])
+def test_a_run_steps_at_its_epochs_rate_and_adam_eps(tmp_path, epochs):
+    run = _run(tmp_path, "r", epochs, lr_schedule="iwae", adam_eps=1e-4)
+    groups = load_checkpoint(run / "checkpoint.pt")["optimizer_state"]["param_groups"]
+    assert groups[0]["lr"] == pytest.approx(BURDA[epochs], rel=1e-12)
+    assert groups[0]["eps"] == 1e-4
+
+
+def test_resume_on_a_schedule_ends_where_an_uninterrupted_run_does(tmp_path):
+    full = _run(tmp_path, "full", 5, lr_schedule="iwae")
+    short = _run(tmp_path, "short", 3, lr_schedule="iwae")
+    data, _ = _tiny()
+    resume_run(short, epochs=5, progress=False, data=data)
+    a = load_checkpoint(full / "checkpoint.pt")["model_state"]
+    b = load_checkpoint(short / "checkpoint.pt")["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a schedule is a training setting: resuming may not change it
+    _, model_config = _tiny()
+    changed = TrainConfig(epochs=6, batch_size=8, valid_num_samples=3, lr_schedule="constant")
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        fit(build_model(model_config), data, changed, RunDir(short), model_config,
+            progress=False, resume=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lr_schedule", "cosine", "unknown learning-rate schedule 'cosine'"),
+        ("adam_eps", 0.0, "adam_eps must be a positive number"),
+        ("adam_eps", float("nan"), "adam_eps must be a positive number"),
+        ("adam_eps", True, "adam_eps must be a positive number"),
+    ],
+)
+def test_bad_schedule_or_eps_is_refused(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_cli_refuses_an_unknown_schedule_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--epochs", "1", "--lr-schedule", "cosine", "--output-dir", str(tmp_path)])
+    code = exit_.value.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cosine" in err
+    assert list(tmp_path.iterdir()) == []
