@@ -109,3 +109,28 @@ def test_cli_refuses_an_unknown_schedule_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cosine" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_trains_a_papers_row_from_flags(tmp_path):
+    """The options a published row needs reach the run's config.json and its optimizer."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=(rng.random((40, 6)) * 255).astype(np.uint8),
+             x_valid=(rng.random((8, 6)) * 255).astype(np.uint8),
+             x_test=(rng.random((8, 6)) * 255).astype(np.uint8))  # fmt: skip
+    code = main(
+        ["train", "--dataset", str(path), "--epochs", "2", "--batch-size", "20",
+         "--hidden", "5,5", "--latent-dim", "2", "--arch-opt", "activation=gated",
+         "--lr-schedule", "iwae", "--adam-eps", "1e-4", "--num-samples", "5",
+         "--output-dir", str(tmp_path), "--name", "row", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    config = json.loads((tmp_path / "row" / "config.json").read_text())
+    assert config["train"]["lr_schedule"] == "iwae" and config["train"]["adam_eps"] == 1e-4
+    assert config["model"]["arch_options"] == {"activation": "gated"}
+    groups = load_checkpoint(tmp_path / "row" / "checkpoint.pt")["optimizer_state"]["param_groups"]
+    assert groups[0]["lr"] == pytest.approx(BURDA[2], rel=1e-12)
