@@ -51,7 +51,7 @@ from pyro_vae.data import eval_data, load_dataset
 from pyro_vae.data.binarize import BINARIZE_SEED, binarize_splits
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.models import ModelConfig, build_model
-from pyro_vae.runs import RunDir
+from pyro_vae.runs import RunDir, configured_for_data
 from pyro_vae.runs.metrics import score
 from pyro_vae.train import TrainConfig, fit
 from pyro_vae.train.semisupervised import choose_labelled
@@ -209,7 +209,7 @@ class LibrarySide:
 
     def __init__(self, row: Row, data: DataSplits, folder: Path, seed: int, device: str):
         self.row, self.data, self.seed, self.device = row, data, seed, device
-        self.config = ModelConfig(event_shape=(784,), **row.model)
+        self.config = configured_for_data(ModelConfig(event_shape=(784,), **row.model), data)
         self.run = RunDir(folder / "run")
         self.run.path.mkdir(parents=True, exist_ok=True)
         pyro.set_rng_seed(seed)
