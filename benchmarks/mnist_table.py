@@ -453,7 +453,9 @@ def markdown(table: dict[str, Any]) -> str:
 
 
 def plot_row(name: str, entry: dict[str, Any], path: Path) -> None:
-    """Test score against epochs for both sides, the published figure as a line."""
+    """Test score against epochs for both sides (the curve points, and the final score with
+    its standard error), the published figure as a line, the learning-rate stage boundaries
+    of the ``iwae`` schedule and the end of a KL warm-up as vertical lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -461,25 +463,56 @@ def plot_row(name: str, entry: dict[str, Any], path: Path) -> None:
 
     err = entry["metric"] == "test_error"
     key = "test_error" if err else "log_likelihood"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    k = None
-    for side, style in (("lib", "-o"), ("twin", "--s")):
+    unit = 100 if err else 1
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    curve_note = final_note = ""
+    last = 0
+    for side, style, color in (("lib", "-o", "C0"), ("twin", "--s", "C1")):
         s = entry.get(side)
         if not s or not s["curve"]:
             continue
         epochs = sorted(int(e) for e in s["curve"])
-        values = [s["curve"][str(e)][key] * (100 if err else 1) for e in epochs]
-        k = s["curve"][str(epochs[-1])].get("k")
+        last = max(last, epochs[-1])
+        values = [s["curve"][str(e)][key] * unit for e in epochs]
         label = "pyro_vae" if side == "lib" else "plain PyTorch twin"
-        ax.plot(epochs, values, style, ms=3, label=label)
-    pub = entry["published"] * (100 if err else 1)
+        ax.plot(epochs, values, style, ms=3, color=color, label=label)
+        point = s["curve"][str(epochs[-1])]
+        curve_note = f"curve: first {point['points']} test images" + (
+            "" if err else f", K={point.get('k')}"
+        )
+        final = s.get("final")
+        if final:
+            ax.errorbar(
+                final["epoch"], final[key] * unit, yerr=final["stderr"] * unit, fmt="*",
+                ms=11, color=color, capsize=3, label=f"{label}, final",
+            )  # fmt: skip
+            final_note = f"final: first {final['points']} test images" + (
+                "" if err else f", K={final.get('k')}"
+            )
+    train = entry["train"]
+    if train.get("lr_schedule") == "iwae":
+        first = True
+        for boundary in (1, 4, 13, 40, 121, 364, 1093):  # last epoch of stages 0..6
+            if boundary < last:
+                ax.axvline(boundary + 0.5, color="0.8", lw=0.8, zorder=0,
+                           label="learning-rate stage" if first else None)  # fmt: skip
+                first = False
+    if train.get("warmup") == "linear":
+        end = train["warmup_epochs"]
+        ax.axvspan(0, min(end, last), color="0.92", zorder=0,
+                   label=f"KL warm-up (to epoch {end:g})")  # fmt: skip
+    pub = entry["published"] * unit
     ax.axhline(pub, color="k", ls=":", label=f"published ({entry['source']}): {pub:.2f}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test error (%)" if err else f"test log p(x), nats (IS, K={k})")
+    ax.set_ylabel("test error (%)" if err else "test log p(x), nats (importance sampling)")
     paper = entry["paper_epochs"]
-    ax.set_title(f"{entry['label']}" + (f" (paper: {paper} epochs)" if paper else ""))
+    ax.set_title(
+        f"{entry['label']}" + (f" (paper: {paper} epochs)" if paper else ""), fontsize=10
+    )
+    ax.text(0.99, 0.02, "; ".join(n for n in (curve_note, final_note) if n),
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
