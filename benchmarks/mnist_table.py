@@ -391,8 +391,10 @@ def report(out: Path, args) -> dict[str, Any]:
         lf = (lib or {}).get("final")
         tf = (twin or {}).get("final")
         if lf and tf and "per_example" in lf and "per_example" in tf:
-            a, b = torch.tensor(lf["per_example"]), torch.tensor(tf["per_example"])
-            if len(a) == len(b):
+            # the same test images on both sides: the first n of each side's final score
+            n = min(len(lf["per_example"]), len(tf["per_example"]))
+            a, b = torch.tensor(lf["per_example"][:n]), torch.tensor(tf["per_example"][:n])
+            if n > 1:
                 d = a - b
                 entry["paired_difference"] = {
                     "mean": float(d.mean()), "stderr": float(d.std() / math.sqrt(len(d))),
@@ -422,11 +424,11 @@ def markdown(table: dict[str, Any]) -> str:
                 return "running"
             if err:
                 return f"{100 * f['test_error']:.2f}% +- {100 * f['stderr']:.2f}%"
-            return f"{f['log_likelihood']:.2f} +- {f['stderr']:.2f}"
+            return f"{f['log_likelihood']:.2f} +- {f['stderr']:.2f} ({f['points']})"
 
         pub = f"{100 * e['published']:.2f}%" if err else f"{e['published']:.2f}"
         pd = e.get("paired_difference")
-        paired = f"{pd['mean']:+.2f} +- {pd['stderr']:.2f}" if pd else ""
+        paired = f"{pd['mean']:+.2f} +- {pd['stderr']:.2f} ({pd['points']})" if pd else ""
         if lib is None:
             diff = ""
         elif err:
@@ -448,7 +450,12 @@ def markdown(table: dict[str, Any]) -> str:
             if (m := (e.get(side) or {}).get("machine"))
         }
     )
-    foot = "".join(f"\nmachine: {m}" for m in machines)
+    foot = (
+        "\nlog p(x): importance sampling with K = 5000 (error: the classifier's test error), "
+        "+- standard error over the test images (their number in parentheses, the first n "
+        "of the test split); the paired difference is over the images both sides scored."
+        + "".join(f"\nmachine: {m}" for m in machines)
+    )
     return head + "\n".join(lines) + "\n" + foot + ("\n" if foot else "")
 
 
