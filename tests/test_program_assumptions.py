@@ -409,3 +409,51 @@ def test_gaps_of_a_program_that_needs_replicated_particles():
 
 def test_every_refusal_here_is_a_pyro_vae_error():
     assert issubclass(ConfigError, PyroVAEError) and issubclass(DataError, PyroVAEError)
+
+
+# --- a guide enumerated with config_enumerate (ssiVAE style) ---------------------------------
+
+PI_Y = torch.tensor([0.3, 0.7])
+W_Z = torch.tensor([1.2, -0.4, 0.8])  # x | z, y ~ N(W_Z z + B_Y y, S_X^2 I)
+B_Y = torch.tensor([[1.0, -1.0], [0.5, 0.0], [-0.5, 2.0]])
+S_X = 0.6
+V_Z = 1 / (1 + float(W_Z @ W_Z) / S_X**2)  # posterior variance of z given x and y
+
+
+def ssi_model(xs, ys=None):
+    with pyro.plate("data", xs.shape[0]):
+        ys = pyro.sample("y", dist.OneHotCategorical(PI_Y), obs=ys)
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        loc = z * W_Z + ys @ B_Y.T
+        pyro.sample("x", dist.Normal(loc, S_X).to_event(1), obs=xs)
+
+
+def ssi_guide(xs, ys=None):
+    """q(y | x) anything (it is summed out), q(z | x, y) = p(z | x, y) exactly."""
+    with pyro.plate("data", xs.shape[0]):
+        if ys is None:
+            ys = pyro.sample("y", dist.OneHotCategorical(logits=torch.zeros(xs.shape[0], 2)))
+        loc = V_Z * ((xs - ys @ B_Y.T) @ W_Z) / S_X**2
+        pyro.sample("z", dist.Normal(loc.unsqueeze(-1), math.sqrt(V_Z)).to_event(1))
+
+
+def ssi_log_px(xs: torch.Tensor) -> torch.Tensor:
+    """log sum_y pi_y N(x; B y, W W^T + s^2 I), written out: (N,)."""
+    cov = torch.outer(W_Z, W_Z) + S_X**2 * torch.eye(3)
+    comps = torch.stack(
+        [dist.MultivariateNormal(B_Y[:, c], cov).log_prob(xs) + PI_Y[c].log() for c in range(2)]
+    )
+    return torch.logsumexp(comps, 0)
+
+
+@pytest.mark.parametrize("strategy", ["vectorized", "replicate"])
+def test_a_config_enumerate_guide_is_summed_exactly(strategy):
+    from pyro.infer import config_enumerate
+
+    xs = torch.randn(4, 3, generator=torch.Generator().manual_seed(4)) * 2
+    guide = config_enumerate(ssi_guide, "parallel", expand=True)
+    r = log_likelihood(ssi_model, guide, xs, num_samples=3, strategy=strategy)
+    assert r.enumerated == ("y",)
+    assert torch.allclose(r.per_example, ssi_log_px(xs), atol=1e-4)
+    value = iwae_loss(ssi_model, guide, xs, 3)  # the bound is exact too
+    assert float(value.loss) == pytest.approx(-float(ssi_log_px(xs).sum()), rel=1e-5)
