@@ -233,3 +233,50 @@ def test_fused_log_weights_are_refused_where_the_fused_path_does_not_apply():
     assert fused_log_weights(custom) is None
     with pytest.raises(ConfigError, match="fused log weights do not apply"):
         FusedLogWeights(custom)
+
+
+# --- the same on parts that have moved from their initial values --------------------------
+# A freshly built learned prior is still N(0, I) and a fresh likelihood's learned scale is 1,
+# so a fused-path bug in how those parameters enter (a prior's loc read as zero, a scale's
+# transform skipped) passes every test above; here each part of every kind is perturbed.
+
+PART_KINDS = sorted(
+    {(p, "bernoulli", "diagonal") for p in PRIORS}
+    | {("normal", lik, "diagonal") for lik in LIKELIHOODS}
+    | {("normal", "bernoulli", post) for post in POSTERIORS}
+)
+
+
+def _perturbed(vae: VAE, seed: int = 11, size: float = 0.3) -> VAE:
+    """Every parameter moved by N(0, size^2) noise, as training would move it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(size * torch.randn(p.shape, generator=g))
+    return vae
+
+
+@pytest.mark.parametrize("prior,likelihood,posterior", PART_KINDS)
+def test_fused_and_traced_agree_on_perturbed_parts(prior, likelihood, posterior):
+    from pyro_vae.infer.trace import log_weights
+    from pyro_vae.models.fused import FusedLogWeights
+
+    vae = _perturbed(_vae(prior, likelihood, posterior, "mlp"))
+    x = _data_for(likelihood)
+    fresh = _vae(prior, likelihood, posterior, "mlp")
+    fresh_params = dict(fresh.named_parameters())
+    for n, p in vae.named_parameters():  # the perturbation really moved every part
+        assert not torch.equal(p, fresh_params[n]), n
+    elbo = pyro.infer.Trace_ELBO()
+    _assert_same(
+        vae,
+        lambda: elbo.differentiable_loss(vae.model, vae.guide, x),
+        lambda: fused_elbo_loss(vae, x)[0],
+    )
+    vae.eval()
+    with torch.no_grad():
+        pyro.set_rng_seed(7)
+        ref = log_weights(vae.model, vae.guide, x, 5, particle_dim=-2)
+        pyro.set_rng_seed(7)
+        lw = FusedLogWeights(vae)(x, 5)
+    torch.testing.assert_close(lw, ref, rtol=1e-5, atol=1e-4)

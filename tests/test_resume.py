@@ -175,3 +175,38 @@ def test_gradient_clipping_changes_training_and_is_recorded(tmp_path):
     clipped = _run(tmp_path, "clipped", 1, clip_grad=0.01)
     assert _metrics(plain) != _metrics(clipped)
     assert load_checkpoint(clipped / "checkpoint.pt")["train_config"]["clip_grad"] == 0.01
+
+
+def test_resume_refuses_a_changed_seed(tmp_path):
+    # the refusal tests above change the learning rate; a changed seed would silently continue
+    # a different random stream from the checkpoint's
+    run = _run(tmp_path, "run", 1)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["seed"] = 1
+    (run / "config.json").write_text(json.dumps(config))
+    data, _ = _tiny()
+    with pytest.raises(ConfigError, match=r"different training settings \['seed'\]"):
+        resume_run(run, progress=False, data=data)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda rng: rng.pop("numpy"),
+        lambda rng: rng.__setitem__("torch", torch.zeros(3, dtype=torch.uint8)),
+        lambda rng: rng.__setitem__("python", [3, [1, 2], None]),
+    ],
+    ids=["missing generator", "torch state cut short", "python state cut short"],
+)
+def test_resume_refuses_a_corrupt_random_state_with_a_checkpoint_error(tmp_path, damage):
+    from pyro_vae.errors import CheckpointError
+    from pyro_vae.train.checkpoint import save_checkpoint
+
+    run = _run(tmp_path, "run", 1)
+    state = load_checkpoint(run / "checkpoint.pt")
+    key = next(k for k in state if "rng" in k)
+    damage(state[key])
+    save_checkpoint(run / "checkpoint.pt", state)
+    data, _ = _tiny()
+    with pytest.raises(CheckpointError, match="random-number state is unreadable"):
+        resume_run(run, epochs=2, progress=False, data=data)

@@ -137,3 +137,28 @@ def test_a_file_larger_than_the_memory_budget_is_never_loaded_whole(tmp_path):
     grown_mb, total = proc.stdout.split()
     assert float(total) == pytest.approx(rows * width * 7 / 255.0, rel=1e-5)
     assert int(grown_mb) < 48, f"resident set grew {grown_mb} MB reading a 96 MB file"
+
+
+def test_a_streamed_file_has_the_fingerprint_of_the_file_loaded_whole(tmp_path):
+    """data_fingerprint promises equal digests for the same points streamed or in memory;
+    the digest is also written out here (sha256 of "shape dtype" and the row-major bytes)."""
+    import hashlib
+
+    from pyro_vae.train.fingerprint import data_fingerprint, dataset_digest
+
+    x = np.random.default_rng(2).random((50, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    whole = load_array_file(tmp_path / "x.npy")
+    streamed = load_streaming(tmp_path / "x.npy")
+    assert data_fingerprint(streamed) == data_fingerprint(whole)
+    train = whole.train
+    expected = hashlib.sha256(
+        f"{tuple(train.shape)} {train.dtype}".encode() + train.numpy().tobytes()
+    ).hexdigest()
+    assert data_fingerprint(streamed)["train"] == {"size": train.shape[0], "sha256": expected}
+    # blocks that do not divide the split give the same digest
+    assert dataset_digest(streamed.train, block=7) == expected
+    # and a changed point changes it
+    x[0, 0] += 1
+    np.save(tmp_path / "y.npy", x)
+    assert data_fingerprint(load_streaming(tmp_path / "y.npy")) != data_fingerprint(whole)

@@ -25,6 +25,7 @@ from pyro_vae.infer.trace import (
     batch_size_of,
     check_program,
     choose_strategy,
+    compute_log_density,
     enumerated_log_weight,
     enumerated_sites,
     enumerating,
@@ -48,6 +49,8 @@ class AISResult(PerExampleEstimate):
             sd(w) / (sqrt(C) mean(w))).
         acceptance: (N,) mean HMC acceptance probability over chains and steps.
         num_steps, num_chains: annealing steps T and chains C.
+        unscaled: the sites a handler scales (``poutine.scale``), scored without the scale:
+            it is a training device, not part of p(x).
     """
 
     per_example: torch.Tensor
@@ -55,6 +58,7 @@ class AISResult(PerExampleEstimate):
     acceptance: torch.Tensor
     num_steps: int
     num_chains: int
+    unscaled: tuple[str, ...] = ()
 
     @property
     def mc_stderr(self) -> float:
@@ -90,9 +94,7 @@ class _Densities:
         total = 0.0
         for name, site in self.init_fns.items():
             site = dict(site)
-            site["log_prob"] = scale_and_mask(
-                site["fn"].log_prob(z[name]), site["scale"], site["mask"]
-            )
+            site["log_prob"] = scale_and_mask(site["fn"].log_prob(z[name]), mask=site["mask"])
             total = total + self._term(name, site)
         return total
 
@@ -104,7 +106,7 @@ class _Densities:
                 *self.data, **self.kwargs
             )
         trace = prune_subsample_sites(trace)
-        trace.compute_log_prob()
+        compute_log_density(trace)
         enumerated = enumerated_sites(trace)
         if enumerated:
             return enumerated_log_weight(
@@ -170,7 +172,9 @@ def ais_log_likelihood(
     stochastic lower bound that tightens as T grows. Step sizes are adapted per chain and data
     point after each transition, eps <- eps * exp(0.5 (a - target_accept)) with a the
     acceptance probability, as Wu et al. adapt theirs toward a target acceptance rate.
-    Estimates per point carry a delta-method standard error across the C chains.
+    Estimates per point carry a delta-method standard error across the C chains. Sites a
+    handler scales (``poutine.scale``) are scored without the scale, as in
+    :func:`~pyro_vae.infer.importance.log_likelihood`; a point-mass guide is refused.
     """
     if init not in ("guide", "prior"):
         raise ConfigError(f"AIS init must be 'guide' or 'prior', got {init!r}")
@@ -205,7 +209,9 @@ def ais_log_likelihood(
         est.append(e)
         se.append(s)
         acc.append(a)
-    return AISResult(torch.cat(est), torch.cat(se), torch.cat(acc), num_steps, num_chains)
+    return AISResult(
+        torch.cat(est), torch.cat(se), torch.cat(acc), num_steps, num_chains, info.scaled
+    )
 
 
 def _ais_batch(

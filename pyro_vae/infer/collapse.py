@@ -41,8 +41,10 @@ from pyro_vae.infer.trace import (
     batch_size_of,
     check_program,
     choose_strategy,
+    compute_log_density,
     data_plate_frame,
     enumerated_log_weight,
+    is_point_mass,
     kept_random_state,
     probe_data,
     replicate_data,
@@ -259,10 +261,6 @@ def _elementwise(d: Distribution) -> Distribution | None:
     return base if base.event_shape == torch.Size() else None
 
 
-def _is_point_mass(d: Distribution) -> bool:
-    return isinstance(_unwrapped(d), pyro.distributions.Delta)
-
-
 def _data_dim(site: dict, data_plate: str) -> int:
     return data_plate_frame(site["name"], site, data_plate, "latent usage needs").dim
 
@@ -349,7 +347,7 @@ def _site_kl(
     factorize, else (*batch) for the whole site; records the method and reason on ``acc``."""
     qb, pb = _elementwise(q), _elementwise(p)
     batch_shape = z.shape[: z.dim() - q.event_dim]
-    if _is_point_mass(q):
+    if is_point_mass(q):
         acc.kl_method, acc.reason = "undefined", "q is a point mass: KL to a density is infinite"
         return torch.full(batch_shape, math.inf, dtype=z.dtype)
     if qb is None or pb is None or q.event_shape != p.event_shape:
@@ -478,7 +476,9 @@ def latent_usage(
     check_tensor(data[0], "data", getattr(getattr(model, "__self__", None), "event_shape", None))
     n = batch_size_of(data)
     probe = probe_data(model, data)
-    info = check_program(model, guide, *probe, data_plate=data_plate, **kwargs)
+    info = check_program(
+        model, guide, *probe, data_plate=data_plate, allow_point_mass=True, **kwargs
+    )
     pdim = info.particle_dim
     choose_strategy(
         model, guide, *probe, particle_dim=pdim, data_plate=data_plate,
@@ -672,7 +672,7 @@ def _pair_terms(
         _no_model, conditioned, *data, num_particles=plate, particle_dim=particle_dim,
         enumerate_sites=True, **kwargs,
     )  # fmt: skip
-    trace.compute_log_prob()
+    compute_log_density(trace)
     rows, cols = (c, m) if plate is not None else (1, c * m)
     # the trace holds only guide sites: their log q summed, discrete ones summed out
     log_q = enumerated_log_weight(trace, None, [], particle_dim, data_plate, rows, cols)

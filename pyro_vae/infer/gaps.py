@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from torch.distributions import Distribution
+from pyro.distributions import MaskedDistribution
+from pyro.distributions.torch_distribution import ExpandedDistribution
+from torch.distributions import Distribution, Independent
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer.importance import log_likelihood
@@ -24,6 +26,7 @@ from pyro_vae.infer.trace import (
     batch_size_of,
     check_program,
     chunk_sizes,
+    kept_random_state,
     log_weights,
     probe_data,
     slice_data,
@@ -81,20 +84,81 @@ def local_guide(
     params: dict[str, torch.Tensor],
     data_plate: str = "data",
     plate_dim: int = -1,
+    masks: dict[str, torch.Tensor | None] | None = None,
 ) -> Callable[..., None]:
     """A guide with free per-example parameters: z_{s,n} ~ families[s](params[s]_n) for each
     latent site s, in the data plate (at ``plate_dim``), independently across sites.
 
     params: site -> (batch, num_params_s); the guide must be called on data with the same
-    batch (its first positional tensor; further arguments are accepted and ignored).
+    batch, or that batch replicated (its first positional tensor; further arguments are
+    accepted and ignored).
+    masks: site -> the mask the amortized guide puts on that site for this batch (broadcast
+    to (batch,); ``None``: unmasked), so a masked-out element (a ragged sequence's padding)
+    is left out of log q as the amortized guide leaves it out (:func:`guide_masks`).
     """
+    masks = masks or {}
 
     def guide(x: torch.Tensor, *args, **kwargs) -> None:
         with pyro.plate(data_plate, x.shape[0], dim=plate_dim):
             for site, family in families.items():
-                pyro.sample(site, family(params[site]))
+                fn = family(_tiled(params[site], x.shape[0]))
+                if masks.get(site) is not None:
+                    fn = fn.mask(_tiled(masks[site], x.shape[0]))
+                pyro.sample(site, fn)
 
     return guide
+
+
+def _tiled(t, rows: int):
+    """``t`` (batch, ...) tiled along dim 0 to ``rows`` = copies * batch rows, as the data are
+    for replicated particles (:func:`~pyro_vae.infer.trace.replicate_data`); else unchanged."""
+    if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[0] in (1, rows):
+        return t
+    return t.repeat(rows // t.shape[0], *([1] * (t.dim() - 1)))
+
+
+def site_mask(name: str, site: dict) -> torch.Tensor | None:
+    """The mask of a traced sample site over its batch shape, or None: the handler's mask
+    (``poutine.mask``) and every ``.mask(m)`` inside its distribution, combined.
+
+    A ``.mask`` applied inside ``.to_event`` must be constant over the event dimensions (the
+    whole draw kept or dropped); one that drops part of an event is refused, since a local
+    posterior family has no way to drop part of its draw.
+    """
+    masks = [] if site["mask"] is None else [torch.as_tensor(site["mask"])]
+    fn, inner = site["fn"], 0
+    while isinstance(fn, Independent | ExpandedDistribution | MaskedDistribution):
+        if isinstance(fn, Independent):
+            inner += fn.reinterpreted_batch_ndims
+        if isinstance(fn, MaskedDistribution):
+            m = torch.as_tensor(fn._mask).expand(fn.batch_shape)
+            if inner:
+                dims = tuple(range(m.dim() - inner, m.dim()))
+                if not torch.equal(m.all(dims), m.any(dims)):
+                    raise ConfigError(
+                        f"guide site {name!r} masks part of its event (.mask inside "
+                        ".to_event); the local posterior keeps or drops whole draws, so mask "
+                        "whole data points (a mask of the batch shape)"
+                    )
+                m = m.all(dims)
+            masks.append(m)
+        fn = fn.base_dist
+    if not masks:
+        return None
+    out = masks[0]
+    for m in masks[1:]:
+        out = out & m
+    return out
+
+
+def guide_masks(guide: Callable, latent: list[str], data: tuple, **kwargs) -> dict:
+    """site -> the mask ``guide`` puts on each latent site on ``data`` (one batch), or None
+    (:func:`site_mask`). One traced pass, hidden from enclosing handlers; the random state is
+    left as it was.
+    """
+    with kept_random_state(), poutine.block():
+        trace = poutine.trace(guide).get_trace(*data, **kwargs)
+    return {s: site_mask(s, trace.nodes[s]) for s in latent}
 
 
 def optimize_local(
@@ -108,6 +172,9 @@ def optimize_local(
     *,
     data_plate: str = "data",
     plate_dim: int = -1,
+    masks: dict[str, torch.Tensor | None] | None = None,
+    particle_dim: int | None = None,
+    strategy: str = "vectorized",
     **kwargs,
 ) -> dict[str, torch.Tensor]:
     """Per-example posterior parameters maximizing the ELBO, by Adam from ``init_params``.
@@ -117,16 +184,20 @@ def optimize_local(
     Maximizes sum_n E_{q(z; params_n)}[log p(x_n, z) - log q(z; params_n)] with reparameterized
     gradients (``num_particles`` samples per step, learning rate decayed linearly to lr/10);
     the examples do not interact, so one optimizer over the (batch, num_params) tensors
-    optimizes each independently.
+    optimizes each independently. ``masks``: the amortized guide's masks per site
+    (:func:`local_guide`); ``strategy``: how particles are drawn (as chosen for the amortized
+    guide by :func:`~pyro_vae.infer.importance.log_likelihood`).
     """
     params = {s: p.detach().clone().requires_grad_() for s, p in init_params.items()}
     opt = torch.optim.Adam(list(params.values()), lr=lr)
     # decay the step linearly to lr/10, so the noisy gradient settles at the optimum
     sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=num_steps)
-    guide = local_guide(families, params, data_plate, plate_dim)
+    guide = local_guide(families, params, data_plate, plate_dim, masks)
     for _ in range(num_steps):
-        lw = log_weights(model, guide, data[0], num_particles, *data[1:], data_plate=data_plate,
-                         **kwargs)
+        lw = log_weights(
+            model, guide, data[0], num_particles, *data[1:], particle_dim=particle_dim,
+            data_plate=data_plate, strategy=strategy, **kwargs,
+        )  # fmt: skip
         loss = -lw.mean(0).sum()
         opt.zero_grad()
         loss.backward()
@@ -218,6 +289,8 @@ def inference_gaps(
     ``num_samples`` samples from the proposal of higher ELBO (the smaller KL to p(z | x)), or
     ``ais_per_example`` where that is higher. For a VAE: ``vae_inference_gaps``. Refused: a
     site without a family, enumerated sites, latent sites in plates besides the data plate.
+    Masks the guide puts on its sites (``.mask(m)``) are carried into the local guide; a
+    handler's scale factor is left out, as in :func:`log_likelihood`.
     """
     data, family, init_params = _legacy_positional(data, family, init_params)
     n = batch_size_of(data)
@@ -233,12 +306,14 @@ def inference_gaps(
         batch = slice_data(data, start, start + batch_size)
         with torch.no_grad():
             init = {s: f(*batch) for s, f in inits.items()}
+        masks = guide_masks(guide, latent, batch, **kwargs)
         params = optimize_local(
             model, families, batch, init, num_steps, num_particles, lr,
-            data_plate=data_plate, plate_dim=plate_dim, **kwargs,
+            data_plate=data_plate, plate_dim=plate_dim, masks=masks, particle_dim=pdim,
+            strategy=amortized.strategy, **kwargs,
         )  # fmt: skip
         with torch.no_grad():
-            guide_n = local_guide(families, params, data_plate, plate_dim)
+            guide_n = local_guide(families, params, data_plate, plate_dim, masks)
             lw = torch.cat([
                 log_weights(
                     model, guide_n, batch[0], k, *batch[1:], particle_dim=pdim,

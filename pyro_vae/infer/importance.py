@@ -50,6 +50,9 @@ class LogLikelihood(PerExampleEstimate):
         strategy: how particles were drawn: ``"vectorized"`` (a particle plate left of every
             plate) or ``"replicate"`` (each point repeated K times along the data plate).
         enumerated: the sites summed out exactly (marked ``infer={"enumerate": ...}``).
+        unscaled: the sites a handler scales (``poutine.scale``: a minibatch factor N / B, KL
+            annealing): a scale is a training device, not part of p(x), so they were scored
+            without it (:func:`~pyro_vae.infer.trace.compute_log_density`).
     """
 
     per_example: torch.Tensor
@@ -59,6 +62,7 @@ class LogLikelihood(PerExampleEstimate):
     log_weights: torch.Tensor | None = None
     strategy: str = "vectorized"
     enumerated: tuple[str, ...] = ()
+    unscaled: tuple[str, ...] = ()
 
     @property
     def elbo(self) -> float:
@@ -71,9 +75,10 @@ class LogLikelihood(PerExampleEstimate):
         return stderr(self.elbo_per_example)
 
     def __str__(self) -> str:
+        note = f"; sites {list(self.unscaled)} scored without their scale" if self.unscaled else ""
         return (
             f"log p(x) ~ {self.mean:.3f} +- {self.stderr:.3f} nats (IS, K={self.num_samples}); "
-            f"ELBO {self.elbo:.3f} +- {self.elbo_stderr:.3f}"
+            f"ELBO {self.elbo:.3f} +- {self.elbo_stderr:.3f}{note}"
         )
 
 
@@ -155,9 +160,12 @@ def log_likelihood(
     ``"replicate"`` repeats each data point K times along the data plate, for programs that
     cannot carry a dimension on the left (``.view(-1, D)``, ``torch.bmm``, masks built from
     the batch shape); ``"auto"`` (default) tries the first on a small batch and falls back to
-    the second; the result says which ran. Sites marked ``infer={"enumerate": "parallel"}``
-    (in the guide, or in the model where the guide does not sample them) take every value at
-    once and are summed out exactly: log w = logsumexp_y [log p(x, y, z) - log q(z | x, y)].
+    the second; the result says which ran. A handler's scale factor (``poutine.scale``: a
+    minibatch factor N / B, KL annealing) is not part of p(x): scaled sites are scored without
+    it and listed in the result's ``unscaled``; masks are kept. Sites marked
+    ``infer={"enumerate": "parallel"}`` (in the guide, or in the model where the guide does not
+    sample them) take every value at once and are summed out exactly (in a ``pyro.markov``
+    chain by the forward algorithm): log w = log sum_y p(x, y, z) / q(z | x, y).
 
     ``log_weights_fn(x, k, *rest)`` -> (k, batch), when given, computes each chunk's log
     weights in place of tracing (a caller's fast path for a model it knows, e.g.
@@ -217,4 +225,5 @@ def log_likelihood(
         log_weights=torch.cat(all_weights, 1) if keep_log_weights else None,
         strategy=strategy,
         enumerated=info.enumerated,
+        unscaled=info.scaled,
     )

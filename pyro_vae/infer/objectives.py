@@ -29,9 +29,12 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.infer.trace import (
     ParticleTerms,
     choose_strategy,
+    common_scale,
     enumeration_nesting,
+    is_unit_scale,
     latent_dependencies,
     particle_terms,
+    site_parents,
     slice_data,
 )
 
@@ -59,6 +62,19 @@ class LatentScale(Messenger):
     def _process_message(self, msg) -> None:
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.scale * msg["scale"]
+
+
+class ScaleSeen(Messenger):
+    """Records whether a handler inside the program scales any sample site (``scaled``):
+    the loss then carries that factor, and the reported ELBO is computed without it."""
+
+    def __init__(self):
+        super().__init__()
+        self.scaled = False
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and not is_unit_scale(msg["scale"]):
+            self.scaled = True
 
 
 @dataclass
@@ -138,10 +154,16 @@ def importance_weighted_loss(
         particle_dim=particle_dim, data_plate=data_plate, detach_guide=dreg, strategy=strategy,
         **kwargs,
     )  # fmt: skip
+    scale = common_scale(terms.guide_trace, terms.model_trace, what=f"the {gradient} bound")
     lw = terms.log_weights(kl_weight)  # (K, batch)
     bound = torch.logsumexp(lw, 0) - math.log(num_particles)
     if not dreg:
-        return LossValue(-bound.sum(), _true_elbo(terms))
+        surrogate = bound.sum() + score_function_term(terms, lw)
+        return LossValue(-scale * surrogate, _true_elbo(terms))
+    for site in terms.latent:
+        parents = site_parents(terms.guide_trace, terms.z, site)
+        if parents:
+            _refuse_dependent_guide(site, min(parents))
     w = torch.softmax(lw.detach(), 0)
     names = list(terms.z_leaf)
     grads = torch.autograd.grad(
@@ -151,7 +173,50 @@ def importance_weighted_loss(
     for n, g in zip(names, grads, strict=True):
         surrogate = surrogate + (terms.z[n] * g.detach()).sum()
     loss = -(surrogate - surrogate.detach() + bound.detach().sum())
-    return LossValue(loss, _true_elbo(terms))
+    return LossValue(scale * loss, _true_elbo(terms))
+
+
+def score_function_term(terms: ParticleTerms, lw: torch.Tensor) -> torch.Tensor:
+    """Zero-valued surrogate whose gradient is the score-function part of the IWAE gradient.
+
+    lw: (K, batch) log weights (as optimized). Latent guide sites drawn without a pathwise
+    gradient (discrete, or without ``rsample``; not enumerated) make the bound's gradient
+
+        grad E_q[L] = E_q[grad L] + E_q[sum_k l_k grad log q(y_k | x)],   L = log mean_k w_k,
+
+    and autograd through L gives only the first term. The learning signal is VIMCO's (Mnih &
+    Rezende 2016): l_k = L - log mean(w_1 .. w_{k-1}, w^_k, w_{k+1} .. w_K) with w^_k the
+    geometric mean of the other weights, a baseline that does not depend on y_k, so the
+    estimate stays unbiased; with K = 1 there is no other particle and l_1 = L. Returns 0
+    when every latent site is reparameterized or enumerated.
+    """
+    sampled = [
+        n for n in terms.latent
+        if n not in terms.enumerated and not terms.guide_trace.nodes[n]["fn"].has_rsample
+    ]  # fmt: skip
+    if not sampled:
+        return lw.new_zeros(())
+    if terms.enumerated:
+        raise ConfigError(
+            f"guide site {sampled[0]!r} is drawn without a pathwise gradient while "
+            f"{terms.enumerated} are enumerated; the score-function term needs the drawn "
+            f"site's log q apart, so mark {sampled[0]!r} infer={{'enumerate': 'parallel'}} too, "
+            "or use --objective elbo (TraceEnum_ELBO)"
+        )
+    log_q = sum(terms.log_q[n] for n in sampled)  # (K, batch)
+    k = lw.shape[0]
+    lwd = lw.detach()
+    bound = torch.logsumexp(lwd, 0) - math.log(k)
+    if k == 1:
+        signal = bound.expand_as(lwd)
+    else:
+        others = (lwd.sum(0, keepdim=True) - lwd) / (k - 1)  # mean of the other log weights
+        leave_out = lwd.unsqueeze(0).repeat(k, 1, 1)  # (k, K, batch): row k has w_k replaced
+        idx = torch.arange(k)
+        leave_out[idx, idx] = others
+        signal = bound - (torch.logsumexp(leave_out, 1) - math.log(k))
+    term = (signal * log_q).sum()
+    return term - term.detach()
 
 
 def iwae_loss(model, guide, x, num_particles, kl_weight=1.0, *args, **kwargs) -> LossValue:
@@ -375,12 +440,16 @@ class _PyroELBO(Objective):
                 f"a KL weight of {kl_weight} (beta, warm-up) cannot scale the latent terms of "
                 "programs with enumerated sites; train them with KL weight 1"
             )
+        seen = ScaleSeen()
         if kl_weight == 1.0:
-            loss = elbo.differentiable_loss(model, guide, *data, **kwargs)
-            return LossValue(loss, -float(loss.detach()))
-        scaled_model = LatentScale(kl_weight)(model)
-        scaled_guide = LatentScale(kl_weight)(guide)
-        loss = elbo.differentiable_loss(scaled_model, scaled_guide, *data, **kwargs)
+            loss = elbo.differentiable_loss(seen(model), seen(guide), *data, **kwargs)
+            if not seen.scaled:
+                return LossValue(loss, -float(loss.detach()))
+        else:
+            scaled_model = LatentScale(kl_weight)(seen(model))
+            scaled_guide = LatentScale(kl_weight)(seen(guide))
+            loss = elbo.differentiable_loss(scaled_model, scaled_guide, *data, **kwargs)
+        # the reported ELBO is the program's own: no KL weight, no handler's scale factor
         return LossValue(loss, self.true_elbo(model, guide, data, kwargs))
 
 
@@ -435,16 +504,20 @@ class DReG(IWAE):
     def check_programs(self, model, guide, data, kwargs) -> None:
         """DReG's encoder gradient (Tucker et al. 2019) holds for guide sites that are
         conditionally independent given x: refuse a guide site that depends on another's draw
-        (a bottom-up or ladder hierarchy)."""
+        (a bottom-up or ladder hierarchy). :func:`importance_weighted_loss` refuses it too, for
+        callers that use the function directly."""
         super().check_programs(model, guide, data, kwargs)
         dependent = latent_dependencies(model, guide, *data, **kwargs).dependent_guide_site()
         if dependent is not None:
-            site, parent = dependent
-            raise ConfigError(
-                f"dreg assumes the guide's latent sites are conditionally independent given the "
-                f"data, but q({site} | ...) depends on the draw of {parent!r}, so its encoder "
-                "gradient would be biased; use --objective iwae for this model"
-            )
+            _refuse_dependent_guide(*dependent)
+
+
+def _refuse_dependent_guide(site: str, parent: str) -> None:
+    raise ConfigError(
+        f"dreg assumes the guide's latent sites are conditionally independent given the data, "
+        f"but q({site} | ...) depends on the draw of {parent!r}, so its encoder gradient would "
+        "be biased; use --objective iwae for this model"
+    )
 
 
 #: Objective name -> class, accepted by :func:`make_objective` and ``pyro-vae train --objective``.

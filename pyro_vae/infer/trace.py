@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -25,8 +26,14 @@ import pyro
 import pyro.util
 import torch
 from pyro import poutine
+from pyro.distributions import Delta, Independent
+from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.distributions.util import scale_and_mask
+from pyro.infer.autoguide import AutoGuide
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
 from pyro.poutine.enum_messenger import EnumMessenger
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.errors import ConfigError, DataError
@@ -89,20 +96,88 @@ def slice_data(data: tuple, start: int, stop: int) -> tuple:
     return tuple(t[start:stop] if isinstance(t, torch.Tensor) else t for t in data)
 
 
+def is_deterministic(site: dict) -> bool:
+    """Whether a sample site was made by ``pyro.deterministic``: it records a value and has
+    no density (a ``Delta`` masked out), so it is neither observed data nor a latent site."""
+    return bool(site["infer"].get("_deterministic"))
+
+
 def _sample_sites(trace) -> Iterator[tuple[str, dict]]:
     for name, site in trace.nodes.items():
-        if site["type"] == "sample":
+        if site["type"] == "sample" and not is_deterministic(site):
             yield name, site
+
+
+def is_unit_scale(scale) -> bool:
+    """Whether a site's scale factor is 1 (a number, or a tensor of ones)."""
+    if isinstance(scale, torch.Tensor):
+        return bool((scale == 1).all())
+    return scale == 1
+
+
+def scaled_sites(*traces) -> dict[str, object]:
+    """Site name -> the scale factor a handler put on it (``poutine.scale``, an annealing
+    factor, a user's ``scale_factor``), for every sample site whose scale is not 1."""
+    found: dict[str, object] = {}
+    for trace in traces:
+        for n, s in _sample_sites(trace):
+            if not is_unit_scale(s["scale"]) and n not in found:
+                found[n] = s["scale"]
+    return found
+
+
+def common_scale(*traces, what: str = "the IWAE bound") -> float:
+    """The one scale factor shared by every sample site of ``traces`` (1.0 without handlers).
+
+    Refuses (naming the sites and their factors) scales that differ between sites or from
+    point to point: ``what`` (a log-mean of weights) can only carry a factor common to the
+    whole program, such as the minibatch factor N / B, applied to the bound as a whole.
+    """
+    found: dict[str, float] = {}
+    for trace in traces:
+        for n, s in _sample_sites(trace):
+            scale = s["scale"]
+            if isinstance(scale, torch.Tensor):
+                if scale.numel() != 1:
+                    raise ConfigError(
+                        f"site {n!r} carries a scale factor that varies from point to point "
+                        f"(shape {tuple(scale.shape)}); {what} cannot weigh points differently, "
+                        "so drop the poutine.scale handler (or weigh the per-point losses "
+                        "yourself)"
+                    )
+                scale = float(scale)
+            found.setdefault(n, float(scale))
+    values = sorted(set(found.values()))
+    if len(values) > 1:
+        lo = next(n for n, v in found.items() if v == values[0])
+        hi = next(n for n, v in found.items() if v == values[-1])
+        raise ConfigError(
+            f"site {lo!r} is scaled by {values[0]:g} and site {hi!r} by {values[-1]:g} "
+            f"(poutine.scale, an annealing factor); {what} is the log of a mean of weights, so "
+            "only a factor shared by every site (the minibatch factor N / B) can scale it; "
+            "anneal with the objective's KL weight (--beta, --warmup) instead of the handler"
+        )
+    return values[0] if values else 1.0
+
+
+def compute_log_density(trace) -> None:
+    """Each sample site's log-density into ``site["log_prob"]``, masked but NOT scaled.
+
+    A scale factor (``poutine.scale``: minibatch N/B, KL annealing) is a training device, not
+    part of p(x): the estimators score the program as written without it (the sites are listed
+    by :func:`scaled_sites`), while a mask (``.mask(m)``, ``poutine.mask``: ragged sequences,
+    missing values) removes a site's element from the program and is kept.
+    """
+    trace.compute_log_prob()
+    for _, site in _sample_sites(trace):
+        if not is_unit_scale(site["scale"]):
+            site["log_prob"] = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
 
 
 def latent_sites(guide_trace, model_trace=None) -> list[str]:
     """Names of the latent sites: sample sites of the guide the model does not observe."""
     observed = set() if model_trace is None else set(observed_sites(model_trace))
-    return [
-        n
-        for n, s in _sample_sites(guide_trace)
-        if not s["is_observed"] and n not in observed
-    ]
+    return [n for n, s in _sample_sites(guide_trace) if not s["is_observed"] and n not in observed]
 
 
 def observed_sites(model_trace) -> list[str]:
@@ -222,36 +297,56 @@ class LatentDependencies(NamedTuple):
         return None
 
 
+class _LeafDraws(Messenger):
+    """Draw each continuous latent site as a leaf tensor that requires grad, whatever the
+    guide's parameters are: d(log-density of a later site) / d(draw) then exists exactly when
+    that site depends on the draw (a guide with fixed parameters shows its dependencies too)."""
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
+            return
+        if msg["infer"].get("enumerate") or msg["infer"].get("_deterministic"):
+            return
+        value = msg["fn"](*msg["args"], **msg["kwargs"])
+        if value.is_floating_point() and not msg["fn"].support.is_discrete:
+            value = value.detach().requires_grad_()
+        msg["value"] = value
+
+
+def site_parents(trace, values: dict[str, torch.Tensor], site: str) -> set[str]:
+    """The sites among ``values`` (name -> drawn tensor) whose draw the log-density of
+    ``trace``'s ``site`` (evaluated at its detached value) has a gradient with respect to."""
+    others = [t for t in values if t != site and values[t].requires_grad]
+    if not others:
+        return set()
+    lp = trace.nodes[site]["fn"].log_prob(trace.nodes[site]["value"].detach()).sum()
+    if not lp.requires_grad:
+        return set()
+    grads = torch.autograd.grad(
+        lp, [values[t] for t in others], allow_unused=True, retain_graph=True
+    )
+    return {t for t, g in zip(others, grads, strict=True) if g is not None}
+
+
 def latent_dependencies(model: Callable, guide: Callable, *args, **kwargs) -> LatentDependencies:
     """:class:`LatentDependencies` of a model/guide pair, from one traced pass on ``args``.
 
-    The pass runs with gradients on and leaves the caller's random stream unchanged.
+    Continuous draws are made leaves (:class:`_LeafDraws`), so the dependencies are found
+    whether or not the guide has parameters. The pass runs with gradients on and leaves the
+    caller's random stream unchanged.
     """
     with kept_random_state(), poutine.block(), torch.enable_grad():
-        guide_trace, model_trace = trace_pair(model, guide, *args, **kwargs)
-    order = tuple(latent_sites(guide_trace, model_trace))
-    values = {n: guide_trace.nodes[n]["value"] for n in order}
-
-    def parents(fn, site: str) -> set[str]:
-        others = [t for t in order if t != site and values[t].requires_grad]
-        if not others:
-            return set()
-        lp = fn.log_prob(values[site].detach()).sum()
-        if not lp.requires_grad:
-            return set()
-        grads = torch.autograd.grad(
-            lp, [values[t] for t in others], allow_unused=True, retain_graph=True
-        )
-        return {t for t, g in zip(others, grads, strict=True) if g is not None}
-
-    guide_parents = {s: parents(guide_trace.nodes[s]["fn"], s) for s in order}
-    model_parents: dict[str, set[str]] = {}
-    model_order = [n for n in model_trace.nodes if n in values]
-    for i, s in enumerate(model_order):
-        found = parents(model_trace.nodes[s]["fn"], s)
-        # an earlier model site without a pathwise gradient may be a parent: count it
-        found |= {t for t in model_order[:i] if not values[t].requires_grad}
-        model_parents[s] = found
+        guide_trace, model_trace = trace_pair(model, _LeafDraws()(guide), *args, **kwargs)
+        order = tuple(latent_sites(guide_trace, model_trace))
+        values = {n: guide_trace.nodes[n]["value"] for n in order}
+        guide_parents = {s: site_parents(guide_trace, values, s) for s in order}
+        model_parents: dict[str, set[str]] = {}
+        model_order = [n for n in model_trace.nodes if n in values]
+        for i, s in enumerate(model_order):
+            found = site_parents(model_trace, values, s)
+            # an earlier model site without a pathwise gradient may be a parent: count it
+            found |= {t for t in model_order[:i] if not values[t].requires_grad}
+            model_parents[s] = found
     return LatentDependencies(order, guide_parents, model_parents)
 
 
@@ -279,6 +374,8 @@ class ProgramInfo(NamedTuple):
     latent: list[str]
     particle_dim: int
     enumerated: tuple[str, ...] = ()
+    #: sites whose log-density a handler scales; the estimators score them unscaled
+    scaled: tuple[str, ...] = ()
 
 
 def _marked_for_enumeration(*traces) -> bool:
@@ -307,12 +404,68 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
+#: Words of torch's messages about mixed dtypes (matmul, cat, linear layers).
+_DTYPE_WORDS = ("dtype", "scalar type", "Double and Float", "Float and Double")
+
+
+def program_failure(exc: BaseException, args: tuple, kwargs: dict) -> str:
+    """The refusal for programs that raised ``exc`` on the probe batch ``args``: names a mixed
+    dtype, or per-example keyword tensors (keywords are passed unchanged, not sliced), before
+    falling back to advice about the data's shape."""
+    first = _first_line(exc)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if any(w in first for w in _DTYPE_WORDS):
+        dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors})
+        return (
+            f"the programs fail on data of dtype {', '.join(dtypes)} with a dtype error "
+            f"({first}); convert the data to the model's dtype (x.float()) or the model to "
+            "the data's (model.double())"
+        )
+    n = batch_size_of(args)
+    keywords = [
+        k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] > n
+    ]
+    if keywords:
+        k = keywords[0]
+        return (
+            f"the programs fail on a batch of {n} points ({first}) and keyword {k!r} is a tensor "
+            f"of shape {tuple(kwargs[k].shape)}; keywords are passed unchanged to every batch, "
+            f"so pass per-example tensors positionally after the data, "
+            f"e.g. log_likelihood(model, guide, x, {k}), and they are sliced with it"
+        )
+    shapes = [tuple(t.shape) for t in tensors]
+    return (
+        f"the model cannot read data of shape {shapes} ({first}); pass data shaped "
+        "(N, *event_shape) as in training"
+    )
+
+
+def is_point_mass(fn) -> bool:
+    """Whether ``fn`` is a point mass (``Delta``, also inside ``Independent`` or expanded)."""
+    while isinstance(fn, Independent | ExpandedDistribution):
+        fn = fn.base_dist
+    return isinstance(fn, Delta)
+
+
+def _refuse_autoguide(guide: Callable) -> None:
+    owner = guide if isinstance(guide, AutoGuide) else getattr(guide, "__self__", None)
+    if isinstance(owner, AutoGuide):
+        raise ConfigError(
+            f"the guide is Pyro's autoguide {type(owner).__name__}: it is not amortized (one "
+            "set of parameters per latent site of the training batch, no q(z | x) for other "
+            "data points, auxiliary sites the model does not have), so it cannot score data "
+            "point by point; write an amortized guide, an encoder that maps x to the parameters "
+            "of q(z | x) inside pyro.plate('data', ...) (as pyro_vae's VAE does)"
+        )
+
+
 def check_program(
     model: Callable,
     guide: Callable,
     *args,
     data_plate: str = "data",
     restore_rng: bool = False,
+    allow_point_mass: bool = False,
     **kwargs,
 ) -> ProgramInfo:
     """Check model and guide against each other on a small batch before any number is made.
@@ -322,9 +475,13 @@ def check_program(
     does not have, no observed site, a site outside the data plate, a data plate whose size
     is not n or that subsamples (its log-probs would be rescaled by N / n), values broadcast
     against their distribution, and an enumerated site inside a plate other than the data
-    plate. Returns the latent sites, the particle dimension and the enumerated sites
-    (:class:`ProgramInfo`). ``restore_rng``: leave the random state as it was.
+    plate. Also refused: a Pyro autoguide (not amortized), a ``pyro.deterministic`` site in
+    place of an observation (no density), and, unless ``allow_point_mass``, a guide site that
+    is a point mass (``Delta``, ``AutoDelta``: log p(x, z*) is not an estimate of log p(x)).
+    Returns the latent sites, the particle dimension, the enumerated sites and the sites a
+    handler scales (:class:`ProgramInfo`). ``restore_rng``: leave the random state as it was.
     """
+    _refuse_autoguide(guide)
     n = batch_size_of(args)
     try:
         with kept_random_state() if restore_rng else contextlib.nullcontext(), poutine.block():
@@ -337,17 +494,30 @@ def check_program(
                         model, guide, *args, particle_dim=pdim, enumerate_sites=True, **kwargs
                     )
     except PROGRAM_ERRORS as exc:
-        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-        raise DataError(
-            f"the model cannot read data of shape {shapes} ({_first_line(exc)}); pass data "
-            "shaped (N, *event_shape) as in training"
-        ) from exc
+        raise DataError(program_failure(exc, args, kwargs)) from exc
     if not observed_sites(model_trace):
+        for name, site in model_trace.nodes.items():
+            if site["type"] == "sample" and is_deterministic(site):
+                raise DataError(
+                    f"the model observes no sample site: {name!r} is a pyro.deterministic "
+                    "site, which records a value without a density, so there is no likelihood "
+                    f"to score; observe the data through a distribution: pyro.sample({name!r}, "
+                    "dist.Normal(f(z), sigma).to_event(1), obs=x)"
+                )
         raise DataError(
             "the model observes no sample site; give the data to pyro.sample(..., obs=x) so "
             "there is a likelihood to score"
         )
     enumerated = enumerated_sites(enum_guide, enum_model)
+    for name, site in _sample_sites(guide_trace):
+        if not (allow_point_mass or site["is_observed"]) and is_point_mass(site["fn"]):
+            raise ConfigError(
+                f"guide site {name!r} is a point mass (a Delta, as a MAP guide or AutoDelta "
+                "draws): every importance weight is p(x, z*) at that one "
+                "point (ESS = K by construction), which is not an estimate of log p(x); give "
+                f"{name!r} a density in the guide (e.g. dist.Normal(loc, scale)), or report "
+                "log p(x, z*) as what it is, the joint density at the point estimate"
+            )
     model_latent = {nm for nm, s in _sample_sites(model_trace) if not s["is_observed"]}
     guide_latent = {nm for nm, s in _sample_sites(guide_trace) if not s["is_observed"]}
     for name in sorted(model_latent - guide_latent - set(enumerated)):
@@ -404,7 +574,12 @@ def check_program(
                     f"infer={{'enumerate': None}} to sample it, or sum it out inside the model "
                     f"(e.g. dist.MixtureSameFamily)"
                 )
-    return ProgramInfo(latent_sites(guide_trace, model_trace), pdim, tuple(enumerated))
+    return ProgramInfo(
+        latent_sites(guide_trace, model_trace),
+        pdim,
+        tuple(enumerated),
+        tuple(scaled_sites(guide_trace, model_trace)),
+    )
 
 
 def probe_data(model: Callable, data: tuple) -> tuple:
@@ -457,7 +632,7 @@ def _site_log_prob(
 def site_term(
     name: str, site: dict, particle_dim: int, data_plate: str, num_particles: int, batch: int
 ) -> torch.Tensor:
-    """One sample site's (scaled) log-probability ``site["log_prob"]`` as (particles, batch).
+    """One sample site's log-density ``site["log_prob"]`` (masked, unscaled) as (particles, batch).
 
     Every dimension except the particle dimension and the data plate's is summed out.
     """
@@ -474,6 +649,13 @@ def site_terms(
     }
 
 
+def _negated(t: torch.Tensor) -> torch.Tensor:
+    """-t for a packed tensor (:mod:`pyro.ops.packed`), keeping its dimension names."""
+    out = -t
+    out._pyro_dims = t._pyro_dims
+    return out
+
+
 def enumerated_log_weight(
     model_trace,
     guide_trace: object | None,
@@ -485,33 +667,49 @@ def enumerated_log_weight(
 ) -> torch.Tensor:
     """log w with the enumerated sites summed out exactly: (particles, batch).
 
-    With y the enumerated sites (every value at once, in dimensions left of the particles)
-    and z the sampled ones, drawn after y where the guide conditions on it:
+    With y the enumerated sites (every value at once, ``poutine.enum``) and z the sampled
+    ones, drawn after y where the guide conditions on it:
 
-        log w = logsumexp_y [log p(x, y, z_y) - log q(z_y | x, y)],
+        log w = log sum_y p(x, y, z_y) / q(z_y | x, y),
 
     so E[w] = sum_y p(x, y) = p(x): an unbiased weight, whatever q(y | x) is (its log-density
-    is left out; the sum replaces sampling y). Plates inside the data plate are summed for
-    each y before the logsumexp, which is exact since y is one value per data point.
-    ``guide_trace=None``: the model's log p(x, z) with y summed out (no proposal terms).
+    is left out; the sum replaces sampling y). The sum is the sum-product contraction Pyro's
+    ``TraceEnum_ELBO`` runs (``pyro.ops.contract.contract_to_tensor`` in the log ring, tensor
+    variable elimination), so enumerated sites in a ``pyro.markov`` chain (an HMM, whose
+    enumeration dimensions are recycled along the chain) are summed by the forward algorithm,
+    not as independent factors; plates other than the particles' and the data plate are
+    product-reduced. ``guide_trace=None``: the model's log p(x, z) with y summed out (no
+    proposal terms). Log-densities are read from ``site["log_prob"]``
+    (:func:`compute_log_density`: masked, not scaled).
     """
-    model_sites = list(_sample_sites(model_trace))
-    guide_sites = (
-        []
-        if guide_trace is None
-        else [(n, s) for n, s in _sample_sites(guide_trace) if n not in enumerated]
-    )
-    num_enum = max(
-        [0] + [s["log_prob"].dim() + particle_dim for _, s in model_sites + guide_sites]
-    )
-    total = 0.0
-    for n, s in model_sites:
-        total = total + _site_log_prob(n, s, particle_dim, data_plate, num_enum)
-    for n, s in guide_sites:
-        total = total - _site_log_prob(n, s, particle_dim, data_plate, num_enum)
-    if num_enum:
-        total = torch.logsumexp(total, list(range(num_enum)))
-    return total.expand(num_particles, batch)
+    traces = [model_trace] if guide_trace is None else [guide_trace, model_trace]
+    plate_to_symbol: dict[str, str] = {}
+    for trace in traces:
+        trace.pack_tensors(plate_to_symbol)
+        plate_to_symbol = trace.plate_to_symbol
+    tree: OrderedDict = OrderedDict()
+    for trace, sign in zip(traces, [-1, 1] if guide_trace is not None else [1], strict=True):
+        for n, s in _sample_sites(trace):
+            if sign < 0 and n in enumerated:
+                continue  # a guide site summed out: q(y | x) is not part of the weight
+            data_plate_frame(n, s, data_plate)
+            ordinal = frozenset(
+                plate_to_symbol[f.name] for f in s["cond_indep_stack"] if f.vectorized
+            )
+            term = s["packed"]["log_prob"]
+            tree.setdefault(ordinal, []).append(term if sign > 0 else _negated(term))
+    plates = set(plate_to_symbol.values())
+    sum_dims = {d for terms in tree.values() for t in terms for d in t._pyro_dims} - plates
+    kept = [plate_to_symbol[p] for p in ("particles", data_plate) if p in plate_to_symbol]
+    present = {d for terms in tree.values() for t in terms for d in t._pyro_dims}
+    target = frozenset(d for d in kept if d in present)  # size-1 plates are not packed
+    total = contract_to_tensor(tree, sum_dims, target_ordinal=target, ring=LogRing())
+    sizes = dict(zip(total._pyro_dims, total.shape, strict=True))
+    total = total.permute([total._pyro_dims.index(d) for d in kept if d in sizes])
+    shape = [sizes.get(d, 1) for d in kept]
+    if "particles" not in plate_to_symbol:  # replicated particles: no particle plate
+        shape = [1, *shape]
+    return total.reshape(shape).expand(num_particles, batch)
 
 
 def detach_distribution(fn):
@@ -555,6 +753,8 @@ class ParticleTerms:
             of point b at k * batch + b.
         enumerated: names of the sites summed out exactly.
         strategy: ``"vectorized"`` or ``"replicate"`` (:data:`STRATEGIES`).
+        scales: site -> the scale factor a handler put on it, for sites whose scale is not 1
+            (:func:`scaled_sites`); the terms are unscaled (:func:`compute_log_density`).
     """
 
     log_p: dict[str, torch.Tensor]
@@ -566,6 +766,7 @@ class ParticleTerms:
     model_trace: object
     enumerated: list[str] = field(default_factory=list)
     strategy: str = "vectorized"
+    scales: dict[str, object] = field(default_factory=dict)
 
     def log_weights(self, kl_weight: float = 1.0) -> torch.Tensor:
         """(K, batch) log w = sum log p - sum log q, latent terms times ``kl_weight``."""
@@ -590,8 +791,7 @@ def replicate_data(args: tuple, copies: int) -> tuple:
     reshapes to (copies, batch). Other values are passed unchanged.
     """
     return tuple(
-        t.repeat(copies, *([1] * (t.dim() - 1))) if isinstance(t, torch.Tensor) else t
-        for t in args
+        t.repeat(copies, *([1] * (t.dim() - 1))) if isinstance(t, torch.Tensor) else t for t in args
     )
 
 
@@ -631,35 +831,39 @@ def particle_terms(
     latent = [n for n, s in _sample_sites(guide_trace) if not s["is_observed"]]
     z = {n: guide_trace.nodes[n]["value"] for n in latent}
     if detach_guide:
+        for n in latent:
+            site = guide_trace.nodes[n]
+            how = (
+                "enumerated" if site["infer"].get("_enumerate_dim") is not None
+                else None if site["fn"].has_rsample
+                else f"a {type(site['fn']).__name__} without rsample (discrete or not "
+                "reparameterizable)"
+            )  # fmt: skip
+            if how is not None:
+                raise ConfigError(
+                    f"dreg needs every latent guide site reparameterized, but site {n!r} is "
+                    f"{how}; use --objective iwae (it adds score-function terms for such sites) "
+                    "or --objective elbo"
+                )
         z_leaf = {n: v.detach().requires_grad_() for n, v in z.items()}
         for n in latent:
             site = guide_trace.nodes[n]
-            if not site["fn"].has_rsample:
-                raise ConfigError(
-                    f"DReG needs a reparameterized guide but site {n!r} has no rsample; "
-                    "use --objective iwae"
-                )
             fn = detach_distribution(site["fn"])
             site["value"] = z_leaf[n]
-            site["log_prob"] = scale_and_mask(fn.log_prob(z_leaf[n]), site["scale"], site["mask"])
+            site["log_prob"] = scale_and_mask(fn.log_prob(z_leaf[n]), mask=site["mask"])
     else:
         z_leaf = z
-        guide_trace.compute_log_prob()
+        compute_log_density(guide_trace)
     model_run = enumerating(model)
     with _particle_plate(plate_size, particle_dim):
         model_trace = poutine.trace(poutine.replay(model_run, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
     model_trace = prune_subsample_sites(model_trace)
-    model_trace.compute_log_prob()
+    compute_log_density(model_trace)
     n_part = num_particles if plate_size is not None else 1
     enumerated = enumerated_sites(guide_trace, model_trace)
     if enumerated:
-        if detach_guide:
-            raise ConfigError(
-                f"DReG needs every latent site reparameterized, but {enumerated} are "
-                "enumerated; use --objective iwae"
-            )
         log_p = {
             "+".join(enumerated): enumerated_log_weight(
                 model_trace, guide_trace, enumerated, particle_dim, data_plate, n_part, rows
@@ -675,7 +879,16 @@ def particle_terms(
         log_p = {n: t.reshape(num_particles, batch) for n, t in log_p.items()}
         log_q = {n: t.reshape(num_particles, batch) for n, t in log_q.items()}
     return ParticleTerms(
-        log_p, log_q, latent, z, z_leaf, guide_trace, model_trace, enumerated, strategy
+        log_p,
+        log_q,
+        latent,
+        z,
+        z_leaf,
+        guide_trace,
+        model_trace,
+        enumerated,
+        strategy,
+        scaled_sites(guide_trace, model_trace),
     )
 
 
@@ -697,8 +910,15 @@ def log_weights(
     (reparameterized sites), so this also serves objectives.
     """
     return particle_terms(
-        model, guide, num_particles, x, *args,
-        particle_dim=particle_dim, data_plate=data_plate, strategy=strategy, **kwargs,
+        model,
+        guide,
+        num_particles,
+        x,
+        *args,
+        particle_dim=particle_dim,
+        data_plate=data_plate,
+        strategy=strategy,
+        **kwargs,
     ).log_weights()
 
 
