@@ -337,7 +337,14 @@ def check_program(
                         model, guide, *args, particle_dim=pdim, enumerate_sites=True, **kwargs
                     )
     except PROGRAM_ERRORS as exc:
-        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        shapes = [tuple(a.shape) for a in tensors]
+        dtypes = sorted({str(a.dtype) for a in tensors if a.is_floating_point()})
+        if "dtype" in str(exc) and dtypes:  # float64 data for a float32 model, or the reverse
+            raise DataError(
+                f"the model cannot read data of dtype {', '.join(dtypes)} ({_first_line(exc)}); "
+                "convert the data to the model's dtype (x.float() for float32)"
+            ) from exc
         raise DataError(
             f"the model cannot read data of shape {shapes} ({_first_line(exc)}); pass data "
             "shaped (N, *event_shape) as in training"

@@ -220,12 +220,23 @@ def build_nets(config: ModelConfig):
     return ARCHS.build(config.arch, config.arch_options, **config.shared_sizes())
 
 
+def check_model_config(config: Any) -> ModelConfig:
+    """Refuse anything but a :class:`ModelConfig` (a dict of options, say) with one line."""
+    if not isinstance(config, ModelConfig):
+        raise ConfigError(
+            f"a model is built from a pyro_vae.ModelConfig, got {type(config).__name__}; pass "
+            "ModelConfig(event_shape=..., **options) (ModelConfig.from_dict reads a dict)"
+        )
+    return config
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """The module of ``config.kind`` (:mod:`pyro_vae.models.kinds`) built from ``config``.
 
     The module carries its kind's name and options (``kind``, ``kind_options``), so the fit
     loop, the estimators' callers and the figures find its kind without a config.
     """
+    check_model_config(config)
     kind = build_kind(config.kind, config.kind_options)
     model = kind.build(config)
     model.kind = config.kind
@@ -239,6 +250,7 @@ def build_vae(config: ModelConfig) -> VAE:
     The encoder outputs the posterior family's ``num_params``; the decoder outputs the
     likelihood's ``num_params`` per data element.
     """
+    check_model_config(config)
     prior = build_prior(config)
     posterior = build_posterior(config)
     likelihood = build_likelihood(config)
