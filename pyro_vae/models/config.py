@@ -260,6 +260,23 @@ def build_vae(config: ModelConfig) -> VAE:
     return VAE(encoder, decoder, prior, likelihood, posterior, config.event_shape)
 
 
+#: Deepest nesting of tables and lists a config file may have (a part's table of options
+#: holding a list is three).
+MAX_CONFIG_DEPTH = 8
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply dicts and lists nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML (``.toml``) or JSON config file into a dict of option names.
 
@@ -287,6 +304,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         first = (str(exc).splitlines() or [""])[0]
         raise ConfigError(f"config file {path} is not valid: {first}; fix its syntax") from exc
+    except RecursionError:
+        values = None  # nested deeper than the parser goes: refused below
+    depth = nesting_depth(values) if values is not None else MAX_CONFIG_DEPTH + 1
+    if depth > MAX_CONFIG_DEPTH:
+        raise ConfigError(
+            f"config file {str(path)!r} nests tables or lists more than {MAX_CONFIG_DEPTH} deep; "
+            "options are at most a table of tables of lists: flatten it"
+        )
     if not isinstance(values, dict):
         raise ConfigError(
             f"config file {path} must hold a table of options, got {type(values).__name__}"

@@ -169,6 +169,7 @@ class RunDir:
             raise ConfigError(
                 f"{self.quoted()} exists and is not a directory; choose another --name"
             )
+        self.check_entries()
         if self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()):
             if not overwrite:
                 raise ConfigError(

@@ -10,6 +10,7 @@ special case.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -145,7 +146,10 @@ def leave_group(wait: bool = True) -> None:
     With ``wait`` the ranks first meet at a barrier, so none closes its connections while
     another still uses them. Leaving explicitly matters: a gloo group left to the
     interpreter's teardown can abort the process at exit ("terminate called without an
-    active exception") after the work is done.
+    active exception") after the work is done. The objects that still hold the group (a
+    ``DistributedDataParallel`` replica and its reducer, kept alive by reference cycles until
+    the interpreter's last collection) are collected first, so the group's threads are joined
+    here, by its own destructor, not during teardown.
     """
     global _JOINED
     if not (_JOINED and dist.is_available() and dist.is_initialized()):
@@ -154,7 +158,9 @@ def leave_group(wait: bool = True) -> None:
         if wait:
             dist.barrier()
     finally:
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
         _JOINED = False
 
 
