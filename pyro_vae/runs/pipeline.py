@@ -231,7 +231,7 @@ def train_run(
     run = RunDir(run_dir)
     group = current_group()
     # read once: a streamed split is checked point by point as it is hashed
-    fingerprint = data_fingerprint(data, streamed_check(model))
+    fingerprint = data_fingerprint(data, streamed_check(model, data.train))
     check_same_data_on_every_rank(fingerprint, group)
     run.check_creatable(overwrite)  # on every rank, so all refuse together,
     group.barrier()  # and all of them before rank 0 creates it

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import pyro
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from pyro_vae.data.batches import epoch_batches, epoch_order, num_points
@@ -239,7 +239,7 @@ def fit(
     check_num_workers(num_workers)
     fingerprint = None
     if current_group().distributed or (run_dir is not None and model_config is not None):
-        fingerprint = data_fingerprint(data, streamed_check(model))
+        fingerprint = data_fingerprint(data, streamed_check(model, data.train))
         check_same_data_on_every_rank(fingerprint)
     if run_dir is not None and not callable(getattr(run_dir, "save_checkpoint", None)):
         raise ConfigError(
@@ -398,7 +398,7 @@ def train_epoch(
             first = step * config.batch_size
             check_points(
                 model, x, f"in training batch {step} of epoch {epoch}",
-                lambda j, first=first: int(order[first + j]),
+                lambda j, first=first: source_index(train, int(order[first + j])),
             )  # fmt: skip
         if binarize:
             x = dynamic_binarize(x)
@@ -430,7 +430,7 @@ def check_num_workers(num_workers: Any) -> None:
 
 
 def check_points(
-    model: torch.nn.Module, x: torch.Tensor, where: str, index_of: Callable[[int], int]
+    model: torch.nn.Module, x: torch.Tensor, where: str, index_of: Callable[[int], str]
 ) -> None:
     """Refuse streamed training points ``x`` (n, *event_shape) that the model cannot use:
     a non-finite value names the point (``index_of(row)``, its index in the training split)."""
@@ -446,14 +446,23 @@ def check_points(
     model.likelihood.check_data(x)
 
 
-def streamed_check(model: torch.nn.Module) -> Callable[[torch.Tensor, int], None]:
+def source_index(split: Dataset, i: int) -> str:
+    """Point ``i`` of a streamed split, named by its row in the source as well when the split
+    is a subset of it (``"17 (row 170 of the file)"``)."""
+    row = i
+    while isinstance(split, Subset):
+        row, split = int(split.indices[row]), split.dataset
+    return str(i) if row == i else f"{i} (row {row} of its source)"
+
+
+def streamed_check(model: torch.nn.Module, split: Dataset) -> Callable[[torch.Tensor, int], None]:
     """The check :func:`data_fingerprint` runs on each block of a streamed training split
     as it hashes it, so bad points are refused before the first step (and before a run
     directory is made)."""
 
     def check(block: torch.Tensor, first: int) -> None:
         where = f"points {first} to {first + block.shape[0] - 1}, read before training"
-        check_points(model, block, where, lambda j: first + j)
+        check_points(model, block, where, lambda j: source_index(split, first + j))
 
     return check
 
