@@ -277,3 +277,15 @@ def test_unusable_run_paths_are_one_line_and_exit_2(tmp_path, capsys, argv, frag
     assert cli.main([*train, *extra]) == 2
     assert fragment in one_error_line(capsys.readouterr().err)
     assert snapshot(tmp_path) == before
+
+
+def test_the_lock_holder_removes_only_the_run_s_own_stale_temporaries(tmp_path):
+    run = RunDir(tmp_path / "r").create()
+    stale = [".metrics.jsonl.k1x.tmp", ".checkpoint.pt.9zq.tmp", ".samples.png.a_b.tmp"]
+    kept = [".notes.tmp", "mine.tmp", ".data.npy.x1.tmp"]
+    for name in stale + kept:
+        run.file(name).write_text("left over")
+    with run.lock():
+        pass
+    names = {p.name for p in run.path.iterdir()}
+    assert not names & set(stale) and set(kept) <= names

@@ -160,12 +160,13 @@ def apply_attribute(
 
     x: (n, *event_shape), vector: (d,) -> (len(strengths), n, *event_shape).
     """
-    values = list(strengths)
-    if not values or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
-    ):
+    try:
+        values = [float(v) for v in strengths]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
         raise ConfigError(
-            f"attribute strengths must be finite numbers, got {values!r}; pass e.g. -2,-1,0,1,2"
+            f"attribute strengths must be finite numbers, got {strengths!r}; pass e.g. -2,-1,0,1,2"
         )
     z = latent_codes(model, x)
     s = torch.as_tensor(values, dtype=z.dtype)

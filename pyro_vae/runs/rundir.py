@@ -242,10 +242,22 @@ class RunDir:
         save_checkpoint(self.file(self.CHECKPOINT), state)
 
     def load_checkpoint(self) -> dict[str, Any]:
-        # A kill during a checkpoint write leaves its temporary file; the checkpoint is intact.
-        for stale in self.path.glob(f".{self.CHECKPOINT}.*.tmp"):
-            stale.unlink(missing_ok=True)
         return load_checkpoint(self.file(self.CHECKPOINT))
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporary files a killed writer left (``.checkpoint.pt.XXXX.tmp``,
+        ``.metrics.jsonl.XXXX.tmp``, ``.samples.png.XXXX.tmp``): only those of the run's own
+        files and figures, and only by the lock's holder, so no live write loses its file."""
+        owned = (self.MARKER, self.CONFIG, self.CHECKPOINT, self.METRICS, self.RESULTS)
+        for entry in os.scandir(self.path):
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(".tmp")) or not entry.is_file(
+                follow_symlinks=False
+            ):
+                continue
+            target = name[1:].rsplit(".", 2)[0]
+            if target in owned or target.endswith((".png", ".pdf")):
+                os.unlink(entry.path)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` atomically with exactly ``history``'s records."""
@@ -326,6 +338,8 @@ class RunDir:
                     f"run directory {self.quoted()} is in use by another process "
                     f"({printable(holder)}); wait for it to finish or stop it, then retry"
                 ) from None
+            # a kill during a write leaves its temporary file; the file itself is intact
+            self.remove_stale_temporaries()
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}".encode(), 0)
