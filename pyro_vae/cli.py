@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pyro_vae.data.files import printable
 from pyro_vae.errors import PyroVAEError
 
 
@@ -27,6 +28,23 @@ def _hidden(text: str) -> tuple[int, ...]:
     if not sizes or any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"hidden sizes must be positive integers, got {text!r}")
     return sizes
+
+
+#: Seeds the estimators and figures accept (NumPy's generator takes 32 bits).
+MAX_SEED = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    """A ``--seed`` value: an integer from 0 to :data:`MAX_SEED`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"--seed must be an integer from 0 to {MAX_SEED}, got {text!r}"
+        )
+    return value
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -222,7 +240,7 @@ def build_parser(track: bool = False) -> argparse.ArgumentParser:
         default=scoring["batch_size"].default,
         help="data points per pass",
     )
-    ev.add_argument("--seed", type=int, default=0, help="random seed of the estimator")
+    ev.add_argument("--seed", type=_seed, default=0, help="random seed of the estimator")
     ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.add_argument(
         "--method",
@@ -278,7 +296,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     sample.add_argument("--source", choices=["prior", "aggregate"], default="prior")
     sample.add_argument("--output", type=Path, default=None, help="default RUN_DIR/samples-SOURCE")
     sample.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=_seed, default=0)
     sample.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     plot = sub.add_parser(
@@ -294,7 +312,7 @@ def _add_application_parsers(sub) -> list[argparse.ArgumentParser]:
     plot.add_argument("--kind", choices=_figure_kinds(), required=True)
     plot.add_argument("--output", type=Path, default=None, help="default RUN_DIR/KIND.FORMAT")
     plot.add_argument("--format", choices=FIGURE_FORMATS, default=FIGURE_FORMATS[0])
-    plot.add_argument("--seed", type=int, default=0)
+    plot.add_argument("--seed", type=_seed, default=0)
     plot.add_argument("--device", default="auto", help=DEVICE_HELP)
     plot.add_argument("--source", choices=["prior", "aggregate"], default="prior")
     plot.add_argument("--steps", type=int, default=10, help="interpolation steps")
@@ -750,12 +768,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pyro_vae.analysis import figures
+    from pyro_vae.analysis.plots import check_figure_path
     from pyro_vae.runs import check_size, load_run, load_run_data
 
     check_size(args.num, "-n (samples drawn)")
+    out = check_figure_path(args.output or args.run_dir / f"samples-{args.source}.{args.format}")
     model, config = load_run(args.run_dir, device=args.device)
     data = load_run_data(config)
-    out = args.output or args.run_dir / f"samples-{args.source}.{args.format}"
     path = figures.figure_samples(model, data, out, source=args.source, n=args.num, seed=args.seed)
     print(f"wrote {path}" if path else "data are not images; nothing drawn")
     return 0
@@ -765,15 +784,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     import torch
 
     from pyro_vae.analysis import figures
+    from pyro_vae.analysis.plots import check_figure_path
     from pyro_vae.analysis.run_figures import draw
     from pyro_vae.models.kinds import kind_of
     from pyro_vae.runs import RunDir, check_size, load_run, load_run_data
 
     if args.kind == "interpolation":
         check_size(args.steps, "--steps (interpolation steps)")
+    out = check_figure_path(args.output or args.run_dir / f"{args.kind}.{args.format}")
     model, config = load_run(args.run_dir, device=args.device)
     kind = kind_of(model)
-    out = args.output or args.run_dir / f"{args.kind}.{args.format}"
     torch.manual_seed(args.seed)
     figure = args.kind
     if figure in ("elbo", "loss"):  # the training curve the run's kind draws
@@ -911,7 +931,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyroVAEError as exc:
         if debug:
             traceback.print_exc()
-        print(f"pyro-vae: error: {_one_line(exc)}", file=sys.stderr)
+        # whole: a file name with a newline in it is shown escaped, not cut at the newline
+        print(f"pyro-vae: error: {printable(str(exc).strip())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)

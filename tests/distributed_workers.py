@@ -76,3 +76,32 @@ def ddp_steps(rank: int, world: int, port: int, out: str, steps: int, batch: int
         torch.save(vae.state_dict(), f"{out}.rank{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def train_on_rank_data(rank: int, world: int, port: int, out: str) -> None:
+    """``train_run`` where rank 1's training points differ from rank 0's (same shape); each
+    rank saves the message it was refused with (or "trained")."""
+    from pyro_vae import ModelConfig
+    from pyro_vae.data import DataSplits, load_digits
+    from pyro_vae.errors import PyroVAEError
+    from pyro_vae.runs import train_run
+    from pyro_vae.train import TrainConfig
+
+    join(rank, world, port)
+    try:
+        data = load_digits()
+        if rank == 1:
+            data = DataSplits(data.name, data.train.flip(0), data.valid, data.test)
+        config = ModelConfig(event_shape=data.event_shape, hidden=(8,))
+        try:
+            train_run(
+                "digits", config, TrainConfig(epochs=1, batch_size=128), f"{out}/run",
+                num_samples=2, progress=False, data=data,
+            )  # fmt: skip
+            message = "trained"
+        except PyroVAEError as exc:
+            message = f"{type(exc).__name__}: {exc}"
+        with open(f"{out}/rank{rank}.txt", "w") as f:
+            f.write(message)
+    finally:
+        dist.destroy_process_group()

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import sys
 
+import numpy as np
 import pytest
+from refusals import one_error_line, snapshot
 
 from pyro_vae import cli
 from pyro_vae.models import ModelConfig
@@ -69,7 +74,7 @@ def _config(tmp_path, values, suffix=".json"):
 @pytest.mark.parametrize(
     "values, fragment",
     [
-        ({"hidden": "256"}, "hidden must be a list of int, got \"256\""),
+        ({"hidden": "256"}, 'hidden must be a list of int, got "256"'),
         ({"latent_dim": True}, "latent_dim must be int, got true"),
         ({"epochs": "3"}, "epochs in config file"),
         ({"lr": [0.1]}, "lr in config file"),
@@ -156,3 +161,207 @@ def test_parts_command_lists_every_part_and_its_options(capsys):
         for name in registry:
             assert f"  {name} " in out
     assert "num_pseudo_inputs: int >= 1 = 50" in out
+
+
+# --- round three: every refusal is one line, exit 2, and changes nothing outside the run ----
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A one-epoch run (each case may read it; none may change it)."""
+    out = tmp_path_factory.mktemp("trained")
+    assert cli.main(_train(out, "r", "--hidden", "8")) == 0
+    return out / "r"
+
+
+def _module(tmp, name: str, body: str) -> str:
+    """A plugin module ``name`` (unique per test) under ``tmp``, importable by name."""
+    module = f"{name}_{abs(hash(str(tmp))) % 10**8}"
+    (tmp / f"{module}.py").write_text(body + "\n")
+    return module
+
+
+def _streamed_nan(tmp) -> str:
+    x = (np.random.default_rng(0).random((60, 6)) > 0.5).astype(np.float32)
+    x[9, 4] = np.inf  # a training point (rows 2, 3 and 11 are held out)
+    np.save(tmp / "stream.npy", x)
+    return str(tmp / "stream.npy")
+
+
+def _version_tensor_run(tmp, trained) -> str:
+    import torch
+
+    from pyro_vae.train import load_checkpoint
+
+    run = tmp / "copy"
+    shutil.copytree(trained, run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["format_version"] = torch.tensor(1)
+    torch.save(state, run / "checkpoint.pt")
+    return str(run)
+
+
+def _nested_config(tmp) -> str:
+    return _config(tmp, json.loads('{"prior": {"name": "normal", "x": ' + "[" * 9 + "]" * 9 + "}}"))
+
+
+# (id, argv(tmp_path, trained run), fragment of the one stderr line); every case exits 2,
+# leaves no run directory "a" and changes nothing under tmp_path or in the trained run.
+CASES = [
+    (
+        "plugin-raises",
+        lambda t, r: ["parts", "--plugin", _module(t, "boom", "raise RuntimeError('boom')")],
+        "failed while importing or registering its parts (RuntimeError: boom)",
+    ),
+    (
+        "plugin-divides-by-zero",
+        lambda t, r: _train(t, "a", "--plugin", _module(t, "div", "x = 1 / 0")),
+        "(ZeroDivisionError: division by zero)",
+    ),
+    (
+        "plugin-registers-twice",
+        lambda t, r: [
+            "parts",
+            "--plugin",
+            _module(
+                t,
+                "dup",
+                "from pyro_vae.parts import PRIORS\n"
+                "@PRIORS.register('normal')\nclass Mine:\n    pass",
+            ),
+        ],
+        "prior 'normal' is already registered",
+    ),  # fmt: skip
+    (
+        "config-plugin-raises",
+        lambda t, r: _train(
+            t, "a", "--config", _config(t, {"plugins": [_module(t, "cfg", "raise KeyError(1)")]})
+        ),
+        "plugins in config file",
+    ),
+    ("evaluate-seed-negative", lambda t, r: ["evaluate", str(r), "--seed", "-1"], "--seed must"),
+    ("sample-seed-huge", lambda t, r: ["sample", str(r), "--seed", str(2**40)], "--seed must"),
+    ("plot-seed-word", lambda t, r: ["plot", str(r), "--kind", "samples", "--seed", "x"], "--seed"),
+    (
+        "particles-huge",
+        lambda t, r: _train(t, "a", "--num-particles", "100000"),
+        "num_particles (--num-particles) must be from 1 to 10000, got 100000",
+    ),
+    ("workers-negative", lambda t, r: _train(t, "a", "--num-workers", "-1"), "from 0 to 256"),
+    (
+        "workers-negative-in-config",
+        lambda t, r: _train(t, "a", "--config", _config(t, {"num_workers": -3})),
+        "got -3",
+    ),
+    (
+        "resume-workers-negative",
+        lambda t, r: ["train", "--resume", str(r), "--epochs", "2", "--num-workers", "-1"],
+        "from 0 to 256",
+    ),
+    (
+        "fp16-on-cpu",
+        lambda t, r: _train(t, "a", "--precision", "fp16", "--device", "cpu"),
+        "--precision fp16 needs a CUDA device",
+    ),
+    (
+        "streamed-nan-before-the-run",
+        lambda t, r: _train(t, "a", "--stream", "--dataset", _streamed_nan(t), "--batch-size", "8"),
+        "(row 9 of its source) of the streamed split has NaN or infinite values (points",
+    ),
+    ("run-name-too-long", lambda t, r: _train(t, "n" * 300), "is 300 bytes long"),
+    (
+        "output-dir-is-a-file",
+        lambda t, r: _train(t / "mine.txt", "a"),
+        "which is a file, not a directory",
+    ),
+    (
+        "sample-output-unknown-suffix",
+        lambda t, r: ["sample", str(r), "--output", str(t / "grid.jpgx")],
+        "has suffix '.jpgx'; end it in .png or .pdf",
+    ),
+    (
+        "plot-output-no-suffix",
+        lambda t, r: ["plot", str(r), "--kind", "samples", "--output", str(t / "grid")],
+        "has no suffix",
+    ),
+    (
+        "sample-output-under-a-file",
+        lambda t, r: ["sample", str(r), "-n", "4", "--output", str(t / "mine.txt" / "g.png")],
+        "a part of it is a file, not a folder",
+    ),
+    (
+        "plot-output-is-a-folder",
+        lambda t, r: ["plot", str(r), "--kind", "samples", "--output", str(_folder(t))],
+        "is a folder",
+    ),
+    (
+        "gap-steps-negative",
+        lambda t, r: ["evaluate", str(r), "--method", "gaps", "--gap-steps", "-1"],
+        "gap_steps (--gap-steps) must be an integer of at least 1, got -1",
+    ),
+    (
+        "ais-steps-zero",
+        lambda t, r: ["evaluate", str(r), "--method", "ais", "--ais-steps", "0"],
+        "ais_steps (--ais-steps) must be an integer of at least 1, got 0",
+    ),
+    (
+        "attribute-nan-strength",
+        lambda t, r: [
+            "plot",
+            str(r),
+            "--kind",
+            "attribute",
+            "--positive",
+            "1",
+            "--negative",
+            "0",
+            "--strengths",
+            "nan,1",
+            "--output",
+            str(t / "attr.png"),
+        ],
+        "attribute strengths must be finite numbers",
+    ),  # fmt: skip
+    (
+        "checkpoint-version-tensor",
+        lambda t, r: ["evaluate", _version_tensor_run(t, r), "--num-samples", "2"],
+        "format_version of type Tensor",
+    ),
+    ("config-nested-deeply", lambda t, r: _train(t, "a", "--config", _nested_config(t)), "nests"),
+    (
+        "dataset-name-with-newline",
+        lambda t, r: _train(t, "a", "--dataset", str(t / "two\nlines.npy")),
+        "two\\nlines.npy' does not exist",
+    ),
+    (
+        "dataset-name-not-utf8",
+        lambda t, r: _train(t, "a", "--dataset", str(t) + "/caf" + os.fsdecode(b"\xe9") + ".npy"),
+        "caf\\udce9.npy",
+    ),
+]
+
+
+def _folder(tmp):
+    (tmp / "folder.png").mkdir(exist_ok=True)
+    return tmp / "folder.png"
+
+
+@pytest.mark.parametrize("argv, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_refusals_are_one_line_exit_2_and_change_nothing(
+    tmp_path, capsys, monkeypatch, trained, argv, fragment
+):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # a plugin's import writes nothing
+    (tmp_path / "mine.txt").write_text("mine")
+    args = argv(tmp_path, trained)
+    before, run_before = snapshot(tmp_path), snapshot(trained.parent)
+    capsys.readouterr()
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:  # a usage error of the parser
+        code = exc.code
+    assert code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert fragment in line, line
+    assert not (tmp_path / "a").exists(), "a refused run leaves no run directory behind"
+    assert snapshot(tmp_path) == before and snapshot(trained.parent) == run_before

@@ -116,3 +116,19 @@ def test_a_dataset_or_a_loader_gives_the_tensors_numbers():
     )
     torch.testing.assert_close(dataset.per_example, tensors.per_example)
     torch.testing.assert_close(loader.per_example, tensors.per_example)
+
+
+def test_ranks_whose_data_differ_are_refused_before_the_first_step(tmp_path):
+    mp.start_processes(
+        workers.train_on_rank_data,
+        args=(2, free_port(), str(tmp_path)),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
+    for rank in range(2):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith("DataError: rank 1 of 2 holds train data that differ from "
+                                  "rank 0's"), message  # fmt: skip
+        assert "\n" not in message
+    assert not (tmp_path / "run").exists(), "refused before the run directory is made"

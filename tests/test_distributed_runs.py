@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--num-samples", "20", "--no-progress", "--device", "cpu"]
 
 
@@ -76,3 +78,27 @@ def test_a_streamed_training_split_gives_the_in_memory_metrics(tmp_path):
         result = fit(vae, data, config, progress=False)
         histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in result.history])
     assert histories[0] == histories[1]
+
+
+def test_a_rank_that_never_arrives_is_one_line_after_the_bounded_wait(tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+        "PYRO_VAE_RENDEZVOUS_TIMEOUT": "2", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    argv = ["train", *TINY, "--epochs", "1", "--output-dir", str(tmp_path), "--name", "r"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", *argv], capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"rendezvous 127.0.0.1:{port} within 2 s" in lines[0]
+    assert "PYRO_VAE_RENDEZVOUS_TIMEOUT=SECONDS" in lines[0]
+    assert not (tmp_path / "r").exists()

@@ -12,11 +12,18 @@ import pytest
 import torch
 
 from pyro_vae import cli
+from pyro_vae.analysis.latent_space import apply_attribute
+from pyro_vae.analysis.plots import check_figure_path
 from pyro_vae.data import DataSplits, load_array_file, load_dataset
+from pyro_vae.data.files import write_atomically
+from pyro_vae.data.images import read_idx
 from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, TrainingError
 from pyro_vae.infer import log_likelihood
+from pyro_vae.infer.report import inference_report
 from pyro_vae.models import ModelConfig, build_vae
-from pyro_vae.runs import RunDir, check_size, load_run
+from pyro_vae.models.config import build_model, load_config_file
+from pyro_vae.parts.registry import import_plugins
+from pyro_vae.runs import RunDir, check_size, load_run, train_run
 from pyro_vae.train import TrainConfig, fit, load_checkpoint, restore_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +56,13 @@ def _ll_plain_model(data):
     return log_likelihood(lambda x: vae.model(x), lambda x: vae.guide(x), data, num_samples=3)
 
 
-def _fit(data, **config):
+def _fit(data, num_workers: int = 0, **config):
     return fit(
-        tiny_vae(), data, TrainConfig(**{"epochs": 1, "batch_size": 5, **config}), progress=False
+        tiny_vae(),
+        data,
+        TrainConfig(**{"epochs": 1, "batch_size": 5, **config}),
+        progress=False,
+        num_workers=num_workers,
     )
 
 
@@ -219,7 +230,233 @@ LIBRARY_CASES = [
         "the model expects torch.float32",
     ),
     ("size-huge", lambda t: check_size(10**9, "-n (samples drawn)"), ConfigError, "1 to 10000"),
+    # a wrong type at a public entry point: one PyroVAEError line, not an AttributeError
+    ("build-vae-dict", lambda t: build_vae({"event_shape": EVENT}), ConfigError, "got dict"),
+    ("build-model-dict", lambda t: build_model({"latent_dim": 2}), ConfigError, "ModelConfig"),
+    (
+        "fit-config-dict",
+        lambda t: fit(tiny_vae(), tiny_data(), {"epochs": 1}),
+        ConfigError,
+        "fit's config must be a pyro_vae.train.TrainConfig, got dict",
+    ),
+    ("fit-workers-negative", lambda t: _fit(tiny_data(), num_workers=-1), ConfigError, "0 to 256"),
+    (
+        "train-run-model-dict",
+        lambda t: _train_run(t, model_config={"latent_dim": 2}),
+        ConfigError,
+        "model_config must be a pyro_vae.ModelConfig or None, got dict",
+    ),
+    (
+        "train-run-config-dict",
+        lambda t: _train_run(t, train_config={"epochs": 1}),
+        ConfigError,
+        "train_config must be a pyro_vae.train.TrainConfig, got dict",
+    ),
+    (
+        "train-run-workers-negative",
+        lambda t: _train_run(t, num_workers=-2),
+        ConfigError,
+        "num_workers (--num-workers) must be from 0 to 256, got -2",
+    ),
+    (
+        "train-run-fp16-on-cpu",
+        lambda t: _train_run(t, train_config=TrainConfig(epochs=1, batch_size=5, precision="fp16")),
+        ConfigError,
+        "--precision fp16 needs a CUDA device",
+    ),
+    (
+        "train-run-device-missing",
+        lambda t: _train_run(t, device="cuda:7") if not torch.cuda.is_available() else _raise(),
+        ConfigError,
+        "cuda:7",
+    ),
+    ("epochs-float", lambda t: TrainConfig(epochs=2.0), ConfigError, "epochs must be at least 1"),
+    (
+        "particles-huge",
+        lambda t: TrainConfig(num_particles=10**6),
+        ConfigError,
+        "num_particles (--num-particles) must be from 1 to 10000, got 1000000",
+    ),
+    (
+        "valid-samples-huge",
+        lambda t: TrainConfig(valid_num_samples=10**9),
+        ConfigError,
+        "valid_num_samples (--valid-num-samples) must be from 1 to",
+    ),
+    (
+        "ll-float64",
+        lambda t: _ll(torch.rand(4, 6, dtype=torch.float64).round()),
+        DataError,
+        "cannot read data of dtype torch.float64",
+    ),
+    ("gap-steps-negative", lambda t: _report(t, gap_steps=-1), ConfigError, "gap_steps"),
+    ("ais-steps-zero", lambda t: _report(t, ais_steps=0), ConfigError, "ais_steps"),
+    ("report-points-zero", lambda t: _report(t, num_points=0), ConfigError, "num_points"),
+    (
+        "attribute-nan-strength",
+        lambda t: apply_attribute(tiny_vae(), torch.rand(2, 6), torch.ones(2), [1.0, float("nan")]),
+        ConfigError,
+        "attribute strengths must be finite numbers",
+    ),
+    ("idx-short-header", lambda t: read_idx(_short_idx(t)), DataError, "shorter than its header"),
+    (
+        "checkpoint-version-tensor",
+        lambda t: load_checkpoint(_versioned(t, torch.tensor([1, 1]))),
+        CheckpointError,
+        "format_version of type Tensor",
+    ),
+    (
+        "checkpoint-version-scalar-tensor",
+        lambda t: load_checkpoint(_versioned(t, torch.tensor(1))),
+        CheckpointError,
+        "not an integer",
+    ),
+    ("config-deeply-nested", lambda t: load_config_file(_nested(t, 10)), ConfigError, "nests"),
+    ("config-beyond-parser", lambda t: load_config_file(_nested(t, 10**5)), ConfigError, "nests"),
+    ("run-name-too-long", lambda t: RunDir.named(t, "n" * 256), ConfigError, "256 bytes long"),
+    (
+        "output-under-a-file",
+        lambda t: write_atomically(_file(t) / "x.png", lambda f: None),
+        ConfigError,
+        "a part of it is a file, not a folder",
+    ),
+    (
+        "output-is-a-folder",
+        lambda t: write_atomically(t, lambda f: None),
+        ConfigError,
+        "it is a folder",
+    ),
+    ("figure-unknown-suffix", lambda t: check_figure_path(t / "f.jpgx"), ConfigError, "'.jpgx'"),
+    ("figure-no-suffix", lambda t: check_figure_path(t / "f"), ConfigError, "has no suffix"),
+    (
+        "stream-truncated-while-reading",
+        lambda t: _truncated_while_reading(t),
+        DataError,
+        "was truncated or replaced while being read: row 19",
+    ),
+    (
+        "stream-changed-after-opening",
+        lambda t: _changed_after_opening(t),
+        DataError,
+        "changed after it was opened",
+    ),
+    (
+        "stream-nan-in-the-middle",
+        lambda t: _fit(_streamed_with_nan(t), batch_size=4),
+        DataError,
+        "(row 17 of its source) of the streamed split has NaN or infinite values (in training",
+    ),
+    (
+        "plugin-raises",
+        lambda t: import_plugins([_plugin(t, "raises", "raise RuntimeError('boom')")]),
+        ConfigError,
+        "module 'plugin_raises_",
+    ),
+    (
+        "rendezvous-timeout-not-a-number",
+        lambda t: _rendezvous_timeout("soon"),
+        ConfigError,
+        "PYRO_VAE_RENDEZVOUS_TIMEOUT='soon' is not a number of seconds",
+    ),
 ]
+
+
+def _raise():
+    raise ConfigError("cuda:7 exists here; nothing to refuse")
+
+
+def _train_run(tmp: Path, **kw):
+    options = {
+        "model_config": None,
+        "train_config": TrainConfig(epochs=1, batch_size=5),
+        "run_dir": tmp / "r",
+        "progress": False,
+        "data": tiny_data(),
+        "num_samples": 2,
+    }
+    options.update(kw)
+    try:
+        return train_run("tiny", **options)
+    finally:
+        assert not (tmp / "r").exists(), "a refused run leaves no run directory behind"
+
+
+def _report(tmp: Path, **kw):
+    vae = tiny_vae()
+    return inference_report(vae.model, vae.guide, torch.rand(4, 6).round(), "gaps", **kw)
+
+
+def _short_idx(tmp: Path) -> Path:
+    path = tmp / "short-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 0x08, 3, 0, 0, 0, 5]))  # three sizes announced, one given
+    return path
+
+
+def _versioned(tmp: Path, version) -> Path:
+    path = tmp / "v.pt"
+    torch.save({"format_version": version, "epoch": 1}, path)
+    return path
+
+
+def _nested(tmp: Path, depth: int) -> Path:
+    path = tmp / "nested.json"
+    path.write_text('{"a": ' + "[" * depth + "]" * depth + "}")
+    return path
+
+
+def _file(tmp: Path) -> Path:
+    path = tmp / "a-file"
+    path.write_text("mine")
+    return path
+
+
+def _rows(tmp: Path, n: int = 20):
+    from pyro_vae.data.streaming import NpyRows
+
+    np.save(tmp / "s.npy", np.random.default_rng(0).random((n, 6)).astype(np.float32))
+    return NpyRows(tmp / "s.npy")
+
+
+def _truncated_while_reading(tmp: Path):
+    rows = _rows(tmp)
+    rows.row(0)
+    with open(tmp / "s.npy", "r+b") as f:
+        f.truncate(rows.offset + 19 * rows.row_bytes + 3)
+    return rows.row(19)
+
+
+def _changed_after_opening(tmp: Path):
+    rows = _rows(tmp)
+    np.save(tmp / "s.npy", np.zeros((20, 6), np.float32))  # replaced before the first read
+    return rows.row(0)
+
+
+def _streamed_with_nan(tmp: Path):
+    from pyro_vae.data.streaming import load_streaming
+
+    x = (np.random.default_rng(0).random((40, 6)) > 0.5).astype(np.float32)
+    x[17, 2] = np.nan
+    np.save(tmp / "n.npy", x)
+    data = load_streaming(tmp / "n.npy")
+    assert bool(torch.isfinite(data.valid).all() and torch.isfinite(data.test).all())
+    return data
+
+
+def _plugin(tmp: Path, name: str, body: str) -> str:
+    module = f"plugin_{name}_{abs(hash(str(tmp))) % 10**8}"
+    (tmp / f"{module}.py").write_text(body + "\n")
+    sys.path.insert(0, str(tmp))
+    return module
+
+
+def _rendezvous_timeout(text: str):
+    from pyro_vae.runtime.distributed import TIMEOUT_VARIABLE, rendezvous_timeout
+
+    os.environ[TIMEOUT_VARIABLE] = text
+    try:
+        return rendezvous_timeout()
+    finally:
+        del os.environ[TIMEOUT_VARIABLE]
 
 
 def _locked_twice(tmp: Path) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
 from pyro_vae import cli
 from pyro_vae.data import DataSplits, load_digits
 from pyro_vae.errors import CheckpointError, ConfigError, DataError
-from pyro_vae.models import ModelConfig
+from pyro_vae.models import ModelConfig, build_vae
 from pyro_vae.runs import (
     RunDir,
     check_size,
@@ -25,7 +26,7 @@ from pyro_vae.runs import (
     train_run,
     write_figures,
 )
-from pyro_vae.train import TrainConfig, load_checkpoint, save_checkpoint
+from pyro_vae.train import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +192,64 @@ def test_checkpoint_from_before_model_kinds_resumes_as_a_vae(run, tmp_path, digi
     save_checkpoint(old.file(RunDir.CHECKPOINT), state)
     results = resume_run(old.path, epochs=2, progress=False, data=digits)
     assert results["epochs"] == 2 and load_checkpoint(old.file(RunDir.CHECKPOINT))["kind"] == "vae"
+
+
+# --- round three: streamed files that change under a run, checks before anything is written --
+
+
+def _streamed(tmp_path, n: int = 120, bad_row: int | None = None):
+    from pyro_vae.data.streaming import load_streaming
+
+    x = (np.random.default_rng(0).random((n, 6)) > 0.5).astype(np.float32)
+    if bad_row is not None:
+        x[bad_row, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    return load_streaming(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_streamed_file_truncated_while_training_names_the_file_and_the_step(
+    tmp_path, num_workers
+):
+    data = _streamed(tmp_path)  # its valid and test points are read; the file stays open
+    with open(tmp_path / "x.npy", "r+b") as f:
+        f.truncate(200)
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    with pytest.raises(DataError) as info:
+        fit(
+            vae, data, TrainConfig(epochs=1, batch_size=16), progress=False, num_workers=num_workers
+        )
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("cannot read training batch 0 of epoch 1")
+    assert "x.npy" in message and ("truncated" in message or "changed" in message)
+
+
+def test_nan_in_the_middle_of_a_streamed_file_is_refused_before_the_run_directory(tmp_path):
+    data = _streamed(tmp_path, bad_row=9)  # row 9 falls in the training split
+    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+    with pytest.raises(DataError, match=r"\(row 9 of its source\) of the streamed split has NaN"):
+        train_run("x", config, TrainConfig(epochs=1, batch_size=16), tmp_path / "r", data=data)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"num_workers": -1}, "num_workers (--num-workers) must be from 0 to 256"),
+        ({"num_workers": 1.5}, "num_workers must be an integer"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"fmt": "svgz"}, "unknown figure format 'svgz'"),
+    ],
+    ids=["workers-negative", "workers-float", "device-unknown", "format-unknown"],
+)
+def test_refused_settings_leave_no_run_directory(tmp_path, digits, options, fragment):
+    config = ModelConfig(event_shape=digits.event_shape, latent_dim=2, hidden=(8,))
+    with pytest.raises(ConfigError) as info:
+        train_run("digits", config, TrainConfig(epochs=1), tmp_path / "r", data=digits, **options)
+    assert fragment in str(info.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_finished_run_leaves_no_temporary_files(run):
+    assert not [p.name for p in run.path.iterdir() if p.name.endswith(".tmp")]
+    assert len(run.read_metrics()) == 1

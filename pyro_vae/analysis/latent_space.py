@@ -8,6 +8,7 @@ code) and ``decode(z)`` (a distribution over x whose ``.mean`` is the picture): 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -159,8 +160,16 @@ def apply_attribute(
 
     x: (n, *event_shape), vector: (d,) -> (len(strengths), n, *event_shape).
     """
+    try:
+        values = [float(v) for v in strengths]
+    except (TypeError, ValueError):
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(
+            f"attribute strengths must be finite numbers, got {strengths!r}; pass e.g. -2,-1,0,1,2"
+        )
     z = latent_codes(model, x)
-    s = torch.as_tensor(list(strengths), dtype=z.dtype)
+    s = torch.as_tensor(values, dtype=z.dtype)
     moved = z.unsqueeze(0) + s.view(-1, 1, 1) * vector
     out = decode_mean(model, moved.reshape(-1, z.shape[-1]))
     return out.reshape(len(s), x.shape[0], *out.shape[1:])

@@ -21,6 +21,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from pyro_vae.data.files import printable, quoted, write_atomically
+from pyro_vae.errors import ConfigError
+
 if TYPE_CHECKING:
     from pyro_vae.infer.collapse import LatentUsage, SiteUsage
 
@@ -90,19 +93,36 @@ def _show(ax: Axes, mosaic: np.ndarray, title: str) -> None:
     ax.set_axis_off()
 
 
+#: File types a figure is written as, by the path's suffix.
+FIGURE_SUFFIXES = (".png", ".pdf")
+
+
+def check_figure_path(path: str | Path) -> Path:
+    """Refuse a figure path whose suffix is not one of :data:`FIGURE_SUFFIXES` or that is an
+    existing folder, before anything is drawn."""
+    path = Path(path)
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        has = f"suffix {printable(path.suffix)!r}" if path.suffix else "no suffix"
+        raise ConfigError(
+            f"figure path {quoted(path)} has {has}; end it in {' or '.join(FIGURE_SUFFIXES)}"
+        )
+    if path.is_dir():
+        raise ConfigError(f"figure path {quoted(path)} is a folder; name a file in it")
+    return path
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` (type from the suffix) at :data:`DPI`, creating parent folders.
 
-    A figure without a layout engine is cropped to its drawn content instead.
+    The file is written atomically (:func:`~pyro_vae.data.files.write_atomically`): a
+    symbolic link at ``path`` is replaced, never written through. A figure without a layout
+    engine is cropped to its drawn content instead.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fig.get_layout_engine() is None:
-        # no layout engine: crop to the drawn content so nothing is cut off
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    else:
-        fig.savefig(path, dpi=DPI)
-    return path
+    path = check_figure_path(path)
+    fmt = path.suffix.lower()[1:]
+    # no layout engine: crop to the drawn content so nothing is cut off
+    crop = {"bbox_inches": "tight"} if fig.get_layout_engine() is None else {}
+    return write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, **crop))
 
 
 def plot_curves(

@@ -63,6 +63,11 @@ def read_idx(path: str | Path) -> np.ndarray:
         )
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(
+            f"IDX file {str(path)!r} is {len(raw)} bytes, shorter than its header of {ndim} "
+            f"sizes ({header} bytes); the file is truncated, re-download it"
+        )
     shape = tuple(int(s) for s in np.frombuffer(raw[4:header], dtype=">u4"))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:

@@ -79,16 +79,32 @@ class NpyRows:
             )
         self.shape, self.dtype = tuple(int(s) for s in shape), dtype
         self.row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-        size = self.path.stat().st_size
-        if size < self.offset + self.shape[0] * self.row_bytes:
-            raise DataError(f"{str(path)!r} is truncated ({size} bytes); re-save it")
+        info = self.path.stat()
+        if info.st_size < self.offset + self.shape[0] * self.row_bytes:
+            raise DataError(f"{str(path)!r} is truncated ({info.st_size} bytes); re-save it")
+        #: What the file was when its header was read: a reader refuses a file changed since.
+        self.identity = (info.st_ino, info.st_size, info.st_mtime_ns)
         self._fd: int | None = None
 
     def row(self, i: int) -> np.ndarray:
         """Row ``i`` as an array of shape ``shape[1:]``."""
         if self._fd is None:  # opened lazily, so each DataLoader worker has its own
-            self._fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY)
+            info = os.fstat(fd)
+            if (info.st_ino, info.st_size, info.st_mtime_ns) != self.identity:
+                os.close(fd)
+                raise DataError(
+                    f"{str(self.path)!r} changed after it was opened (size, time or file "
+                    "differ); leave the file unchanged while training, or restore it"
+                )
+            self._fd = fd
         raw = os.pread(self._fd, self.row_bytes, self.offset + i * self.row_bytes)
+        if len(raw) != self.row_bytes:
+            raise DataError(
+                f"{str(self.path)!r} was truncated or replaced while being read: row {i} has "
+                f"{len(raw)} of its {self.row_bytes} bytes; leave the file unchanged while "
+                "training, or restore it"
+            )
         return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape[1:])
 
     def __getstate__(self) -> dict:

@@ -14,6 +14,7 @@ from pyro_vae.infer.diagnostics import KHAT_UNRELIABLE, khat_summary, psis_khat
 from pyro_vae.infer.gaps import inference_gaps
 from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.trace import stderr
+from pyro_vae.validation import check_positive_int
 
 METHODS = ("is", "ais", "gaps")
 
@@ -76,6 +77,13 @@ def inference_report(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    for name, value in (
+        ("num_points (--num-points)", num_points),
+        ("ais_steps (--ais-steps)", ais_steps),
+        ("ais_chains", ais_chains),
+        ("gap_steps (--gap-steps)", gap_steps),
+    ):
+        check_positive_int(value, name)
     report = InferenceReport()
     n = data.shape[0]
     args = tuple(args)

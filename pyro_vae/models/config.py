@@ -220,12 +220,23 @@ def build_nets(config: ModelConfig):
     return ARCHS.build(config.arch, config.arch_options, **config.shared_sizes())
 
 
+def check_model_config(config: Any) -> ModelConfig:
+    """Refuse anything but a :class:`ModelConfig` (a dict of options, say) with one line."""
+    if not isinstance(config, ModelConfig):
+        raise ConfigError(
+            f"a model is built from a pyro_vae.ModelConfig, got {type(config).__name__}; pass "
+            "ModelConfig(event_shape=..., **options) (ModelConfig.from_dict reads a dict)"
+        )
+    return config
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """The module of ``config.kind`` (:mod:`pyro_vae.models.kinds`) built from ``config``.
 
     The module carries its kind's name and options (``kind``, ``kind_options``), so the fit
     loop, the estimators' callers and the figures find its kind without a config.
     """
+    check_model_config(config)
     kind = build_kind(config.kind, config.kind_options)
     model = kind.build(config)
     model.kind = config.kind
@@ -239,6 +250,7 @@ def build_vae(config: ModelConfig) -> VAE:
     The encoder outputs the posterior family's ``num_params``; the decoder outputs the
     likelihood's ``num_params`` per data element.
     """
+    check_model_config(config)
     prior = build_prior(config)
     posterior = build_posterior(config)
     likelihood = build_likelihood(config)
@@ -246,6 +258,23 @@ def build_vae(config: ModelConfig) -> VAE:
     encoder = nets.encoder(posterior.num_params)
     decoder = nets.decoder(likelihood.num_params)
     return VAE(encoder, decoder, prior, likelihood, posterior, config.event_shape)
+
+
+#: Deepest nesting of tables and lists a config file may have (a part's table of options
+#: holding a list is three).
+MAX_CONFIG_DEPTH = 8
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply dicts and lists nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -275,6 +304,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         first = (str(exc).splitlines() or [""])[0]
         raise ConfigError(f"config file {path} is not valid: {first}; fix its syntax") from exc
+    except RecursionError:
+        values = None  # nested deeper than the parser goes: refused below
+    depth = nesting_depth(values) if values is not None else MAX_CONFIG_DEPTH + 1
+    if depth > MAX_CONFIG_DEPTH:
+        raise ConfigError(
+            f"config file {str(path)!r} nests tables or lists more than {MAX_CONFIG_DEPTH} deep; "
+            "options are at most a table of tables of lists: flatten it"
+        )
     if not isinstance(values, dict):
         raise ConfigError(
             f"config file {path} must hold a table of options, got {type(values).__name__}"

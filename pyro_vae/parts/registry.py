@@ -265,5 +265,11 @@ def import_plugins(modules: Sequence[str], where: str = "--plugin") -> list[str]
                 f"{where}: cannot import module {name!r} ({exc}); put it on PYTHONPATH or "
                 "install it"
             ) from exc
+        except Exception as exc:  # the plugin's own code failed: name it and its error
+            reason = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(
+                f"{where}: module {name!r} failed while importing or registering its parts "
+                f"({type(exc).__name__}: {reason}); fix the module or drop it"
+            ) from exc
         imported.append(name)
     return imported

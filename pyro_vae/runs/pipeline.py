@@ -19,6 +19,7 @@ from typing import Any
 import pyro
 import torch
 
+from pyro_vae.analysis.plots import FIGURE_SUFFIXES
 from pyro_vae.analysis.run_figures import draw
 from pyro_vae.data.batches import num_points
 from pyro_vae.data.binarize import BINARIZE_MODES, binarize_splits
@@ -33,16 +34,23 @@ from pyro_vae.runs.rundir import RunDir, printable
 from pyro_vae.runtime.devices import resolve_device
 from pyro_vae.runtime.distributed import current_group
 from pyro_vae.train.checkpoint import restore_model
-from pyro_vae.train.fingerprint import check_fingerprint, data_fingerprint
+from pyro_vae.train.fingerprint import (
+    check_fingerprint,
+    check_same_data_on_every_rank,
+    data_fingerprint,
+)
 from pyro_vae.train.loop import (
     FitResult,
     TrainConfig,
     check_fit,
+    check_num_workers,
     config_differences,
     fit,
+    streamed_check,
 )
+from pyro_vae.train.parallel import check_precision
 
-FIGURE_FORMATS = ("png", "pdf")
+FIGURE_FORMATS = tuple(suffix[1:] for suffix in FIGURE_SUFFIXES)
 #: Largest sizes a user may type for a figure or a score (refused before allocating).
 SIZE_LIMITS = {
     "-n (samples drawn)": 10_000,
@@ -65,6 +73,20 @@ def check_run_data(data: DataSplits) -> None:
                 f"least {least} (the test split feeds the scores and the interpolation figure); "
                 "add data points"
             )
+
+
+def check_api_types(model_config: Any, train_config: Any) -> None:
+    """Refuse a configuration of the wrong type (a dict where a config belongs) with one line."""
+    if model_config is not None and not isinstance(model_config, ModelConfig):
+        raise ConfigError(
+            f"model_config must be a pyro_vae.ModelConfig or None, got "
+            f"{type(model_config).__name__}; pass ModelConfig(event_shape=..., **options)"
+        )
+    if not isinstance(train_config, TrainConfig):
+        raise ConfigError(
+            f"train_config must be a pyro_vae.train.TrainConfig, got "
+            f"{type(train_config).__name__}; pass TrainConfig(**options)"
+        )
 
 
 def check_size(value: int, name: str) -> int:
@@ -181,6 +203,9 @@ def train_run(
     goes (:mod:`pyro_vae.data.streaming`, ``num_workers`` reader processes). Under
     ``torchrun`` every process trains (DDP) and scores its share; rank 0 alone writes.
     """
+    check_api_types(model_config, train_config)
+    check_num_workers(num_workers)
+    check_precision(train_config.precision, resolve_device(device))
     if kind is not None and model_config is not None:
         kind = MODELS.canonical(kind)
         if model_config.kind != kind:  # the kind given wins; the options were the other's
@@ -205,6 +230,9 @@ def train_run(
     check_fit(model, data, train_config.batch_size)
     run = RunDir(run_dir)
     group = current_group()
+    # read once: a streamed split is checked point by point as it is hashed
+    fingerprint = data_fingerprint(data, streamed_check(model, data.train))
+    check_same_data_on_every_rank(fingerprint, group)
     run.check_creatable(overwrite)  # on every rank, so all refuse together,
     group.barrier()  # and all of them before rank 0 creates it
     config = {
@@ -215,7 +243,7 @@ def train_run(
         "num_samples": num_samples,
         "figure_format": fmt,
         **{k: v for k, v in data_options.items() if v is not None},
-        "data_fingerprint": data_fingerprint(data),
+        "data_fingerprint": fingerprint,
     }
     with run.lock() if group.is_main else contextlib.nullcontext():
         if group.is_main:
@@ -245,6 +273,8 @@ def resume_run(
     recorded in ``config.json`` only after the resume's checks pass. A run killed before its
     first checkpoint starts over. Works for every model kind.
     """
+    check_num_workers(num_workers)
+    resolve_device(device)
     run = RunDir(run_dir)
     config, model_config = read_run_config(run)
     group = current_group()
@@ -277,6 +307,7 @@ def read_run_config(run: str | Path | RunDir) -> tuple[dict[str, Any], ModelConf
     run = RunDir(run)
     if not run.path.is_dir():
         raise CheckpointError(f"run directory {run.quoted()} does not exist; check the path")
+    run.check_entries()
     config = run.read_json(RunDir.CONFIG)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{run.quoted(RunDir.CONFIG)} has no model table; restore it")

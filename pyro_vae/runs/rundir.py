@@ -4,34 +4,40 @@ A run directory holds ``.pyro-vae-run`` (the marker: this library created it), `
 (data set, model and training configuration, written once; a resume with more epochs rewrites
 it after its checks pass), ``checkpoint.pt``, ``metrics.jsonl``, ``results.json``, ``.lock``
 (who trains it now) and the figures. Nothing else in the package spells these names.
+
+No write follows a link out of the directory: files are written to a temporary file and
+``os.replace``d (which replaces a link instead of writing through it), the lock is opened with
+``O_NOFOLLOW``, and a run directory whose entries are symbolic links is refused, naming the entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pyro_vae.data.files import write_atomically
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.data.files import (
+    NAME_MAX,
+    check_path_length,
+    path_error,
+    printable,
+    quoted,
+    write_atomically,
+)
+from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyro_vae.train.checkpoint import load_checkpoint, save_checkpoint
 
 #: What the marker file holds; its presence says "this library created the directory".
 MARKER_CONTENT = {"format": "pyro-vae-run", "version": 1}
-
-
-def printable(text: str) -> str:
-    """``text`` safe to show in a message or a figure title: undecodable bytes (surrogate
-    escapes of non-UTF-8 file names) and control characters become backslash escapes."""
-    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def check_run_name(name: str) -> str:
@@ -42,6 +48,12 @@ def check_run_name(name: str) -> str:
         raise ConfigError(
             f"run name {printable(repr(name))} must be a single directory name (no '/', '.' or "
             "'..'); choose a plain --name such as digits-beta2"
+        )
+    size = len(os.fsencode(name))
+    if size > NAME_MAX:
+        raise ConfigError(
+            f"run name {quoted(name[:40])}... is {size} bytes long, more than the {NAME_MAX} a "
+            "file name may have; choose a shorter --name"
         )
     return name
 
@@ -118,12 +130,46 @@ class RunDir:
 
     # --- creating and clearing -----------------------------------------------------------------
 
+    def check_entries(self) -> None:
+        """Refuse a run directory holding a symbolic link (``samples.png -> elsewhere``): the
+        library never reads or writes a run's files through a link. Names the entry."""
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise CheckpointError(
+                f"run directory {self.quoted()} is a file, not a directory; check the path"
+            ) from None
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot list run directory {self.quoted()} ({exc.strerror}); check it"
+            ) from exc
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_symlink():
+                target = printable(os.readlink(entry.path))
+                raise CheckpointError(
+                    f"run directory {self.quoted()} holds {entry.name!r}, a symbolic link to "
+                    f"{target!r}; pyro-vae never writes through links: remove the link (or "
+                    "replace it with the file itself) and retry"
+                )
+
     def check_creatable(self, overwrite: bool = False) -> None:
         """Refuse, before anything is written, what :meth:`create` would refuse."""
+        check_path_length(self.path, "run directory")
+        parent = self.path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(
+                f"the output directory of {self.quoted()} is under {quoted(parent)}, which is a "
+                "file, not a directory; choose another --output-dir"
+            )
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(
                 f"{self.quoted()} exists and is not a directory; choose another --name"
             )
+        self.check_entries()
         if self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()):
             if not overwrite:
                 raise ConfigError(
@@ -146,9 +192,16 @@ class RunDir:
         self.check_creatable(overwrite)
         if self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()):
             self.clear()
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.make()
         self.write_json(self.MARKER, MARKER_CONTENT)
         return self
+
+    def make(self) -> None:
+        """Create the directory (and its parents); an unusable path is one ConfigError line."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise path_error(exc, self.path, "run directory") from exc
 
     def clear(self) -> None:
         """Delete the run's contents except the lock file (a held lock stays held)."""
@@ -189,21 +242,44 @@ class RunDir:
         save_checkpoint(self.file(self.CHECKPOINT), state)
 
     def load_checkpoint(self) -> dict[str, Any]:
-        # A kill during a checkpoint write leaves its temporary file; the checkpoint is intact.
-        for stale in self.path.glob(f".{self.CHECKPOINT}.*.tmp"):
-            stale.unlink(missing_ok=True)
         return load_checkpoint(self.file(self.CHECKPOINT))
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete the temporary files a killed writer left (``.checkpoint.pt.XXXX.tmp``,
+        ``.metrics.jsonl.XXXX.tmp``, ``.samples.png.XXXX.tmp``): only those of the run's own
+        files and figures, and only by the lock's holder, so no live write loses its file."""
+        owned = (self.MARKER, self.CONFIG, self.CHECKPOINT, self.METRICS, self.RESULTS)
+        for entry in os.scandir(self.path):
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(".tmp")) or not entry.is_file(
+                follow_symlinks=False
+            ):
+                continue
+            target = name[1:].rsplit(".", 2)[0]
+            if target in owned or target.endswith((".png", ".pdf")):
+                os.unlink(entry.path)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` atomically with exactly ``history``'s records."""
         self.write_text(self.METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one epoch's record to ``metrics.jsonl`` and make it durable."""
-        with open(self.file(self.METRICS), "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Add one epoch's record to ``metrics.jsonl``, durably: the file is rewritten
+        atomically with the new line (never appended to through a link)."""
+        path = self.file(self.METRICS)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            before = b""
+        except OSError as exc:
+            raise self._link_error(self.METRICS, exc) from exc
+        else:
+            with os.fdopen(fd, "rb") as f:
+                before = f.read()
+        if before and not before.endswith(b"\n"):
+            before += b"\n"
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        write_atomically(path, lambda f: f.write(before + line))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.file(self.METRICS)
@@ -239,9 +315,21 @@ class RunDir:
 
         A second process is refused with one line naming the holder (pid, host, start time).
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.file(self.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        self.make()
+        self.check_entries()
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
+            fd = os.open(self.file(self.LOCK), flags, 0o644)
+        except OSError as exc:
+            raise self._link_error(self.LOCK, exc) from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise CheckpointError(
+                    f"{self.quoted(self.LOCK)} is not a plain file of this run (it is "
+                    f"{'hard-linked elsewhere' if info.st_nlink != 1 else 'not a regular file'}"
+                    "); pyro-vae writes its pid into it: remove it and retry"
+                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -250,9 +338,20 @@ class RunDir:
                     f"run directory {self.quoted()} is in use by another process "
                     f"({printable(holder)}); wait for it to finish or stop it, then retry"
                 ) from None
+            # a kill during a write leaves its temporary file; the file itself is intact
+            self.remove_stale_temporaries()
             stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}".encode(), 0)
             yield self
         finally:
             os.close(fd)  # closing releases the flock
+
+    def _link_error(self, name: str, exc: OSError) -> PyroVAEError | OSError:
+        """The one-line refusal of opening the run's file ``name`` without following links."""
+        if exc.errno == errno.ELOOP:
+            return CheckpointError(
+                f"{self.quoted(name)} is a symbolic link; pyro-vae never writes through links: "
+                "remove it and retry"
+            )
+        return path_error(exc, self.file(name), "run file")

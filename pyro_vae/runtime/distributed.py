@@ -9,6 +9,8 @@ special case.
 
 from __future__ import annotations
 
+import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -92,7 +94,16 @@ def init_from_environment(device: torch.device) -> ProcessGroup:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend)
+    seconds = rendezvous_timeout()
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+    except (RuntimeError, ValueError) as exc:  # DistStoreError and gloo's timeouts among them
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '?')}"
+        raise ConfigError(
+            f"rank {os.environ.get('RANK', '?')} of {world} found no group at the rendezvous "
+            f"{where} within {seconds:g} s ({_first_line(exc)}); start every process (torchrun "
+            f"--nproc_per_node, --nnodes), or wait longer with {TIMEOUT_VARIABLE}=SECONDS"
+        ) from exc
     global _JOINED
     _JOINED = True
     return current_group()
@@ -100,6 +111,32 @@ def init_from_environment(device: torch.device) -> ProcessGroup:
 
 #: Whether :func:`init_from_environment` created the default group (then it may leave it).
 _JOINED = False
+
+#: The environment variable that bounds the wait for every process at the rendezvous (and
+#: for each collective afterwards), in seconds.
+TIMEOUT_VARIABLE = "PYRO_VAE_RENDEZVOUS_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def rendezvous_timeout() -> float:
+    """Seconds to wait for the other processes (:data:`TIMEOUT_VARIABLE`, default 600)."""
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < 7 * 24 * 3600:
+        raise ConfigError(
+            f"{TIMEOUT_VARIABLE}={text!r} is not a number of seconds above 0 and below a week; "
+            "set it like 120"
+        )
+    return seconds
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def leave_group(wait: bool = True) -> None:
@@ -109,7 +146,10 @@ def leave_group(wait: bool = True) -> None:
     With ``wait`` the ranks first meet at a barrier, so none closes its connections while
     another still uses them. Leaving explicitly matters: a gloo group left to the
     interpreter's teardown can abort the process at exit ("terminate called without an
-    active exception") after the work is done.
+    active exception") after the work is done. The objects that still hold the group (a
+    ``DistributedDataParallel`` replica and its reducer, kept alive by reference cycles until
+    the interpreter's last collection) are collected first, so the group's threads are joined
+    here, by its own destructor, not during teardown.
     """
     global _JOINED
     if not (_JOINED and dist.is_available() and dist.is_initialized()):
@@ -118,7 +158,9 @@ def leave_group(wait: bool = True) -> None:
         if wait:
             dist.barrier()
     finally:
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
         _JOINED = False
 
 
@@ -135,6 +177,17 @@ def _broadcast(value: torch.Tensor) -> None:
     dist.broadcast(moved, src=0)
     if moved is not value:
         value.copy_(moved)
+
+
+def all_gather(value: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``value`` (same shape and dtype on each), in rank order, on every rank;
+    ``[value]`` in a group of one. The tensors come back on ``value``'s device."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    on = collective_device()
+    parts = [torch.empty_like(value, device=on) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, value.to(on))
+    return [p.to(value.device) for p in parts]
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:

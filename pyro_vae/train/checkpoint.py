@@ -43,7 +43,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{str(path)!r} is not a pyro-vae checkpoint (no format_version)")
-    if state["format_version"] != FORMAT_VERSION:
+    version = state["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has a format_version of type {type(version).__name__}, "
+            "not an integer; it was not written by pyro-vae: restore it from a backup or retrain"
+        )
+    if version != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has format version {state['format_version']}, this "
             f"pyro-vae reads version {FORMAT_VERSION}; use the matching pyro-vae release"

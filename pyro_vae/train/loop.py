@@ -12,13 +12,15 @@ go through a :class:`RunStore` (:class:`pyro_vae.runs.RunDir`), which owns their
 from __future__ import annotations
 
 import math
+import re
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import pyro
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from pyro_vae.data.batches import epoch_batches, epoch_order, num_points
@@ -29,8 +31,9 @@ from pyro_vae.infer.objectives import Objective, make_objective
 from pyro_vae.models.config import ModelConfig
 from pyro_vae.models.kinds import kind_of
 from pyro_vae.runtime.devices import model_device, resolve_device
+from pyro_vae.runtime.distributed import current_group
 from pyro_vae.train.checkpoint import restore_model
-from pyro_vae.train.fingerprint import data_fingerprint
+from pyro_vae.train.fingerprint import check_same_data_on_every_rank, data_fingerprint
 from pyro_vae.train.parallel import (
     PRECISIONS,
     Engine,
@@ -57,6 +60,9 @@ CHECKPOINT_KEYS = (
 )
 #: Training settings a resumed run may change: only how long it runs.
 RESUMABLE_CHANGES = ("epochs",)
+#: Most samples per data point a training step or a validation pass may draw (refused before
+#: allocating them).
+MOST_SAMPLES = {"num_particles": 10_000, "valid_num_samples": 1_000_000}
 #: Seeds accepted: NumPy's global generator (seeded by pyro.set_rng_seed) takes 32 bits.
 MAX_SEED = 2**32 - 1
 
@@ -93,8 +99,13 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value!r}")
-        for name in ("num_particles", "valid_num_samples"):
+        for name, most in MOST_SAMPLES.items():
             check_positive_int(getattr(self, name), name)
+            if getattr(self, name) > most:
+                raise ConfigError(
+                    f"{name} (--{name.replace('_', '-')}) must be from 1 to {most}, got "
+                    f"{getattr(self, name)}; each step holds that many samples per point"
+                )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -184,8 +195,14 @@ def check_fit(model: torch.nn.Module, data: DataSplits, batch_size: int) -> None
     splits = (
         ("train", "valid", "test") if isinstance(data.train, torch.Tensor) else ("valid", "test")
     )
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     for split in splits:
         x = check_tensor(getattr(data, split), f"the {split} split", model.event_shape)
+        if dtype is not None and x.dtype != dtype:
+            raise DataError(
+                f"the {split} split has dtype {x.dtype} but the model's parameters {dtype}; "
+                "convert the data (x.float() for float32) or the model"
+            )
         if x.shape[0] < 1:
             raise DataError(f"the {split} split is empty; provide more data points")
         model.likelihood.check_data(x)
@@ -226,7 +243,17 @@ def fit(
     epoch, with its own latent noise; rank 0 alone writes the run's files
     (:mod:`pyro_vae.train.parallel`).
     """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(
+            f"fit's config must be a pyro_vae.train.TrainConfig, got {type(config).__name__}; "
+            "pass TrainConfig(**options)"
+        )
     check_fit(model, data, config.batch_size)
+    check_num_workers(num_workers)
+    fingerprint = None
+    if current_group().distributed or (run_dir is not None and model_config is not None):
+        fingerprint = data_fingerprint(data, streamed_check(model, data.train))
+        check_same_data_on_every_rank(fingerprint)
     if run_dir is not None and not callable(getattr(run_dir, "save_checkpoint", None)):
         raise ConfigError(
             f"fit's run_dir must be a pyro_vae.runs.RunDir, got {type(run_dir).__name__}; "
@@ -251,8 +278,9 @@ def fit(
         if resume:
             history = resume_state(run_dir, model, optimizer, config, model_config, engine)
         record_run_config(
-            run_dir, model, data, config, model_config, getattr(task, "run_record", None)
-        )
+            run_dir, model, data, config, model_config, getattr(task, "run_record", None),
+            fingerprint,
+        )  # fmt: skip
         run_dir.write_metrics(history)
     return run_epochs(
         task, optimizer, data, config, history, run_dir, model_config, progress, engine
@@ -266,10 +294,12 @@ def record_run_config(
     config: TrainConfig,
     model_config: ModelConfig | None,
     task_record: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None,
 ) -> None:
     """Record kind, model, training settings and data fingerprint in the run's config.json
     (written once; rewritten only when a resume extends the run, after its checks), and what
-    the training task chose (``task_record``, e.g. the labelled points)."""
+    the training task chose (``task_record``, e.g. the labelled points). ``fingerprint``:
+    the data's :func:`data_fingerprint` when already computed."""
     if model_config is None:
         return
     updates = {
@@ -277,7 +307,7 @@ def record_run_config(
         "kind": kind_of(model).name,
         "model": model_config.to_dict(),
         "train": asdict(config),
-        "data_fingerprint": data_fingerprint(data),
+        "data_fingerprint": fingerprint or data_fingerprint(data),
     }
     run.record_config(updates, defaults={"dataset": data.name})
 
@@ -373,7 +403,7 @@ def train_epoch(
     module, autocast = engine.module, engine.autocast
     checks = StepChecks(epoch, run, task.loss_name)
     last: dict[str, float] = {}
-    for step, x in enumerate(batches):
+    for step, x in named_batches(batches, epoch):
         extra = tuple(
             a[order[step * config.batch_size : (step + 1) * config.batch_size]].to(
                 engine.device, non_blocking=True
@@ -381,8 +411,11 @@ def train_epoch(
             for a in args
         )
         if streamed:
-            check_tensor(x, f"training batch {step} of epoch {epoch}", model.event_shape)
-            model.likelihood.check_data(x)
+            first = step * config.batch_size
+            check_points(
+                model, x, f"in training batch {step} of epoch {epoch}",
+                lambda j, first=first: source_index(train, int(order[first + j])),
+            )  # fmt: skip
         if binarize:
             x = dynamic_binarize(x)
         with autocast():
@@ -399,6 +432,77 @@ def train_epoch(
     sums = engine.reduce_sums({**checks.flush(), "_points": float(checks.seen)})
     seen = sums.pop("_points")
     return {**{k: v / seen for k, v in sums.items()}, **last}
+
+
+def check_num_workers(num_workers: Any) -> None:
+    """Refuse a reader-process count that is not an integer from 0 to 256."""
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int):
+        raise ConfigError(f"num_workers must be an integer from 0 to 256, got {num_workers!r}")
+    if not 0 <= num_workers <= 256:
+        raise ConfigError(
+            f"num_workers (--num-workers) must be from 0 to 256, got {num_workers}; use 0 to "
+            "read in the training process"
+        )
+
+
+def check_points(
+    model: torch.nn.Module, x: torch.Tensor, where: str, index_of: Callable[[int], str]
+) -> None:
+    """Refuse streamed training points ``x`` (n, *event_shape) that the model cannot use:
+    a non-finite value names the point (``index_of(row)``, its index in the training split)."""
+    if x.dim() >= 2 and x.is_floating_point():
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+        if not bool(finite.all()):
+            row = int((~finite).nonzero()[0])
+            raise DataError(
+                f"training point {index_of(row)} of the streamed split has NaN or infinite "
+                f"values ({where}); clean the file or drop that point"
+            )
+    check_tensor(x, f"the streamed training points {where}", model.event_shape)
+    model.likelihood.check_data(x)
+
+
+def source_index(split: Dataset, i: int) -> str:
+    """Point ``i`` of a streamed split, named by its row in the source as well when the split
+    is a subset of it (``"17 (row 170 of the file)"``)."""
+    row = i
+    while isinstance(split, Subset):
+        row, split = int(split.indices[row]), split.dataset
+    return str(i) if row == i else f"{i} (row {row} of its source)"
+
+
+def streamed_check(model: torch.nn.Module, split: Dataset) -> Callable[[torch.Tensor, int], None]:
+    """The check :func:`data_fingerprint` runs on each block of a streamed training split
+    as it hashes it, so bad points are refused before the first step (and before a run
+    directory is made)."""
+
+    def check(block: torch.Tensor, first: int) -> None:
+        where = f"points {first} to {first + block.shape[0] - 1}, read before training"
+        check_points(model, block, where, lambda j: source_index(split, first + j))
+
+    return check
+
+
+def named_batches(batches: Iterable[torch.Tensor], epoch: int) -> Iterator[tuple[int, Any]]:
+    """``(step, batch)`` pairs; a batch that cannot be read (a streamed file truncated or
+    changed while training, in this process or a loader worker) is one :class:`DataError`
+    naming the step."""
+    iterator = iter(batches)
+    step = 0
+    while True:
+        try:
+            x = next(iterator)
+        except StopIteration:
+            return
+        except (DataError, OSError, ValueError) as exc:
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            # a loader worker's error arrives as its traceback; the last line is the message
+            reason = re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1] if lines else "")
+            raise DataError(
+                f"cannot read training batch {step} of epoch {epoch}: {reason}"
+            ) from exc
+        yield step, x
+        step += 1
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, eps: float = 1e-8) -> torch.optim.Optimizer:

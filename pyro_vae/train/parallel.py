@@ -27,8 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from pyro_vae.errors import ConfigError
 from pyro_vae.runtime.distributed import (
     ProcessGroup,
+    all_gather,
     all_reduce_sum,
-    collective_device,
     current_group,
 )
 
@@ -180,9 +180,4 @@ def gather_rng_states(group: ProcessGroup) -> list[torch.Tensor]:
     state = torch.get_rng_state()
     if not group.distributed:
         return [state]
-    import torch.distributed as dist
-
-    on = collective_device()
-    parts = [torch.empty_like(state, device=on) for _ in range(group.world_size)]
-    dist.all_gather(parts, state.to(on))
-    return [p.cpu() for p in parts]
+    return all_gather(state)
