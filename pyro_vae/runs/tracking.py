@@ -283,8 +283,9 @@ class TensorBoardTracker(Tracker):
     """Event files in the run's ``tensorboard/`` folder (``tensorboard --logdir RUN_DIR``).
 
     Scalars are written as float64 tensors, so they read back equal to metrics.jsonl. A resume
-    opens the folder again with ``purge_step`` just past the last logged epoch: events a
-    stopped run wrote beyond it are dropped by TensorBoard's readers, so the series is one.
+    opens the folder again with ``purge_step`` just past the last logged epoch, so TensorBoard
+    drops the images a stopped run wrote beyond it (its reader keeps such a tensor scalar: a
+    point logged again on resume appears twice, with the same value).
     """
 
     takes_samples = True
