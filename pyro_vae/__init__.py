@@ -8,7 +8,6 @@ ELBO and :func:`pyro_vae.infer.log_likelihood` scores any model/guide pair.
 # state_dict checkpoints and several models side by side all just work. The setting
 # (module_local_params) is scoped to the library's own modules and calls, never set globally:
 # importing the package leaves pyro.settings and pyro.get_param_store() unchanged.
-from pyro_vae import moved
 from pyro_vae.errors import (
     CheckpointError,
     ConfigError,
@@ -32,6 +31,5 @@ __all__ = [
     "CheckpointError",
     "TrainingError",
 ]
-__version__ = "0.1.0"
-
-moved.install()
+#: The package's version: the one source (pyproject.toml reads it; so does the docs site).
+__version__ = "0.2.0.dev0"

@@ -47,6 +47,13 @@ def _seed(text: str) -> int:
     return value
 
 
+class _Extend(argparse.Action):
+    """Collect the values of a repeatable flag into one tuple (the field's type)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, (*(getattr(namespace, self.dest, None) or ()), *values))
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line on stderr and exit status 2."""
 
@@ -87,6 +94,11 @@ _HELP = {
     "fused": "compute the ELBO straight from the library's own parts (proven equal to "
     "Pyro's); --no-fused keeps Pyro's Trace_ELBO path",
     "precision": "32, or autocast the training steps to bf16/fp16 (scores stay float32)",
+    "track": "log the run to these experiment trackers (several allowed; each needs its extra: "
+    "pip install 'pyro-vae[tensorboard]')",
+    "track_samples_every": "epochs between two grids of prior samples in TensorBoard (0: none)",
+    "mlflow_uri": "MLflow tracking URI, e.g. sqlite:///runs/mlflow.db or http://host:5000 "
+    "(default: mlruns/mlflow.db beside the run directory)",
 }
 
 DEVICE_HELP = "auto (a GPU if there is one), cpu, cuda, cuda:N or mps"
@@ -96,6 +108,7 @@ def _choices(hint_name: str) -> Sequence[str] | None:
     from pyro_vae.data.binarize import BINARIZE_MODES
     from pyro_vae.infer.objectives import OBJECTIVES, WARMUPS
     from pyro_vae.parts.registry import REGISTRIES
+    from pyro_vae.runs.tracking import TRACKERS
     from pyro_vae.train.parallel import PRECISIONS
     from pyro_vae.train.schedules import LR_SCHEDULES
 
@@ -107,6 +120,7 @@ def _choices(hint_name: str) -> Sequence[str] | None:
         "binarize": list(BINARIZE_MODES),
         "precision": list(PRECISIONS),
         "lr_schedule": sorted(LR_SCHEDULES),
+        "track": sorted(TRACKERS),
     }.get(hint_name)
 
 
@@ -354,6 +368,10 @@ def _add_train_arguments(train: argparse.ArgumentParser, track: bool) -> None:
         flag, helptext = "--" + dest.replace("_", "-"), _HELP.get(dest, dest.replace("_", " "))
         if hint is bool:
             training.add_argument(flag, action=argparse.BooleanOptionalAction, help=helptext)
+        elif typing.get_origin(hint) is tuple:  # several values: --track a b, --track a --track b
+            training.add_argument(
+                flag, nargs="+", action=_Extend, choices=_choices(dest), help=helptext
+            )
         else:
             training.add_argument(
                 flag, type=_plain_type(hint), choices=_choices(dest), help=helptext

@@ -24,3 +24,8 @@ class CheckpointError(PyroVAEError):
 
 class TrainingError(PyroVAEError, RuntimeError):
     """Training cannot continue (for example a non-finite loss)."""
+
+
+class MissingExtraError(ConfigError):
+    """An optional feature was asked for whose extra is not installed (``pip install
+    'pyro-vae[EXTRA]'``)."""

@@ -31,6 +31,7 @@ from pyro_vae.models.config import ModelConfig, build_likelihood, build_model
 from pyro_vae.models.kinds import MODELS, build_kind, kind_of
 from pyro_vae.runs.metrics import ScoreOptions, test_metrics
 from pyro_vae.runs.rundir import RunDir, printable
+from pyro_vae.runs.tracking import Tracking, check_trackers
 from pyro_vae.runtime.devices import resolve_device
 from pyro_vae.runtime.distributed import current_group
 from pyro_vae.train.checkpoint import restore_model
@@ -145,15 +146,18 @@ def finish_run(
     seed: int,
     num_samples: int,
     fmt: str = "png",
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Figures, test score and ``results.json`` of a trained run; returns the results.
 
-    Every process scores its share of the test split; rank 0 alone draws and writes.
+    Every process scores its share of the test split; rank 0 alone draws and writes, and
+    logs the scores, figures and checkpoint to the run's ``tracking``.
     """
     run = RunDir(run)
     main = current_group().is_main
+    figures = []
     if main:
-        write_figures(model, data, result.history, run, seed=seed, fmt=fmt)
+        figures = write_figures(model, data, result.history, run, seed=seed, fmt=fmt)
     kind = kind_of(model)
     final = kind.final_metric
     results = {
@@ -165,6 +169,8 @@ def finish_run(
     }
     if main:
         run.write_json(RunDir.RESULTS, results)
+        if tracking is not None:
+            tracking.finish(results, result.history, figures)
     return results
 
 
@@ -202,6 +208,8 @@ def train_run(
     ``device`` trains and scores there; ``stream`` reads the training split from disk as it
     goes (:mod:`pyro_vae.data.streaming`, ``num_workers`` reader processes). Under
     ``torchrun`` every process trains (DDP) and scores its share; rank 0 alone writes.
+    ``train_config.track`` names the experiment trackers the run is logged to
+    (:mod:`pyro_vae.runs.tracking`); a tracker whose extra is missing is refused first.
     """
     check_api_types(model_config, train_config)
     check_num_workers(num_workers)
@@ -213,6 +221,7 @@ def train_run(
     if fmt not in FIGURE_FORMATS:
         raise ConfigError(f"unknown figure format {fmt!r}; choose one of {list(FIGURE_FORMATS)}")
     check_size(num_samples, "--num-samples (importance samples per point)")
+    check_trackers(train_config.track)
     data_options = {"data_dir": str(data_dir) if data_dir is not None else None}
     data_options["binarize"] = binarize
     data_options["stream"] = stream or None
@@ -250,11 +259,21 @@ def train_run(
             run.create(overwrite)
             run.write_json(RunDir.CONFIG, config)
         group.barrier()  # the other ranks start once the directory exists
-        result = fit(
-            model, data, train_config, run, model_config, progress=progress,
-            device=device, num_workers=num_workers,
-        )  # fmt: skip
-        return finish_run(model, data, result, run, train_config.seed, num_samples, fmt)
+        with open_tracking(run, train_config, config) as tracking:
+            result = fit(
+                model, data, train_config, run, model_config, progress=progress,
+                device=device, num_workers=num_workers, epoch_hook=tracking.epoch_end,
+            )  # fmt: skip
+            return finish_run(
+                model, data, result, run, train_config.seed, num_samples, fmt, tracking
+            )
+
+
+def open_tracking(run: RunDir, train_config: TrainConfig, config: dict[str, Any]) -> Tracking:
+    """The run's experiment trackers (``train_config.track``) on rank 0; none elsewhere."""
+    if not current_group().is_main:
+        return Tracking()
+    return Tracking.open(run, train_config, config)
 
 
 def resume_run(
@@ -269,7 +288,8 @@ def resume_run(
 
     Everything comes from ``config.json`` and the checkpoint: model, optimizer and
     random-number state are restored, so a run killed at any moment and resumed ends with
-    the same metrics as an uninterrupted run (CPU). ``epochs`` may extend the run; it is
+    the same metrics as an uninterrupted run (CPU), logged to the same tracked runs
+    (:mod:`pyro_vae.runs.tracking`). ``epochs`` may extend the run; it is
     recorded in ``config.json`` only after the resume's checks pass. A run killed before its
     first checkpoint starts over. Works for every model kind.
     """
@@ -288,18 +308,23 @@ def resume_run(
                 f"{run.quoted(RunDir.CONFIG)} has missing or unknown training settings ({exc}); "
                 "restore the run's original config.json"
             ) from exc
+        check_trackers(train_config.track)
         data = data if data is not None else load_run_data(config)
         check_fingerprint(data, config.get("data_fingerprint"), str(run))
         check_run_data(data)
         pyro.set_rng_seed(train_config.seed)
         model = build_model(model_config)
-        result = fit(
-            model, data, train_config, run, model_config, progress,
-            resume=run.has_checkpoint(), device=device, num_workers=num_workers,
-        )  # fmt: skip
         num_samples = int(config.get("num_samples", 1000))
         fmt = config.get("figure_format", "png")
-        return finish_run(model, data, result, run, train_config.seed, num_samples, fmt)
+        with open_tracking(run, train_config, config) as tracking:
+            result = fit(
+                model, data, train_config, run, model_config, progress,
+                resume=run.has_checkpoint(), device=device, num_workers=num_workers,
+                epoch_hook=tracking.epoch_end,
+            )  # fmt: skip
+            return finish_run(
+                model, data, result, run, train_config.seed, num_samples, fmt, tracking
+            )
 
 
 def read_run_config(run: str | Path | RunDir) -> tuple[dict[str, Any], ModelConfig]:

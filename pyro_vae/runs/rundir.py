@@ -3,7 +3,9 @@
 A run directory holds ``.pyro-vae-run`` (the marker: this library created it), ``config.json``
 (data set, model and training configuration, written once; a resume with more epochs rewrites
 it after its checks pass), ``checkpoint.pt``, ``metrics.jsonl``, ``results.json``, ``.lock``
-(who trains it now) and the figures. Nothing else in the package spells these names.
+(who trains it now), the figures and, for a tracked run, ``tracking.json`` (the experiment
+trackers' run ids and last logged epochs) and ``tensorboard/`` (TensorBoard's event files).
+Nothing else in the package spells these names.
 
 No write follows a link out of the directory: files are written to a temporary file and
 ``os.replace``d (which replaces a link instead of writing through it), the lock is opened with
@@ -71,6 +73,8 @@ class RunDir:
     METRICS = "metrics.jsonl"
     RESULTS = "results.json"
     LOCK = ".lock"
+    TRACKING = "tracking.json"
+    TENSORBOARD = "tensorboard"
 
     def __init__(self, path: str | Path):
         if isinstance(path, RunDir):
@@ -303,7 +307,8 @@ class RunDir:
         current = self.read_json(self.CONFIG) if self.has_config() else {}
         if not isinstance(current, dict):
             raise CheckpointError(f"{self.quoted(self.CONFIG)} is not a table; restore it")
-        merged = {**(defaults or {}), **current, **updates}
+        # as JSON reads it back (tuples are lists), so an unchanged config is not rewritten
+        merged = json.loads(json.dumps({**(defaults or {}), **current, **updates}))
         if merged != current:
             self.write_json(self.CONFIG, merged)
 

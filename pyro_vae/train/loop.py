@@ -58,13 +58,26 @@ CHECKPOINT_KEYS = (
     "history",
     "rng_state",
 )
-#: Training settings a resumed run may change: only how long it runs.
-RESUMABLE_CHANGES = ("epochs",)
+#: Training settings a resumed run may change: how long it runs, and where it is logged
+#: (tracking never changes what is trained; runs from before tracking have no such keys).
+RESUMABLE_CHANGES = ("epochs", "track", "track_samples_every", "mlflow_uri")
 #: Most samples per data point a training step or a validation pass may draw (refused before
 #: allocating them).
 MOST_SAMPLES = {"num_particles": 10_000, "valid_num_samples": 1_000_000}
 #: Seeds accepted: NumPy's global generator (seeded by pyro.set_rng_seed) takes 32 bits.
 MAX_SEED = 2**32 - 1
+
+
+def check_track_names(track: Any) -> tuple[str, ...]:
+    """``track`` as a tuple of distinct tracker names (which names exist is the tracking
+    registry's to say, :func:`pyro_vae.runs.tracking.check_trackers`)."""
+    if isinstance(track, str):
+        track = (track,)
+    if not isinstance(track, list | tuple) or not all(isinstance(t, str) for t in track):
+        raise ConfigError(
+            f"track must be a list of tracker names such as ['tensorboard'], got {track!r}"
+        )
+    return tuple(dict.fromkeys(track))
 
 
 @dataclass
@@ -93,6 +106,15 @@ class TrainConfig:
     fused: bool = True
     #: ``32``, or ``bf16``/``fp16`` autocast for the training steps (scores stay float32).
     precision: str = "32"
+    #: Experiment trackers the run logs to (``tensorboard``, ``mlflow``: the entries of
+    #: ``pyro_vae.runs.tracking.TRACKERS``); ``train_run`` and ``resume_run`` log, rank 0 alone.
+    #: Tracking never changes what is trained.
+    track: tuple[str, ...] = ()
+    #: Epochs between two grids of prior samples logged to TensorBoard (0: none).
+    track_samples_every: int = 10
+    #: MLflow tracking URI (``sqlite:///path/mlflow.db``, ``http://host:5000``); ``None``:
+    #: the SQLite store ``mlruns/mlflow.db`` beside the run directory.
+    mlflow_uri: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -129,6 +151,17 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}"
             )
+        self.track = check_track_names(self.track)
+        value = self.track_samples_every
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"track_samples_every must be an integer >= 0, got {value!r}")
+        if self.mlflow_uri is not None and (
+            not isinstance(self.mlflow_uri, str) or not self.mlflow_uri.strip()
+        ):
+            raise ConfigError(
+                f"mlflow_uri must be a tracking URI such as sqlite:///runs/mlflow.db, got "
+                f"{self.mlflow_uri!r}"
+            )
         self.make_objective()  # refuse bad objective options before any file is written
 
     def make_objective(self) -> Objective:
@@ -150,6 +183,10 @@ class FitResult:
     history: list[dict[str, Any]]
     epochs: int
     seconds: float
+
+
+#: Called after each epoch with the model and the metrics history (rank 0 only).
+EpochHook = Callable[[torch.nn.Module, list[dict[str, Any]]], None]
 
 
 class RunStore(Protocol):
@@ -219,6 +256,7 @@ def fit(
     *,
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    epoch_hook: EpochHook | None = None,
 ) -> FitResult:
     """Train a VAE (or the autoencoder baseline) on ``data.train`` with Adam.
 
@@ -242,6 +280,10 @@ def fit(
     ``torch.distributed`` group) every process trains a DDP replica on its shard of each
     epoch, with its own latent noise; rank 0 alone writes the run's files
     (:mod:`pyro_vae.train.parallel`).
+
+    ``epoch_hook(model, history)`` is called on rank 0 after each epoch's checkpoint (the
+    run's experiment trackers, :mod:`pyro_vae.runs.tracking`); it must leave the model, its
+    mode and every random-number generator as it found them.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(
@@ -283,8 +325,9 @@ def fit(
         )  # fmt: skip
         run_dir.write_metrics(history)
     return run_epochs(
-        task, optimizer, data, config, history, run_dir, model_config, progress, engine
-    )
+        task, optimizer, data, config, history, run_dir, model_config, progress, engine,
+        epoch_hook=epoch_hook,
+    )  # fmt: skip
 
 
 def record_run_config(
@@ -322,8 +365,10 @@ def run_epochs(
     model_config: ModelConfig | None,
     progress: bool,
     engine: Engine,
+    epoch_hook: EpochHook | None = None,
 ) -> FitResult:
-    """Train from ``len(history) + 1`` to ``config.epochs``, validating and checkpointing."""
+    """Train from ``len(history) + 1`` to ``config.epochs``, validating and checkpointing;
+    then ``epoch_hook(model, history)`` on rank 0."""
     model = task.model
     kind = kind_of(model)
     valid = eval_data(model, data.valid).to(engine.device)
@@ -359,6 +404,8 @@ def run_epochs(
         shown_train, shown_valid = task.headline
         bar.set_postfix(train=f"{record[shown_train]:.2f}", valid=f"{record[shown_valid]:.2f}")
         end_epoch(model, optimizer, config, model_config, history, run, engine)
+        if epoch_hook is not None and engine.group.is_main:
+            epoch_hook(model, history)
     return FitResult(history, config.epochs, time.perf_counter() - start)
 
 
