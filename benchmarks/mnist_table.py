@@ -286,7 +286,8 @@ class TwinSide:
         torch.manual_seed(self.seed)
         if self.row.metric == "test_error":
             y = self.data.labels["test"][: len(x)]
-            return {"test_error": self.twin.test_error(x, y), "points": len(x)}
+            e = self.twin.test_error(x, y)
+            return {"test_error": e, "stderr": math.sqrt(e * (1 - e) / len(y)), "points": len(y)}
         log_px, elbo = self.twin.log_likelihood(x[:n], k)
         return ll_scores(log_px, elbo, k)
 
@@ -382,6 +383,10 @@ def report(out: Path, args) -> dict[str, Any]:
             if side is None:
                 continue
             final = side.get("final")
+            for point in [*side["curve"].values(), *([final] if final else [])]:
+                if "test_error" in point and "stderr" not in point:  # binomial standard error
+                    e, n = point["test_error"], point["points"]
+                    point["stderr"] = math.sqrt(e * (1 - e) / n)
             entry[side_name] = {
                 "curve": side["curve"],
                 "final": None if final is None else {
@@ -473,6 +478,7 @@ def plot_row(name: str, entry: dict[str, Any], path: Path) -> None:
     unit = 100 if err else 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     curve_note = final_note = ""
+    finals: list[str] = []
     last = 0
     for side, style, color in (("lib", "-o", "C0"), ("twin", "--s", "C1")):
         s = entry.get(side)
@@ -493,7 +499,8 @@ def plot_row(name: str, entry: dict[str, Any], path: Path) -> None:
                 final["epoch"], final[key] * unit, yerr=final["stderr"] * unit, fmt="*",
                 ms=11, color=color, capsize=3, label=f"{label}, final",
             )  # fmt: skip
-            final_note = f"final: first {final['points']} test images" + (
+            finals.append(f"{label} first {final['points']}")
+            final_note = f"final: {', '.join(finals)} test images" + (
                 "" if err else f", K={final.get('k')}"
             )
     train = entry["train"]
@@ -516,10 +523,10 @@ def plot_row(name: str, entry: dict[str, Any], path: Path) -> None:
     ax.set_title(
         f"{entry['label']}" + (f" (paper: {paper} epochs)" if paper else ""), fontsize=10
     )
-    ax.text(0.99, 0.02, "; ".join(n for n in (curve_note, final_note) if n),
-            transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")  # fmt: skip
+    ax.text(0.01, 0.99, "\n".join(n for n in (curve_note, final_note) if n),
+            transform=ax.transAxes, ha="left", va="top", fontsize=7, color="0.3")  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
