@@ -4,16 +4,14 @@ one-line refusals."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from tiny_runs import tiny, tiny_run
 
 from pyro_vae.cli import main
-from pyro_vae.data import DataSplits
 from pyro_vae.errors import ConfigError
-from pyro_vae.models import ModelConfig, build_model
-from pyro_vae.runs import RunDir, resume_run, train_run
+from pyro_vae.models import build_model
+from pyro_vae.runs import RunDir, resume_run
 from pyro_vae.train import TrainConfig, fit, load_checkpoint
 from pyro_vae.train.schedules import LR_SCHEDULES, iwae_stage, learning_rate
 
@@ -49,39 +47,24 @@ def test_constant_schedule_keeps_the_rate():
     assert set(LR_SCHEDULES) >= {"constant", "iwae"}
 
 
-def _tiny() -> tuple[DataSplits, ModelConfig]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(40, 5, generator=g)
-    return DataSplits("tiny", x[:30], x[30:35], x[35:]), ModelConfig(
-        event_shape=(5,), latent_dim=2, hidden=(6,)
-    )
-
-
-def _run(tmp_path: Path, name: str, epochs: int, **train) -> Path:
-    data, model = _tiny()
-    config = TrainConfig(epochs=epochs, batch_size=8, valid_num_samples=3, **train)
-    train_run("tiny", model, config, tmp_path / name, num_samples=5, progress=False, data=data)
-    return tmp_path / name
-
-
 @pytest.mark.parametrize("epochs", [1, 2, 4, 5])
 def test_a_run_steps_at_its_epochs_rate_and_adam_eps(tmp_path, epochs):
-    run = _run(tmp_path, "r", epochs, lr_schedule="iwae", adam_eps=1e-4)
+    run = tiny_run(tmp_path, "r", epochs, lr_schedule="iwae", adam_eps=1e-4)
     groups = load_checkpoint(run / "checkpoint.pt")["optimizer_state"]["param_groups"]
     assert groups[0]["lr"] == pytest.approx(BURDA[epochs], rel=1e-12)
     assert groups[0]["eps"] == 1e-4
 
 
 def test_resume_on_a_schedule_ends_where_an_uninterrupted_run_does(tmp_path):
-    full = _run(tmp_path, "full", 5, lr_schedule="iwae")
-    short = _run(tmp_path, "short", 3, lr_schedule="iwae")
-    data, _ = _tiny()
+    full = tiny_run(tmp_path, "full", 5, lr_schedule="iwae")
+    short = tiny_run(tmp_path, "short", 3, lr_schedule="iwae")
+    data, _ = tiny()
     resume_run(short, epochs=5, progress=False, data=data)
     a = load_checkpoint(full / "checkpoint.pt")["model_state"]
     b = load_checkpoint(short / "checkpoint.pt")["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a schedule is a training setting: resuming may not change it
-    _, model_config = _tiny()
+    _, model_config = tiny()
     changed = TrainConfig(epochs=6, batch_size=8, valid_num_samples=3, lr_schedule="constant")
     with pytest.raises(ConfigError, match="lr_schedule"):
         fit(build_model(model_config), data, changed, RunDir(short), model_config,
