@@ -49,6 +49,7 @@ import torch
 
 from pyro_vae.data import eval_data, load_dataset
 from pyro_vae.data.binarize import BINARIZE_SEED, binarize_splits
+from pyro_vae.data.files import write_atomically
 from pyro_vae.data.splits import DataSplits
 from pyro_vae.models import ModelConfig, build_model
 from pyro_vae.runs import RunDir, configured_for_data
@@ -148,11 +149,8 @@ ROWS: dict[str, Row] = {
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON atomically (temporary file, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    """Write ``value`` as JSON atomically (:func:`pyro_vae.data.files.write_atomically`)."""
+    write_atomically(path, lambda f: f.write(json.dumps(value, indent=1).encode()))
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -528,10 +526,7 @@ def plot_row(name: str, entry: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
