@@ -1,10 +1,17 @@
+import os
 import sys
 from pathlib import Path
 
 import pyro
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Training and scoring keep torch's thread count fixed in the tests (the CLI's subprocesses
+# inherit it): bitwise comparisons of runs (resume, one against several processes) must not
+# depend on how busy the machine is. tests/test_threads.py tests the adaptive count itself.
+os.environ.setdefault("PYRO_VAE_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
@@ -16,17 +23,26 @@ def _fresh_pyro_state():
 
 @pytest.fixture
 def log_weight_rows(monkeypatch):
-    """The particle counts (first dimension) of every traced log-weight pass that
-    ``log_likelihood`` runs while the test does, in order."""
+    """The particle counts (first dimension) of every log-weight pass that ``log_likelihood``
+    runs while the test does, in order, traced or by a faster route."""
     import pyro_vae.infer.importance as importance
 
     rows = []
-    original = importance.log_weights
 
-    def recording(*args, **kwargs):
-        lw = original(*args, **kwargs)
-        rows.append(lw.shape[0])
-        return lw
+    def recorded(fn):
+        def recording(*args, **kwargs):
+            lw = fn(*args, **kwargs)
+            rows.append(lw.shape[0])
+            return lw
 
-    monkeypatch.setattr(importance, "log_weights", recording)
+        return recording
+
+    choose_route = importance.choose_route
+
+    def recording_route(*args, **kwargs):
+        name, fn = choose_route(*args, **kwargs)
+        return name, None if fn is None else recorded(fn)
+
+    monkeypatch.setattr(importance, "log_weights", recorded(importance.log_weights))
+    monkeypatch.setattr(importance, "choose_route", recording_route)
     return rows

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pyro.poutine.runtime import _PYRO_STACK
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.chunking import sized_particle_chunk
@@ -32,9 +33,70 @@ from pyro_vae.infer.trace import (
     slice_data,
     stderr,
 )
+from pyro_vae.runtime.threads import poll as poll_threads
 from pyro_vae.validation import check_positive_int, check_tensor
 
-__all__ = ["DEFAULT_PARTICLE_BUDGET", "LogLikelihood", "log_likelihood", "log_weights"]
+__all__ = [
+    "DEFAULT_PARTICLE_BUDGET",
+    "ROUTES",
+    "LogLikelihood",
+    "choose_route",
+    "log_likelihood",
+    "log_weights",
+    "register_route",
+]
+
+#: ``provider(model, guide, data, kwargs, data_plate, strategy)`` -> a ``log_weights_fn(x, k,
+#: *rest)`` giving (k, batch) log weights equal to :func:`log_weights` for these programs, or a
+#: string saying why it does not apply.
+RouteProvider = Callable[..., "Callable[..., torch.Tensor] | str"]
+
+#: Faster routes to the traced log weights, for programs their provider recognizes (e.g.
+#: ``"fused"``, the library's own VAE computed from its parts, registered by
+#: :mod:`pyro_vae.models.fused`). ``log_likelihood(route="auto")`` takes the first that applies.
+ROUTES: dict[str, RouteProvider] = {}
+
+
+def register_route(name: str, provider: RouteProvider) -> None:
+    """Add a route to :data:`ROUTES` (a layer above ``infer`` that knows its programs)."""
+    if name in ("auto", "traced", "given") or name in ROUTES:
+        raise ConfigError(f"route name {name!r} is taken; choose another")
+    ROUTES[name] = provider
+
+
+def choose_route(
+    route: str,
+    model: Callable,
+    guide: Callable,
+    data: tuple,
+    kwargs: dict,
+    data_plate: str = "data",
+    strategy: str = "auto",
+) -> tuple[str, Callable[..., torch.Tensor] | None]:
+    """The route's name and its log-weights function (``None``: trace the programs).
+
+    ``route``: ``"auto"`` (the first of :data:`ROUTES` that applies, else ``"traced"``),
+    ``"traced"``, or a name in :data:`ROUTES` (refused with the provider's reason where it does
+    not apply). No route but tracing is taken inside a Pyro handler (``poutine.scale``,
+    ``condition``...): the handler would not see the sites.
+    """
+    if route == "traced":
+        return "traced", None
+    if route != "auto" and route not in ROUTES:
+        raise ConfigError(
+            f"unknown route {route!r}; choose auto, traced or one of {sorted(ROUTES)}"
+        )
+    candidates = ROUTES if route == "auto" else {route: ROUTES[route]}
+    for name, provider in candidates.items():
+        found = (
+            "a Pyro handler is active around the call" if poutine_stack()
+            else provider(model, guide, data, kwargs, data_plate, strategy)
+        )  # fmt: skip
+        if callable(found):
+            return name, found
+        if route != "auto":
+            raise ConfigError(f"route {name!r} does not apply: {found}; use route='traced'")
+    return "traced", None
 
 
 @dataclass
@@ -53,6 +115,9 @@ class LogLikelihood(PerExampleEstimate):
         unscaled: the sites a handler scales (``poutine.scale``: a minibatch factor N / B, KL
             annealing): a scale is a training device, not part of p(x), so they were scored
             without it (:func:`~pyro_vae.infer.trace.compute_log_density`).
+        route: how the log weights were computed: ``"traced"`` (the programs traced), a name
+            in :data:`ROUTES` (e.g. ``"fused"``), or ``"given"`` (the caller's
+            ``log_weights_fn``).
     """
 
     per_example: torch.Tensor
@@ -63,6 +128,7 @@ class LogLikelihood(PerExampleEstimate):
     strategy: str = "vectorized"
     enumerated: tuple[str, ...] = ()
     unscaled: tuple[str, ...] = ()
+    route: str = "traced"
 
     @property
     def elbo(self) -> float:
@@ -116,6 +182,11 @@ class StreamingMoments:
         return torch.exp(2 * self.lse - self.lse2)
 
 
+def poutine_stack() -> bool:
+    """Whether a Pyro handler is active (``poutine.scale``, ``condition``, a trace...)."""
+    return bool(_PYRO_STACK)
+
+
 def _legacy_num_samples(data: tuple, num_samples: int | None) -> tuple[tuple, int]:
     """Accept the old positional call log_likelihood(model, guide, data, K)."""
     if len(data) >= 2 and isinstance(data[-1], int) and not isinstance(data[-1], bool):
@@ -138,6 +209,7 @@ def log_likelihood(
     particle_budget: int = DEFAULT_PARTICLE_BUDGET,
     strategy: str = "auto",
     log_weights_fn: Callable[..., torch.Tensor] | None = None,
+    route: str = "auto",
     **kwargs,
 ) -> LogLikelihood:
     """Importance-sampled estimate of log p(x) per data point.
@@ -167,9 +239,12 @@ def log_likelihood(
     sample them) take every value at once and are summed out exactly (in a ``pyro.markov``
     chain by the forward algorithm): log w = log sum_y p(x, y, z) / q(z | x, y).
 
-    ``log_weights_fn(x, k, *rest)`` -> (k, batch), when given, computes each chunk's log
-    weights in place of tracing (a caller's fast path for a model it knows, e.g.
-    :class:`pyro_vae.models.fused.FusedLogWeights`; it must equal :func:`log_weights`).
+    Route (``route``, recorded in the result): ``"auto"`` (default) computes the log weights
+    by a registered faster route where one applies (:data:`ROUTES`: for the library's own
+    VAE, ``"fused"``, from its parts without tracing, proven equal to the traced weights),
+    else by tracing; ``"traced"`` always traces. ``log_weights_fn(x, k, *rest)`` -> (k,
+    batch), when given, computes each chunk's log weights in place of either (a caller's
+    fast path for a model it knows; it must equal :func:`log_weights`), route ``"given"``.
     """
     data, num_samples = _legacy_num_samples(data, num_samples)
     check_positive_int(num_samples, "num_samples")
@@ -183,6 +258,13 @@ def log_likelihood(
     n = batch_size_of(data)
     if strategy not in ("auto", *STRATEGIES):
         raise ConfigError(f"unknown strategy {strategy!r}; choose auto or one of {STRATEGIES}")
+    if log_weights_fn is not None and route not in ("auto", "given"):
+        raise ConfigError(f"log_weights_fn given with route={route!r}; give one or the other")
+    route, fast = (
+        ("given", log_weights_fn) if log_weights_fn is not None
+        else choose_route(route, model, guide, data, kwargs, data_plate, strategy)
+    )  # fmt: skip
+    log_weights_fn = fast
     probe = probe_data(model, data)
     info = check_program(model, guide, *probe, data_plate=data_plate, **kwargs)
     particle_dim = info.particle_dim
@@ -210,6 +292,7 @@ def log_likelihood(
                 particle_dim=particle_dim, data_plate=data_plate, strategy=strategy, **kwargs,
             ) if log_weights_fn is None else log_weights_fn(batch[0], k, *batch[1:])
             moments.update(lw)
+            poll_threads()
             if keep_log_weights:
                 kept.append(lw)
         per_example.append(moments.log_mean_weight())
@@ -226,4 +309,5 @@ def log_likelihood(
         strategy=strategy,
         enumerated=info.enumerated,
         unscaled=info.scaled,
+        route=route,
     )

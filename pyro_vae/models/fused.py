@@ -11,13 +11,14 @@ model/guide pair, and :func:`fused_unsupported` says when this one does not appl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyro.distributions as dist
 import torch
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.infer.importance import register_route
 from pyro_vae.models.mlp_bernoulli import MLPBernoulliLogProb, bernoulli_log_prob
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts.likelihoods import LIKELIHOODS, Bernoulli
@@ -265,3 +266,37 @@ def fused_log_weights(vae: object) -> FusedLogWeights | None:
     """:class:`FusedLogWeights` of ``vae`` where :func:`fused_unsupported` allows it, else
     ``None`` (the estimator then traces the model and guide)."""
     return FusedLogWeights(vae) if fused_unsupported(vae) is None else None
+
+
+def fused_route(
+    model: object,
+    guide: object,
+    data: tuple,
+    kwargs: dict,
+    data_plate: str = "data",
+    strategy: str = "auto",
+) -> Callable[..., torch.Tensor] | str:
+    """The ``"fused"`` route of :func:`pyro_vae.infer.importance.log_likelihood`: for a
+    :class:`VAE`'s own ``model`` and ``guide`` (the bound methods themselves, not wrapped in a
+    handler) on its data alone, the :class:`FusedLogWeights` of the VAE; else why not."""
+    vae = getattr(model, "__self__", None)
+    own = (
+        getattr(model, "__func__", None) is VAE.model
+        and getattr(guide, "__self__", None) is vae
+        and getattr(guide, "__func__", None) is VAE.guide
+    )
+    if not own:
+        return "the programs are not one pyro_vae VAE's own model and guide"
+    reason = fused_unsupported(vae)
+    if reason is not None:
+        return reason
+    if len(data) != 1 or kwargs:
+        return "the programs are given arguments beyond the data"
+    if data_plate != "data":
+        return f"the data plate is {data_plate!r}, not the VAE's 'data'"
+    if strategy not in ("auto", "vectorized"):
+        return f"strategy {strategy!r} was asked for"
+    return FusedLogWeights(vae)
+
+
+register_route("fused", fused_route)

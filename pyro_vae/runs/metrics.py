@@ -23,7 +23,6 @@ from pyro_vae.infer.collapse import latent_usage
 from pyro_vae.infer.importance import LogLikelihood, log_likelihood
 from pyro_vae.infer.sharded import sharded_estimate
 from pyro_vae.models.autoencoder import mean_reconstruction_nll
-from pyro_vae.models.fused import fused_log_weights
 from pyro_vae.models.kinds import kind_of
 from pyro_vae.runtime.devices import model_device, resolve_device
 from pyro_vae.runtime.distributed import current_group
@@ -88,17 +87,13 @@ def score(
         model.to(resolve_device(device))
     x = eval_data(model, data.test).to(model_device(model))
     args = test_args(model, data)
-    # the library's own VAE: log weights straight from its parts, equal to the traced ones
-    fast = None if args else fused_log_weights(model)
     if current_group().distributed:
         return sharded_estimate(
             log_likelihood, model.model, model.guide, x, *args,
             block_size=batch_size or 64, seed=seed, num_samples=num_samples,
-            log_weights_fn=fast,
         )  # fmt: skip
     return log_likelihood(
         model.model, model.guide, x, *args, num_samples=num_samples, batch_size=batch_size,
-        log_weights_fn=fast,
     )  # fmt: skip
 
 
@@ -112,6 +107,7 @@ def summary(result: LogLikelihood) -> dict[str, float]:
         "num_samples": result.num_samples,
         "num_test_points": int(result.per_example.numel()),
         "mean_ess": float(result.ess.mean()),
+        "route": result.route,
     }
 
 

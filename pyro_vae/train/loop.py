@@ -32,6 +32,8 @@ from pyro_vae.models.config import ModelConfig
 from pyro_vae.models.kinds import kind_of
 from pyro_vae.runtime.devices import model_device, resolve_device
 from pyro_vae.runtime.distributed import current_group
+from pyro_vae.runtime.threads import check_threads, share_cores
+from pyro_vae.runtime.threads import poll as poll_threads
 from pyro_vae.train.checkpoint import restore_model
 from pyro_vae.train.fingerprint import check_same_data_on_every_rank, data_fingerprint
 from pyro_vae.train.parallel import (
@@ -257,6 +259,7 @@ def fit(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     epoch_hook: EpochHook | None = None,
+    threads: int | str = "auto",
 ) -> FitResult:
     """Train a VAE (or the autoencoder baseline) on ``data.train`` with Adam.
 
@@ -281,6 +284,10 @@ def fit(
     epoch, with its own latent noise; rank 0 alone writes the run's files
     (:mod:`pyro_vae.train.parallel`).
 
+    ``threads`` (``"auto"`` or a count) is torch's intra-op thread count while training:
+    ``auto`` fits it to the cores other processes leave free and adapts it between steps,
+    unless the user fixed it (:mod:`pyro_vae.runtime.threads`).
+
     ``epoch_hook(model, history)`` is called on rank 0 after each epoch's checkpoint (the
     run's experiment trackers, :mod:`pyro_vae.runs.tracking`); it must leave the model, its
     mode and every random-number generator as it found them.
@@ -292,6 +299,7 @@ def fit(
         )
     check_fit(model, data, config.batch_size)
     check_num_workers(num_workers)
+    threads = check_threads(threads)
     fingerprint = None
     if current_group().distributed or (run_dir is not None and model_config is not None):
         fingerprint = data_fingerprint(data, streamed_check(model, data.train))
@@ -324,10 +332,11 @@ def fit(
             fingerprint,
         )  # fmt: skip
         run_dir.write_metrics(history)
-    return run_epochs(
-        task, optimizer, data, config, history, run_dir, model_config, progress, engine,
-        epoch_hook=epoch_hook,
-    )  # fmt: skip
+    with share_cores(threads):
+        return run_epochs(
+            task, optimizer, data, config, history, run_dir, model_config, progress, engine,
+            epoch_hook=epoch_hook,
+        )  # fmt: skip
 
 
 def record_run_config(
@@ -475,6 +484,7 @@ def train_epoch(
         checks.add(step, loss, norm if check_norm else None, value.sums, size)
         engine.step(optimizer)
         last = value.last
+        poll_threads()
     # before the epoch's metrics, validation or checkpoint
     sums = engine.reduce_sums({**checks.flush(), "_points": float(checks.seen)})
     seen = sums.pop("_points")

@@ -20,7 +20,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.objectives import Objective
 from pyro_vae.models.autoencoder import Autoencoder, mean_reconstruction_nll
-from pyro_vae.models.fused import FusedELBO, fused_log_weights, fused_unsupported
+from pyro_vae.models.fused import FusedELBO, fused_unsupported
 from pyro_vae.models.kinds import ModelKind, kind_of
 
 
@@ -98,18 +98,16 @@ class ELBOTask:
         return BatchLoss(value.loss, {"train_elbo": value.elbo}, {"kl_weight": kl_weight})
 
     def validate(self, valid: torch.Tensor, *args: torch.Tensor) -> dict[str, float]:
-        fast = None if args else fused_log_weights(self.model)
-        return importance_validation(self.model, valid, self.valid_num_samples, *args, fast=fast)
+        return importance_validation(self.model, valid, self.valid_num_samples, *args)
 
 
 def importance_validation(
-    model: torch.nn.Module, valid: torch.Tensor, k: int, *args: torch.Tensor, fast: Any = None
+    model: torch.nn.Module, valid: torch.Tensor, k: int, *args: torch.Tensor
 ) -> dict[str, float]:
     """``valid_elbo`` (+- ``valid_elbo_stderr``) and ``valid_iwae<k>`` per data point: the
     K = ``k`` importance-sampled bound of ``model``'s programs on valid: (N, *event_shape),
-    with their further arguments ``args``; ``fast``: the library's own log weights, if any."""
-    val = log_likelihood(model.model, model.guide, valid, *args, num_samples=k,
-                         log_weights_fn=fast)  # fmt: skip
+    with their further arguments ``args`` (by the estimator's fastest route that applies)."""
+    val = log_likelihood(model.model, model.guide, valid, *args, num_samples=k)
     return {
         "valid_elbo": val.elbo,
         "valid_elbo_stderr": val.elbo_stderr,

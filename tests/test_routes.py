@@ -1,0 +1,113 @@
+"""log_likelihood's routes: the library's own VAE takes the fused log weights by default (equal
+to the traced ones, same noise), anything else is traced, and the result says which ran."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_vae import VAE
+from pyro_vae.errors import ConfigError
+from pyro_vae.infer import log_likelihood
+from pyro_vae.infer.importance import ROUTES, choose_route, register_route
+from pyro_vae.models import ModelConfig, build_vae
+
+
+def _vae(**options) -> VAE:
+    pyro.set_rng_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(12,), latent_dim=3, hidden=(8,), **options))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # moved from the initial values, as training moves them
+        for p in vae.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return vae
+
+
+def _x(n: int = 10) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.bernoulli(torch.full((n, 12), 0.4), generator=g)
+
+
+def _estimate(vae: VAE, x: torch.Tensor, **options):
+    pyro.set_rng_seed(7)
+    return log_likelihood(vae.model, vae.guide, x, num_samples=40, **options)
+
+
+@pytest.mark.parametrize("prior", ["normal", "learned_normal", "mixture"])
+def test_the_library_vae_takes_the_fused_route_and_equals_the_traced_one(prior):
+    vae, x = _vae(prior=prior), _x()
+    fast, traced = _estimate(vae, x), _estimate(vae, x, route="traced")
+    assert fast.route == "fused" and traced.route == "traced"
+    torch.testing.assert_close(fast.per_example, traced.per_example, rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.elbo_per_example, traced.elbo_per_example, rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast.ess, traced.ess, rtol=1e-4, atol=1e-4)
+
+
+def test_a_handler_around_the_call_keeps_the_traced_route():
+    vae, x = _vae(), _x()
+    with poutine.scale(scale=1.0):
+        assert _estimate(vae, x).route == "traced"
+    with poutine.block():
+        assert _estimate(vae, x).route == "traced"
+
+
+def test_programs_other_than_the_vae_own_are_traced_and_fused_is_refused_with_the_reason():
+    vae, x = _vae(), _x()
+
+    class Custom(VAE):
+        pass
+
+    custom = Custom.__new__(Custom)
+    custom.__dict__.update(vae.__dict__)
+    assert _estimate(custom, x).route == "traced"
+    with pytest.raises(ConfigError, match="route 'fused' does not apply: the model is a Custom"):
+        _estimate(custom, x, route="fused")
+
+    def model(x):
+        vae.model(x)
+
+    assert _estimate(vae, x, route="auto").route == "fused"
+    with pytest.raises(ConfigError, match="not one pyro_vae VAE's own model and guide"):
+        log_likelihood(model, vae.guide, x, num_samples=4, route="fused")
+    other = _vae()
+    with pytest.raises(ConfigError, match="not one pyro_vae VAE's own"):
+        log_likelihood(vae.model, other.guide, x, num_samples=4, route="fused")
+    with pytest.raises(ConfigError, match="strategy 'replicate' was asked for"):
+        log_likelihood(vae.model, vae.guide, x, num_samples=4, route="fused", strategy="replicate")
+    assert _estimate(vae, x, strategy="replicate").route == "traced"
+
+
+def test_a_given_log_weights_function_is_recorded_and_not_combined_with_a_route():
+    vae, x = _vae(), _x()
+    from pyro_vae.infer.trace import log_weights
+
+    def given(x, k):
+        return log_weights(vae.model, vae.guide, x, k)
+
+    assert _estimate(vae, x, log_weights_fn=given).route == "given"
+    with pytest.raises(ConfigError, match="give one or the other"):
+        _estimate(vae, x, log_weights_fn=given, route="traced")
+
+
+def test_unknown_and_taken_route_names_are_refused():
+    vae, x = _vae(), _x()
+    with pytest.raises(ConfigError, match="unknown route 'quick'; choose auto, traced"):
+        _estimate(vae, x, route="quick")
+    for name in ("auto", "traced", "given", "fused"):
+        with pytest.raises(ConfigError, match=f"route name {name!r} is taken"):
+            register_route(name, lambda *a: "never")
+    assert list(ROUTES)[0] == "fused"
+    assert choose_route("traced", vae.model, vae.guide, (x,), {})[0] == "traced"
+
+
+def test_scoring_and_validation_take_the_fused_route_and_record_it(tmp_path):
+    from pyro_vae.data import DataSplits
+    from pyro_vae.runs.metrics import score, summary
+
+    vae = _vae()
+    x = _x(30)
+    data = DataSplits("bits", x[:10], x[10:20], x[20:])
+    result = score(vae, data, num_samples=20, seed=0)
+    assert result.route == "fused" and summary(result)["route"] == "fused"
