@@ -1,7 +1,8 @@
 """pyro_vae: variational autoencoders as two Pyro programs.
 
-``VAE.model(x)`` defines p(z) p(x | z), ``VAE.guide(x)`` defines q(z | x); SVI optimizes the
-ELBO and :func:`pyro_vae.infer.log_likelihood` scores any model/guide pair.
+``VAE.model(x)`` defines p(z) p(x | z), ``VAE.guide(x)`` defines q(z | x); SVI optimizes the ELBO
+and [`pyro_vae.infer.log_likelihood`][pyro_vae.infer.importance.log_likelihood] scores any
+model/guide pair.
 """
 
 # Parameters live in the modules, not Pyro's global param store: plain torch optimizers,

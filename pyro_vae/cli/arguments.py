@@ -26,7 +26,7 @@ def hidden_sizes(text: str) -> tuple[int, ...]:
 
 
 def seed(text: str) -> int:
-    """A ``--seed`` value: an integer from 0 to [`MAX_SEED`][pyro_vae.cli.arguments.MAX_SEED]."""
+    """A ``--seed`` value: an integer from 0 to ``MAX_SEED``."""
     try:
         value = int(text)
     except ValueError:

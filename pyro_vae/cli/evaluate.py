@@ -2,7 +2,7 @@
 
 The defaults of ``--num-samples`` and ``--batch-size`` are those of
 [`score`][pyro_vae.runs.metrics.score]; the ``--method`` choices are the reports of
-[`METHODS`][pyro_vae.infer.report.METHODS].
+``pyro_vae.infer.report.METHODS``.
 """
 
 from __future__ import annotations

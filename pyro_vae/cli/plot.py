@@ -1,7 +1,7 @@
 """``pyro-vae plot RUN_DIR --kind KIND``: one figure of a trained run.
 
-The kinds are the figures registered in [`FIGURES`][pyro_vae.analysis.run_figures.FIGURES]
-(a model kind draws those it lists), then ``attribute`` and ``compare``.
+The kinds are the figures registered in ``pyro_vae.analysis.run_figures.FIGURES`` (a model
+kind draws those it lists), then ``attribute`` and ``compare``.
 """
 
 from __future__ import annotations

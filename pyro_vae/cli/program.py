@@ -1,8 +1,7 @@
 """The ``pyro-vae`` program: one parser from the command modules, and ``main``.
 
-Each module of [`COMMANDS`][pyro_vae.cli.program.COMMANDS] adds its own parser
-(``add_parser(sub, track)``) and runs it (``run(args) -> status``); this module knows only
-their names.
+Each module of ``COMMANDS`` adds its own parser (``add_parser(sub, track)``) and runs it
+(``run(args) -> status``); this module knows only their names.
 """
 
 from __future__ import annotations

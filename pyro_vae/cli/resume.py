@@ -1,7 +1,7 @@
 """``pyro-vae train --resume RUN_DIR``: continue a run from its last completed epoch.
 
-Every setting comes from the run's own config.json; only the options in
-[`RESUME_OPTIONS`][pyro_vae.cli.resume.RESUME_OPTIONS] may be given beside it.
+Every setting comes from the run's own config.json; only the options in ``RESUME_OPTIONS``
+may be given beside it.
 """
 
 from __future__ import annotations

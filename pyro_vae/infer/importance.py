@@ -52,7 +52,7 @@ class LogLikelihood(PerExampleEstimate):
         enumerated: the sites summed out exactly (marked ``infer={"enumerate": ...}``).
         unscaled: the sites a handler scales (``poutine.scale``: a minibatch factor N / B, KL
             annealing): a scale is a training device, not part of p(x), so they were scored
-            without it (:func:`~pyro_vae.infer.trace.compute_log_density`).
+            without it ([`compute_log_density`][pyro_vae.infer.trace.compute_log_density]).
     """
 
     per_example: torch.Tensor
@@ -71,7 +71,8 @@ class LogLikelihood(PerExampleEstimate):
 
     @property
     def elbo_stderr(self) -> float:
-        """Standard error of :attr:`elbo` over data points."""
+        """Standard error of [`elbo`][pyro_vae.infer.importance.LogLikelihood.elbo] over data
+        points."""
         return stderr(self.elbo_per_example)
 
     def __str__(self) -> str:
@@ -148,13 +149,14 @@ def log_likelihood(
 
         log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K
 
-    a stochastic lower bound whose expectation rises to log p(x) as K grows (Burda et al.
-    2016, "Importance Weighted Autoencoders"). Data are processed ``batch_size`` points at a
-    time and particles in chunks of at most ``particle_chunk`` (default: sized from the bytes
-    of a probe pass, :mod:`pyro_vae.infer.chunking`, at most ``particle_budget`` samples per
-    pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
-    so memory is flat in K unless ``keep_log_weights`` asks for the (K, N) weights.
-    Model and guide are checked against each other first (:func:`check_program`).
+    a stochastic lower bound whose expectation rises to log p(x) as K grows (Burda et al. 2016,
+    "Importance Weighted Autoencoders"). Data are processed ``batch_size`` points at a time and
+    particles in chunks of at most ``particle_chunk`` (default: sized from the bytes of a probe
+    pass, [`pyro_vae.infer.chunking`][], at most ``particle_budget`` samples per pass); each chunk
+    is folded into running reductions
+    ([`StreamingMoments`][pyro_vae.infer.importance.StreamingMoments]), so memory is flat in K
+    unless ``keep_log_weights`` asks for the (K, N) weights. Model and guide are checked against
+    each other first ([`check_program`][pyro_vae.infer.trace.check_program]).
 
     Particles (``strategy``): ``"vectorized"`` draws them in a plate left of every plate;
     ``"replicate"`` repeats each data point K times along the data plate, for programs that
@@ -167,9 +169,10 @@ def log_likelihood(
     sample them) take every value at once and are summed out exactly (in a ``pyro.markov``
     chain by the forward algorithm): log w = log sum_y p(x, y, z) / q(z | x, y).
 
-    ``log_weights_fn(x, k, *rest)`` -> (k, batch), when given, computes each chunk's log
-    weights in place of tracing (a caller's fast path for a model it knows, e.g.
-    :class:`pyro_vae.models.fused.FusedLogWeights`; it must equal :func:`log_weights`).
+    ``log_weights_fn(x, k, *rest)`` -> (k, batch), when given, computes each chunk's log weights in
+    place of tracing (a caller's fast path for a model it knows, e.g.
+    [`pyro_vae.models.fused.FusedLogWeights`][]; it must equal
+    [`log_weights`][pyro_vae.infer.trace.log_weights]).
     """
     data, num_samples = _legacy_num_samples(data, num_samples)
     check_positive_int(num_samples, "num_samples")
