@@ -13,8 +13,8 @@ Routes, run interleaved in one process (traced, library, PyTorch, traced, librar
 
 Models: ``pyro-mlp`` (Pyro's VAE example, 784-400-50, softplus, Bernoulli, 28x28), ``digits``
 (the default model of ``pyro-vae train``: 8x8, MLP 256-128, latent 2), ``conv`` (the conv
-net on 28x28, channels 32-64, latent 16) and ``mnist-200`` (the MNIST table's 784-200-200-50). Data are random images of the model's shape (the
-arithmetic does not depend on the pixel values).
+net on 28x28, channels 32-64, latent 16) and ``mnist-200`` (the MNIST table's 784-200-200-50). Data
+are random images of the model's shape (the arithmetic does not depend on the pixel values).
 
 Run: PYTHONPATH=. python benchmarks/step_time.py [--threads 1] [--images 1024] [--repeats 5]
          [--batch-sizes 32,128,512] [--models pyro-mlp,digits,conv,mnist-200]

@@ -1,7 +1,8 @@
 """pyro_vae: variational autoencoders as two Pyro programs.
 
-``VAE.model(x)`` defines p(z) p(x | z), ``VAE.guide(x)`` defines q(z | x); SVI optimizes the
-ELBO and :func:`pyro_vae.infer.log_likelihood` scores any model/guide pair.
+``VAE.model(x)`` defines p(z) p(x | z), ``VAE.guide(x)`` defines q(z | x); SVI optimizes the ELBO
+and [`pyro_vae.infer.log_likelihood`][pyro_vae.infer.importance.log_likelihood] scores any
+model/guide pair.
 """
 
 # Parameters live in the modules, not Pyro's global param store: plain torch optimizers,
@@ -15,9 +16,14 @@ from pyro_vae.errors import (
     PyroVAEError,
     TrainingError,
 )
-from pyro_vae.infer.importance import LogLikelihood, log_likelihood
+from pyro_vae.infer.importance import LogLikelihood, log_likelihood, register_route
 from pyro_vae.models.config import ModelConfig, build_vae
+from pyro_vae.models.fused import fused_route
 from pyro_vae.models.vae import VAE
+
+# infer and models never import each other: the front door joins them, so the library's own
+# VAE is scored by its fused log weights wherever pyro_vae is imported
+register_route("fused", fused_route)
 
 __all__ = [
     "VAE",

@@ -1,9 +1,9 @@
 """Input checks at the library's edges: refuse bad data before any numerics run.
 
-Each check raises a :mod:`pyro_vae.errors` exception with a one-line message that names the
+Each check raises a [`pyro_vae.errors`][] exception with a one-line message that names the
 problem and the fix, so a mistake surfaces where it was made, not as a broadcasting bug or
 a NaN three calls later. Pure tensor and number checks only: checks that trace a model and
-guide live in :mod:`pyro_vae.infer.trace` (``check_program``).
+guide live in [`pyro_vae.infer.trace`][] (``check_program``).
 """
 
 from __future__ import annotations

@@ -230,7 +230,10 @@ def test_no_module_uses_another_modules_private_names(where):
 
 
 def test_nothing_imports_the_cli():
-    importers = [str(e) for e in EDGES if layer_of(e.target) == "cli"]
+    """Only ``python -m pyro_vae`` imports the cli (whose modules import one another)."""
+    importers = [
+        str(e) for e in EDGES if layer_of(e.target) == "cli" and layer_of(e.importer) != "cli"
+    ]
     assert all("pyro_vae.__main__" in e for e in importers), importers
 
 

@@ -164,3 +164,45 @@ def test_fit_runs_with_the_count_asked_and_restores_torch_count():
     assert seen == [1, 1] and torch.get_num_threads() == 2
     with pytest.raises(ConfigError, match="threads must be 'auto' or a thread count"):
         fit(vae, data, TrainConfig(epochs=1, batch_size=8), progress=False, threads=0)
+
+
+def _train_argv(out, name, *extra):
+    return [
+        "train", "--dataset", "digits", "--num-samples", "2", "--no-progress",
+        "--epochs", "1", "--output-dir", str(out), "--name", name, *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample", "plot", "parts"])
+@pytest.mark.parametrize("value", ["0", "x", "-2"])
+def test_every_command_refuses_a_bad_thread_count_in_one_line(tmp_path, capsys, command, value):
+    from pyro_vae import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--threads", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--threads must be 'auto' or a thread count from 1 to 1024" in err[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_command_trains_with_the_count_asked_resumes_with_another_and_restores(
+    tmp_path, monkeypatch
+):
+    import pyro_vae.train.loop as loop
+    from pyro_vae import cli
+
+    seen = []
+    run_epochs = loop.run_epochs
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return run_epochs(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_epochs", recording)
+    torch.set_num_threads(2)
+    assert cli.main(_train_argv(tmp_path, "a", "--threads", "1")) == 0
+    assert torch.get_num_threads() == 2
+    argv = ["train", "--resume", str(tmp_path / "a"), "--epochs", "2", "--no-progress"]
+    assert cli.main([*argv, "--threads", "2"]) == 0
+    assert seen == [1, 2] and torch.get_num_threads() == 2

@@ -1,9 +1,9 @@
 """The lecture's applications as figures of a trained model: one function per picture.
 
-Each ``figure_*`` takes a trained model (a :class:`~pyro_vae.models.VAE`, an
-:class:`~pyro_vae.models.Autoencoder`, or a module of another model kind with ``encode`` and
-``decode``), the data it was trained on, and an output path
-(``.png`` or ``.pdf``), and returns the path written (``None`` where the data are not images).
+Each ``figure_*`` takes a trained model (a [`VAE`][pyro_vae.models.vae.VAE], an
+[`Autoencoder`][pyro_vae.models.autoencoder.Autoencoder], or a module of another model kind with
+``encode`` and ``decode``), the data it was trained on, and an output path (``.png`` or ``.pdf``),
+and returns the path written (``None`` where the data are not images).
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def figure_attribute(
 
 
 def comparison_panel(model, data: DataSplits, name: str, n: int = 12) -> dict:
-    """One column of :func:`plots.plot_model_comparison` for ``model``."""
+    """One column of
+    [`plots.plot_model_comparison`][pyro_vae.analysis.plots.plot_model_comparison] for ``model``."""
     x = data.test[:MAX_SCATTER_POINTS]
     codes = ls.latent_codes(model, _inputs(model, x))
     points, axis_labels = ls.project_2d(codes)

@@ -3,7 +3,7 @@ and an aggregate-posterior sampler.
 
 Works with any model that has ``encode(x)`` (a distribution over z whose ``.mean`` is the
 code) and ``decode(z)`` (a distribution over x whose ``.mean`` is the picture): a
-:class:`~pyro_vae.vae.VAE` or an :class:`~pyro_vae.autoencoder.Autoencoder`.
+[`VAE`][pyro_vae.models.vae.VAE] or an [`Autoencoder`][pyro_vae.models.autoencoder.Autoencoder].
 """
 
 from __future__ import annotations
@@ -103,8 +103,9 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation (Shoemake 1985; White 2016 "Sampling generative networks").
 
     z(t) = sin((1 - t) W) / sin W * z0 + sin(t W) / sin W * z1 with cos W = <z0, z1> / |z0||z1|.
-    Keeps the norm near that of typical prior draws, unlike the straight line through the
-    origin's low-density region. Falls back to :func:`lerp` for (anti)parallel codes.
+    Keeps the norm near that of typical prior draws, unlike the straight line through the origin's
+    low-density region. Falls back to [`lerp`][pyro_vae.analysis.latent_space.lerp] for
+    (anti)parallel codes.
     """
     cos = torch.dot(z0, z1) / (z0.norm() * z1.norm()).clamp_min(1e-12)
     omega = torch.arccos(cos.clamp(-1.0, 1.0))
@@ -212,7 +213,8 @@ class AggregatePosterior:
 def sample_images(
     model, n: int = 64, source: str = "prior", train_x: torch.Tensor | None = None, seed: int = 0
 ) -> torch.Tensor:
-    """n pictures E[x | z] with z from the prior or from an :class:`AggregatePosterior`.
+    """n pictures E[x | z] with z from the prior or from an
+    [`AggregatePosterior`][pyro_vae.analysis.latent_space.AggregatePosterior].
 
     ``source="aggregate"`` fits the mixture to the codes of ``train_x``. -> (n, *event_shape).
     """
@@ -258,11 +260,10 @@ def project_2d(codes: torch.Tensor, reference: torch.Tensor | None = None):
 def decode_plane(model, codes: torch.Tensor, n: int = 15, margin: float = 0.05):
     """Decode a grid spanning the codes' 2-D extent (PCA plane when d > 2).
 
-    Unlike :func:`decode_manifold` the grid covers where the data's codes lie, not prior
-    quantiles, so an autoencoder and a VAE are shown on equal terms; empty regions between
-    clusters decode to whatever the decoder makes of them (the lecture's holes in the latent
-    space).
-    -> (images (n*n, *event_shape), u values (n,), v values (n,)).
+    Unlike [`decode_manifold`][pyro_vae.analysis.latent_space.decode_manifold] the grid covers where
+    the data's codes lie, not prior quantiles, so an autoencoder and a VAE are shown on equal terms;
+    empty regions between clusters decode to whatever the decoder makes of them (the lecture's holes
+    in the latent space). -> (images (n*n, *event_shape), u values (n,), v values (n,)).
     """
     c = codes.detach().cpu().double().numpy()
     d = c.shape[1]

@@ -1,9 +1,9 @@
 """Figures: ELBO curves, image grids and latent-space pictures (matplotlib, no display needed).
 
-Figures are drawn on :class:`matplotlib.figure.Figure` objects, never through ``pyplot``: no
+Figures are drawn on ``matplotlib.figure.Figure`` objects, never through ``pyplot``: no
 backend is selected or switched (a notebook's interactive backend stays as it was) and no
 global figure list grows. Every figure here uses a constrained layout and is saved at
-:data:`DPI` without cropping, so its pixel size is ``figsize * DPI`` (a figure without a
+``DPI`` without cropping, so its pixel size is ``figsize * DPI`` (a figure without a
 layout engine is cropped instead). The file type follows the path's suffix (``.png``, ``.pdf``).
 """
 
@@ -98,7 +98,7 @@ FIGURE_SUFFIXES = (".png", ".pdf")
 
 
 def check_figure_path(path: str | Path) -> Path:
-    """Refuse a figure path whose suffix is not one of :data:`FIGURE_SUFFIXES` or that is an
+    """Refuse a figure path whose suffix is not one of ``FIGURE_SUFFIXES`` or that is an
     existing folder, before anything is drawn."""
     path = Path(path)
     if path.suffix.lower() not in FIGURE_SUFFIXES:
@@ -112,9 +112,9 @@ def check_figure_path(path: str | Path) -> Path:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` (type from the suffix) at :data:`DPI`, creating parent folders.
+    """Write ``fig`` to ``path`` (type from the suffix) at ``DPI``, creating parent folders.
 
-    The file is written atomically (:func:`~pyro_vae.data.files.write_atomically`): a
+    The file is written atomically ([`write_atomically`][pyro_vae.data.files.write_atomically]): a
     symbolic link at ``path`` is replaced, never written through. A figure without a layout
     engine is cropped to its drawn content instead.
     """
@@ -445,7 +445,7 @@ def plot_kl_per_dim(
 ) -> Path:
     """Bars of KL(q || p) per latent dimension (nats), one panel per latent site.
 
-    ``usage``: a :class:`~pyro_vae.infer.collapse.LatentUsage`. Bars stand at their
+    ``usage``: a [`LatentUsage`][pyro_vae.infer.collapse.LatentUsage]. Bars stand at their
     dimension index (not sorted), coloured when the unit is active, Cov_x(E_q[z_u | x]) >
     ``usage.threshold`` (Burda et al. 2016), grey and hatched when not; a strip of markers on
     the axis repeats each unit's activity, so a unit with KL near 0 still shows. A site whose

@@ -1,10 +1,10 @@
 """The figures of a run by name: what ``pyro-vae train`` draws and ``pyro-vae plot --kind`` takes.
 
 A model kind lists the names of the figures that fit it (``ModelKind.figures``); each name is
-an entry of :data:`FIGURES`, a function ``make(model, data, path, *, history, seed)`` that
+an entry of ``FIGURES``, a function ``make(model, data, path, *, history, seed)`` that
 writes one figure and returns its path (``None`` when the figure does not apply, e.g. a
 manifold of a latent space that is not 2-D, or data that are not images). A plugin adds a
-figure with :func:`register_figure`.
+figure with [`register_figure`][pyro_vae.analysis.run_figures.register_figure].
 """
 
 from __future__ import annotations

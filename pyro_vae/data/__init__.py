@@ -1,4 +1,5 @@
-"""Data sets as :class:`DataSplits`: the embedded digits, array files, image sets, binarization."""
+"""Data sets as [`DataSplits`][pyro_vae.data.splits.DataSplits]: the embedded digits, array
+files, image sets, binarization."""
 
 from pyro_vae.data.arrays import (
     load_array_file,

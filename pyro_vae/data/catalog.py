@@ -1,7 +1,8 @@
-"""The entry point to every data set: names and paths to :class:`DataSplits`.
+"""The entry point to every data set: names and paths to
+[`DataSplits`][pyro_vae.data.splits.DataSplits].
 
-This module imports the readers (:mod:`~pyro_vae.data.arrays`, :mod:`~pyro_vae.data.images`);
-readers never import it back.
+This module imports the readers ([`arrays`][pyro_vae.data.arrays],
+[`images`][pyro_vae.data.images]); readers never import it back.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def load_dataset(
     """A data set by name or path.
 
     Names: ``digits`` (shipped with scikit-learn) and the image sets of
-    :data:`pyro_vae.data.images.IMAGE_DATASETS` (``mnist``, ``fashion-mnist``, ``kmnist``,
+    ``pyro_vae.data.images.IMAGE_DATASETS`` (``mnist``, ``fashion-mnist``, ``kmnist``,
     ``cifar10``; looked for under ``data_dir``, downloaded there only if missing and
     ``download``). Paths: a ``.npy``/``.npz`` file, a folder of the four MNIST-style IDX
     files, or a folder of images.

@@ -1,10 +1,11 @@
 """Files: checks on those a user or a shared run directory names, and atomic writes.
 
-Every path a data set comes from is untrusted input: it may be a FIFO that blocks a reader
-forever, a device, or a folder where a file was expected. Readers call
-:func:`check_regular_file` first and refuse with one line instead of hanging. Every file the
-library writes goes through :func:`write_atomically`, so a crash never leaves half a file,
-and a symbolic link where the file should be is replaced, never written through.
+Every path a data set comes from is untrusted input: it may be a FIFO that blocks a reader forever,
+a device, or a folder where a file was expected. Readers call
+[`check_regular_file`][pyro_vae.data.files.check_regular_file] first and refuse with one line
+instead of hanging. Every file the library writes goes through
+[`write_atomically`][pyro_vae.data.files.write_atomically], so a crash never leaves half a file, and
+a symbolic link where the file should be is replaced, never written through.
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ def printable(text: str) -> str:
 
 
 def quoted(path: str | Path) -> str:
-    """``path`` quoted whole for a one-line message (see :func:`printable`)."""
+    """``path`` quoted whole for a one-line message (see
+    [`printable`][pyro_vae.data.files.printable])."""
     return repr(printable(str(path)))
 
 
 def check_path_length(path: str | Path, what: str = "output path") -> Path:
-    """Refuse a path with a name longer than :data:`NAME_MAX` bytes or longer than
-    :data:`PATH_MAX` bytes in all, before anything is created on it."""
+    """Refuse a path with a name longer than ``NAME_MAX`` bytes or longer than
+    ``PATH_MAX`` bytes in all, before anything is created on it."""
     path = Path(path)
     longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
     total = len(os.fsencode(str(path.absolute())))
@@ -90,8 +92,9 @@ def check_path_length(path: str | Path, what: str = "output path") -> Path:
 
 
 def path_error(exc: OSError, path: Path, what: str = "output path") -> OSError | ConfigError:
-    """A :class:`ConfigError` naming ``path`` for an ``OSError`` that says the path is
-    unusable (too long, under a file, a folder, not writable); ``exc`` itself otherwise."""
+    """A [`ConfigError`][pyro_vae.errors.ConfigError] naming ``path`` for an ``OSError`` that
+    says the path is unusable (too long, under a file, a folder, not writable); ``exc`` itself
+    otherwise."""
     reason = _PATH_ERRORS.get(exc.errno)
     if reason is None:
         return exc
@@ -102,9 +105,10 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Pat
     """Write ``path`` so that a crash leaves either the old file or the new one, never a part.
 
     ``write(f)`` writes the bytes to a temporary file in the same folder, which is flushed and
-    fsynced; ``os.replace`` swaps it in, and the folder itself is fsynced so the rename lasts.
-    A symbolic link at ``path`` is replaced by the file, never followed; a path that cannot
-    hold a file (too long, under a file, a folder) is refused with :class:`ConfigError`.
+    fsynced; ``os.replace`` swaps it in, and the folder itself is fsynced so the rename lasts. A
+    symbolic link at ``path`` is replaced by the file, never followed; a path that cannot hold a
+    file (too long, under a file, a folder) is refused with
+    [`ConfigError`][pyro_vae.errors.ConfigError].
     """
     path = check_path_length(path)
     try:

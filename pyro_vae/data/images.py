@@ -1,10 +1,10 @@
 """Image data sets: MNIST, Fashion-MNIST, KMNIST, CIFAR-10, IDX files and folders of images.
 
-Every loader returns a :class:`~pyro_vae.data.DataSplits` of float images ``(N, C, H, W)`` in
-[0, 1] with integer labels kept for the figures. Files already on disk are always used first
-(a torchvision root, a folder of the standard IDX files, gzipped or not, and Debian's
-``/usr/share/datasets/<name>/``); a download is tried only when nothing is found, downloads are
-allowed, and the network answers.
+Every loader returns a [`DataSplits`][pyro_vae.data.splits.DataSplits] of float images
+``(N, C, H, W)`` in [0, 1] with integer labels kept for the figures. Files already on disk are
+always used first (a torchvision root, a folder of the standard IDX files, gzipped or not, and
+Debian's ``/usr/share/datasets/<name>/``); a download is tried only when nothing is found, downloads
+are allowed, and the network answers.
 """
 
 from __future__ import annotations
@@ -257,9 +257,10 @@ class CifarUnpickler(pickle.Unpickler):
 def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file of CIFAR-10's python version -> (images (n, 3, 32, 32) uint8, labels (n,)).
 
-    The file is a pickled dict with ``data`` (n, 3072: the red, green, blue planes of each
-    32x32 image) and ``labels``. It is read by :class:`CifarUnpickler`, which admits only the
-    numpy array reconstructors the format uses, so a crafted file cannot run code.
+    The file is a pickled dict with ``data`` (n, 3072: the red, green, blue planes of each 32x32
+    image) and ``labels``. It is read by [`CifarUnpickler`][pyro_vae.data.images.CifarUnpickler],
+    which admits only the numpy array reconstructors the format uses, so a crafted file cannot run
+    code.
     """
     path = check_regular_file(path, "CIFAR-10 batch")
     size = path.stat().st_size
@@ -338,9 +339,10 @@ def load_image_dataset(
 ) -> DataSplits:
     """MNIST, Fashion-MNIST, KMNIST or CIFAR-10: local files first, else a download.
 
-    Searches :func:`candidate_dirs` (``data_dir``, default :func:`default_data_dir`), then
-    downloads through torchvision into ``data_dir`` when ``download`` and the network answers.
-    Otherwise raises one :class:`DataError` naming every folder searched and how to get the data.
+    Searches [`candidate_dirs`][pyro_vae.data.images.candidate_dirs] (``data_dir``, default
+    [`default_data_dir`][pyro_vae.data.images.default_data_dir]), then downloads through torchvision
+    into ``data_dir`` when ``download`` and the network answers. Otherwise raises one
+    [`DataError`][pyro_vae.errors.DataError] naming every folder searched and how to get the data.
     """
     if name not in IMAGE_DATASETS:
         raise DataError(f"unknown image data set {name!r}; choose one of {sorted(IMAGE_DATASETS)}")

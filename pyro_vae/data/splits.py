@@ -75,11 +75,12 @@ class DataSplits:
 
 
 def as_float32(x: torch.Tensor, what: str) -> torch.Tensor:
-    """A dense, real float32 tensor of the same values, or a :class:`DataError` saying why not.
+    """A dense, real float32 tensor of the same values, or a
+    [`DataError`][pyro_vae.errors.DataError] saying why not.
 
-    x: (N, *event_shape). Sparse layouts and complex dtypes are refused (converting either
-    silently changes what the model sees); other floating dtypes are cast to float32;
-    integer and boolean tensors are returned unchanged for :func:`check_tensor` to refuse.
+    x: (N, *event_shape). Sparse layouts and complex dtypes are refused (converting either silently
+    changes what the model sees); other floating dtypes are cast to float32; integer and boolean
+    tensors are returned unchanged for [`check_tensor`][pyro_vae.validation.check_tensor] to refuse.
     """
     if x.layout != torch.strided:
         raise DataError(

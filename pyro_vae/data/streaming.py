@@ -1,14 +1,16 @@
 """Data that need not fit in memory: training points read on demand through ``torch.utils.data``.
 
-A :class:`StreamingSplits` is a :class:`~pyro_vae.data.splits.DataSplits` whose ``train`` split
-is a ``torch.utils.data.Dataset`` (each item one data point ``(*event_shape)``, float in the
-likelihood's support) while ``valid`` and ``test`` are tensors in memory (a tenth of the data
-each, and so their fixed binarization is the very draw the in-memory path scores). The fit
-loop reads training batches through a ``DataLoader`` (workers, pinned memory, non-blocking
-copies); everything else is unchanged.
+A [`StreamingSplits`][pyro_vae.data.streaming.StreamingSplits] is a
+[`DataSplits`][pyro_vae.data.splits.DataSplits] whose ``train`` split is a
+``torch.utils.data.Dataset`` (each item one data point ``(*event_shape)``, float in the likelihood's
+support) while ``valid`` and ``test`` are tensors in memory (a tenth of the data each, and so their
+fixed binarization is the very draw the in-memory path scores). The fit loop reads training batches
+through a ``DataLoader`` (workers, pinned memory, non-blocking copies); everything else is
+unchanged.
 
-Sources: a ``.npy`` file read row by row or a folder of ``.npy`` shards (:class:`ArrayShards`),
-a folder of image files (:class:`ImageFiles`), or any user ``Dataset`` (items are tensors or
+Sources: a ``.npy`` file read row by row or a folder of ``.npy`` shards
+([`ArrayShards`][pyro_vae.data.streaming.ArrayShards]), a folder of image files
+([`ImageFiles`][pyro_vae.data.streaming.ImageFiles]), or any user ``Dataset`` (items are tensors or
 ``(tensor, label)`` pairs).
 """
 
@@ -263,8 +265,8 @@ class StreamingSplits(DataSplits):
 def streaming_splits(dataset: Dataset, name: str) -> StreamingSplits:
     """Split a dataset 80/10/10 by the fixed split of the in-memory loaders.
 
-    The same indices as :func:`~pyro_vae.data.splits.split_indices`, so a file read streaming or
-    whole gives the same three splits; validation and test points are read into memory.
+    The same indices as [`split_indices`][pyro_vae.data.splits.split_indices], so a file read
+    streaming or whole gives the same three splits; validation and test points are read into memory.
     """
     tr, va, te = split_indices(len(dataset))
     return StreamingSplits(
@@ -278,7 +280,8 @@ def streaming_splits(dataset: Dataset, name: str) -> StreamingSplits:
 def load_streaming(source: str | Path) -> StreamingSplits:
     """A ``.npy`` file, a folder of ``.npy`` shards or a folder of images, streamed.
 
-    The training split stays on disk; see :class:`StreamingSplits`.
+    The training split stays on disk; see
+    [`StreamingSplits`][pyro_vae.data.streaming.StreamingSplits].
     """
     source = Path(source)
     if source.is_dir() and not any(p.suffix == ".npy" for p in source.iterdir()):

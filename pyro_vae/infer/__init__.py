@@ -23,7 +23,14 @@ from pyro_vae.infer.gaps import (
     optimize_local,
     vae_inference_gaps,
 )
-from pyro_vae.infer.importance import LogLikelihood, StreamingMoments, log_likelihood
+from pyro_vae.infer.importance import (
+    ROUTES,
+    LogLikelihood,
+    StreamingMoments,
+    choose_route,
+    log_likelihood,
+    register_route,
+)
 from pyro_vae.infer.objectives import (
     IWAE,
     OBJECTIVES,
@@ -66,6 +73,9 @@ from pyro_vae.infer.trace import (
 
 __all__ = [
     "DEFAULT_PARTICLE_BUDGET",
+    "ROUTES",
+    "choose_route",
+    "register_route",
     "ParticleTerms",
     "ProgramInfo",
     "probe_data",

@@ -1,6 +1,6 @@
 """Annealed importance sampling of log p(x) per data point, for any model/guide pair.
 
-Contract as in :mod:`pyro_vae.infer.importance`: every sample site inside the data plate, the
+Contract as in [`pyro_vae.infer.importance`][]: every sample site inside the data plate, the
 model observes at least one site, the guide samples the model's continuous latent sites.
 Discrete sites the model marks for enumeration (and the guide leaves alone) are summed out of
 the target exactly; other discrete sites are refused. Chains sit on the left of the data
@@ -48,7 +48,8 @@ class AISResult(PerExampleEstimate):
         per_example_stderr: (N,) Monte Carlo standard error of each estimate (delta method,
             sd(w) / (sqrt(C) mean(w))).
         acceptance: (N,) mean HMC acceptance probability over chains and steps.
-        num_steps, num_chains: annealing steps T and chains C.
+        num_steps: annealing steps T.
+        num_chains: independent chains C.
         unscaled: the sites a handler scales (``poutine.scale``), scored without the scale:
             it is a training device, not part of p(x).
     """
@@ -62,7 +63,8 @@ class AISResult(PerExampleEstimate):
 
     @property
     def mc_stderr(self) -> float:
-        """Monte Carlo standard error of :attr:`mean` alone: sqrt(sum_n se_n^2) / N."""
+        """Monte Carlo standard error of [`mean`][pyro_vae.infer.trace.PerExampleEstimate.mean]
+        alone: sqrt(sum_n se_n^2) / N."""
         n = self.per_example_stderr.numel()
         return float(self.per_example_stderr.pow(2).sum().sqrt() / n)
 
@@ -174,7 +176,7 @@ def ais_log_likelihood(
     acceptance probability, as Wu et al. adapt theirs toward a target acceptance rate.
     Estimates per point carry a delta-method standard error across the C chains. Sites a
     handler scales (``poutine.scale``) are scored without the scale, as in
-    :func:`~pyro_vae.infer.importance.log_likelihood`; a point-mass guide is refused.
+    [`log_likelihood`][pyro_vae.infer.importance.log_likelihood]; a point-mass guide is refused.
     """
     if init not in ("guide", "prior"):
         raise ConfigError(f"AIS init must be 'guide' or 'prior', got {init!r}")

@@ -2,14 +2,14 @@
 
 One pass of an estimator evaluates ``particles x batch`` samples (rows) at once. Larger passes
 amortize the per-pass cost (tracing, Python) and feed the matrix products more rows; but every
-intermediate tensor of a pass grows with its rows, and once a pass's tensors outgrow the
-processor's cache (or a fresh allocation must be faulted in page by page) each elementwise
-operation runs at memory speed. The chunk is therefore chosen from the bytes of memory one
-sample makes, measured on small probe passes (:func:`bytes_per_sample`), so that a pass's
-new tensors add up to about :data:`PASS_BYTES`, never fewer than :data:`MIN_ROWS` rows (a
-matrix product needs rows to reach its rate) and never more than :data:`MEMORY_BYTES`. A
-pass that works in cache-sized tiles of its own (the library's MLP decoder,
-:mod:`pyro_vae.models.mlp_bernoulli`) makes little memory per sample and gets long passes.
+intermediate tensor of a pass grows with its rows, and once a pass's tensors outgrow the processor's
+cache (or a fresh allocation must be faulted in page by page) each elementwise operation runs at
+memory speed. The chunk is therefore chosen from the bytes of memory one sample makes, measured on
+small probe passes ([`bytes_per_sample`][pyro_vae.infer.chunking.bytes_per_sample]), so that a
+pass's new tensors add up to about ``PASS_BYTES``, never fewer than ``MIN_ROWS`` rows (a matrix
+product needs rows to reach its rate) and never more than ``MEMORY_BYTES``. A pass that works in
+cache-sized tiles of its own (the library's MLP decoder, [`pyro_vae.models.mlp_bernoulli`][]) makes
+little memory per sample and gets long passes.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def bytes_per_sample(
     ``probe`` runs to the ``2 * probe`` run, over ``probe * batch``: what a pass makes once
     whatever its particles (the encoder's output), or only on a first call (a cache), is
     not charged to every sample. Each new tensor's memory counts once, freed or not; views,
-    in-place steps and ``out=`` arguments make none (:class:`_CountBytes`); so the figure
+    in-place steps and ``out=`` arguments make none (``_CountBytes``); so the figure
     bounds from above what a pass's steps allocate per sample.
     """
     devices = [device] if device is not None and device.type == "cuda" else []
@@ -115,7 +115,7 @@ def particle_chunk(
 
     Rows (particles x batch) are ``pass_bytes / sample_bytes``, raised to ``min_rows``,
     lowered to ``memory_bytes / sample_bytes`` and to ``max_rows``; the particles are at
-    least 1, at most ``num_samples``, and a multiple of :data:`ALIGN` when at least that.
+    least 1, at most ``num_samples``, and a multiple of ``ALIGN`` when at least that.
     """
     rows = max(pass_bytes / sample_bytes, float(min_rows))
     rows = min(rows, memory_bytes / sample_bytes)
@@ -137,11 +137,13 @@ def sized_particle_chunk(
     max_rows: int | None = None,
     **kwargs,
 ) -> int:
-    """The particle chunk of :func:`pyro_vae.infer.log_likelihood` for passes over
-    ``batch`` points: :func:`particle_chunk` of the bytes per sample
-    (:func:`bytes_per_sample`) of probe passes of the log weights on the ``probe`` data
-    (``log_weights_fn`` when given, else the traced
-    :func:`~pyro_vae.infer.trace.log_weights` with ``kwargs``), at most ``max_rows`` rows."""
+    """The particle chunk of
+    [`pyro_vae.infer.log_likelihood`][pyro_vae.infer.importance.log_likelihood] for passes over
+    ``batch`` points: [`particle_chunk`][pyro_vae.infer.chunking.particle_chunk] of the bytes per
+    sample ([`bytes_per_sample`][pyro_vae.infer.chunking.bytes_per_sample]) of probe passes of
+    the log weights on the ``probe`` data (``log_weights_fn`` when given, else the traced
+    [`log_weights`][pyro_vae.infer.trace.log_weights] with ``kwargs``), at most ``max_rows``
+    rows."""
     x, rest = probe[0], probe[1:]
 
     def run(k: int) -> torch.Tensor:

@@ -124,10 +124,12 @@ class SiteUsage:
 
 @dataclass
 class LatentUsage:
-    """What the latents of a model/guide pair carry: per-site :class:`SiteUsage`, I(x; z).
+    """What the latents of a model/guide pair carry: per-site
+    [`SiteUsage`][pyro_vae.infer.collapse.SiteUsage], I(x; z).
 
     Attributes:
-        sites: continuous latent site name -> :class:`SiteUsage`, in the guide's order.
+        sites: continuous latent site name -> [`SiteUsage`][pyro_vae.infer.collapse.SiteUsage], in
+            the guide's order.
         mutual_information: I(x; z) under q for all continuous sites jointly, nats; ``nan``
             when it cannot be estimated (see ``mi_reason``).
         num_points: N, the data points the KL and active units are averaged over.
@@ -168,7 +170,8 @@ class LatentUsage:
         return 2 * (self.num_units - self.active_units) > self.num_units
 
     def warning(self) -> str | None:
-        """One line naming the collapse and the remedies when :attr:`collapsed`, else ``None``."""
+        """One line naming the collapse and the remedies when
+        [`collapsed`][pyro_vae.infer.collapse.LatentUsage.collapsed], else ``None``."""
         if not self.collapsed:
             return None
         per_site = ", ".join(
@@ -180,7 +183,8 @@ class LatentUsage:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: totals, then per site (:meth:`SiteUsage.to_dict`)."""
+        """JSON-ready summary: totals, then per site
+        ([`SiteUsage.to_dict`][pyro_vae.infer.collapse.SiteUsage.to_dict])."""
         return {
             "num_points": self.num_points,
             "num_samples": self.num_samples,
@@ -197,7 +201,7 @@ class LatentUsage:
         }
 
     def to_json(self) -> str:
-        """:meth:`to_dict` as a JSON string."""
+        """[`to_dict`][pyro_vae.infer.collapse.LatentUsage.to_dict] as a JSON string."""
         return json.dumps(self.to_dict(), indent=2)
 
     def __str__(self) -> str:
@@ -424,12 +428,12 @@ def latent_usage(
 ) -> LatentUsage:
     """KL per latent dimension, active units and I(x; z) of a model/guide pair.
 
-    data: tensors each (N, ...), e.g. x: (N, *event_shape) then labels (N,), sliced together
-    along dim 0 and passed positionally to model and guide, ``kwargs`` unchanged. K =
-    ``num_samples`` guide particles per point are drawn in a plate left of every plate,
-    ``batch_size`` points per pass (default: K x batch at most
-    :data:`~pyro_vae.infer.trace.DEFAULT_PARTICLE_BUDGET`). Per continuous latent site s with
-    units u (:class:`SiteUsage`, results in :class:`LatentUsage`):
+    data: tensors each (N, ...), e.g. x: (N, *event_shape) then labels (N,), sliced together along
+    dim 0 and passed positionally to model and guide, ``kwargs`` unchanged. K = ``num_samples``
+    guide particles per point are drawn in a plate left of every plate, ``batch_size`` points per
+    pass (default: K x batch at most ``DEFAULT_PARTICLE_BUDGET``). Per continuous latent site s with
+    units u ([`SiteUsage`][pyro_vae.infer.collapse.SiteUsage], results in
+    [`LatentUsage`][pyro_vae.infer.collapse.LatentUsage]):
 
         KL_u = (1 / N K) sum_n sum_k [log q_u(z_u^nk | ...) - log p_u(z_u^nk | parents^nk)]
 

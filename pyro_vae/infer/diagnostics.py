@@ -51,7 +51,7 @@ def psis_khat(log_weights: torch.Tensor) -> torch.Tensor:
 
 
 def khat_summary(khat: torch.Tensor) -> dict[str, float]:
-    """Fraction of points over 0.5 and over :data:`KHAT_UNRELIABLE`, and the largest k-hat."""
+    """Fraction of points over 0.5 and over ``KHAT_UNRELIABLE``, and the largest k-hat."""
     return {
         "frac_over_0.5": float((khat > 0.5).float().mean()),
         "frac_over_0.7": float((khat > KHAT_UNRELIABLE).float().mean()),

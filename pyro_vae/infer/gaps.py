@@ -92,9 +92,10 @@ def local_guide(
     params: site -> (batch, num_params_s); the guide must be called on data with the same
     batch, or that batch replicated (its first positional tensor; further arguments are
     accepted and ignored).
-    masks: site -> the mask the amortized guide puts on that site for this batch (broadcast
-    to (batch,); ``None``: unmasked), so a masked-out element (a ragged sequence's padding)
-    is left out of log q as the amortized guide leaves it out (:func:`guide_masks`).
+    masks: site -> the mask the amortized guide puts on that site for this batch (broadcast to
+    (batch,); ``None``: unmasked), so a masked-out element (a ragged sequence's padding) is left out
+    of log q as the amortized guide leaves it out
+    ([`guide_masks`][pyro_vae.infer.gaps.guide_masks]).
     """
     masks = masks or {}
 
@@ -111,7 +112,8 @@ def local_guide(
 
 def _tiled(t, rows: int):
     """``t`` (batch, ...) tiled along dim 0 to ``rows`` = copies * batch rows, as the data are
-    for replicated particles (:func:`~pyro_vae.infer.trace.replicate_data`); else unchanged."""
+    for replicated particles ([`replicate_data`][pyro_vae.infer.trace.replicate_data]); else
+    unchanged."""
     if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[0] in (1, rows):
         return t
     return t.repeat(rows // t.shape[0], *([1] * (t.dim() - 1)))
@@ -153,8 +155,8 @@ def site_mask(name: str, site: dict) -> torch.Tensor | None:
 
 def guide_masks(guide: Callable, latent: list[str], data: tuple, **kwargs) -> dict:
     """site -> the mask ``guide`` puts on each latent site on ``data`` (one batch), or None
-    (:func:`site_mask`). One traced pass, hidden from enclosing handlers; the random state is
-    left as it was.
+    ([`site_mask`][pyro_vae.infer.gaps.site_mask]). One traced pass, hidden from enclosing handlers;
+    the random state is left as it was.
     """
     with kept_random_state(), poutine.block():
         trace = poutine.trace(guide).get_trace(*data, **kwargs)
@@ -180,13 +182,13 @@ def optimize_local(
     """Per-example posterior parameters maximizing the ELBO, by Adam from ``init_params``.
 
     data: tensors each (batch, ...), the model's positional inputs (``kwargs`` unchanged);
-    init_params: site -> (batch, num_params_s) -> the optimized parameters, same shapes.
-    Maximizes sum_n E_{q(z; params_n)}[log p(x_n, z) - log q(z; params_n)] with reparameterized
-    gradients (``num_particles`` samples per step, learning rate decayed linearly to lr/10);
-    the examples do not interact, so one optimizer over the (batch, num_params) tensors
-    optimizes each independently. ``masks``: the amortized guide's masks per site
-    (:func:`local_guide`); ``strategy``: how particles are drawn (as chosen for the amortized
-    guide by :func:`~pyro_vae.infer.importance.log_likelihood`).
+    init_params: site -> (batch, num_params_s) -> the optimized parameters, same shapes. Maximizes
+    sum_n E_{q(z; params_n)}[log p(x_n, z) - log q(z; params_n)] with reparameterized gradients
+    (``num_particles`` samples per step, learning rate decayed linearly to lr/10); the examples do
+    not interact, so one optimizer over the (batch, num_params) tensors optimizes each
+    independently. ``masks``: the amortized guide's masks per site
+    ([`local_guide`][pyro_vae.infer.gaps.local_guide]); ``strategy``: how particles are drawn (as
+    chosen for the amortized guide by [`log_likelihood`][pyro_vae.infer.importance.log_likelihood]).
     """
     params = {s: p.detach().clone().requires_grad_() for s, p in init_params.items()}
     opt = torch.optim.Adam(list(params.values()), lr=lr)
@@ -278,19 +280,20 @@ def inference_gaps(
 ) -> InferenceGaps:
     """Approximation and amortization gaps per data point for any model/guide pair.
 
-    data: tensors each (N, ...), sliced together along dim 0 and passed positionally to
-    model and guide (``kwargs`` unchanged), as for :func:`log_likelihood`. ``family`` is the
-    guide's posterior family per latent site (site -> params (batch, num_params) ->
-    distribution; one callable for a guide with one latent site) and ``init_params`` the
-    starting parameters per site (site -> callable(*data) -> (batch, num_params)), normally the
-    encoder's output (the amortized solution). The local guide draws each latent site from its
-    own family with free per-example parameters, independently across sites. ELBOs are
-    estimated with ``elbo_samples`` samples per point; log p(x) by importance sampling with
-    ``num_samples`` samples from the proposal of higher ELBO (the smaller KL to p(z | x)), or
-    ``ais_per_example`` where that is higher. For a VAE: ``vae_inference_gaps``. Refused: a
-    site without a family, enumerated sites, latent sites in plates besides the data plate.
-    Masks the guide puts on its sites (``.mask(m)``) are carried into the local guide; a
-    handler's scale factor is left out, as in :func:`log_likelihood`.
+    data: tensors each (N, ...), sliced together along dim 0 and passed positionally to model and
+    guide (``kwargs`` unchanged), as for
+    [`log_likelihood`][pyro_vae.infer.importance.log_likelihood]. ``family`` is the guide's
+    posterior family per latent site (site -> params (batch, num_params) -> distribution; one
+    callable for a guide with one latent site) and ``init_params`` the starting parameters per site
+    (site -> callable(*data) -> (batch, num_params)), normally the encoder's output (the amortized
+    solution). The local guide draws each latent site from its own family with free per-example
+    parameters, independently across sites. ELBOs are estimated with ``elbo_samples`` samples per
+    point; log p(x) by importance sampling with ``num_samples`` samples from the proposal of higher
+    ELBO (the smaller KL to p(z | x)), or ``ais_per_example`` where that is higher. For a VAE:
+    ``vae_inference_gaps``. Refused: a site without a family, enumerated sites, latent sites in
+    plates besides the data plate. Masks the guide puts on its sites (``.mask(m)``) are carried into
+    the local guide; a handler's scale factor is left out, as in
+    [`log_likelihood`][pyro_vae.infer.importance.log_likelihood].
     """
     data, family, init_params = _legacy_positional(data, family, init_params)
     n = batch_size_of(data)
@@ -335,7 +338,8 @@ def inference_gaps(
 
 
 def vae_inference_gaps(vae, data: torch.Tensor, **kwargs) -> InferenceGaps:
-    """:func:`inference_gaps` for a VAE: family ``vae.posterior``, start at ``vae.encoder(x)``."""
+    """[`inference_gaps`][pyro_vae.infer.gaps.inference_gaps] for a VAE: family
+    ``vae.posterior``, start at ``vae.encoder(x)``."""
     return inference_gaps(
         vae.model, vae.guide, data, family=vae.posterior, init_params=vae.encoder, **kwargs
     )

@@ -47,18 +47,20 @@ __all__ = [
 ]
 
 #: ``provider(model, guide, data, kwargs, data_plate, strategy)`` -> a ``log_weights_fn(x, k,
-#: *rest)`` giving (k, batch) log weights equal to :func:`log_weights` for these programs, or a
-#: string saying why it does not apply.
+#: *rest)`` giving (k, batch) log weights equal to [`log_weights`][pyro_vae.infer.trace.log_weights]
+#: for these programs, or a string saying why it does not apply.
 RouteProvider = Callable[..., "Callable[..., torch.Tensor] | str"]
 
 #: Faster routes to the traced log weights, for programs their provider recognizes (e.g.
-#: ``"fused"``, the library's own VAE computed from its parts, registered by
-#: :mod:`pyro_vae.models.fused`). ``log_likelihood(route="auto")`` takes the first that applies.
+#: ``"fused"``, the library's own VAE computed from its parts,
+#: [`fused_route`][pyro_vae.models.fused.fused_route], registered by ``pyro_vae`` itself).
+#: ``log_likelihood(route="auto")`` takes the first that applies.
 ROUTES: dict[str, RouteProvider] = {}
 
 
 def register_route(name: str, provider: RouteProvider) -> None:
-    """Add a route to :data:`ROUTES` (a layer above ``infer`` that knows its programs)."""
+    """Add a route to ``ROUTES`` (a layer above ``infer`` that
+    knows its programs)."""
     if name in ("auto", "traced", "given") or name in ROUTES:
         raise ConfigError(f"route name {name!r} is taken; choose another")
     ROUTES[name] = provider
@@ -75,10 +77,11 @@ def choose_route(
 ) -> tuple[str, Callable[..., torch.Tensor] | None]:
     """The route's name and its log-weights function (``None``: trace the programs).
 
-    ``route``: ``"auto"`` (the first of :data:`ROUTES` that applies, else ``"traced"``),
-    ``"traced"``, or a name in :data:`ROUTES` (refused with the provider's reason where it does
-    not apply). No route but tracing is taken inside a Pyro handler (``poutine.scale``,
-    ``condition``...): the handler would not see the sites.
+    ``route``: ``"auto"`` (the first of ``ROUTES`` that applies,
+    else ``"traced"``), ``"traced"``, or a name in ``ROUTES``
+    (refused with the provider's reason where it does not apply). No route but tracing is taken
+    inside a Pyro handler (``poutine.scale``, ``condition``...): the handler would not see the
+    sites.
     """
     if route == "traced":
         return "traced", None
@@ -114,10 +117,10 @@ class LogLikelihood(PerExampleEstimate):
         enumerated: the sites summed out exactly (marked ``infer={"enumerate": ...}``).
         unscaled: the sites a handler scales (``poutine.scale``: a minibatch factor N / B, KL
             annealing): a scale is a training device, not part of p(x), so they were scored
-            without it (:func:`~pyro_vae.infer.trace.compute_log_density`).
+            without it ([`compute_log_density`][pyro_vae.infer.trace.compute_log_density]).
         route: how the log weights were computed: ``"traced"`` (the programs traced), a name
-            in :data:`ROUTES` (e.g. ``"fused"``), or ``"given"`` (the caller's
-            ``log_weights_fn``).
+            in ``ROUTES`` (e.g. ``"fused"``), or ``"given"``
+            (the caller's ``log_weights_fn``).
     """
 
     per_example: torch.Tensor
@@ -137,7 +140,8 @@ class LogLikelihood(PerExampleEstimate):
 
     @property
     def elbo_stderr(self) -> float:
-        """Standard error of :attr:`elbo` over data points."""
+        """Standard error of [`elbo`][pyro_vae.infer.importance.LogLikelihood.elbo] over data
+        points."""
         return stderr(self.elbo_per_example)
 
     def __str__(self) -> str:
@@ -220,13 +224,14 @@ def log_likelihood(
 
         log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K
 
-    a stochastic lower bound whose expectation rises to log p(x) as K grows (Burda et al.
-    2016, "Importance Weighted Autoencoders"). Data are processed ``batch_size`` points at a
-    time and particles in chunks of at most ``particle_chunk`` (default: sized from the bytes
-    of a probe pass, :mod:`pyro_vae.infer.chunking`, at most ``particle_budget`` samples per
-    pass); each chunk is folded into running reductions (:class:`StreamingMoments`),
-    so memory is flat in K unless ``keep_log_weights`` asks for the (K, N) weights.
-    Model and guide are checked against each other first (:func:`check_program`).
+    a stochastic lower bound whose expectation rises to log p(x) as K grows (Burda et al. 2016,
+    "Importance Weighted Autoencoders"). Data are processed ``batch_size`` points at a time and
+    particles in chunks of at most ``particle_chunk`` (default: sized from the bytes of a probe
+    pass, [`pyro_vae.infer.chunking`][], at most ``particle_budget`` samples per pass); each chunk
+    is folded into running reductions
+    ([`StreamingMoments`][pyro_vae.infer.importance.StreamingMoments]), so memory is flat in K
+    unless ``keep_log_weights`` asks for the (K, N) weights. Model and guide are checked against
+    each other first ([`check_program`][pyro_vae.infer.trace.check_program]).
 
     Particles (``strategy``): ``"vectorized"`` draws them in a plate left of every plate;
     ``"replicate"`` repeats each data point K times along the data plate, for programs that
@@ -240,11 +245,13 @@ def log_likelihood(
     chain by the forward algorithm): log w = log sum_y p(x, y, z) / q(z | x, y).
 
     Route (``route``, recorded in the result): ``"auto"`` (default) computes the log weights
-    by a registered faster route where one applies (:data:`ROUTES`: for the library's own
-    VAE, ``"fused"``, from its parts without tracing, proven equal to the traced weights),
-    else by tracing; ``"traced"`` always traces. ``log_weights_fn(x, k, *rest)`` -> (k,
-    batch), when given, computes each chunk's log weights in place of either (a caller's
-    fast path for a model it knows; it must equal :func:`log_weights`), route ``"given"``.
+    by a registered faster route where one applies
+    (``ROUTES``: for the library's own VAE, ``"fused"``,
+    [`pyro_vae.models.fused.FusedLogWeights`][], from its parts without tracing, proven equal
+    to the traced weights), else by tracing; ``"traced"`` always traces.
+    ``log_weights_fn(x, k, *rest)`` -> (k, batch), when given, computes each chunk's log
+    weights in place of either (a caller's fast path for a model it knows; it must equal
+    [`log_weights`][pyro_vae.infer.trace.log_weights]), route ``"given"``.
     """
     data, num_samples = _legacy_num_samples(data, num_samples)
     check_positive_int(num_samples, "num_samples")

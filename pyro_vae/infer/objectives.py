@@ -1,16 +1,17 @@
 """Training objectives for any model/guide pair: ELBO variants, IWAE, DReG, KL weight, free bits.
 
-Every objective is a small class on one base, :class:`Objective`, registered by name in
-:data:`OBJECTIVES`. ``objective.loss(model, guide, x, kl_weight, *args, **kwargs)`` is a
-differentiable loss on a minibatch, summed over the batch (divide by the batch size for
-per-point figures), so it slots into a plain torch optimizer over the modules' parameters.
-Alongside the loss the base reports a Monte Carlo estimate of the TRUE ELBO (beta = 1, no free
-bits), so whatever is optimized, the bound that is reported is the real one.
+Every objective is a small class on one base, [`Objective`][pyro_vae.infer.objectives.Objective],
+registered by name in ``OBJECTIVES``.
+``objective.loss(model, guide, x, kl_weight, *args, **kwargs)`` is a differentiable loss on a
+minibatch, summed over the batch (divide by the batch size for per-point figures), so it slots into
+a plain torch optimizer over the modules' parameters. Alongside the loss the base reports a Monte
+Carlo estimate of the TRUE ELBO (beta = 1, no free bits), so whatever is optimized, the bound that
+is reported is the real one.
 
 The KL weight scales the log-densities of the latent sites (every sample site that is not
 observed, found from the traces, whatever its name) in the model AND the guide,
 log p(x | z) + w (log p(z) - log q(z | x)); it is applied like ``poutine.scale``, but to the
-latent sites only (:class:`LatentScale`).
+latent sites only ([`LatentScale`][pyro_vae.infer.objectives.LatentScale]).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def importance_weighted_loss(
     """Negative IWAE-K bound summed over the batch, with the IWAE or the DReG gradient.
 
     x: (batch, *event_shape); ``args``/``kwargs`` go to both programs after x; particles
-    drawn by ``strategy`` (:func:`~pyro_vae.infer.trace.particle_terms`). The value is
+    drawn by ``strategy`` ([`particle_terms`][pyro_vae.infer.trace.particle_terms]). The value is
     L_K(x) = E[log (1/K) sum_k w_k], w_k = p(x, z_k) / q(z_k | x), z_k ~ q(z | x) (Burda et al.
     2016); K = 1 is the ELBO. ``gradient="iwae"``: sum_k w~_k grad log w_k with normalized
     weights w~_k = w_k / sum_j w_j. ``gradient="dreg"`` (Tucker, Lawson, Gu & Maddison 2019,
@@ -137,13 +138,13 @@ def importance_weighted_loss(
         model (decoder) params theta:  sum_k w~_k  d log w_k / d theta          (IWAE)
         guide (encoder) params phi:    sum_k w~_k^2 (d log w_k / d z_k) (d z_k / d phi)
 
-    where log w_k is scored with the guide's distribution parameters DETACHED, so the
-    score-function term d log q / d phi (zero in expectation, but the source of the IWAE
-    encoder gradient's variance) is dropped. How, generically: each latent site's distribution
-    is copied with its parameter tensors detached (:func:`detach_distribution`); log w_k is
-    computed at leaf copies z'_k of z_k; the surrogate is sum_k w~_k log w_k(z') (theta only)
-    plus sum_k <z_k, g_k> with g_k = d/dz'_k sum_j w~_j^2 log w_j (a fixed vector), which sends
-    exactly the DReG term into phi through z_k. DReG needs reparameterized guide sites that
+    where log w_k is scored with the guide's distribution parameters DETACHED, so the score-function
+    term d log q / d phi (zero in expectation, but the source of the IWAE encoder gradient's
+    variance) is dropped. How, generically: each latent site's distribution is copied with its
+    parameter tensors detached ([`detach_distribution`][pyro_vae.infer.trace.detach_distribution]);
+    log w_k is computed at leaf copies z'_k of z_k; the surrogate is sum_k w~_k log w_k(z') (theta
+    only) plus sum_k <z_k, g_k> with g_k = d/dz'_k sum_j w~_j^2 log w_j (a fixed vector), which
+    sends exactly the DReG term into phi through z_k. DReG needs reparameterized guide sites that
     are conditionally independent given x.
     """
     if gradient not in ("iwae", "dreg"):
@@ -220,12 +221,14 @@ def score_function_term(terms: ParticleTerms, lw: torch.Tensor) -> torch.Tensor:
 
 
 def iwae_loss(model, guide, x, num_particles, kl_weight=1.0, *args, **kwargs) -> LossValue:
-    """:func:`importance_weighted_loss` with the IWAE gradient."""
+    """[`importance_weighted_loss`][pyro_vae.infer.objectives.importance_weighted_loss] with the
+    IWAE gradient."""
     return importance_weighted_loss(model, guide, x, num_particles, kl_weight, *args, **kwargs)
 
 
 def dreg_loss(model, guide, x, num_particles, kl_weight=1.0, *args, **kwargs) -> LossValue:
-    """:func:`importance_weighted_loss` with the doubly-reparameterized (DReG) gradient."""
+    """[`importance_weighted_loss`][pyro_vae.infer.objectives.importance_weighted_loss] with the
+    doubly-reparameterized (DReG) gradient."""
     return importance_weighted_loss(
         model, guide, x, num_particles, kl_weight, *args, gradient="dreg", **kwargs
     )
@@ -273,8 +276,9 @@ def free_bits_loss(
 ) -> LossValue:
     """Negative ELBO with a KL floor per latent dimension ("free bits"), summed over the batch.
 
-    x: (batch, *event_shape). With KL_d the batch-mean KL of latent dimension d of each latent
-    site (:func:`per_dim_kl`; latent sites found from the traces), the objective per batch is
+    x: (batch, *event_shape). With KL_d the batch-mean KL of latent dimension d of each latent site
+    ([`per_dim_kl`][pyro_vae.infer.objectives.per_dim_kl]; latent sites found from the traces), the
+    objective per batch is
 
         sum_n E_q[log p(x_n | z)] - batch * kl_weight * sum_d max(free_bits, KL_d)
 
@@ -299,9 +303,10 @@ def free_bits_loss(
 class Objective:
     """A training objective: particles, KL schedule, free bits; subclasses supply one loss.
 
-    ``loss(model, guide, x, kl_weight, *args, **kwargs)`` -> :class:`LossValue` (loss summed
-    over the batch, and the true ELBO summed over the batch). The base owns the free-bits
-    route and the true-ELBO report; a subclass implements :meth:`objective_loss`.
+    ``loss(model, guide, x, kl_weight, *args, **kwargs)`` ->
+    [`LossValue`][pyro_vae.infer.objectives.LossValue] (loss summed over the batch, and the true
+    ELBO summed over the batch). The base owns the free-bits route and the true-ELBO report; a
+    subclass implements [`objective_loss`][pyro_vae.infer.objectives.Objective.objective_loss].
     """
 
     name: ClassVar[str] = ""
@@ -340,7 +345,8 @@ class Objective:
         )
 
     def kl_weight(self, progress: float) -> float:
-        """The KL weight after ``progress`` epochs (see :class:`KLSchedule`)."""
+        """The KL weight after ``progress`` epochs (see
+        [`KLSchedule`][pyro_vae.infer.objectives.KLSchedule])."""
         return self.schedule.weight(progress)
 
     def loss(
@@ -372,9 +378,10 @@ class Objective:
 
     def check_programs(self, model: Callable, guide: Callable, data: tuple, kwargs: dict) -> None:
         """Refuse a model/guide pair this objective's assumptions do not hold for (a
-        :class:`ConfigError` naming the site and the fix); called once per pair. The base
-        checks free bits: each site's KL per dimension is taken against p(site | parents) at
-        the guide's draws of the parents, which the guide must draw before the site."""
+        [`ConfigError`][pyro_vae.errors.ConfigError] naming the site and the fix); called once
+        per pair. The base checks free bits: each site's KL per dimension is taken against p(site
+        | parents) at the guide's draws of the parents, which the guide must draw before the
+        site."""
         if self.free_bits > 0:
             _refuse_mean_field_conflict(model, guide, data, kwargs, "free bits")
 
@@ -474,11 +481,13 @@ class MeanFieldELBO(_PyroELBO):
 
 
 class IWAE(Objective):
-    """IWAE-K bound log mean_k w_k (Burda et al. 2016), see :func:`importance_weighted_loss`."""
+    """IWAE-K bound log mean_k w_k (Burda et al. 2016), see
+    [`importance_weighted_loss`][pyro_vae.infer.objectives.importance_weighted_loss]."""
 
     name: ClassVar[str] = "iwae"
     gradient: ClassVar[str] = "iwae"
-    #: how particles are drawn, chosen on the first batch (:func:`choose_strategy`)
+    #: how particles are drawn, chosen on the first batch
+    #: ([`choose_strategy`][pyro_vae.infer.trace.choose_strategy])
     strategy: str | None = None
 
     def objective_loss(self, model, guide, data, kwargs, kl_weight) -> LossValue:
@@ -503,9 +512,10 @@ class DReG(IWAE):
 
     def check_programs(self, model, guide, data, kwargs) -> None:
         """DReG's encoder gradient (Tucker et al. 2019) holds for guide sites that are
-        conditionally independent given x: refuse a guide site that depends on another's draw
-        (a bottom-up or ladder hierarchy). :func:`importance_weighted_loss` refuses it too, for
-        callers that use the function directly."""
+        conditionally independent given x: refuse a guide site that depends on another's draw (a
+        bottom-up or ladder hierarchy).
+        [`importance_weighted_loss`][pyro_vae.infer.objectives.importance_weighted_loss] refuses
+        it too, for callers that use the function directly."""
         super().check_programs(model, guide, data, kwargs)
         dependent = latent_dependencies(model, guide, *data, **kwargs).dependent_guide_site()
         if dependent is not None:
@@ -520,7 +530,8 @@ def _refuse_dependent_guide(site: str, parent: str) -> None:
     )
 
 
-#: Objective name -> class, accepted by :func:`make_objective` and ``pyro-vae train --objective``.
+#: Objective name -> class, accepted by [`make_objective`][pyro_vae.infer.objectives.make_objective]
+#: and ``pyro-vae train --objective``.
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (TraceELBO, MeanFieldELBO, IWAE, DReG)
 }
@@ -530,7 +541,7 @@ def _refuse_mean_field_conflict(
     model: Callable, guide: Callable, data: tuple, kwargs: dict, what: str
 ) -> None:
     """Refuse a pair whose guide draws a model parent of a latent site after that site
-    (:meth:`~pyro_vae.infer.trace.LatentDependencies.mean_field_conflict`)."""
+    ([`mean_field_conflict`][pyro_vae.infer.trace.LatentDependencies.mean_field_conflict])."""
     conflict = latent_dependencies(model, guide, *data, **kwargs).mean_field_conflict()
     if conflict is not None:
         site, parent = conflict
@@ -552,7 +563,8 @@ def make_objective(
     free_bits: float = 0.0,
     data_plate: str = "data",
 ) -> Objective:
-    """An :class:`Objective` by name (see :data:`OBJECTIVES`) with its KL schedule.
+    """An [`Objective`][pyro_vae.infer.objectives.Objective] by name (see ``OBJECTIVES``) with its
+    KL schedule.
 
     ELBO(x) = E_q[log p(x, z) - log q(z | x)] <= log p(x); every loss is its negative (or that
     of the IWAE bound), summed over the minibatch.

@@ -67,13 +67,13 @@ def inference_report(
 ) -> InferenceReport:
     """Bounds and estimates of log p(x) per data point, mean and standard error over ``data``.
 
-    data: (N, *event_shape); ``args``: the programs' further per-point inputs (labels (N,)),
-    passed after the data to every estimator and sliced with it. ``is``: ELBO, IWAE-k for
-    each k in ``ks`` (k = 1 is an ELBO estimate), importance sampling with ``num_samples``,
-    and PSIS k-hat. ``ais`` adds AIS (:func:`~pyro_vae.ais.ais_log_likelihood`) and IS on
-    the first ``num_points`` points;
-    ``gaps`` adds the inference gaps (:func:`~pyro_vae.gaps.inference_gaps`, which needs the
-    guide's posterior ``family`` and ``init_params``) on those points, with AIS in log p(x).
+    data: (N, *event_shape); ``args``: the programs' further per-point inputs (labels (N,)), passed
+    after the data to every estimator and sliced with it. ``is``: ELBO, IWAE-k for each k in ``ks``
+    (k = 1 is an ELBO estimate), importance sampling with ``num_samples``, and PSIS k-hat. ``ais``
+    adds AIS ([`ais_log_likelihood`][pyro_vae.infer.ais.ais_log_likelihood]) and IS on the first
+    ``num_points`` points; ``gaps`` adds the inference gaps
+    ([`inference_gaps`][pyro_vae.infer.gaps.inference_gaps], which needs the guide's posterior
+    ``family`` and ``init_params``) on those points, with AIS in log p(x).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {list(METHODS)}")

@@ -1,11 +1,12 @@
 """Per-example estimates over many processes: data points sharded, results gathered in order.
 
-Any estimator whose result is a dataclass of per-example tensors (first dimension = data
-points), such as :func:`~pyro_vae.infer.importance.log_likelihood`,
-:func:`~pyro_vae.infer.ais.ais_log_likelihood` or :func:`~pyro_vae.infer.gaps.inference_gaps`,
-runs on fixed blocks of ``block_size`` points. Block b is drawn with its own seed
-(``SeedSequence([seed, b])``) on rank ``b mod world_size``, so the per-example values are the
-same for any number of processes, one included.
+Any estimator whose result is a dataclass of per-example tensors (first dimension = data points),
+such as [`log_likelihood`][pyro_vae.infer.importance.log_likelihood],
+[`ais_log_likelihood`][pyro_vae.infer.ais.ais_log_likelihood] or
+[`inference_gaps`][pyro_vae.infer.gaps.inference_gaps], runs on fixed blocks of ``block_size``
+points. Block b is drawn with its own seed (``SeedSequence([seed, b])``) on rank
+``b mod world_size``, so the per-example values are the same for any number of processes, one
+included.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """The one trace helper: guide with K particles, model replayed, per-site terms (K, batch).
 
-Every estimator and objective in :mod:`pyro_vae.infer` weighs a model/guide pair the same way:
+Every estimator and objective in [`pyro_vae.infer`][] weighs a model/guide pair the same way:
 
     log w_nk = sum_{sites s of the model} log p_s - sum_{sites s of the guide} log q_s,
 
 with z_k ~ q(z | x) drawn as K particles in a plate on the left of every plate the programs use
-(vectorized), the model replayed on the guide's values, and each site's log-probability summed
-over every dimension except the particle dimension and the data plate's, so a minibatch is never
-weighed jointly (as ``pyro.infer.importance.vectorized_importance_weights`` would). Roles
-(observed, latent, enumerated) come from the traces, never from site names. Programs are
-checked against each other first (:func:`check_program`): a program these estimators cannot
+(vectorized), the model replayed on the guide's values, and each site's log-probability summed over
+every dimension except the particle dimension and the data plate's, so a minibatch is never weighed
+jointly (as ``pyro.infer.importance.vectorized_importance_weights`` would). Roles (observed, latent,
+enumerated) come from the traces, never from site names. Programs are checked against each other
+first ([`check_program`][pyro_vae.infer.trace.check_program]): a program these estimators cannot
 score is refused with the site and the fix.
 """
 
@@ -69,7 +69,8 @@ class PerExampleEstimate:
 
     @property
     def stderr(self) -> float:
-        """Standard error of :attr:`mean` over data points (:func:`stderr`)."""
+        """Standard error of [`mean`][pyro_vae.infer.trace.PerExampleEstimate.mean] over data
+        points ([`stderr`][pyro_vae.infer.trace.stderr])."""
         return stderr(self.per_example)
 
 
@@ -163,10 +164,11 @@ def common_scale(*traces, what: str = "the IWAE bound") -> float:
 def compute_log_density(trace) -> None:
     """Each sample site's log-density into ``site["log_prob"]``, masked but NOT scaled.
 
-    A scale factor (``poutine.scale``: minibatch N/B, KL annealing) is a training device, not
-    part of p(x): the estimators score the program as written without it (the sites are listed
-    by :func:`scaled_sites`), while a mask (``.mask(m)``, ``poutine.mask``: ragged sequences,
-    missing values) removes a site's element from the program and is kept.
+    A scale factor (``poutine.scale``: minibatch N/B, KL annealing) is a training device, not part
+    of p(x): the estimators score the program as written without it (the sites are listed by
+    [`scaled_sites`][pyro_vae.infer.trace.scaled_sites]), while a mask (``.mask(m)``,
+    ``poutine.mask``: ragged sequences, missing values) removes a site's element from the program
+    and is kept.
     """
     trace.compute_log_prob()
     for _, site in _sample_sites(trace):
@@ -259,11 +261,12 @@ def trace_pair(
 class LatentDependencies(NamedTuple):
     """Which latent sites each site's distribution depends on, in the model and the guide.
 
-    ``order``: the latent sites in the guide's order. ``guide_parents[s]``: the latent sites
-    whose drawn values q(s | ...) depends on; ``model_parents[s]``: those p(s | ...) depends
-    on (evaluated at the guide's draws). Found by differentiating each site's log-density with
-    respect to the other sites' reparameterized draws, so a dependency on a site drawn without
-    a pathwise gradient (a discrete label) is not seen; see :meth:`mean_field_conflict`.
+    ``order``: the latent sites in the guide's order. ``guide_parents[s]``: the latent sites whose
+    drawn values q(s | ...) depends on; ``model_parents[s]``: those p(s | ...) depends on (evaluated
+    at the guide's draws). Found by differentiating each site's log-density with respect to the
+    other sites' reparameterized draws, so a dependency on a site drawn without a pathwise gradient
+    (a discrete label) is not seen; see
+    [`mean_field_conflict`][pyro_vae.infer.trace.LatentDependencies.mean_field_conflict].
     """
 
     order: tuple[str, ...]
@@ -329,9 +332,10 @@ def site_parents(trace, values: dict[str, torch.Tensor], site: str) -> set[str]:
 
 
 def latent_dependencies(model: Callable, guide: Callable, *args, **kwargs) -> LatentDependencies:
-    """:class:`LatentDependencies` of a model/guide pair, from one traced pass on ``args``.
+    """[`LatentDependencies`][pyro_vae.infer.trace.LatentDependencies] of a model/guide pair, from
+    one traced pass on ``args``.
 
-    Continuous draws are made leaves (:class:`_LeafDraws`), so the dependencies are found
+    Continuous draws are made leaves (``_LeafDraws``), so the dependencies are found
     whether or not the guide has parameters. The pass runs with gradients on and leaves the
     caller's random stream unchanged.
     """
@@ -369,7 +373,7 @@ def plate_particle_dim(guide_trace, model_trace) -> int:
 
 
 class ProgramInfo(NamedTuple):
-    """What :func:`check_program` learned from the traces."""
+    """What [`check_program`][pyro_vae.infer.trace.check_program] learned from the traces."""
 
     latent: list[str]
     particle_dim: int
@@ -470,16 +474,17 @@ def check_program(
 ) -> ProgramInfo:
     """Check model and guide against each other on a small batch before any number is made.
 
-    args: tensors each (n, ...). Refuses (with the site and the fix): a latent site of the
-    model that the guide neither samples nor marks for enumeration, a guide site the model
-    does not have, no observed site, a site outside the data plate, a data plate whose size
-    is not n or that subsamples (its log-probs would be rescaled by N / n), values broadcast
-    against their distribution, and an enumerated site inside a plate other than the data
-    plate. Also refused: a Pyro autoguide (not amortized), a ``pyro.deterministic`` site in
-    place of an observation (no density), and, unless ``allow_point_mass``, a guide site that
-    is a point mass (``Delta``, ``AutoDelta``: log p(x, z*) is not an estimate of log p(x)).
-    Returns the latent sites, the particle dimension, the enumerated sites and the sites a
-    handler scales (:class:`ProgramInfo`). ``restore_rng``: leave the random state as it was.
+    args: tensors each (n, ...). Refuses (with the site and the fix): a latent site of the model
+    that the guide neither samples nor marks for enumeration, a guide site the model does not have,
+    no observed site, a site outside the data plate, a data plate whose size is not n or that
+    subsamples (its log-probs would be rescaled by N / n), values broadcast against their
+    distribution, and an enumerated site inside a plate other than the data plate. Also refused: a
+    Pyro autoguide (not amortized), a ``pyro.deterministic`` site in place of an observation (no
+    density), and, unless ``allow_point_mass``, a guide site that is a point mass (``Delta``,
+    ``AutoDelta``: log p(x, z*) is not an estimate of log p(x)). Returns the latent sites, the
+    particle dimension, the enumerated sites and the sites a handler scales
+    ([`ProgramInfo`][pyro_vae.infer.trace.ProgramInfo]). ``restore_rng``: leave the random state as
+    it was.
     """
     _refuse_autoguide(guide)
     n = batch_size_of(args)
@@ -592,9 +597,9 @@ def probe_data(model: Callable, data: tuple) -> tuple:
 def data_plate_frame(
     name: str, site: dict, data_plate: str, needs: str = "per-example weights need"
 ):
-    """The frame of plate ``data_plate`` in ``site``'s plate stack, or a :class:`DataError`
-    naming the site, the plate and what needs it (``needs``, e.g. "per-example weights
-    need")."""
+    """The frame of plate ``data_plate`` in ``site``'s plate stack, or a
+    [`DataError`][pyro_vae.errors.DataError] naming the site, the plate and what needs it
+    (``needs``, e.g. "per-example weights need")."""
     for frame in site["cond_indep_stack"]:
         if frame.name == data_plate:
             return frame
@@ -650,7 +655,7 @@ def site_terms(
 
 
 def _negated(t: torch.Tensor) -> torch.Tensor:
-    """-t for a packed tensor (:mod:`pyro.ops.packed`), keeping its dimension names."""
+    """-t for a packed tensor (``pyro.ops.packed``), keeping its dimension names."""
     out = -t
     out._pyro_dims = t._pyro_dims
     return out
@@ -680,7 +685,7 @@ def enumerated_log_weight(
     not as independent factors; plates other than the particles' and the data plate are
     product-reduced. ``guide_trace=None``: the model's log p(x, z) with y summed out (no
     proposal terms). Log-densities are read from ``site["log_prob"]``
-    (:func:`compute_log_density`: masked, not scaled).
+    ([`compute_log_density`][pyro_vae.infer.trace.compute_log_density]: masked, not scaled).
     """
     traces = [model_trace] if guide_trace is None else [guide_trace, model_trace]
     plate_to_symbol: dict[str, str] = {}
@@ -743,18 +748,20 @@ class ParticleTerms:
     """Per-site log-density terms of one traced batch, each (K, batch), and the traces.
 
     Attributes:
-        log_p: model site name -> (K, batch) log-density (observed and latent). With
-            enumerated sites, one entry (their names joined by ``+``): the whole log weight
-            with them summed out (:func:`enumerated_log_weight`), and ``log_q`` is empty.
+        log_p: model site name -> (K, batch) log-density (observed and latent). With enumerated
+            sites, one entry (their names joined by ``+``): the whole log weight with them summed
+            out ([`enumerated_log_weight`][pyro_vae.infer.trace.enumerated_log_weight]), and
+            ``log_q`` is empty.
         log_q: guide site name -> (K, batch) log-density.
         latent: names of the latent sites (found from the traces).
         z: latent name -> the guide's sample; z_leaf: the leaf it was scored at (DReG), else z.
             Vectorized: (K, ..., batch, *event); replicated: (K * batch, ..., *event), copy k
             of point b at k * batch + b.
         enumerated: names of the sites summed out exactly.
-        strategy: ``"vectorized"`` or ``"replicate"`` (:data:`STRATEGIES`).
+        strategy: ``"vectorized"`` or ``"replicate"`` (``STRATEGIES``).
         scales: site -> the scale factor a handler put on it, for sites whose scale is not 1
-            (:func:`scaled_sites`); the terms are unscaled (:func:`compute_log_density`).
+            ([`scaled_sites`][pyro_vae.infer.trace.scaled_sites]); the terms are unscaled
+            ([`compute_log_density`][pyro_vae.infer.trace.compute_log_density]).
     """
 
     log_p: dict[str, torch.Tensor]
@@ -811,11 +818,12 @@ def particle_terms(
     args: tensors each (batch, ...), passed to both programs with ``kwargs``. ``strategy``
     ``"vectorized"``: the K particles are a plate at ``particle_dim``, left of every plate;
     ``"replicate"``: each data point is repeated K times along the data plate
-    (:func:`replicate_data`), for programs that cannot carry a dimension on the left; the
-    terms are the same in distribution either way. Sites marked for enumeration are summed
-    out exactly (:func:`enumerated_log_weight`). With ``detach_guide`` each latent site is
-    scored with its distribution's parameters detached, at a leaf copy of the sample (for
-    DReG). Gradients flow through reparameterized sites.
+    ([`replicate_data`][pyro_vae.infer.trace.replicate_data]), for programs that cannot carry a
+    dimension on the left; the terms are the same in distribution either way. Sites marked for
+    enumeration are summed out exactly
+    ([`enumerated_log_weight`][pyro_vae.infer.trace.enumerated_log_weight]). With ``detach_guide``
+    each latent site is scored with its distribution's parameters detached, at a leaf copy of the
+    sample (for DReG). Gradients flow through reparameterized sites.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown particle strategy {strategy!r}; choose one of {STRATEGIES}")
@@ -906,7 +914,8 @@ def log_weights(
     """Per-example importance log weights log p(x_n, z_nk) - log q(z_nk | x_n).
 
     x: (batch, *event_shape), further positional args (batch, ...) -> (num_particles, batch).
-    Enumerated sites are summed out (:func:`enumerated_log_weight`). Gradients flow
+    Enumerated sites are summed out
+    ([`enumerated_log_weight`][pyro_vae.infer.trace.enumerated_log_weight]). Gradients flow
     (reparameterized sites), so this also serves objectives.
     """
     return particle_terms(
@@ -932,10 +941,11 @@ def choose_strategy(
     fix: str | None = None,
     **kwargs,
 ) -> str:
-    """The first of ``candidates`` under which the programs run with 2 particles on ``args``
-    (a small batch) and give (2, batch) weights: by default ``"vectorized"``, else
-    ``"replicate"``. Refuses, naming each failure, when none does. The random state is left
-    as it was. ``particle_dim`` (default: from the plates, :func:`particle_dim_of`);
+    """The first of ``candidates`` under which the programs run with 2 particles on ``args`` (a
+    small batch) and give (2, batch) weights: by default ``"vectorized"``, else ``"replicate"``.
+    Refuses, naming each failure, when none does. The random state is left as it was.
+    ``particle_dim`` (default: from the plates,
+    [`particle_dim_of`][pyro_vae.infer.trace.particle_dim_of]);
     ``fix``: the advice the refusal ends with (default: what to change)."""
     failures = []
     with kept_random_state():

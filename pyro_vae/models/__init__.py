@@ -22,7 +22,7 @@ from pyro_vae.models.config import (
     normalize_part_keys,
 )
 from pyro_vae.models.entries import AutoencoderKind, VAEKind
-from pyro_vae.models.fused import fused_route  # registers log_likelihood's "fused" route
+from pyro_vae.models.fused import fused_route
 from pyro_vae.models.hierarchical import (
     HVAE_PRESETS,
     IWAE_TWO_LAYER,

@@ -62,8 +62,9 @@ class Autoencoder(nn.Module):
 
 
 def build_autoencoder(config: ModelConfig) -> Autoencoder:
-    """The networks and likelihood :func:`build_vae` builds for ``config`` (any ``arch``),
-    without the prior and the posterior family: the code is the encoder's location output."""
+    """The networks and likelihood [`build_vae`][pyro_vae.models.config.build_vae] builds for
+    ``config`` (any ``arch``), without the prior and the posterior family: the code is the
+    encoder's location output."""
     vae = build_vae(config)
     return Autoencoder(vae.encoder, vae.decoder, vae.likelihood, vae.event_shape, vae.latent_dim)
 

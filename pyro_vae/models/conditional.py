@@ -113,8 +113,9 @@ def quadrant_image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
 def quadrant_mask(event_shape: Sequence[int], quadrant: int) -> torch.Tensor:
     """The visible quadrant as a boolean mask, True on its pixels (every channel).
 
-    event_shape: as :func:`quadrant_image_shape` takes it -> (*event_shape,) bool. Quadrants
-    are numbered row-major (:data:`QUADRANTS`): row ``quadrant // 2``, column ``quadrant % 2``.
+    event_shape: as [`quadrant_image_shape`][pyro_vae.models.conditional.quadrant_image_shape] takes
+    it -> (*event_shape,) bool. Quadrants are numbered row-major (``QUADRANTS``): row
+    ``quadrant // 2``, column ``quadrant % 2``.
     """
     check_quadrant(quadrant)
     c, h, w = quadrant_image_shape(event_shape)
@@ -218,10 +219,11 @@ class ConditionalPrior(PyroModule):
 class ConditionalVAE(PyroModule):
     """A conditional VAE composed of swappable parts.
 
-    ``model(x, y=None)``: z ~ p(z | c) (site ``"z"``), x ~ p(x | decoder([z, c])) (site
-    ``"x"``), both inside ``pyro.plate("data", batch, dim=-1)``; ``guide(x, y=None)``:
-    z ~ q(z | encoder([flatten(x), c])) in the same plate, with c = :meth:`condition` (x, y).
-    Particles and enumeration dimensions go to the left of the data dimension.
+    ``model(x, y=None)``: z ~ p(z | c) (site ``"z"``), x ~ p(x | decoder([z, c])) (site ``"x"``),
+    both inside ``pyro.plate("data", batch, dim=-1)``; ``guide(x, y=None)``: z ~ q(z |
+    encoder([flatten(x), c])) in the same plate, with c =
+    [`condition`][pyro_vae.models.conditional.ConditionalVAE.condition] (x, y). Particles and
+    enumeration dimensions go to the left of the data dimension.
 
         log p(x | c) >= E_q(z|x,c)[log p(x | z, c)] - KL(q(z | x, c) || p(z | c))
 
@@ -233,19 +235,21 @@ class ConditionalVAE(PyroModule):
         encoder: ``(*batch, prod(event_shape) + condition_dim) -> (*batch, posterior.num_params)``.
         decoder: ``(*batch, latent_dim + condition_dim) ->
             (*batch, likelihood.num_params * prod(event_shape))``.
-        prior: p(z) (a :class:`~pyro_vae.parts.priors.Prior`) or p(z | c)
-            (a :class:`ConditionalPrior`).
+        prior: p(z) (a [`Prior`][pyro_vae.parts.priors.Prior]) or p(z | c)
+            (a [`ConditionalPrior`][pyro_vae.models.conditional.ConditionalPrior]).
         likelihood: maps decoder parameters to an element-wise p(x | z, c).
         posterior: maps encoder outputs to q(z | x, c).
         event_shape: shape of one data point.
-        condition_on: ``"labels"`` or ``"quadrant"`` (:data:`CONDITION_SOURCES`).
-        num_classes, condition_dim: for labels, the class count (integer labels, one-hot c) or
-            the length of float conditions; exactly one.
-        quadrant: the visible quadrant for ``"quadrant"``, 0..3 row-major (:data:`QUADRANTS`);
+        condition_on: ``"labels"`` or ``"quadrant"`` (``CONDITION_SOURCES``).
+        num_classes: for labels, the class count (integer labels, one-hot c); exactly one of
+            it and ``condition_dim``.
+        condition_dim: for labels, the length of float conditions; exactly one of it and
+            ``num_classes``.
+        quadrant: the visible quadrant for ``"quadrant"``, 0..3 row-major (``QUADRANTS``);
             default 2, the bottom-left, which Pyro's example shows.
     """
 
-    #: its model kind's registered name (:mod:`pyro_vae.models.kinds`)
+    #: its model kind's registered name ([`pyro_vae.models.kinds`][])
     kind = "cvae"
 
     def __init__(
@@ -382,13 +386,15 @@ class ConditionalVAE(PyroModule):
 
     @local_params()
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """q(z | x, c) for x: (batch, *event_shape), y as in :meth:`model`."""
+        """q(z | x, c) for x: (batch, *event_shape), y as in
+        [`model`][pyro_vae.models.conditional.ConditionalVAE.model]."""
         c = self.condition(x, y)
         with pyro.plate("data", x.shape[-len(self.event_shape) - 1], dim=-1):
             pyro.sample("z", self.encode(x, c))
 
     def _sample_condition(self, n: int, y: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
-        """c for :meth:`sample` and the leading shape of the draws of z."""
+        """c for [`sample`][pyro_vae.models.conditional.ConditionalVAE.sample] and the leading
+        shape of the draws of z."""
         if self.condition_on == "quadrant":
             if y is None:
                 raise ConfigError(
@@ -471,7 +477,8 @@ def build_conditional(
     conditional_prior: bool = False,
     quadrant: int = PYRO_QUADRANT,
 ) -> ConditionalVAE:
-    """Build a :class:`ConditionalVAE` from a :class:`ModelConfig` and the condition's source.
+    """Build a [`ConditionalVAE`][pyro_vae.models.conditional.ConditionalVAE] from a
+    [`ModelConfig`][pyro_vae.models.config.ModelConfig] and the condition's source.
 
     MLP nets of ``config.hidden`` widths (the decoder mirrors them): the encoder reads
     [flatten(x), c] and outputs the posterior family's ``num_params``, the decoder reads

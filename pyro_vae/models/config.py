@@ -1,7 +1,7 @@
 """Model configuration: the small, JSON-serializable record that names a VAE's parts.
 
 Each part (prior, likelihood, posterior, arch) is named by its registry name with a table of
-its options (:mod:`pyro_vae.parts.registry`); the builders pass the shared sizes
+its options ([`pyro_vae.parts.registry`][]); the builders pass the shared sizes
 (``latent_dim``, ``event_shape``, ``hidden``) themselves. Every value is type-checked when the
 config is made, so a wrong value is refused before anything is built or written.
 """
@@ -47,7 +47,7 @@ class ModelConfig:
     """What to build: the model kind, the data shape, the latent size, the networks' widths
     and four parts.
 
-    ``kind`` names a model kind (:data:`~pyro_vae.models.kinds.MODELS`: ``vae``, ``ae``,
+    ``kind`` names a model kind (``MODELS``: ``vae``, ``ae``,
     ``cvae``, ``hvae``, ``m2`` or a plugin's) and ``kind_options`` its own options.
     ``event_shape`` is the shape of one data point; ``hidden`` the encoder's hidden widths
     (the decoder mirrors them). ``prior``, ``likelihood``, ``posterior`` and ``arch`` are
@@ -72,7 +72,8 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Type-check and normalize every value; raise :class:`ConfigError` naming the key."""
+        """Type-check and normalize every value; raise
+        [`ConfigError`][pyro_vae.errors.ConfigError] naming the key."""
         self.event_shape = coerce(self.event_shape, Sizes, "event_shape")
         self.latent_dim = coerce(self.latent_dim, PositiveInt, "latent_dim")
         self.hidden = coerce(self.hidden, Sizes, "hidden")
@@ -114,7 +115,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], default_kind: str = "vae") -> ModelConfig:
-        """The config a :meth:`to_dict` (or an older flat ``config.json``) describes.
+        """The config a [`to_dict`][pyro_vae.models.config.ModelConfig.to_dict] (or an older flat
+        ``config.json``) describes.
 
         A table written before model kinds had a key of their own takes ``default_kind``
         (such runs recorded it beside the table: ``"kind": "ae"``).
@@ -160,7 +162,7 @@ def normalize_part_keys(values: Mapping[str, Any], strict: bool = True) -> dict[
 
     ``{"prior": {"name": "vamp", "num_pseudo_inputs": 500}}`` (a TOML ``[prior]`` table)
     becomes ``{"prior": "vamp", "prior_options": {"num_pseudo_inputs": 500}}``. A legacy key
-    (:data:`LEGACY_OPTIONS`) moves into its part's options; if the part it applied to is not
+    (``LEGACY_OPTIONS``) moves into its part's options; if the part it applied to is not
     the one named, it is refused when ``strict`` (a user's file) and dropped otherwise (old
     run configs recorded every such key).
     """
@@ -216,12 +218,13 @@ def build_likelihood(config: ModelConfig):
 
 
 def build_nets(config: ModelConfig):
-    """The :class:`~pyro_vae.parts.nets.Nets` (encoder/decoder maker) named by ``config.arch``."""
+    """The [`Nets`][pyro_vae.parts.nets.Nets] (encoder/decoder maker) named by ``config.arch``."""
     return ARCHS.build(config.arch, config.arch_options, **config.shared_sizes())
 
 
 def check_model_config(config: Any) -> ModelConfig:
-    """Refuse anything but a :class:`ModelConfig` (a dict of options, say) with one line."""
+    """Refuse anything but a [`ModelConfig`][pyro_vae.models.config.ModelConfig] (a dict of
+    options, say) with one line."""
     if not isinstance(config, ModelConfig):
         raise ConfigError(
             f"a model is built from a pyro_vae.ModelConfig, got {type(config).__name__}; pass "
@@ -231,7 +234,7 @@ def check_model_config(config: Any) -> ModelConfig:
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The module of ``config.kind`` (:mod:`pyro_vae.models.kinds`) built from ``config``.
+    """The module of ``config.kind`` ([`pyro_vae.models.kinds`][]) built from ``config``.
 
     The module carries its kind's name and options (``kind``, ``kind_options``), so the fit
     loop, the estimators' callers and the figures find its kind without a config.
@@ -245,7 +248,8 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 def build_vae(config: ModelConfig) -> VAE:
-    """Build a :class:`VAE` from a :class:`ModelConfig`; heads are sized from the parts.
+    """Build a [`VAE`][pyro_vae.models.vae.VAE] from a
+    [`ModelConfig`][pyro_vae.models.config.ModelConfig]; heads are sized from the parts.
 
     The encoder outputs the posterior family's ``num_params``; the decoder outputs the
     likelihood's ``num_params`` per data element.
@@ -280,9 +284,9 @@ def nesting_depth(value: Any) -> int:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML (``.toml``) or JSON config file into a dict of option names.
 
-    Dashes in keys become underscores; part tables (``[prior] name = "vamp" ...``) are kept
-    as nested dicts (see :func:`normalize_part_keys`). TOML needs Python >= 3.11
-    (``tomllib``); on 3.10 use JSON.
+    Dashes in keys become underscores; part tables (``[prior] name = "vamp" ...``) are kept as
+    nested dicts (see [`normalize_part_keys`][pyro_vae.models.config.normalize_part_keys]). TOML
+    needs Python >= 3.11 (``tomllib``); on 3.10 use JSON.
     """
     path = Path(path)
     try:

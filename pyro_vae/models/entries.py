@@ -1,4 +1,4 @@
-"""The library's own model kinds, registered by name (:mod:`pyro_vae.models.kinds`).
+"""The library's own model kinds, registered by name ([`pyro_vae.models.kinds`][]).
 
 ``vae``: one latent layer, p(z) p(x|z) and q(z|x). ``ae``: the deterministic autoencoder
 baseline with the same networks and likelihood. ``cvae``: conditional on labels or on one
@@ -19,7 +19,7 @@ from pyro_vae.models.kinds import ModelKind, register_model
 
 @register_model("vae")
 class VAEKind(ModelKind):
-    """The VAE: z ~ p(z), x ~ p(x | z); guide z ~ q(z | x) (:class:`~pyro_vae.models.VAE`)."""
+    """The VAE: z ~ p(z), x ~ p(x | z); guide z ~ q(z | x) ([`VAE`][pyro_vae.models.vae.VAE])."""
 
     def build(self, config: ModelConfig) -> nn.Module:
         return build_vae(config)

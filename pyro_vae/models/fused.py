@@ -2,10 +2,10 @@
 
 ``fused_elbo_loss(vae, x, ...)`` returns the same differentiable loss and true ELBO as Pyro's
 ``Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)`` (Monte Carlo KL) or
-``TraceMeanField_ELBO`` (analytic KL where a closed form is registered), with the latent
-site's terms weighted by ``kl_weight`` as :class:`pyro_vae.infer.objectives.LatentScale` does.
-It is an implementation detail of training: the general Pyro path stays for every other
-model/guide pair, and :func:`fused_unsupported` says when this one does not apply.
+``TraceMeanField_ELBO`` (analytic KL where a closed form is registered), with the latent site's
+terms weighted by ``kl_weight`` as [`pyro_vae.infer.objectives.LatentScale`][] does. It is an
+implementation detail of training: the general Pyro path stays for every other model/guide pair, and
+[`fused_unsupported`][pyro_vae.models.fused.fused_unsupported] says when this one does not apply.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.infer.importance import register_route
 from pyro_vae.models.mlp_bernoulli import MLPBernoulliLogProb, bernoulli_log_prob
 from pyro_vae.models.vae import VAE
 from pyro_vae.parts.likelihoods import LIKELIHOODS, Bernoulli
@@ -34,9 +33,9 @@ def fused_unsupported(
 ) -> str | None:
     """Why the fused ELBO does not apply to this model and objective, or ``None`` when it does.
 
-    It applies to a :class:`VAE` itself (not a subclass, whose programs may differ) whose
-    prior, likelihood and posterior are exactly the registry's classes (a user's part may call
-    Pyro primitives the fused path would skip), with a reparameterized posterior, for the
+    It applies to a [`VAE`][pyro_vae.models.vae.VAE] itself (not a subclass, whose programs may
+    differ) whose prior, likelihood and posterior are exactly the registry's classes (a user's part
+    may call Pyro primitives the fused path would skip), with a reparameterized posterior, for the
     ``elbo`` and ``meanfield`` objectives without free bits, any number of particles.
     """
     if type(vae) is not VAE:
@@ -74,9 +73,11 @@ class FusedELBO:
     """The fused ELBO of one VAE, with its parts looked up once (not at every step).
 
     ``FusedELBO(vae, analytic_kl, num_particles)(x, kl_weight)`` -> ``(loss, elbo)``, see
-    :func:`fused_elbo_loss`. The parts' ``forward`` is called directly: the values are those
-    of the VAE's ``model``/``guide``, without ``PyroModule.__call__``'s per-call bookkeeping.
-    Raises :class:`ConfigError` (with the reason) where :func:`fused_unsupported` refuses.
+    [`fused_elbo_loss`][pyro_vae.models.fused.fused_elbo_loss]. The parts' ``forward`` is called
+    directly: the values are those of the VAE's ``model``/``guide``, without
+    ``PyroModule.__call__``'s per-call bookkeeping. Raises
+    [`ConfigError`][pyro_vae.errors.ConfigError] (with the reason) where
+    [`fused_unsupported`][pyro_vae.models.fused.fused_unsupported] refuses.
     """
 
     def __init__(self, vae: VAE, analytic_kl: bool = False, num_particles: int = 1):
@@ -97,7 +98,8 @@ class FusedELBO:
     def __call__(
         self, x: torch.Tensor, kl_weight: float = 1.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, elbo)`` on x: (batch, *event_shape); see :func:`fused_elbo_loss`.
+        """``(loss, elbo)`` on x: (batch, *event_shape); see
+        [`fused_elbo_loss`][pyro_vae.models.fused.fused_elbo_loss].
 
         The parts' distributions are built without argument validation (the same values;
         validation only raises on invalid ones): the caller checked the data, and a
@@ -163,7 +165,7 @@ def fused_elbo_loss(
     Monte Carlo term above, exactly as ``TraceMeanField_ELBO`` chooses. Returns
     ``(loss, elbo)``: ``loss`` a differentiable scalar, ``elbo`` the same estimate with w = 1,
     detached (a 0-dim tensor, so no device sync is forced; Kingma & Welling 2014, eq. 3 and 7).
-    A training loop builds :class:`FusedELBO` once instead.
+    A training loop builds [`FusedELBO`][pyro_vae.models.fused.FusedELBO] once instead.
     """
     return FusedELBO(vae, analytic_kl, num_particles)(x, kl_weight)
 
@@ -173,14 +175,14 @@ class FusedLogWeights:
 
     ``FusedLogWeights(vae)(x, k)`` -> (k, batch): log w_kn = log p(z_kn) + log p(x_n | z_kn)
     - log q(z_kn | x_n) with z_kn ~ q(z | x_n): the random draws (the same generator call)
-    and the values of ``pyro_vae.infer.trace.log_weights(vae.model, vae.guide, x, k)``, up
-    to float rounding where Bernoulli pixels are scored in closed form
-    (:func:`bernoulli_log_prob`). The encoder runs once, the k samples go through the
-    decoder as one batch (under a plain MLP decoder and ``torch.no_grad``, in cache-sized
-    tiles: :class:`pyro_vae.models.mlp_bernoulli.MLPBernoulliLogProb`), and each density is
-    evaluated once. Pass it as
-    ``log_likelihood(..., log_weights_fn=...)``; the
-    general traced path stays for every model that :func:`fused_unsupported` refuses.
+    and the values of ``pyro_vae.infer.trace.log_weights(vae.model, vae.guide, x, k)``, up to float
+    rounding where Bernoulli pixels are scored in closed form
+    ([`bernoulli_log_prob`][pyro_vae.models.mlp_bernoulli.bernoulli_log_prob]). The encoder runs
+    once, the k samples go through the decoder as one batch (under a plain MLP decoder and
+    ``torch.no_grad``, in cache-sized
+    tiles: [`pyro_vae.models.mlp_bernoulli.MLPBernoulliLogProb`][]), and each density is evaluated
+    once. Pass it as ``log_likelihood(..., log_weights_fn=...)``; the general traced path stays for
+    every model that [`fused_unsupported`][pyro_vae.models.fused.fused_unsupported] refuses.
     """
 
     def __init__(self, vae: VAE):
@@ -192,7 +194,8 @@ class FusedLogWeights:
         self.vae = vae
         self.event_shape = vae.event_shape
         self.num_outputs = vae.likelihood.num_params
-        #: Bernoulli pixels: the log-density in closed form (:func:`bernoulli_log_prob`)
+        #: Bernoulli pixels: the log-density in closed form
+        #: ([`bernoulli_log_prob`][pyro_vae.models.mlp_bernoulli.bernoulli_log_prob])
         self.bernoulli = type(vae.likelihood) is Bernoulli and self.num_outputs == 1
         self.tiled = MLPBernoulliLogProb.of(vae.decoder) if self.bernoulli else None
 
@@ -263,8 +266,9 @@ def _latent_terms(
 
 
 def fused_log_weights(vae: object) -> FusedLogWeights | None:
-    """:class:`FusedLogWeights` of ``vae`` where :func:`fused_unsupported` allows it, else
-    ``None`` (the estimator then traces the model and guide)."""
+    """[`FusedLogWeights`][pyro_vae.models.fused.FusedLogWeights] of ``vae`` where
+    [`fused_unsupported`][pyro_vae.models.fused.fused_unsupported] allows it, else ``None`` (the
+    estimator then traces the model and guide)."""
     return FusedLogWeights(vae) if fused_unsupported(vae) is None else None
 
 
@@ -276,9 +280,10 @@ def fused_route(
     data_plate: str = "data",
     strategy: str = "auto",
 ) -> Callable[..., torch.Tensor] | str:
-    """The ``"fused"`` route of :func:`pyro_vae.infer.importance.log_likelihood`: for a
-    :class:`VAE`'s own ``model`` and ``guide`` (the bound methods themselves, not wrapped in a
-    handler) on its data alone, the :class:`FusedLogWeights` of the VAE; else why not."""
+    """The ``"fused"`` route of [`log_likelihood`][pyro_vae.infer.importance.log_likelihood]: for a
+    [`VAE`][pyro_vae.models.vae.VAE]'s own ``model`` and ``guide`` (the bound methods themselves,
+    not wrapped in a handler) on its data alone, the
+    [`FusedLogWeights`][pyro_vae.models.fused.FusedLogWeights] of the VAE; else why not."""
     vae = getattr(model, "__self__", None)
     own = (
         getattr(model, "__func__", None) is VAE.model
@@ -297,6 +302,3 @@ def fused_route(
     if strategy not in ("auto", "vectorized"):
         return f"strategy {strategy!r} was asked for"
     return FusedLogWeights(vae)
-
-
-register_route("fused", fused_route)

@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # a model-kind registry in config may come to import this mod
     from pyro_vae.models.config import ModelConfig
 
 
-#: How the guide is structured (see :class:`HierarchicalVAE`).
+#: How the guide is structured (see
+#: [`HierarchicalVAE`][pyro_vae.models.hierarchical.HierarchicalVAE]).
 INFERENCES = ("bottom_up", "ladder")
 
 #: Burda, Grosse & Salakhutdinov (2016), "Importance Weighted Autoencoders", sec. 5: the MNIST
@@ -73,7 +74,7 @@ def trunk(in_features: int, hidden: Sequence[int], activation: str) -> nn.Sequen
 
 
 def width_of(in_features: int, hidden: Sequence[int]) -> int:
-    """The width a :func:`trunk` outputs."""
+    """The width a [`trunk`][pyro_vae.models.hierarchical.trunk] outputs."""
     return int(hidden[-1]) if len(hidden) else int(in_features)
 
 
@@ -122,23 +123,24 @@ class HierarchicalVAE(PyroModule):
     """A VAE with L >= 2 stochastic layers z_L -> ... -> z_1 -> x, built from swappable parts.
 
     ``model(x)``: z_L ~ p(z_L) (``top_prior``), z_l ~ p(z_l | z_{l+1}) =
-    ``conditional_priors[l-1](net(z_{l+1}))`` for l = L-1..1, x ~ p(x | z_1) (``likelihood``
-    on a decoder net, sized as :meth:`pyro_vae.VAE.decode` does). ``guide(x)``, by
-    ``inference``:
+    ``conditional_priors[l-1](net(z_{l+1}))`` for l = L-1..1, x ~ p(x | z_1) (``likelihood`` on a
+    decoder net, sized as [`pyro_vae.VAE.decode`][pyro_vae.models.vae.VAE.decode] does).
+    ``guide(x)``, by ``inference``:
 
     - ``"bottom_up"``: q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1}), each
       ``posteriors[l-1](net(z_{l-1}))`` (z_0 = x). Burda et al. (2016), "Importance Weighted
       Autoencoders", sec. 5.
-    - ``"ladder"``: a deterministic pass d_1 = MLP(x), d_l = MLP(d_{l-1}) with heads
-      (mu^_l, sigma^_l); q(z_L | x) = N(mu^_L, sigma^_L^2); then for l = L-1..1 the model's own
-      p(z_l | z_{l+1}) = N(mu_p, sigma_p^2) (the SAME network, at the guide's z_{l+1}) merged
-      with (mu^_l, sigma^_l) by precision (:func:`precision_weighted`). Sønderby et al. (2016),
-      "Ladder Variational Autoencoders", eqs. 17-21. Needs diagonal-normal families.
+    - ``"ladder"``: a deterministic pass d_1 = MLP(x), d_l = MLP(d_{l-1}) with heads (mu^_l,
+      sigma^_l); q(z_L | x) = N(mu^_L, sigma^_L^2); then for l = L-1..1 the model's own p(z_l |
+      z_{l+1}) = N(mu_p, sigma_p^2) (the SAME network, at the guide's z_{l+1}) merged with (mu^_l,
+      sigma^_l) by precision
+      ([`precision_weighted`][pyro_vae.models.hierarchical.precision_weighted]). Sønderby et al.
+      (2016), "Ladder Variational Autoencoders", eqs. 17-21. Needs diagonal-normal families.
 
     Sites are named ``"z1"`` (next to the data) ... ``"zL"`` and ``"x"``, all inside
     ``pyro.plate("data", batch, dim=-1)``; particles go on the left. There is no ``prior``
     attribute: p(z_1) has no closed form, and code that decodes draws of ``model.prior()`` must
-    not be handed z_L; use :meth:`sample`.
+    not be handed z_L; use [`sample`][pyro_vae.models.hierarchical.HierarchicalVAE.sample].
 
     Args:
         event_shape: shape of one data point, e.g. ``(784,)`` or ``(1, 28, 28)``.
@@ -153,7 +155,7 @@ class HierarchicalVAE(PyroModule):
         conditional_priors: L - 1 families for p(z_l | z_{l+1}), l = 1..L-1.
         inference: ``"bottom_up"`` or ``"ladder"``.
         activation: ``"tanh"``, ``"softplus"``, ``"relu"`` or ``"gated"``
-            (:data:`pyro_vae.parts.nets.ACTIVATIONS`).
+            (``pyro_vae.parts.nets.ACTIVATIONS``).
     """
 
     def __init__(
@@ -416,7 +418,8 @@ def build_hierarchical(
     posteriors: Sequence[str] | None = None,
     conditional_prior: str = "diagonal",
 ) -> HierarchicalVAE:
-    """Build a :class:`HierarchicalVAE` from a :class:`ModelConfig` and the layer sizes.
+    """Build a [`HierarchicalVAE`][pyro_vae.models.hierarchical.HierarchicalVAE] from a
+    [`ModelConfig`][pyro_vae.models.config.ModelConfig] and the layer sizes.
 
     From ``config``: ``event_shape``, the likelihood (with its options), the prior (with its
     options) as p(z_L), built with ``latent_dim = layers[-1]``, and the posterior family as the
@@ -427,7 +430,7 @@ def build_hierarchical(
     ``config.hidden[-1]`` units for each z_l <-> z_{l+1} net (the narrowest width next to the
     latents). ``posteriors``: one family name per layer (default ``config.posterior`` for all).
     ``conditional_prior``: the family of every p(z_l | z_{l+1}), built with default options.
-    :data:`IWAE_TWO_LAYER` holds Burda et al. (2016)'s two-layer settings.
+    ``IWAE_TWO_LAYER`` holds Burda et al. (2016)'s two-layer settings.
     """
     sizes = check_layers(layers)
     n = len(sizes)
@@ -497,7 +500,7 @@ class HierarchicalKind(ModelKind):
     ``upper_hidden`` (default: the last ``hidden`` width). ``inference``: ``bottom_up``
     (Burda et al. 2016) or ``ladder`` (Sonderby et al. 2016). ``layer_posteriors``: a family
     per layer (default: the config's posterior); ``conditional_prior``: the family of
-    p(z_l | z_{l+1}). ``preset`` names a fixed architecture (:data:`HVAE_PRESETS`).
+    p(z_l | z_{l+1}). ``preset`` names a fixed architecture (``HVAE_PRESETS``).
     """
 
     figures: ClassVar[tuple[str, ...]] = (

@@ -1,19 +1,20 @@
 """Model kinds by name: what a model is built from, how it trains, what it draws and reports.
 
-A model kind is a registry entry, like a prior or a likelihood (:mod:`pyro_vae.parts.registry`).
+A model kind is a registry entry, like a prior or a likelihood ([`pyro_vae.parts.registry`][]).
 Its class's constructor keywords are the kind's own options (``--model-opt KEY=VALUE``, their
 own flags such as ``--condition-on``, or a ``[model]`` table in a config file), type-checked by
 their annotations. The class says, by name, everything the layers above need, so that none of
 them switches on the kind:
 
-- :meth:`ModelKind.build`: the module (its ``model``/``guide`` Pyro programs, ``likelihood``,
-  ``event_shape``) from a :class:`~pyro_vae.models.config.ModelConfig`;
-- :attr:`ModelKind.task`: the training task (``train.tasks.TASKS``): ``elbo`` minimizes an
+- [`ModelKind.build`][pyro_vae.models.kinds.ModelKind.build]: the module (its ``model``/``guide``
+  Pyro programs, ``likelihood``, ``event_shape``) from a
+  [`ModelConfig`][pyro_vae.models.config.ModelConfig];
+- ``ModelKind.task``: the training task (``train.tasks.TASKS``): ``elbo`` minimizes an
   objective on the programs, ``reconstruction`` the autoencoder's NLL, ``semi_supervised`` the
   M2 objective on labelled and unlabelled batches;
-- :meth:`ModelKind.program_args`: what the programs take after ``x`` (labels for a model
-  conditioned on them);
-- :attr:`ModelKind.figures` and :attr:`ModelKind.metrics`: names in the figure and metric
+- [`ModelKind.program_args`][pyro_vae.models.kinds.ModelKind.program_args]: what the programs take
+  after ``x`` (labels for a model conditioned on them);
+- ``ModelKind.figures`` and ``ModelKind.metrics``: names in the figure and metric
   registries (``analysis.figures.FIGURES``, ``runs.metrics.METRICS``).
 
 A user's own kind registers the same way, from a plugin module::
@@ -41,7 +42,8 @@ register_model = MODELS.register
 
 
 class ModelKind:
-    """One kind of model. Subclasses set the class attributes and implement :meth:`build`.
+    """One kind of model. Subclasses set the class attributes and implement
+    [`build`][pyro_vae.models.kinds.ModelKind.build].
 
     ``uses_labels``: the programs take integer labels ``y: (batch,)`` after ``x``, so every
     split needs labels. ``scores_likelihood``: the module is a probabilistic model whose
@@ -84,26 +86,26 @@ class ModelKind:
         return dict(getattr(self, "_options", {}))
 
     def build(self, config: Any) -> nn.Module:  # pragma: no cover - abstract
-        """The module for ``config`` (a :class:`~pyro_vae.models.config.ModelConfig`)."""
+        """The module for ``config`` (a [`ModelConfig`][pyro_vae.models.config.ModelConfig])."""
         raise NotImplementedError
 
     def for_data(self, data: Any) -> dict[str, Any]:
         """Options this kind derives from the data (e.g. the number of classes), given
-        ``data`` (a :class:`~pyro_vae.data.DataSplits`); checks the data it needs."""
+        ``data`` (a [`DataSplits`][pyro_vae.data.splits.DataSplits]); checks the data it needs."""
         if self.uses_labels:
             check_labels(data, self.name, getattr(self, "num_classes", None))
         return {}
 
     def gap_parts(self, model: nn.Module) -> tuple[Any, Any] | None:
         """The guide's posterior family and its amortized parameters for the inference gaps
-        (:func:`~pyro_vae.infer.gaps.inference_gaps`), or ``None`` where the kind's guide is
-        not one family per site fed by one encoder (then the gaps are refused)."""
+        ([`inference_gaps`][pyro_vae.infer.gaps.inference_gaps]), or ``None`` where the kind's
+        guide is not one family per site fed by one encoder (then the gaps are refused)."""
         return None
 
     def split_args(self, data: Any, split: str) -> tuple[torch.Tensor, ...]:
         """The programs' arguments after x for every point of ``split`` of ``data`` (a
-        :class:`~pyro_vae.data.DataSplits`): its labels for a kind that takes them, each
-        (N_split, ...); ``()`` otherwise."""
+        [`DataSplits`][pyro_vae.data.splits.DataSplits]): its labels for a kind that takes them,
+        each (N_split, ...); ``()`` otherwise."""
         if not self.uses_labels:
             return ()
         return self.program_args(data.labels.get(split))
@@ -118,7 +120,8 @@ class ModelKind:
 
 
 def check_choice(value: Any, name: str, allowed: Sequence[str]) -> None:
-    """Refuse ``value`` unless it is one of ``allowed`` (:class:`ConfigError`, one line)."""
+    """Refuse ``value`` unless it is one of ``allowed``
+    ([`ConfigError`][pyro_vae.errors.ConfigError], one line)."""
     if value not in allowed:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {list(allowed)}")
 
@@ -127,7 +130,7 @@ def check_labels(data: Any, kind: str, num_classes: int | None = None) -> int:
     """Refuse data without integer labels in [0, num_classes) on every split; returns the
     number of classes (``num_classes``, or the largest label + 1).
 
-    data: a :class:`~pyro_vae.data.DataSplits` with ``labels`` ``{split: (N_split,)}``.
+    data: a [`DataSplits`][pyro_vae.data.splits.DataSplits] with ``labels`` ``{split: (N_split,)}``.
     """
     labels = getattr(data, "labels", None) or {}
     missing = [s for s in ("train", "valid", "test") if s not in labels]
@@ -173,7 +176,7 @@ def build_kind(name: str, options: Mapping[str, Any] | None = None) -> ModelKind
 def kind_of(model: nn.Module) -> ModelKind:
     """The kind of a built module: from its ``kind`` name and ``kind_options``.
 
-    Modules built by :func:`~pyro_vae.models.config.build_model` carry both; the library's
+    Modules built by [`build_model`][pyro_vae.models.config.build_model] carry both; the library's
     classes carry their kind's name (``VAE.kind == "vae"``), so a module built by hand works too.
     """
     name = getattr(model, "kind", None)

@@ -5,29 +5,29 @@ Importance sampling spends its time in the decoder: for each of K x B samples z,
 
     log p(x | z) = sum_j x_j l_j - softplus(l_j).
 
-Run as plain torch operations over a chunk of thousands of rows, each elementwise step
-(bias copy, softplus, product, sum) streams the chunk's tensors through memory, and together
-they cost as much as the matrix products. :class:`MLPBernoulliLogProb` computes the same
-value (up to float rounding) with three changes:
+Run as plain torch operations over a chunk of thousands of rows, each elementwise step (bias copy,
+softplus, product, sum) streams the chunk's tensors through memory, and together they cost as much
+as the matrix products. [`MLPBernoulliLogProb`][pyro_vae.models.mlp_bernoulli.MLPBernoulliLogProb]
+computes the same value (up to float rounding) with three changes:
 
 - **Row tiles sized from the cache.** The rows are processed a tile at a time, in buffers
   allocated once per call, with as many rows as fit one core's L2 cache
-  (:func:`pyro_vae.runtime.devices.cache_bytes`), so every elementwise step reads the cache.
+  ([`pyro_vae.runtime.devices.cache_bytes`][]), so every elementwise step reads the cache.
 - **Biases inside the products.** Each layer's input carries a column of ones and its weight
   a row holding the bias, ``[h, 1] @ [W^T; b] = h W^T + b``: no bias copy. Buffer rows start
-  on cache lines (:data:`ROW_ALIGN`).
+  on cache lines (``ROW_ALIGN``).
 - **Fewer elementwise passes.** ``softplus(a) = log(1 + exp(a))`` runs in place as three
   passes (exp, add 1, log) on the hidden units; over the logits only the sum is needed, and
   the factors ``1 + e^l`` of pixel pairs are multiplied before the log
-  (:func:`_sum_softplus_`). The data term is folded into the last layer,
+  (``_sum_softplus_``). The data term is folded into the last layer,
   ``sum_j x_j l_j = [h, 1] . ([W^T; b] x)``, a dot product over the H + 1 hidden units
   instead of over the D pixels.
 
-``exp`` overflows for inputs above about 88 (float32), and a pixel pair's product where
-their logits sum above about 88: such a row comes out non-finite and is computed again the
-plain way (:func:`bernoulli_log_prob` on the decoder's output), so the result is right for
-every input. The tiles do not use autograd (in-place steps): the caller runs them under
-``torch.no_grad``.
+``exp`` overflows for inputs above about 88 (float32), and a pixel pair's product where their logits
+sum above about 88: such a row comes out non-finite and is computed again the plain way
+([`bernoulli_log_prob`][pyro_vae.models.mlp_bernoulli.bernoulli_log_prob] on the decoder's output),
+so the result is right for every input. The tiles do not use autograd (in-place steps): the caller
+runs them under ``torch.no_grad``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ ROW_ALIGN = 16
 
 
 def _aligned(width: int) -> int:
-    """``width`` rounded up to a multiple of :data:`ROW_ALIGN`."""
+    """``width`` rounded up to a multiple of ``ROW_ALIGN``."""
     return -(-width // ROW_ALIGN) * ROW_ALIGN
 
 
@@ -65,8 +65,9 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _layers(decoder: nn.Module) -> list[nn.Linear] | None:
-    """The Linear layers of an :class:`MLPDecoder` built as ``(Linear, Softplus)* Linear``
-    with the default softplus (beta 1) and no hooks, else ``None``."""
+    """The Linear layers of an [`MLPDecoder`][pyro_vae.parts.nets.MLPDecoder] built as
+    ``(Linear, Softplus)* Linear`` with the default softplus (beta 1) and no hooks, else
+    ``None``."""
     if type(decoder) is not MLPDecoder or type(decoder.net) is not nn.Sequential:
         return None
     modules = list(decoder.net)
@@ -91,9 +92,10 @@ class MLPBernoulliLogProb:
     """``MLPBernoulliLogProb.of(decoder)(z, x)`` -> (k, batch): log p(x_n | z_kn), summed over
     the D pixels, for z: (k, batch, latent_dim) and x: (batch, D) in [0, 1].
 
-    The same value as ``bernoulli_log_prob(decoder(z), x)`` up to float rounding; see the
-    module docstring for how. Built by :meth:`of`, which returns ``None`` for any decoder
-    other than a plain :class:`MLPDecoder`.
+    The same value as ``bernoulli_log_prob(decoder(z), x)`` up to float rounding; see the module
+    docstring for how. Built by [`of`][pyro_vae.models.mlp_bernoulli.MLPBernoulliLogProb.of], which
+    returns ``None`` for any decoder other than a plain
+    [`MLPDecoder`][pyro_vae.parts.nets.MLPDecoder].
     """
 
     def __init__(self, decoder: MLPDecoder, layers: list[nn.Linear]):
@@ -101,7 +103,7 @@ class MLPBernoulliLogProb:
         self.layers = layers
         widths = [layers[0].in_features] + [m.out_features for m in layers]
         #: numbers in one row of a tile: each layer's input with its column of ones (aligned,
-        #: :data:`ROW_ALIGN`), the logits
+        #: ``ROW_ALIGN``), the logits
         self.row_size = sum(_aligned(w + 1) for w in widths[:-1]) + widths[-1]
         self._key: tuple = ()
         self._weights: list[torch.Tensor] = []
@@ -136,8 +138,8 @@ class MLPBernoulliLogProb:
         return None if layers is None else cls(decoder, layers)  # type: ignore[arg-type]
 
     def tile_rows(self, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
-        """Rows per tile: :data:`CACHE_SHARE` of the L2 cache over a row's bytes (CPU), at
-        least :data:`MIN_TILE_ROWS`; on other devices one tile holds every row (0: no limit)."""
+        """Rows per tile: ``CACHE_SHARE`` of the L2 cache over a row's bytes (CPU), at
+        least ``MIN_TILE_ROWS``; on other devices one tile holds every row (0: no limit)."""
         if device.type != "cpu":
             return 0
         row_bytes = self.row_size * torch.empty((), dtype=dtype).element_size()
@@ -180,7 +182,7 @@ class MLPBernoulliLogProb:
 
 class _TileBuffers:
     """One tile's memory, allocated once per call: each layer's input with a last column of
-    ones, ``(rows, in + 1)`` (rows :data:`ROW_ALIGN`-aligned), and the logits, ``(rows, D)``."""
+    ones, ``(rows, in + 1)`` (rows ``ROW_ALIGN``-aligned), and the logits, ``(rows, D)``."""
 
     def __init__(self, weights: list[torch.Tensor], rows: int, like: torch.Tensor):
         self.inputs = []
@@ -194,7 +196,7 @@ class _TileBuffers:
 
 
 class _Tile:
-    """Views of :class:`_TileBuffers` for ``p`` particles of ``s`` data points (n = p s
+    """Views of ``_TileBuffers`` for ``p`` particles of ``s`` data points (n = p s
     rows), made once per tile shape; calling it runs the tile: (p, s) log p(x | z)."""
 
     def __init__(self, buffers: _TileBuffers, p: int, s: int):

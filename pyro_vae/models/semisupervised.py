@@ -41,8 +41,9 @@ from pyro_vae.parts.options import PositiveFloat, PositiveInt, Sizes
 from pyro_vae.parts.posteriors import Posterior
 from pyro_vae.parts.priors import Prior
 
-#: Weight of the labelled cross-entropy in :func:`m2_loss`: the paper's alpha = 0.1 N per
-#: unlabelled point (see :func:`m2_loss`).
+#: Weight of the labelled cross-entropy in [`m2_loss`][pyro_vae.models.semisupervised.m2_loss]: the
+#: paper's alpha = 0.1 N per unlabelled point (see
+#: [`m2_loss`][pyro_vae.models.semisupervised.m2_loss]).
 DEFAULT_ALPHA = 50.0
 
 
@@ -55,12 +56,14 @@ class SemiSupervisedVAE(PyroModule):
     enumeration dimensions go on the left. Labels y are integer class indices (batch,) or
     one-hot rows (batch, C). How y is summed out for unlabelled x is the choice of guide:
 
-    - :meth:`guide` samples y ~ q(y | x): a proposal q(y | x) q(z | x, y) for importance
-      sampling, so ``log_likelihood(m2.model, m2.guide, x)`` estimates
-      log p(x) = log sum_y p(y) integral p(z) p(x | y, z) dz.
-    - :meth:`guide_enumerated` marks y ``infer={"enumerate": "parallel"}``: Pyro's
-      ``TraceEnum_ELBO`` then sums over y exactly (y takes shape (C, 1, C), left of the data
-      plate; the nets broadcast x against it), giving the paper's bound (eq. 7)
+    - [`guide`][pyro_vae.models.semisupervised.SemiSupervisedVAE.guide] samples y ~ q(y | x): a
+      proposal q(y | x) q(z | x, y) for importance sampling, so
+      ``log_likelihood(m2.model, m2.guide, x)`` estimates log p(x) = log sum_y p(y) integral p(z)
+      p(x | y, z) dz.
+    - [`guide_enumerated`][pyro_vae.models.semisupervised.SemiSupervisedVAE.guide_enumerated] marks
+      y ``infer={"enumerate": "parallel"}``: Pyro's ``TraceEnum_ELBO`` then sums over y exactly (y
+      takes shape (C, 1, C), left of the data plate; the nets broadcast x against it), giving the
+      paper's bound (eq. 7)
 
           -U(x) = sum_y q(y | x) [ELBO(x, y) - log q(y | x)],
           ELBO(x, y) = E_q(z|x,y)[log p(x | y, z) + log p(y) + log p(z) - log q(z | x, y)].
@@ -73,7 +76,9 @@ class SemiSupervisedVAE(PyroModule):
         decoder: ``(*batch, latent_dim + C) ->
             (*batch, likelihood.num_params * prod(event_shape))``.
         classifier: ``(*batch, *event_shape) -> (*batch, C)`` logits of q(y | x).
-        prior, likelihood, posterior: p(z), the element-wise p(x | y, z), q(z | x, y).
+        prior: p(z).
+        likelihood: the element-wise p(x | y, z).
+        posterior: q(z | x, y).
         event_shape: shape of one data point.
         num_classes: C >= 2.
 
@@ -81,7 +86,7 @@ class SemiSupervisedVAE(PyroModule):
     models", section 3.1.2.
     """
 
-    #: its model kind's registered name (:mod:`pyro_vae.models.kinds`)
+    #: its model kind's registered name ([`pyro_vae.models.kinds`][])
     kind = "m2"
 
     def __init__(
@@ -201,16 +206,18 @@ class SemiSupervisedVAE(PyroModule):
 
     @local_params()
     def guide_enumerated(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """:meth:`guide` with site ``"y"`` marked ``infer={"enumerate": "parallel"}``.
+        """[`guide`][pyro_vae.models.semisupervised.SemiSupervisedVAE.guide] with site ``"y"``
+        marked ``infer={"enumerate": "parallel"}``.
 
-        Under ``TraceEnum_ELBO`` (or the library's estimators, which honour the mark) y takes
-        all C values at once, shape (C, 1, C) left of the data plate, and is summed out
-        exactly; with labels it is the same as :meth:`guide`.
+        Under ``TraceEnum_ELBO`` (or the library's estimators, which honour the mark) y takes all C
+        values at once, shape (C, 1, C) left of the data plate, and is summed out exactly; with
+        labels it is the same as [`guide`][pyro_vae.models.semisupervised.SemiSupervisedVAE.guide].
         """
         self._guide(x, y, {"enumerate": "parallel"})
 
     def _labels(self, n: int, y: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """One-hot labels for :meth:`sample` and the leading shape of the draws of z."""
+        """One-hot labels for [`sample`][pyro_vae.models.semisupervised.SemiSupervisedVAE.sample]
+        and the leading shape of the draws of z."""
         if y is None:
             labels = torch.randint(self.num_classes, (n,), device=self._param().device)
             return self.one_hot(labels), (n,)
@@ -256,7 +263,8 @@ class SemiSupervisedVAE(PyroModule):
 def build_semisupervised(
     config: ModelConfig, num_classes: int, classifier_hidden: Sequence[int] | None = None
 ) -> SemiSupervisedVAE:
-    """Build an M2 :class:`SemiSupervisedVAE` from a :class:`ModelConfig`.
+    """Build an M2 [`SemiSupervisedVAE`][pyro_vae.models.semisupervised.SemiSupervisedVAE] from a
+    [`ModelConfig`][pyro_vae.models.config.ModelConfig].
 
     MLP nets of ``config.hidden`` widths: the encoder reads [flatten(x), one-hot y], the decoder
     [z, one-hot y] (mirrored widths); the classifier x -> ``classifier_hidden`` (default
@@ -288,7 +296,8 @@ def build_semisupervised(
 
 
 class ELBOObjective(Protocol):
-    """What :func:`m2_loss` needs of an objective (``pyro_vae.infer.objectives.Objective``)."""
+    """What [`m2_loss`][pyro_vae.models.semisupervised.m2_loss] needs of an objective
+    (``pyro_vae.infer.objectives.Objective``)."""
 
     def loss(
         self, model: Callable, guide: Callable, x: torch.Tensor, kl_weight: float, *args: Any
@@ -306,10 +315,11 @@ def m2_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The M2 loss of one unlabelled and one labelled batch, summed as below, and its parts.
 
-    x_unlabelled: (B_u, *event_shape); x_labelled: (B_l, *event_shape); y_labelled: (B_l,)
-    labels (or one-hot rows). With U(x) the bound of :meth:`SemiSupervisedVAE.guide_enumerated`
-    (y summed out exactly) and L(x, y) the labelled ELBO (both lower bounds; the paper writes
-    their negatives as L and U):
+    x_unlabelled: (B_u, *event_shape); x_labelled: (B_l, *event_shape); y_labelled: (B_l,) labels
+    (or one-hot rows). With U(x) the bound of the enumerated guide
+    ([`guide_enumerated`][pyro_vae.models.semisupervised.SemiSupervisedVAE.guide_enumerated], y
+    summed out exactly) and L(x, y) the labelled ELBO (both lower bounds; the paper writes their
+    negatives as L and U):
 
         loss = -sum_u U(x) - (B_u / B_l) [sum_l L(x, y) - alpha sum_l log q(y | x)]
         loss / B_u = mean_u(-U) + mean_l(-L) + alpha mean_l(-log q(y | x))
@@ -324,7 +334,7 @@ def m2_loss(
     ``labelled_weight`` N_u / N_l times more (scarce labels are oversampled, the usual
     practice; ``labelled_weight = N_l / N_u`` restores the paper's weight).
 
-    The default alpha (:data:`DEFAULT_ALPHA`) is 50, near the weight of Pyro's
+    The default alpha (``DEFAULT_ALPHA``) is 50, near the weight of Pyro's
     ``examples/vae/ss_vae_M2.py`` (``aux_loss_multiplier=46``): on MNIST with 100 labels
     (benchmarks/RESULTS.md) alpha = 0.1 let the unlabelled bound pull q(y | x) away from the
     labels (test error 30% after one epoch, 35% after three), alpha = 50 less so (25%, then

@@ -45,7 +45,7 @@ class VAE(PyroModule):
     encoder and posterior family here.
     """
 
-    #: its model kind's registered name (:mod:`pyro_vae.models.kinds`)
+    #: its model kind's registered name ([`pyro_vae.models.kinds`][])
     kind = "vae"
 
     def __init__(

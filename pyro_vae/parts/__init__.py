@@ -1,6 +1,6 @@
 """Swappable parts of a VAE: priors, likelihoods, posterior families and networks.
 
-Each kind has a registry (:mod:`pyro_vae.parts.registry`): ``@register_prior("name")`` on a
+Each kind has a registry ([`pyro_vae.parts.registry`][]): ``@register_prior("name")`` on a
 class makes it buildable from Python, config files and the command line.
 
 Each part is a ``PyroModule`` whose ``forward`` returns a ``pyro.distributions`` object (or, for

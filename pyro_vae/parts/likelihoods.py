@@ -36,7 +36,8 @@ class Likelihood(PyroModule):
         raise NotImplementedError
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise :class:`DataError` unless every value of ``x`` is in this likelihood's support.
+        """Raise [`DataError`][pyro_vae.errors.DataError] unless every value of ``x`` is in this
+        likelihood's support.
 
         The message names the likelihood, what it needs and the data's actual range.
         """

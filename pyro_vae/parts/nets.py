@@ -50,7 +50,7 @@ ACTIVATIONS: dict[str, Callable[[int, int], list[nn.Module]]] = {
 
 
 def check_activation(activation: str) -> None:
-    """Refuse an activation name that is not in :data:`ACTIVATIONS`."""
+    """Refuse an activation name that is not in ``ACTIVATIONS``."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
 
@@ -78,7 +78,7 @@ class MLPEncoder(nn.Module):
     """Fully connected encoder.
 
     x: (*batch, *event_shape) -> (*batch, out_features). Event dimensions are flattened.
-    ``activation`` names the hidden layers (:data:`ACTIVATIONS`).
+    ``activation`` names the hidden layers (``ACTIVATIONS``).
     """
 
     def __init__(
@@ -101,7 +101,7 @@ class MLPDecoder(nn.Module):
     """Fully connected decoder.
 
     z: (*batch, latent_dim) -> (*batch, out_features). ``activation`` names the hidden
-    layers (:data:`ACTIVATIONS`).
+    layers (``ACTIVATIONS``).
     """
 
     def __init__(
@@ -172,9 +172,9 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Convolutional decoder: z -> a linear layer -> stride-2 transposed convs -> crop.
 
-    z: (*batch, latent_dim) -> (*batch, num_params * prod(event_shape)), laid out as
-    (num_params, C, H, W) per point, as the VAE reshapes it. Leading dims are flattened for
-    the convolutions and restored after. Mirrors :class:`ConvEncoder`'s spatial sizes.
+    z: (*batch, latent_dim) -> (*batch, num_params * prod(event_shape)), laid out as (num_params, C,
+    H, W) per point, as the VAE reshapes it. Leading dims are flattened for the convolutions and
+    restored after. Mirrors [`ConvEncoder`][pyro_vae.parts.nets.ConvEncoder]'s spatial sizes.
     """
 
     def __init__(
@@ -240,7 +240,7 @@ MAX_PARAMETERS = 500_000_000
 @register_arch("mlp")
 class MLPNets(Nets):
     """Fully connected nets: the encoder has ``hidden`` widths, the decoder mirrors them;
-    ``activation`` names the hidden layers' nonlinearity (:data:`ACTIVATIONS`: ``softplus``,
+    ``activation`` names the hidden layers' nonlinearity (``ACTIVATIONS``: ``softplus``,
     ``tanh``, ``relu`` or ``gated``)."""
 
     def __init__(

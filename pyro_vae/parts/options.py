@@ -4,7 +4,7 @@ A part's options are its constructor's keyword parameters. Their annotations say
 value may be (``int``, ``float``, ``bool``, ``str``, ``tuple[int, ...]``, unions, ``None``);
 ``Annotated[int, AtLeast(1)]`` adds a range. Values from Python, JSON or TOML are checked
 strictly (``"256"`` is not an int); text from the command line is parsed first
-(:func:`parse_text`).
+([`parse_text`][pyro_vae.parts.options.parse_text]).
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def signature_options(factory: Callable, shared: Sequence[str]) -> dict[str, Opt
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` checked against ``hint``; sequences become tuples. Raises :class:`ConfigError`.
+    """``value`` checked against ``hint``; sequences become tuples. Raises
+    [`ConfigError`][pyro_vae.errors.ConfigError].
 
     ``where`` names the option in messages, e.g. ``"prior 'vamp' option num_pseudo_inputs"``.
     """
@@ -122,7 +123,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
 def parse_text(text: str, hint: Any) -> Any:
     """A command-line word as the value ``hint`` expects: ``"64,64"`` for sizes, ``"0.5"``.
 
-    The result still goes through :func:`coerce`.
+    The result still goes through [`coerce`][pyro_vae.parts.options.coerce].
     """
     base, _ = _unwrap(hint)
     if base is str or (_is_union(base) and str in typing.get_args(base)):

@@ -145,10 +145,11 @@ class UniformMixture(TorchDistribution):
 class VampPrior(Prior):
     """p(z) = (1/K) sum_k q(z | u_k): the posterior family at K learned pseudo-inputs.
 
-    Needs the VAE's encoder and posterior family; :class:`pyro_vae.VAE` calls :meth:`bind`
-    (or bind them yourself). They are held by reference, not as submodules, so their
-    parameters appear once in the VAE. Pseudo-inputs ``u: (K, *event_shape)`` start as
-    ``init_mean + init_std * N(0, 1)``. Tomczak & Welling (2018), "VAE with a VampPrior".
+    Needs the VAE's encoder and posterior family; [`pyro_vae.VAE`][pyro_vae.models.vae.VAE] calls
+    [`bind`][pyro_vae.parts.priors.VampPrior.bind] (or bind them yourself). They are held by
+    reference, not as submodules, so their parameters appear once in the VAE. Pseudo-inputs
+    ``u: (K, *event_shape)`` start as ``init_mean + init_std * N(0, 1)``. Tomczak & Welling (2018),
+    "VAE with a VampPrior".
     """
 
     def __init__(

@@ -8,14 +8,15 @@ the command line::
         def __init__(self, latent_dim: int, df: float = 3.0): ...
 
 Its options are its constructor's keyword parameters, minus the sizes the builder passes
-itself (:attr:`Registry.shared`, e.g. ``latent_dim`` and ``event_shape`` for priors); their
-annotations type-check every value (:mod:`pyro_vae.parts.options`). A class may define
+itself (``Registry.shared``, e.g. ``latent_dim`` and ``event_shape`` for priors); their
+annotations type-check every value ([`pyro_vae.parts.options`][]). A class may define
 ``check_options(cls, options, **shared)`` to refuse combinations its annotations cannot
 express (e.g. a rank above ``latent_dim``) before anything is built.
 
-A run's ``config.json`` records each part by name and, for parts registered outside
-pyro_vae, the module that registered it; loading a run never imports that module
-(:func:`import_plugins` is called only for modules the user names).
+A run's ``config.json`` records each part by name and, for parts registered outside pyro_vae, the
+module that registered it; loading a run never imports that module
+([`import_plugins`][pyro_vae.parts.registry.import_plugins] is called only for modules the user
+names).
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ class Registry(Mapping[str, Callable[..., Any]]):
     ) -> Any:
         """Register ``factory`` as ``name``; used as ``@register(name)`` or ``register(name, cls)``.
 
-        ``aliases`` are older names accepted when reading configs. Registering a taken name
-        raises :class:`ConfigError` unless ``replace`` (or the same factory registers again,
-        as on a module reload).
+        ``aliases`` are older names accepted when reading configs. Registering a taken name raises
+        [`ConfigError`][pyro_vae.errors.ConfigError] unless ``replace`` (or the same factory
+        registers again, as on a module reload).
         """
         if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise ConfigError(
@@ -115,7 +116,8 @@ class Registry(Mapping[str, Callable[..., Any]]):
             del self._aliases[alias]
 
     def canonical(self, name: Any, plugin: str | None = None) -> str:
-        """The registered name ``name`` stands for (aliases resolve); else :class:`ConfigError`.
+        """The registered name ``name`` stands for (aliases resolve); else
+        [`ConfigError`][pyro_vae.errors.ConfigError].
 
         ``plugin``, the module a run recorded for the part, makes the message say how to
         load it.
@@ -145,7 +147,8 @@ class Registry(Mapping[str, Callable[..., Any]]):
         return sorted(self._entries) + sorted(self._aliases)
 
     def check_options(self, name: str, options: Any, **shared: Any) -> dict[str, Any]:
-        """Type-checked options of part ``name``, defaults filled in; else :class:`ConfigError`.
+        """Type-checked options of part ``name``, defaults filled in; else
+        [`ConfigError`][pyro_vae.errors.ConfigError].
 
         ``shared`` sizes are handed to the class's ``check_options`` hook, if it has one.
         """

@@ -80,7 +80,9 @@ def _check_gradients(module: torch.nn.Module, loss: torch.Tensor, what: str) -> 
 
 
 class PriorContract:
-    """Checks of a prior p(z). Define :meth:`make_prior`; optionally :meth:`move`."""
+    """Checks of a prior p(z). Define
+    [`make_prior`][pyro_vae.parts.testing.PriorContract.make_prior]; optionally
+    [`move`][pyro_vae.parts.testing.PriorContract.move]."""
 
     #: Samples drawn for the shape, finiteness and normalization checks.
     num_samples: int = 2000
@@ -134,7 +136,8 @@ class PriorContract:
 
 
 class PosteriorContract:
-    """Checks of a posterior family q(z | params). Define :meth:`make_posterior`."""
+    """Checks of a posterior family q(z | params). Define
+    [`make_posterior`][pyro_vae.parts.testing.PosteriorContract.make_posterior]."""
 
     batch_shape: tuple[int, ...] = (3,)
     num_samples: int = 2000
@@ -190,7 +193,7 @@ class PosteriorContract:
 
 
 class LikelihoodContract:
-    """Checks of a likelihood p(x | params). Define :meth:`make_likelihood`.
+    """Checks of a likelihood p(x | params). Define ``make_likelihood``.
 
     Normalization is checked by summing over the support (binary, counts up to
     ``max_count``, 8-bit pixel levels) or by quadrature (real line, unit interval).

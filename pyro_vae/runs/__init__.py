@@ -1,5 +1,5 @@
-"""Run directories: their files (:class:`RunDir`), and training, resuming and loading a
-configured model with all its files.
+"""Run directories: their files ([`RunDir`][pyro_vae.runs.rundir.RunDir]), and training, resuming
+and loading a configured model with all its files.
 """
 
 from pyro_vae.runs.metrics import METRICS, ScoreOptions, register_metric, score, summary

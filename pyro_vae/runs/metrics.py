@@ -1,9 +1,9 @@
 """The test metrics of a run by name: what ``results.json`` and ``pyro-vae evaluate`` report.
 
 A model kind lists the names of its metrics (``ModelKind.metrics``); each is an entry of
-:data:`METRICS`, a function ``(model, data, options) -> dict`` of JSON-ready values per data
+``METRICS``, a function ``(model, data, options) -> dict`` of JSON-ready values per data
 point (nats, with standard errors), and a line printer. A plugin adds one with
-:func:`register_metric`.
+[`register_metric`][pyro_vae.runs.metrics.register_metric].
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Metric:
     lines: Callable[[dict[str, Any]], list[str]]
 
 
-#: Metric name -> :class:`Metric`.
+#: Metric name -> [`Metric`][pyro_vae.runs.metrics.Metric].
 METRICS: dict[str, Metric] = {}
 
 
@@ -73,9 +73,9 @@ def score(
     """Test-split importance-sampled log-likelihood (and ELBO) of a trained model.
 
     On ``device`` (default: where the model is), in float32; the programs get their further
-    arguments (labels) for the test points. Under ``torchrun`` the test points are sharded over
-    the processes (:func:`~pyro_vae.infer.sharded.sharded_estimate`, blocks of ``batch_size``
-    drawn with seeds from ``seed``) and gathered in order.
+    arguments (labels) for the test points. Under ``torchrun`` the test points are sharded over the
+    processes ([`sharded_estimate`][pyro_vae.infer.sharded.sharded_estimate], blocks of
+    ``batch_size`` drawn with seeds from ``seed``) and gathered in order.
     """
     if not kind_of(model).scores_likelihood:
         raise ConfigError(
@@ -98,7 +98,8 @@ def score(
 
 
 def summary(result: LogLikelihood) -> dict[str, float]:
-    """The test scores of :func:`score` as ``results.json`` records them."""
+    """The test scores of [`score`][pyro_vae.runs.metrics.score] as ``results.json`` records
+    them."""
     return {
         "test_log_likelihood": result.mean,
         "test_log_likelihood_stderr": result.stderr,
@@ -203,7 +204,7 @@ register_metric("latent_usage", _latent_usage, _latent_usage_lines)
 def test_metrics(model: Any, data: DataSplits, options: ScoreOptions) -> dict[str, Any]:
     """Every metric ``model``'s kind lists, computed on the test split, merged.
 
-    A metric whose estimator refuses the model (a :class:`~pyro_vae.errors.PyroVAEError`
+    A metric whose estimator refuses the model (a [`PyroVAEError`][pyro_vae.errors.PyroVAEError]
     naming the site and the reason) is recorded as ``refused: {name: reason}`` instead of
     discarding the trained run; the log-likelihood's refusal is raised, as it is the score.
     """

@@ -1,9 +1,9 @@
 """Run directories end to end: train a configured model, write its files, resume it, load it.
 
-The files of a run and their names are :class:`~pyro_vae.runs.rundir.RunDir`'s. The figures
+The files of a run and their names are [`RunDir`][pyro_vae.runs.rundir.RunDir]'s. The figures
 are those the model's kind lists (``ModelKind.figures``, drawn by
-:data:`~pyro_vae.analysis.run_figures.FIGURES`; ``.png``, or ``.pdf`` on request), and the test
-metrics those it lists (``ModelKind.metrics``, :data:`~pyro_vae.runs.metrics.METRICS`).
+``FIGURES``; ``.png``, or ``.pdf`` on request), and the test
+metrics those it lists (``ModelKind.metrics``, ``METRICS``).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def check_api_types(model_config: Any, train_config: Any) -> None:
 
 
 def check_size(value: int, name: str) -> int:
-    """Refuse a count below 1 or above its :data:`SIZE_LIMITS` entry, before any allocation."""
+    """Refuse a count below 1 or above its ``SIZE_LIMITS`` entry, before any allocation."""
     limit = SIZE_LIMITS[name]
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
         raise ConfigError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
@@ -197,7 +197,7 @@ def train_run(
 
     ``kind`` (default: ``model_config.kind``, else ``"vae"``; given, it replaces the config's)
     names the model kind
-    (:mod:`pyro_vae.models.kinds`): ``"ae"`` trains the deterministic autoencoder baseline,
+    ([`pyro_vae.models.kinds`][]): ``"ae"`` trains the deterministic autoencoder baseline,
     ``"cvae"``, ``"hvae"``, ``"m2"`` the conditional, hierarchical and semi-supervised VAEs;
     the kind's metrics are scored on the test split (``num_samples`` importance samples per
     point) and its options derived from the data (the number of classes) are filled in.
@@ -206,10 +206,10 @@ def train_run(
     before a file is written; the run directory is locked while it trains.
 
     ``device`` trains and scores there; ``stream`` reads the training split from disk as it
-    goes (:mod:`pyro_vae.data.streaming`, ``num_workers`` reader processes). Under
+    goes ([`pyro_vae.data.streaming`][], ``num_workers`` reader processes). Under
     ``torchrun`` every process trains (DDP) and scores its share; rank 0 alone writes.
     ``train_config.track`` names the experiment trackers the run is logged to
-    (:mod:`pyro_vae.runs.tracking`); a tracker whose extra is missing is refused first.
+    ([`pyro_vae.runs.tracking`][]); a tracker whose extra is missing is refused first.
     """
     check_api_types(model_config, train_config)
     check_num_workers(num_workers)
@@ -289,7 +289,7 @@ def resume_run(
     Everything comes from ``config.json`` and the checkpoint: model, optimizer and
     random-number state are restored, so a run killed at any moment and resumed ends with
     the same metrics as an uninterrupted run (CPU), logged to the same tracked runs
-    (:mod:`pyro_vae.runs.tracking`). ``epochs`` may extend the run; it is
+    ([`pyro_vae.runs.tracking`][]). ``epochs`` may extend the run; it is
     recorded in ``config.json`` only after the resume's checks pass. A run killed before its
     first checkpoint starts over. Works for every model kind.
     """
@@ -380,7 +380,7 @@ def load_run(
     ``config.json``'s kind and model configuration must equal those the checkpoint recorded
     (an edited config.json would otherwise score a different model with these weights);
     weights must have the model's dtypes and be finite. Returns the model (of the run's kind:
-    a :class:`~pyro_vae.models.VAE` for ``"kind": "vae"``) in eval mode and the run's config.
+    a [`VAE`][pyro_vae.models.vae.VAE] for ``"kind": "vae"``) in eval mode and the run's config.
     """
     run = RunDir(run_dir)
     config, model_config = read_run_config(run)
@@ -442,7 +442,7 @@ def load_run_data(config: dict[str, Any]) -> DataSplits:
     """The data of a run (``dataset``, ``data_dir``, ``binarize`` from its config.json).
 
     When the config records a ``data_fingerprint``, data that differ (another file of the
-    same shape, a changed split) are refused with :class:`~pyro_vae.errors.DataError`.
+    same shape, a changed split) are refused with [`DataError`][pyro_vae.errors.DataError].
     """
     if config.get("stream"):
         data = load_streaming(config["dataset"])

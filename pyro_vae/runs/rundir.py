@@ -159,7 +159,8 @@ class RunDir:
                 )
 
     def check_creatable(self, overwrite: bool = False) -> None:
-        """Refuse, before anything is written, what :meth:`create` would refuse."""
+        """Refuse, before anything is written, what
+        [`create`][pyro_vae.runs.rundir.RunDir.create] would refuse."""
         check_path_length(self.path, "run directory")
         parent = self.path.parent
         while not parent.exists() and parent != parent.parent:
@@ -190,8 +191,9 @@ class RunDir:
     def create(self, overwrite: bool = False) -> RunDir:
         """Make an empty run directory with its marker.
 
-        An existing non-empty directory is refused unless ``overwrite``; then it is cleared
-        only if this library created it as a run (:meth:`is_run`), never another directory.
+        An existing non-empty directory is refused unless ``overwrite``; then it is cleared only if
+        this library created it as a run ([`is_run`][pyro_vae.runs.rundir.RunDir.is_run]), never
+        another directory.
         """
         self.check_creatable(overwrite)
         if self.path.is_dir() and any(p.name != self.LOCK for p in self.path.iterdir()):
@@ -227,7 +229,8 @@ class RunDir:
         return self.write_text(name, json.dumps(value, indent=2))
 
     def read_json(self, name: str) -> Any:
-        """A JSON file of the run; a missing or unreadable one raises :class:`CheckpointError`."""
+        """A JSON file of the run; a missing or unreadable one raises
+        [`CheckpointError`][pyro_vae.errors.CheckpointError]."""
         path = self.file(name)
         try:
             return json.loads(path.read_text())

@@ -1,15 +1,16 @@
 """Experiment tracking: a run logged to TensorBoard or MLflow as it trains.
 
-A tracker is an entry of :data:`TRACKERS` (:func:`register_tracker`): its name (what
-``--track`` and ``TrainConfig.track`` take), the extra that installs its library, the modules
-that must import, and ``open(context) -> Tracker``. :class:`Tracking` drives the trackers a run
-names, the same way for every one of them:
+A tracker is an entry of ``TRACKERS``
+([`register_tracker`][pyro_vae.runs.tracking.register_tracker]): its name (what ``--track`` and
+``TrainConfig.track`` take), the extra that installs its library, the modules that must import, and
+``open(context) -> Tracker``. [`Tracking`][pyro_vae.runs.tracking.Tracking] drives the trackers a
+run names, the same way for every one of them:
 
 - when a tracker first sees the run: the run's ``config.json`` as hyperparameters;
 - after each epoch's checkpoint: every number of that epoch's ``metrics.jsonl`` record under
   the same name, at step ``epoch`` (``epoch`` itself is the step); every
   ``TrainConfig.track_samples_every`` epochs a grid of prior samples to the trackers that take
-  images (:attr:`Tracker.takes_samples`);
+  images (``Tracker.takes_samples``);
 - at the end: every number of ``results.json`` (the test ELBO and log-likelihood with their
   standard errors among them) at the last epoch's step, the run's figures, the checkpoint.
 
@@ -58,9 +59,11 @@ class TrackerContext:
 
 
 class Tracker:
-    """One backend's logger. Every method but :meth:`log_metrics` may be left as it is."""
+    """One backend's logger. Every method but
+    [`log_metrics`][pyro_vae.runs.tracking.Tracker.log_metrics] may be left as it is."""
 
-    #: Whether :meth:`log_samples` shows the grid (drawn only if some tracker takes it).
+    #: Whether [`log_samples`][pyro_vae.runs.tracking.Tracker.log_samples] shows the grid (drawn
+    #: only if some tracker takes it).
     takes_samples = False
 
     def log_config(self, config: dict[str, Any]) -> None:
@@ -101,7 +104,7 @@ class TrackerEntry:
     open: Callable[[TrackerContext], Tracker]
 
 
-#: Tracker name -> :class:`TrackerEntry`.
+#: Tracker name -> [`TrackerEntry`][pyro_vae.runs.tracking.TrackerEntry].
 TRACKERS: dict[str, TrackerEntry] = {}
 
 
@@ -115,7 +118,7 @@ def register_tracker(
 
 def check_trackers(names: Sequence[str]) -> None:
     """Refuse an unknown tracker, or one whose extra is not installed, before any file is
-    written (:class:`~pyro_vae.errors.MissingExtraError` names the extra)."""
+    written ([`MissingExtraError`][pyro_vae.errors.MissingExtraError] names the extra)."""
     for name in names:
         if name not in TRACKERS:
             raise ConfigError(
@@ -354,8 +357,9 @@ def artifact_root(uri: str) -> str | None:
 
 class MLflowTracker(Tracker):
     """One MLflow run per run directory, in experiment ``pyro-vae`` of the store
-    ``TrainConfig.mlflow_uri`` names (default :func:`default_mlflow_uri`); the run id is kept
-    in ``tracking.json``, and a resume logs to the same run."""
+    ``TrainConfig.mlflow_uri`` names (default
+    [`default_mlflow_uri`][pyro_vae.runs.tracking.default_mlflow_uri]); the run id is kept in
+    ``tracking.json``, and a resume logs to the same run."""
 
     def __init__(self, context: TrackerContext):
         from mlflow import MlflowClient

@@ -1,6 +1,6 @@
 """Where the numbers are computed: devices and processes (torch.distributed).
 
-The bottom layer beside :mod:`pyro_vae.errors`: every layer above may ask which device to use
+The bottom layer beside [`pyro_vae.errors`][]: every layer above may ask which device to use
 and which rank it is, and nothing here imports the rest of the library.
 """
 

@@ -24,7 +24,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
     ``auto`` (or ``None``) is the first of ``cuda`` (the current CUDA device; under torchrun
     ``cuda:LOCAL_RANK``), ``mps``, ``cpu`` that is available. A named device that is not
-    available raises :class:`~pyro_vae.errors.ConfigError` with the devices that are.
+    available raises [`ConfigError`][pyro_vae.errors.ConfigError] with the devices that are.
     """
     if isinstance(name, torch.device):
         name = str(name)
@@ -71,7 +71,7 @@ def cache_bytes(level: int = 2) -> int:
     """Bytes of one core's data cache at ``level`` (1, 2 or 3), as the system reports it.
 
     Read from ``os.sysconf`` (Linux, glibc) or ``/sys/devices/system/cpu/cpu0/cache``;
-    :data:`DEFAULT_CACHE_BYTES` where neither says.
+    ``DEFAULT_CACHE_BYTES`` where neither says.
     """
     name = {1: "SC_LEVEL1_DCACHE_SIZE", 2: "SC_LEVEL2_CACHE_SIZE", 3: "SC_LEVEL3_CACHE_SIZE"}
     try:

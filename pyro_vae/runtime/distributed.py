@@ -2,9 +2,9 @@
 
 With ``torchrun --nproc_per_node=N -m pyro_vae train ...`` each process reads ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address from its environment;
-:func:`init_from_environment` joins the group (NCCL on CUDA, gloo on CPU). Without those
-variables everything here describes a group of one process, so single-process code needs no
-special case.
+[`init_from_environment`][pyro_vae.runtime.distributed.init_from_environment] joins the group (NCCL
+on CUDA, gloo on CPU). Without those variables everything here describes a group of one process, so
+single-process code needs no special case.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class ProcessGroup:
 
 
 def current_group() -> ProcessGroup:
-    """The initialized torch.distributed group as a :class:`ProcessGroup` (one process if none)."""
+    """The initialized torch.distributed group as a
+    [`ProcessGroup`][pyro_vae.runtime.distributed.ProcessGroup] (one process if none)."""
     if dist.is_available() and dist.is_initialized():
         return ProcessGroup(
             dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
@@ -109,7 +110,8 @@ def init_from_environment(device: torch.device) -> ProcessGroup:
     return current_group()
 
 
-#: Whether :func:`init_from_environment` created the default group (then it may leave it).
+#: Whether [`init_from_environment`][pyro_vae.runtime.distributed.init_from_environment] created the
+#: default group (then it may leave it).
 _JOINED = False
 
 #: The environment variable that bounds the wait for every process at the rendezvous (and
@@ -119,7 +121,7 @@ DEFAULT_TIMEOUT_S = 600.0
 
 
 def rendezvous_timeout() -> float:
-    """Seconds to wait for the other processes (:data:`TIMEOUT_VARIABLE`, default 600)."""
+    """Seconds to wait for the other processes (``TIMEOUT_VARIABLE``, default 600)."""
     text = os.environ.get(TIMEOUT_VARIABLE)
     if text is None:
         return DEFAULT_TIMEOUT_S
@@ -140,7 +142,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def leave_group(wait: bool = True) -> None:
-    """Leave the process group :func:`init_from_environment` joined, if it did
+    """Leave the process group
+    [`init_from_environment`][pyro_vae.runtime.distributed.init_from_environment] joined, if it did
     (``destroy_process_group``); a group the caller created is left alone.
 
     With ``wait`` the ranks first meet at a barrier, so none closes its connections while

@@ -6,11 +6,12 @@ process holds, and the others spin meanwhile: beside one CPU-bound process on 2 
 model trains 20-30x slower with 2 threads than with 1. Two trainings at once stall each other
 the same way.
 
-:class:`CoreShare` (``threads="auto"``, the default of ``fit`` and of every command) therefore
-adapts the count while it runs: every :data:`INTERVAL` seconds of wall time, at the next
-:func:`poll` (called between training steps and particle chunks), it reads the busy time of
-the CPUs this process may use (``/proc/stat``) and its own CPU time; what the others used is
-the difference, in cores:
+[`CoreShare`][pyro_vae.runtime.threads.CoreShare] (``threads="auto"``, the default of ``fit``
+and of every command) therefore adapts the count while it runs: every
+``INTERVAL`` seconds of wall time, at the next
+[`poll`][pyro_vae.runtime.threads.poll] (called between training steps and particle chunks),
+it reads the busy time of the CPUs this process may use (``/proc/stat``) and its own CPU time;
+what the others used is the difference, in cores:
 
     others = (busy(all allowed CPUs) - cpu_time(this process)) / wall time
     threads = clamp(round_down(cap - others + SLACK), 1, cap)
@@ -56,8 +57,9 @@ MOST_THREADS = 1024
 
 
 def check_threads(threads: object, where: str = "threads") -> int | str:
-    """``threads`` as ``"auto"`` or a count from 1 to :data:`MOST_THREADS`; refuses anything
-    else with :class:`~pyro_vae.errors.ConfigError` naming ``where``."""
+    """``threads`` as ``"auto"`` or a count from 1 to
+    ``MOST_THREADS``; refuses anything else with
+    [`ConfigError`][pyro_vae.errors.ConfigError] naming ``where``."""
     if isinstance(threads, str) and threads.strip().isdigit():
         threads = int(threads)
     if threads == "auto" or threads is None:
@@ -106,8 +108,9 @@ def local_ranks() -> int:
 
 def fixed_threads(threads: int | str = "auto") -> int | None:
     """The count the user fixed, or ``None`` for the library to choose: ``threads`` when a
-    number, else the first of :data:`THREAD_VARIABLES` that is set, else torch's current count
-    when it differs from its default (``torch.set_num_threads`` was called)."""
+    number, else the first of ``THREAD_VARIABLES`` that
+    is set, else torch's current count when it differs from its default (``torch.set_num_threads``
+    was called)."""
     threads = check_threads(threads)
     if threads != "auto":
         return int(threads)
@@ -139,11 +142,15 @@ def _busy_jiffies(cpus: list[int]) -> int | None:
 class CoreShare:
     """Keeps torch's intra-op thread count fitted to the cores other processes leave free.
 
-    ``CoreShare(threads)`` with ``threads`` ``"auto"`` or a count; :meth:`start` sets the
-    first count, :meth:`poll` (cheap: one clock read unless :data:`INTERVAL` has passed)
-    adapts it, :meth:`stop` restores the count found at :meth:`start`. A fixed count
-    (:func:`fixed_threads`) is set once and never changed. Counts are set from the thread that
-    calls :meth:`poll`: OpenMP's count belongs to the calling thread.
+    ``CoreShare(threads)`` with ``threads`` ``"auto"`` or a count;
+    [`start`][pyro_vae.runtime.threads.CoreShare.start] sets the first count,
+    [`poll`][pyro_vae.runtime.threads.CoreShare.poll] (cheap: one clock read unless
+    ``INTERVAL`` has passed) adapts it,
+    [`stop`][pyro_vae.runtime.threads.CoreShare.stop] restores the count found at
+    [`start`][pyro_vae.runtime.threads.CoreShare.start]. A fixed count
+    ([`fixed_threads`][pyro_vae.runtime.threads.fixed_threads]) is set once and never changed.
+    Counts are set from the thread that calls [`poll`][pyro_vae.runtime.threads.CoreShare.poll]:
+    OpenMP's count belongs to the calling thread.
 
     Attributes:
         cap: the most threads used (see the module's docstring).
@@ -173,7 +180,7 @@ class CoreShare:
         return self
 
     def stop(self) -> None:
-        """Restore the count torch had at :meth:`start`."""
+        """Restore the count torch had at [`start`][pyro_vae.runtime.threads.CoreShare.start]."""
         if self._previous is not None:
             self._set(self._previous)
             self._previous = None
@@ -193,8 +200,8 @@ class CoreShare:
         return max(0.0, (busy - own) / wall)
 
     def poll(self) -> int:
-        """Adapt the count when :data:`INTERVAL` has passed since the last look; returns the
-        count in use."""
+        """Adapt the count when ``INTERVAL`` has passed since the
+        last look; returns the count in use."""
         if self.fixed is not None or self._last is None:
             return self.threads
         if time.monotonic() - self._last[0] < INTERVAL:
@@ -222,9 +229,10 @@ _ACTIVE: list[CoreShare] = []
 
 @contextlib.contextmanager
 def share_cores(threads: int | str = "auto") -> Iterator[CoreShare]:
-    """Run the block under a :class:`CoreShare`: torch's thread count fitted to the free
-    cores (or fixed at the user's), adapted at each :func:`poll` inside, restored after.
-    Nested shares leave the outer one in charge."""
+    """Run the block under a [`CoreShare`][pyro_vae.runtime.threads.CoreShare]: torch's thread count
+    fitted to the free cores (or fixed at the user's), adapted at each
+    [`poll`][pyro_vae.runtime.threads.poll] inside, restored after. Nested shares leave the outer
+    one in charge."""
     if _ACTIVE:
         yield _ACTIVE[-1]
         return
@@ -238,6 +246,7 @@ def share_cores(threads: int | str = "auto") -> Iterator[CoreShare]:
 
 
 def poll() -> None:
-    """Let the active :func:`share_cores` adapt the thread count (a no-op outside one)."""
+    """Let the active [`share_cores`][pyro_vae.runtime.threads.share_cores] adapt the thread count
+    (a no-op outside one)."""
     if _ACTIVE:
         _ACTIVE[-1].poll()

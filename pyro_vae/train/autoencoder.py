@@ -18,10 +18,10 @@ def fit_autoencoder(
     progress: bool = True,
     resume: bool = False,
 ) -> FitResult:
-    """Minimize the mean reconstruction NLL with Adam: :func:`~pyro_vae.train.fit` on an
-    :class:`Autoencoder` (same batches, binarization, fault checks, clipping, checkpoints and
-    resume). Each history record has ``train_nll``, ``valid_nll`` and ``valid_nll_stderr`` in
-    nats per data point.
+    """Minimize the mean reconstruction NLL with Adam: [`fit`][pyro_vae.train.loop.fit] on an
+    [`Autoencoder`][pyro_vae.models.autoencoder.Autoencoder] (same batches, binarization, fault
+    checks, clipping, checkpoints and resume). Each history record has ``train_nll``, ``valid_nll``
+    and ``valid_nll_stderr`` in nats per data point.
     """
     if not isinstance(ae, Autoencoder):
         raise ConfigError(

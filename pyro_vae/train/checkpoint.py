@@ -58,7 +58,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_inflated_size(path: Path) -> None:
-    """Refuse a zip checkpoint whose members declare more than :data:`MAX_INFLATED_BYTES` or
+    """Refuse a zip checkpoint whose members declare more than ``MAX_INFLATED_BYTES`` or
     much more than the file holds (a zip bomb), from the zip directory alone."""
     if not zipfile.is_zipfile(path):
         return  # torch's legacy format is not compressed; torch.load refuses what it cannot read
@@ -81,7 +81,8 @@ def check_inflated_size(path: Path) -> None:
 
 def restore_model(module: torch.nn.Module, model_state: Any, source: str) -> None:
     """Load ``model_state`` into ``module``; refuse a mismatch of names, shapes or dtypes and
-    non-finite weights with :class:`CheckpointError` (load_state_dict would cast silently)."""
+    non-finite weights with [`CheckpointError`][pyro_vae.errors.CheckpointError] (load_state_dict
+    would cast silently)."""
     if not isinstance(model_state, dict):
         raise CheckpointError(
             f"checkpoint in {source!r} holds no model state table; restore it or retrain"

@@ -25,13 +25,15 @@ def tensor_digest(x: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-#: ``check(block, first)``: refuses a block of points ``(n, *event_shape)`` whose first point
-#: is point ``first`` of its split, naming the point (see :func:`data_fingerprint`).
+#: ``check(block, first)``: refuses a block of points ``(n, *event_shape)`` whose first point is
+#: point ``first`` of its split, naming the point (see
+#: [`data_fingerprint`][pyro_vae.train.fingerprint.data_fingerprint]).
 BlockCheck = Callable[[torch.Tensor, int], None]
 
 
 def dataset_digest(dataset: Dataset, block: int = 1024, check: BlockCheck | None = None) -> str:
-    """:func:`tensor_digest` of a dataset's items stacked in order, read ``block`` at a time.
+    """[`tensor_digest`][pyro_vae.train.fingerprint.tensor_digest] of a dataset's items stacked in
+    order, read ``block`` at a time.
 
     Equals the digest of the same points held as one tensor, so a run trained on a streamed
     file can be checked against the file loaded whole, and vice versa. ``check`` sees every
@@ -68,9 +70,10 @@ def check_same_data_on_every_rank(
 ) -> None:
     """Refuse, on every rank of a ``torchrun`` job, data that differ between the ranks.
 
-    Each rank's :func:`data_fingerprint` (sizes and sha256 of each split) is gathered; when a
-    rank's differs from rank 0's, every rank raises the same :class:`DataError` naming the
-    ranks and splits that differ. A no-op in one process.
+    Each rank's [`data_fingerprint`][pyro_vae.train.fingerprint.data_fingerprint] (sizes and sha256
+    of each split) is gathered; when a rank's differs from rank 0's, every rank raises the same
+    [`DataError`][pyro_vae.errors.DataError] naming the ranks and splits that differ. A no-op in one
+    process.
     """
     group = group or current_group()
     if not group.distributed:

@@ -1,12 +1,13 @@
 """The fit loop: one minibatch training loop for every model kind, with fault checks,
 gradient clipping, durable per-epoch checkpoints and exact resume.
 
-Each model kind supplies a :class:`TrainTask`: the loss of one batch (summed over its points)
-and the validation metrics (:data:`~pyro_vae.train.tasks.TASKS`, named by the model's kind):
-:class:`~pyro_vae.train.tasks.ELBOTask` minimizes the objective's negative ELBO,
-:class:`~pyro_vae.train.tasks.AutoencoderTask` the reconstruction NLL. A kind whose programs
-take labels gets them batch by batch beside x. The run's files
-go through a :class:`RunStore` (:class:`pyro_vae.runs.RunDir`), which owns their names.
+Each model kind supplies a [`TrainTask`][pyro_vae.train.tasks.TrainTask]: the loss of one batch
+(summed over its points) and the validation metrics (``TASKS``, named by the model's kind):
+[`ELBOTask`][pyro_vae.train.tasks.ELBOTask] minimizes the objective's negative ELBO,
+[`AutoencoderTask`][pyro_vae.train.tasks.AutoencoderTask] the reconstruction NLL. A kind whose
+programs take labels gets them batch by batch beside x. The run's files go through a
+[`RunStore`][pyro_vae.train.loop.RunStore] ([`pyro_vae.runs.RunDir`][pyro_vae.runs.rundir.RunDir]),
+which owns their names.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ MAX_SEED = 2**32 - 1
 
 def check_track_names(track: Any) -> tuple[str, ...]:
     """``track`` as a tuple of distinct tracker names (which names exist is the tracking
-    registry's to say, :func:`pyro_vae.runs.tracking.check_trackers`)."""
+    registry's to say, [`pyro_vae.runs.tracking.check_trackers`][])."""
     if isinstance(track, str):
         track = (track,)
     if not isinstance(track, list | tuple) or not all(isinstance(t, str) for t in track):
@@ -89,7 +90,7 @@ class TrainConfig:
     epochs: int = 300
     batch_size: int = 64
     lr: float = 1e-3
-    #: Learning-rate schedule by epoch (:data:`pyro_vae.train.schedules.LR_SCHEDULES`).
+    #: Learning-rate schedule by epoch (``pyro_vae.train.schedules.LR_SCHEDULES``).
     lr_schedule: str = "constant"
     #: Adam's epsilon (the denominator's floor): 1e-8 as in torch; Burda et al. use 1e-4.
     adam_eps: float = 1e-8
@@ -104,7 +105,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     free_bits: float = 0.0
     #: Compute the ELBO straight from the library's own parts where that is proven equal to
-    #: Pyro's (:mod:`pyro_vae.models.fused`); ``False`` keeps Pyro's Trace_ELBO path.
+    #: Pyro's ([`pyro_vae.models.fused`][]); ``False`` keeps Pyro's Trace_ELBO path.
     fused: bool = True
     #: ``32``, or ``bf16``/``fp16`` autocast for the training steps (scores stay float32).
     precision: str = "32"
@@ -167,7 +168,7 @@ class TrainConfig:
         self.make_objective()  # refuse bad objective options before any file is written
 
     def make_objective(self) -> Objective:
-        """The training objective these options describe (:mod:`pyro_vae.infer.objectives`)."""
+        """The training objective these options describe ([`pyro_vae.infer.objectives`][])."""
         return make_objective(
             self.objective,
             self.num_particles,
@@ -180,7 +181,8 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: per-epoch metrics (dicts) and the final epoch."""
+    """What [`fit`][pyro_vae.train.loop.fit] returns: per-epoch metrics (dicts) and the final
+    epoch."""
 
     history: list[dict[str, Any]]
     epochs: int
@@ -192,7 +194,8 @@ EpochHook = Callable[[torch.nn.Module, list[dict[str, Any]]], None]
 
 
 class RunStore(Protocol):
-    """The files of a run as :func:`fit` uses them (:class:`pyro_vae.runs.RunDir`)."""
+    """The files of a run as [`fit`][pyro_vae.train.loop.fit] uses them
+    ([`pyro_vae.runs.RunDir`][pyro_vae.runs.rundir.RunDir])."""
 
     def has_checkpoint(self) -> bool: ...
     def save_checkpoint(self, state: dict[str, Any]) -> None: ...
@@ -205,8 +208,9 @@ class RunStore(Protocol):
 def check_fit(model: torch.nn.Module, data: DataSplits, batch_size: int) -> None:
     """Refuse data the model cannot use, before any training or file write.
 
-    ``model`` is a module of a registered model kind (a :class:`VAE`, an
-    :class:`~pyro_vae.models.Autoencoder`, ...); the kind checks the labels it needs.
+    ``model`` is a module of a registered model kind (a [`VAE`][pyro_vae.models.vae.VAE], an
+    [`Autoencoder`][pyro_vae.models.autoencoder.Autoencoder], ...); the kind checks the labels it
+    needs.
     """
     kind = kind_of(model)
     if not isinstance(data, DataSplits):
@@ -263,33 +267,32 @@ def fit(
 ) -> FitResult:
     """Train a VAE (or the autoencoder baseline) on ``data.train`` with Adam.
 
-    Each step minimizes the batch's loss divided by the batch's actual size (the model
-    kind's :class:`~pyro_vae.train.tasks.TrainTask`: the objective's negative ELBO for a VAE,
-    see :mod:`pyro_vae.infer.objectives`; the reconstruction NLL for an autoencoder), so every
-    figure is per data point, in nats. After each epoch the validation metrics are recorded.
-    With ``run_dir`` (a :class:`pyro_vae.runs.RunDir`) writes ``config.json`` (when
-    ``model_config`` is given and the run has none), a checkpoint each epoch (atomically) and
-    the metrics.
+    Each step minimizes the batch's loss divided by the batch's actual size (the model kind's
+    [`TrainTask`][pyro_vae.train.tasks.TrainTask]: the objective's negative ELBO for a VAE, see
+    [`pyro_vae.infer.objectives`][]; the reconstruction NLL for an autoencoder), so every figure is
+    per data point, in nats. After each epoch the validation metrics are recorded. With ``run_dir``
+    (a [`pyro_vae.runs.RunDir`][pyro_vae.runs.rundir.RunDir]) writes ``config.json`` (when
+    ``model_config`` is given and the run has none), a checkpoint each epoch (atomically) and the
+    metrics.
 
-    With ``resume``, continues from the run's checkpoint: model, optimizer and every
-    random-number generator are restored, so the run ends exactly as an uninterrupted one
-    would. A non-finite loss, gradient or parameter raises :class:`TrainingError` naming
-    the epoch and step; the checkpoint of the last good epoch is never overwritten.
+    With ``resume``, continues from the run's checkpoint: model, optimizer and every random-number
+    generator are restored, so the run ends exactly as an uninterrupted one would. A non-finite
+    loss, gradient or parameter raises [`TrainingError`][pyro_vae.errors.TrainingError] naming the
+    epoch and step; the checkpoint of the last good epoch is never overwritten.
 
     ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; default: where the model's
     parameters are) receives the model and each batch. ``data.train`` may be a
-    ``torch.utils.data.Dataset`` (:class:`~pyro_vae.data.streaming.StreamingSplits`), read
-    with ``num_workers`` loader processes. Under ``torchrun`` (an initialized
-    ``torch.distributed`` group) every process trains a DDP replica on its shard of each
-    epoch, with its own latent noise; rank 0 alone writes the run's files
-    (:mod:`pyro_vae.train.parallel`).
+    ``torch.utils.data.Dataset`` ([`StreamingSplits`][pyro_vae.data.streaming.StreamingSplits]),
+    read with ``num_workers`` loader processes. Under ``torchrun`` (an initialized
+    ``torch.distributed`` group) every process trains a DDP replica on its shard of each epoch, with
+    its own latent noise; rank 0 alone writes the run's files ([`pyro_vae.train.parallel`][]).
 
     ``threads`` (``"auto"`` or a count) is torch's intra-op thread count while training:
     ``auto`` fits it to the cores other processes leave free and adapts it between steps,
-    unless the user fixed it (:mod:`pyro_vae.runtime.threads`).
+    unless the user fixed it ([`pyro_vae.runtime.threads`][]).
 
     ``epoch_hook(model, history)`` is called on rank 0 after each epoch's checkpoint (the
-    run's experiment trackers, :mod:`pyro_vae.runs.tracking`); it must leave the model, its
+    run's experiment trackers, [`pyro_vae.runs.tracking`][]); it must leave the model, its
     mode and every random-number generator as it found them.
     """
     if not isinstance(config, TrainConfig):
@@ -349,9 +352,9 @@ def record_run_config(
     fingerprint: dict[str, Any] | None = None,
 ) -> None:
     """Record kind, model, training settings and data fingerprint in the run's config.json
-    (written once; rewritten only when a resume extends the run, after its checks), and what
-    the training task chose (``task_record``, e.g. the labelled points). ``fingerprint``:
-    the data's :func:`data_fingerprint` when already computed."""
+    (written once; rewritten only when a resume extends the run, after its checks), and what the
+    training task chose (``task_record``, e.g. the labelled points). ``fingerprint``: the data's
+    [`data_fingerprint`][pyro_vae.train.fingerprint.data_fingerprint] when already computed."""
     if model_config is None:
         return
     updates = {
@@ -436,7 +439,7 @@ def train_epoch(
     train: (N, *event_shape), or a Dataset of such points. Each step minimizes loss_sum /
     (the batch's actual size), so a short last batch weighs its points as much as a full one.
     The loss and gradient norm of every step are checked, in batches of
-    :data:`CHECK_EVERY` steps (one wait for the device each) and at the epoch's end, so a
+    ``CHECK_EVERY`` steps (one wait for the device each) and at the epoch's end, so a
     non-finite value stops training, named by its epoch and step, before the epoch's
     metrics, validation or checkpoint. ``args`` (each (N, ...)) are the programs' further
     arguments, taken in the same order as the points. ``engine`` (default: this process,
@@ -529,9 +532,9 @@ def source_index(split: Dataset, i: int) -> str:
 
 
 def streamed_check(model: torch.nn.Module, split: Dataset) -> Callable[[torch.Tensor, int], None]:
-    """The check :func:`data_fingerprint` runs on each block of a streamed training split
-    as it hashes it, so bad points are refused before the first step (and before a run
-    directory is made)."""
+    """The check [`data_fingerprint`][pyro_vae.train.fingerprint.data_fingerprint] runs on each
+    block of a streamed training split as it hashes it, so bad points are refused before the
+    first step (and before a run directory is made)."""
 
     def check(block: torch.Tensor, first: int) -> None:
         where = f"points {first} to {first + block.shape[0] - 1}, read before training"
@@ -541,9 +544,9 @@ def streamed_check(model: torch.nn.Module, split: Dataset) -> Callable[[torch.Te
 
 
 def named_batches(batches: Iterable[torch.Tensor], epoch: int) -> Iterator[tuple[int, Any]]:
-    """``(step, batch)`` pairs; a batch that cannot be read (a streamed file truncated or
-    changed while training, in this process or a loader worker) is one :class:`DataError`
-    naming the step."""
+    """``(step, batch)`` pairs; a batch that cannot be read (a streamed file truncated or changed
+    while training, in this process or a loader worker) is one
+    [`DataError`][pyro_vae.errors.DataError] naming the step."""
     iterator = iter(batches)
     step = 0
     while True:
@@ -594,11 +597,11 @@ CHECK_EVERY = 16
 class StepChecks:
     """Per-step losses, gradient norms and metric sums of one epoch, checked in batches.
 
-    Each step's values stay on the device until :meth:`flush` (every :data:`CHECK_EVERY`
-    steps and at the epoch's end) copies them to the host in one transfer, stops on the first
-    step whose loss or gradient norm is not finite (naming its epoch and step, as
-    :func:`check_finite_values`), and adds them up in step order, in float64, as a
-    per-step ``.item()`` would.
+    Each step's values stay on the device until [`flush`][pyro_vae.train.loop.StepChecks.flush]
+    (every ``CHECK_EVERY`` steps and at the epoch's end) copies them to the host in one transfer,
+    stops on the first step whose loss or gradient norm is not finite (naming its epoch and step, as
+    [`check_finite_values`][pyro_vae.train.loop.check_finite_values]), and adds them up in step
+    order, in float64, as a per-step ``.item()`` would.
     """
 
     def __init__(self, epoch: int, run: RunStore | None, loss_name: str, every: int = CHECK_EVERY):
@@ -708,8 +711,8 @@ def check_finite_step(
 def check_finite_values(
     loss: float, grad_norm: float | None, epoch: int, step: int, run: RunStore | None
 ) -> None:
-    """:func:`check_finite_step` on values already on the host (``grad_norm=None``: not
-    checked): the loss first, then the gradient norm."""
+    """[`check_finite_step`][pyro_vae.train.loop.check_finite_step] on values already on the host
+    (``grad_norm=None``: not checked): the loss first, then the gradient norm."""
     if not math.isfinite(loss):
         raise training_fault(f"training loss is {loss}", epoch, step, run)
     if grad_norm is not None and not math.isfinite(grad_norm):

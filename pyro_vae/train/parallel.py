@@ -1,16 +1,16 @@
 """Training in several processes: the loss as a module for ``DistributedDataParallel``.
 
 Each process holds a replica of the model and draws its own batches (a disjoint shard, see
-:func:`~pyro_vae.data.batches.epoch_order`) and its own latent noise (a per-rank seed). DDP
+[`epoch_order`][pyro_vae.data.batches.epoch_order]) and its own latent noise (a per-rank seed). DDP
 averages the gradients over the processes during ``backward``; with equal per-rank batch
 sizes b, that is the gradient of the mean loss over the union of the ranks' batches:
 
     (1/W) sum_r grad [L_r / b] = grad [sum_r L_r / (W b)]
 
-so W processes at batch size b take the step one process would take at batch size W b with
-the same points and noise. The model's own methods (``model``/``guide``) are Pyro programs,
-not ``forward``: DDP only sees the parameters through :class:`LossModule`'s forward, which is
-all it needs to synchronize them.
+so W processes at batch size b take the step one process would take at batch size W b with the same
+points and noise. The model's own methods (``model``/``guide``) are Pyro programs, not ``forward``:
+DDP only sees the parameters through [`LossModule`][pyro_vae.train.parallel.LossModule]'s forward,
+which is all it needs to synchronize them.
 """
 
 from __future__ import annotations

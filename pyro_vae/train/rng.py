@@ -35,7 +35,7 @@ def get_rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the generators from :func:`get_rng_state`'s output."""
+    """Restore the generators from [`get_rng_state`][pyro_vae.train.rng.get_rng_state]'s output."""
     try:
         torch.set_rng_state(state["torch"])
         version, mt, gauss = state["python"]

@@ -1,8 +1,8 @@
 """Schedules of training: the KL weight (warm-up, cyclical annealing) and the learning rate.
 
-The KL schedule lives beside the objectives that apply it (:mod:`pyro_vae.infer.objectives`)
+The KL schedule lives beside the objectives that apply it ([`pyro_vae.infer.objectives`][])
 and is re-exported here. Learning-rate schedules are registry entries of
-:data:`LR_SCHEDULES`: a function of the (1-based) epoch returning the factor that multiplies
+``LR_SCHEDULES``: a function of the (1-based) epoch returning the factor that multiplies
 ``TrainConfig.lr`` for that whole epoch. A schedule depends on the epoch alone, so a resumed
 run continues on it exactly.
 """
@@ -41,9 +41,10 @@ IWAE_STAGES = 8
 
 
 def iwae_stage(epoch: int) -> int:
-    """The stage i of 1-based ``epoch`` under :func:`iwae_stages`: stage i holds 3^i epochs,
-    so epochs 1 | 2-4 | 5-13 | 14-40 | ... are stages 0 | 1 | 2 | 3 | ... (the first eight
-    stages are 3,280 epochs)."""
+    """The stage i of 1-based ``epoch`` under
+    [`iwae_stages`][pyro_vae.train.schedules.iwae_stages]: stage i holds 3^i epochs, so epochs 1
+    | 2-4 | 5-13 | 14-40 | ... are stages 0 | 1 | 2 | 3 | ... (the first eight stages are 3,280
+    epochs)."""
     stage, end = 0, 1
     while epoch > end:
         stage += 1

@@ -4,7 +4,7 @@ and the classifier's weighted term.
 Each step takes the loop's batch of training points as unlabelled (their labels are never
 read) and a batch of the labelled subset drawn with replacement from torch's global generator
 (so a resumed run draws the same ones). The loss is
-:func:`~pyro_vae.models.semisupervised.m2_loss`: per step,
+[`m2_loss`][pyro_vae.models.semisupervised.m2_loss]: per step,
 mean_u(-U(x)) + mean_l(-L(x, y)) + alpha * mean_l(-log q(y | x)), where U sums y out by
 parallel enumeration (Pyro's ``TraceEnum_ELBO``).
 

@@ -1,12 +1,13 @@
 """Training tasks: the loss of a batch and the validation metrics, one per way of training.
 
-:class:`ELBOTask` minimizes an objective's loss (negative ELBO, IWAE, ... with a KL weight)
-on any model/guide pair, with the programs' extra arguments (labels) passed after x;
-:class:`AutoencoderTask` the reconstruction negative log-likelihood of the deterministic
-baseline; :class:`~pyro_vae.train.semisupervised.SemiSupervisedTask` the M2 objective. Each is
-registered in :data:`TASKS` under the name a model kind gives as its ``task``
-(:mod:`pyro_vae.models.kinds`); :func:`make_task` looks it up, so the loop never asks which
-kind it trains.
+[`ELBOTask`][pyro_vae.train.tasks.ELBOTask] minimizes an objective's loss (negative ELBO, IWAE, ...
+with a KL weight) on any model/guide pair, with the programs' extra arguments (labels) passed after
+x; [`AutoencoderTask`][pyro_vae.train.tasks.AutoencoderTask] the reconstruction negative
+log-likelihood of the deterministic baseline;
+[`SemiSupervisedTask`][pyro_vae.train.semisupervised.SemiSupervisedTask] the M2 objective. Each is
+registered in ``TASKS`` under the name a model kind gives as its ``task``
+([`pyro_vae.models.kinds`][]); [`make_task`][pyro_vae.train.tasks.make_task] looks it up, so the
+loop never asks which kind it trains.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class BatchLoss:
 
 
 class TrainTask(Protocol):
-    """What a model kind supplies to :func:`fit`."""
+    """What a model kind supplies to [`fit`][pyro_vae.train.loop.fit]."""
 
     #: The trained module (its parameters are optimized, its state checkpointed).
     model: torch.nn.Module
@@ -155,9 +156,10 @@ def make_task(
     data: Any = None,
     seed: int = 0,
 ) -> TrainTask:
-    """The :class:`TrainTask` ``model``'s kind names (``ModelKind.task``).
+    """The [`TrainTask`][pyro_vae.train.tasks.TrainTask] ``model``'s kind names
+    (``ModelKind.task``).
 
-    ``data`` (a :class:`~pyro_vae.data.DataSplits`) and the run's ``seed`` are given to
+    ``data`` (a [`DataSplits`][pyro_vae.data.splits.DataSplits]) and the run's ``seed`` are given to
     tasks that choose points from the data (the labelled subset of semi-supervised training).
     """
     kind = kind_of(model)
