@@ -105,3 +105,45 @@ def train_on_rank_data(rank: int, world: int, port: int, out: str) -> None:
             f.write(message)
     finally:
         dist.destroy_process_group()
+
+
+#: The two-process ``fit`` and its one-process twin (tests/test_distributed.py): 96 digits
+#: (three steps of 2 x 16 points per epoch), an autoencoder with a fixed-scale Gaussian
+#: likelihood, and an Adam whose epsilon is large enough for the step to depend on the
+#: gradient's scale.
+FIT_POINTS, FIT_RANK_BATCH, FIT_EPOCHS = 96, 16, 2
+FIT_CONFIG = dict(epochs=FIT_EPOCHS, lr=0.05, adam_eps=1.0, seed=3)
+
+
+def fit_digits():
+    """The data and a freshly initialized autoencoder of the two-process ``fit`` test."""
+    from pyro_vae import ModelConfig
+    from pyro_vae.data import DataSplits, load_digits
+    from pyro_vae.models.autoencoder import build_autoencoder
+
+    digits = load_digits()
+    data = DataSplits("digits", digits.train[:FIT_POINTS], digits.valid[:40], digits.test[:40])
+    config = ModelConfig(
+        event_shape=data.event_shape, latent_dim=2, hidden=(16,), likelihood="normal"
+    )
+    torch.manual_seed(0)
+    return data, build_autoencoder(config)
+
+
+def fit_two_ranks(rank: int, world: int, port: int, out: str) -> None:
+    """``fit`` at batch size 16 per rank; rank r saves its parameters and history."""
+    from pyro_vae.train import TrainConfig, fit
+
+    join(rank, world, port)
+    try:
+        data, ae = fit_digits()
+        if rank == 1:  # DDP starts every replica from rank 0's weights
+            with torch.no_grad():
+                for p in ae.parameters():
+                    p.add_(1.0)
+        config = TrainConfig(batch_size=FIT_RANK_BATCH, **FIT_CONFIG)
+        result = fit(ae, data, config, progress=False)
+        history = [{k: v for k, v in r.items() if k != "seconds"} for r in result.history]
+        torch.save({"state": ae.state_dict(), "history": history}, f"{out}.rank{rank}")
+    finally:
+        dist.destroy_process_group()

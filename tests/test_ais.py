@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pytest
 import torch
@@ -59,3 +61,19 @@ def test_ais_started_at_the_exact_posterior_is_exact_in_one_step_batch_by_batch(
     assert torch.allclose(r.per_example, lg.log_px(x), atol=1e-4)
     assert (r.per_example_stderr < 1e-4).all()
     assert len(sigmoid_schedule(1)) == 2 and len(sigmoid_schedule(10)) == 11
+
+
+def test_sigmoid_schedule_is_the_rescaled_sigmoid_of_an_even_grid_on_minus_one_to_one():
+    """beta_t = (s(rad (2t/T - 1)) - s(-rad)) / (s(rad) - s(-rad)), s the logistic function,
+    from the formula in float64; the grid is symmetric, so beta_t + beta_(T-t) = 1."""
+    steps, rad = 6, 4.0
+
+    def s(u):
+        return 1.0 / (1.0 + math.exp(-u))
+
+    want = [
+        (s(rad * (2 * t / steps - 1)) - s(-rad)) / (s(rad) - s(-rad)) for t in range(steps + 1)
+    ]
+    got = sigmoid_schedule(steps, rad)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert all(abs(got[t] + got[steps - t] - 1.0) < 1e-12 for t in range(steps + 1))

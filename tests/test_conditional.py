@@ -346,7 +346,11 @@ def test_refusals(images):
         cvae.model(images, torch.tensor([0, 1, 3, 0, 0, 0]))
     with pytest.raises(DataError, match="label -1 is outside"):
         cvae.guide(images, torch.tensor([0, -1, 2, 0, 0, 0]))
-    with pytest.raises(DataError, match="needs the labels"):
+    with pytest.raises(
+        DataError,
+        match=r"^condition_on='labels' needs the labels or conditions y; call model\(x, y\) "
+        r"and guide\(x, y\)$",
+    ):
         cvae.model(images)
     with pytest.raises(DataError, match="need \\(batch, 3\\)"):
         cvae.model(images, torch.zeros(6, 4))

@@ -104,6 +104,61 @@ def test_ddp_steps_equal_one_process_on_the_union_of_the_batches(tmp_path):
     assert moved, "the steps changed no parameter: the comparison would be vacuous"
 
 
+def test_a_two_process_fit_equals_one_process_fit_on_the_union_of_the_batches(
+    tmp_path, monkeypatch
+):
+    """``fit`` in two processes at batch size b per rank ends where ``fit`` in one process at
+    batch size 2b ends, with the same history (train and validation NLL per point).
+
+    Each step of the two ranks takes interleaved halves of one global batch (the
+    ``DistributedSampler`` rule of ``epoch_order``: the permutation of seed + epoch, every
+    second index from the rank), so the union of a step's two batches is that permutation's
+    next 2b points; the one-process run is given the same permutation as its epoch order.
+    The model is the autoencoder with a fixed-scale Gaussian likelihood: a VAE's latent noise
+    (and a Bernoulli likelihood's binarization) is drawn per rank from the rank's own seed,
+    so no one-process run draws the same numbers; without draws the two runs compute the
+    same sums in a different order, equal to float32 rounding. Adam's epsilon is set to 1
+    (the gradients are of order 1): with the default 1e-8 its step is nearly independent of
+    the gradient's scale, and a step loss divided by the number of processes would go
+    unseen in the parameters. Rank 1 starts from other weights, which DDP replaces by rank
+    0's. The history catches epoch metrics summed over the processes but divided by one
+    process's points (twice the loss).
+    """
+    from pyro_vae.train import TrainConfig, fit, loop
+
+    out = str(tmp_path / "fit")
+    mp.start_processes(
+        workers.fit_two_ranks, args=(2, free_port(), out), nprocs=2, join=True,
+        start_method="spawn",
+    )  # fmt: skip
+    ranks = [torch.load(f"{out}.rank{r}", weights_only=True) for r in range(2)]
+
+    config = TrainConfig(batch_size=2 * workers.FIT_RANK_BATCH, **workers.FIT_CONFIG)
+    seen = []
+
+    def union_order(n, epoch, seed, group):
+        assert not group.distributed
+        seen.append(epoch)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+
+    monkeypatch.setattr(loop, "epoch_order", union_order)
+    data, ae = workers.fit_digits()
+    initial = {k: v.clone() for k, v in ae.state_dict().items()}
+    result = fit(ae, data, config, progress=False)
+    assert seen == list(range(1, workers.FIT_EPOCHS + 1))
+    history = [{k: v for k, v in r.items() if k != "seconds"} for r in result.history]
+
+    for rank in ranks:
+        assert [r.keys() for r in rank["history"]] == [r.keys() for r in history]
+        for got, want in zip(rank["history"], history, strict=True):
+            for key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+        for key, value in ae.state_dict().items():
+            torch.testing.assert_close(rank["state"][key], value, rtol=1e-4, atol=1e-5)
+    for key, value in initial.items():  # the steps moved the weights: not a vacuous match
+        assert (ae.state_dict()[key] - value).abs().max() > 1e-3, key
+
+
 def test_a_dataset_or_a_loader_gives_the_tensors_numbers():
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -575,3 +575,27 @@ def test_dependencies_are_read_from_the_programs(bits):
     vae = build_vae(ModelConfig(event_shape=tuple(bits.shape[1:]), latent_dim=2))
     one = latent_dependencies(vae.model, vae.guide, bits)
     assert one.dependent_guide_site() is None and one.mean_field_conflict() is None
+
+
+def test_dependencies_of_sites_that_share_a_transform_of_their_parent():
+    """q(z2 | z1) and q(z3 | z1) both read exp(z1): each site's gradient pass keeps the shared
+    graph for the next, and both find z1 (z3 none other); the model's sites are independent."""
+    from pyro_vae.infer.trace import latent_dependencies
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            for name in ("z1", "z2", "z3"):
+                pyro.sample(name, dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(torch.zeros(x.shape[0]), 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(x, 1.0))
+            h = torch.exp(z1)
+            pyro.sample("z2", dist.Normal(h, 1.0))
+            pyro.sample("z3", dist.Normal(2.0 * h, 1.0))
+
+    deps = latent_dependencies(model, guide, torch.zeros(3))
+    assert deps.order == ("z1", "z2", "z3")
+    assert deps.guide_parents == {"z1": set(), "z2": {"z1"}, "z3": {"z1"}}
+    assert deps.model_parents == {"z1": set(), "z2": set(), "z3": set()}

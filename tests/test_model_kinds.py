@@ -276,7 +276,8 @@ def test_objectives_train_the_structured_kinds(kind, extra, tmp_path):
 @pytest.mark.parametrize(
     "kind, extra, words",
     [
-        ("hvae", ["--objective", "dreg", "--num-particles", "2"], "dreg assumes"),
+        ("hvae", ["--objective", "dreg", "--num-particles", "2"],
+         "gradient would be biased; use --objective iwae for this model"),
         ("hvae", ["--objective", "meanfield"], "analytic KL of site 'z1'"),
         ("hvae", ["--free-bits", "0.5"], "free bits of site 'z1'"),
         ("m2", ["--objective", "iwae", "--num-particles", "2"], "no enumerated form"),
@@ -337,3 +338,16 @@ def test_latent_usage_lines_print_what_could_not_be_estimated():
     printed = lines({"latent_usage": usage, "collapse_warning": "posterior collapse: ..."})
     assert printed[0].endswith("KL undefined; I(x; z) undefined")
     assert printed[1] == "warning: posterior collapse: ..."
+
+
+def test_labels_that_hold_no_point_are_counted_as_no_classes():
+    """Every split present but empty: zero classes, refused as fewer than two."""
+    from types import SimpleNamespace
+
+    from pyro_vae.models.kinds import check_labels
+
+    empty = torch.zeros(0, dtype=torch.long)
+    data = SimpleNamespace(name="none", labels={"train": empty, "valid": empty, "test": empty})
+    with pytest.raises(DataError, match="needs at least 2 classes, the labels have 0$"):
+        check_labels(data, "m2")
+    assert check_labels(data, "m2", num_classes=3) == 3

@@ -1,0 +1,174 @@
+"""Mutation score of pyro_vae/infer, models and train from a seeded uniform sample of mutants.
+
+Every mutant of the three packages is generated (about 9,000), but running them all takes
+many hours on a small machine, so a uniform random sample of each package's mutants is run
+and the package's score is estimated from it, with a 95% interval (see
+benchmarks/mutation.md). Run from the repository root:
+
+    python benchmarks/mutation_sample.py run      # generate (first time), then run the sample
+    python benchmarks/mutation_sample.py report   # table per package, survivors
+    python benchmarks/mutation_sample.py names    # the sampled mutant names, one a line
+
+``--per-package`` (default 10) and ``--seed`` (default 0) fix the sample: a generator seeded
+with ``f"{seed}:{package}"`` draws that many names from each package's sorted mutant names.
+``run`` skips sampled mutants that already have a result (``--rerun`` runs them again, e.g.
+after new tests), so an interrupted run continues where it stopped. Equivalent mutants are
+the backquoted names in the "Equivalent mutants" section of benchmarks/mutation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+PACKAGES = ("infer", "models", "train")
+#: mutmut's exit codes as in benchmarks/mutation_summary.py
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
+          36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout",
+          37: "type check", None: "not checked"}  # fmt: skip
+MUTANTS = Path("mutants")
+NOTES = Path(__file__).with_name("mutation.md")
+COLUMNS = ("killed", "survived", "timeout", "no tests", "not checked")
+CHUNK = 1000  # mutants per `mutmut run` call (each result is saved as it comes)
+
+
+def all_results() -> dict[str, int | None]:
+    """Every generated mutant's name and exit code (``None``: not run yet)."""
+    results: dict[str, int | None] = {}
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        results.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return results
+
+
+def package_of(name: str) -> str:
+    return name.split(".")[1]
+
+
+def module_of(name: str) -> str:
+    return ".".join(name.split(".")[:3])
+
+
+def sample(names: list[str], per_package: int, seed: int) -> dict[str, list[str]]:
+    """``per_package`` names drawn uniformly from each package's sorted mutant names.
+
+    Each package has its own generator, so a larger ``per_package`` with the same seed draws
+    a superset of a smaller one (and ``run`` only runs the added mutants)."""
+    drawn = {}
+    for package in PACKAGES:
+        rng = random.Random(f"{seed}:{package}")
+        pool = sorted(n for n in names if package_of(n) == package)
+        drawn[package] = sorted(rng.sample(pool, min(per_package, len(pool))))
+    return drawn
+
+
+def equivalent_names() -> set[str]:
+    """The mutants listed as equivalent in mutation.md's "Equivalent mutants" section."""
+    text = NOTES.read_text()
+    section = text.split("## Equivalent mutants", 1)[-1].split("\n## ", 1)[0] if (
+        "## Equivalent mutants" in text
+    ) else ""
+    return set(re.findall(r"`(pyro_vae\.[^`\s]+__mutmut_\d+)`", section))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a binomial proportion k / n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mutmut(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "mutmut", *args], check=False)
+
+
+def run(args: argparse.Namespace) -> None:
+    if not all_results():
+        # mutmut has no generate-only command: a run of one small module generates every
+        # mutant and records which tests reach which function
+        mutmut("run", "--max-children", "1", "pyro_vae.train.rng.*")
+    results = all_results()
+    drawn = [n for names in sample(list(results), args.per_package, args.seed).values()
+             for n in names]  # fmt: skip
+    todo = drawn if args.rerun else [n for n in drawn if results.get(n) is None]
+    print(f"{len(drawn)} sampled mutants, {len(todo)} to run", flush=True)
+    for i in range(0, len(todo), CHUNK):
+        mutmut("run", "--max-children", "1", *todo[i : i + CHUNK])
+
+
+def report(args: argparse.Namespace) -> None:
+    results = all_results()
+    if not results:
+        raise SystemExit("no mutmut results under mutants/; run `mutation_sample.py run` first")
+    drawn = sample(list(results), args.per_package, args.seed)
+    equivalent = equivalent_names()
+    totals = Counter(package_of(n) for n in results)
+    print("| package | mutants | sampled | killed | survived | timeout | no tests | not run "
+          "| equivalent | score (95% CI) | caught of non-equivalent (95% CI) "
+          "| est. caught in package |")
+    print("|---" * 12 + "|")
+    estimate, variance, survivors = 0.0, 0.0, []
+    for package in PACKAGES:
+        names = drawn[package]
+        status = {n: STATUS.get(results[n], "suspicious") for n in names}
+        counts = Counter(status.values())
+        eq = sum(1 for n in names if n in equivalent)
+        ran = counts["killed"] + counts["survived"] + counts["timeout"] + counts["suspicious"]
+        lo, hi = wilson(counts["killed"], ran)
+        score = f"{counts['killed'] / ran:.1%} ({lo:.1%}-{hi:.1%})" if ran else "-"
+        # every sampled mutant counts except the equivalent ones; a mutant that no selected
+        # test reaches, or that timed out, is not caught
+        m = len(names) - eq - counts["not checked"]
+        k = counts["killed"]
+        p = k / m if m else 0.0
+        clo, chi = wilson(k, m)
+        caught = f"{p:.1%} ({clo:.1%}-{chi:.1%})" if m else "-"
+        total = totals[package]
+        estimate += total * p
+        variance += total**2 * p * (1 - p) / max(m, 1) * (1 - len(names) / total)
+        cells = [package, total, len(names)] + [counts[c] for c in COLUMNS] + [eq, score, caught]
+        print("| " + " | ".join(map(str, cells)) + f" | {total * clo:.0f}-{total * chi:.0f} |")
+        survivors += [
+            (n, status[n])
+            for n in names
+            if status[n] not in ("killed", "not checked") and n not in equivalent
+        ]
+    n_all = sum(totals[p] for p in PACKAGES)
+    half = 1.96 * math.sqrt(variance)
+    print(f"\nall three packages (stratified): {estimate / n_all:.1%} +- {half / n_all:.1%} of "
+          f"non-equivalent mutants caught, over {n_all} mutants")  # fmt: skip
+    print("\nmutants per module:")
+    for module, count in sorted(Counter(module_of(n) for n in results).items()):
+        print(f"  {module}: {count}")
+    if survivors:
+        print("\nnot caught, not listed as equivalent (`mutmut show NAME`):")
+        print("\n".join(f"  {n} ({s})" for n, s in survivors))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("run", "report", "names"))
+    parser.add_argument("--per-package", type=int, default=10, help="mutants drawn per package")
+    parser.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    parser.add_argument("--rerun", action="store_true", help="rerun sampled mutants with results")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args)
+    elif args.command == "report":
+        report(args)
+    else:
+        for names in sample(list(all_results()), args.per_package, args.seed).values():
+            print("\n".join(names))
+
+
+if __name__ == "__main__":
+    main()
