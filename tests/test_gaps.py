@@ -44,3 +44,31 @@ def test_cli_trains_with_objective_options_and_prints_gaps_table(tmp_path, capsy
     assert main(bad) == 2  # a warm-up needs its length
     assert "warmup_epochs" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_local_elbo_reaches_log_px_with_the_data_plate_at_dim_minus_two():
+    """The local posterior is laid out along the data plate's own dim: here -2 (each point
+    (1, D), the sites' batch shape (N, 1)); known answer: log p(x) of the linear-Gaussian."""
+    import pyro.distributions as dist
+
+    lg = LinearGaussian(orthogonal=True)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(1, lg.L), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ lg.W.T + lg.b, lg.s).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("z", lg.family(lg.enc(x)))
+
+    x = lg.sample_x(6).unsqueeze(1)  # (N, 1, D)
+    pyro.set_rng_seed(0)
+    gaps = inference_gaps(
+        model, guide, x, lg.family, lg.enc,
+        num_samples=500, num_steps=400, num_particles=8, lr=0.05,
+    )  # fmt: skip
+    exact = lg.log_px(x.squeeze(1))
+    assert gaps.elbo_local.shape == exact.shape
+    assert (gaps.elbo_local - exact).abs().max() < 0.03
+    assert (gaps.log_px - exact).abs().max() < 0.03

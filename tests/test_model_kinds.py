@@ -4,6 +4,7 @@ checkpoints, resumes to identical metrics and evaluates; bad input is one line a
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -198,6 +199,8 @@ def test_a_run_of_a_plugin_kind_needs_its_module(tmp_path, monkeypatch):
         "        return build_vae(config)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    # a module of that name imported by an earlier run in this process would not register again
+    monkeypatch.delitem(sys.modules, "my_kinds", raising=False)
     args = _train(tmp_path, "p", "tiny_vae", "--plugin", "my_kinds", "--model-opt", "depth=2")
     try:
         assert cli.main(args) == 0
