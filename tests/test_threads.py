@@ -115,6 +115,30 @@ def test_ranks_on_one_host_share_its_cores(monkeypatch):
     assert th.CoreShare("auto").cap == 1
 
 
+def test_torchrun_own_single_thread_default_is_not_read_as_the_user_choice(monkeypatch):
+    """torchrun sets OMP_NUM_THREADS=1 for several processes per host when the user set none;
+    the ranks then share the host's cores instead. The user's own count still wins."""
+    monkeypatch.setattr(th, "physical_cores", lambda cpus: 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gave torch at start
+    share = th.CoreShare("auto")
+    assert share.fixed is None and share.cap == 4
+    share.start()
+    assert torch.get_num_threads() == 4
+    share.stop()
+    assert torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a count torchrun never sets: the user's
+    assert th.CoreShare("auto").fixed == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYRO_VAE_THREADS", "1")
+    assert th.CoreShare("auto").fixed == 1
+    monkeypatch.delenv("PYRO_VAE_THREADS")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # not torchrun: OMP_NUM_THREADS=1 is the user's
+    assert th.CoreShare("auto").fixed == 1
+
+
 def test_nested_shares_leave_the_outer_in_charge_and_restore_the_count():
     before = torch.get_num_threads()
     with th.share_cores(1) as outer:

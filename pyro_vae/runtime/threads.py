@@ -19,11 +19,14 @@ what the others used is the difference, in cores:
 so a process alone uses every core it may (``cap``), one beside a busy neighbour uses what is
 left, and two runs at once use one core each. ``cap`` is the CPUs in this process's affinity
 mask, one per physical core, divided among the ranks of a ``torchrun`` on this host
-(``LOCAL_WORLD_SIZE``), and never more than torch's count when the share began.
+(``LOCAL_WORLD_SIZE``).
 
 A count the user set is kept, never adapted: ``threads=N`` (``--threads N``), the environment
 variables ``PYRO_VAE_THREADS``, ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, or a call to
-``torch.set_num_threads`` with another count than torch's own default. Where ``/proc/stat`` is
+``torch.set_num_threads`` with another count than torch's own default. Under ``torchrun`` with
+several processes per host, ``OMP_NUM_THREADS=1`` is torchrun's default when the user set
+none, so it is not read as the user's
+([`torchrun_default`][pyro_vae.runtime.threads.torchrun_default]). Where ``/proc/stat`` is
 missing (macOS, Windows) ``auto`` keeps ``cap`` threads.
 
 Bitwise results depend on the thread count (a matrix product sums in another order with 2
@@ -114,12 +117,24 @@ def fixed_threads(threads: int | str = "auto") -> int | None:
     threads = check_threads(threads)
     if threads != "auto":
         return int(threads)
+    torchrun = torchrun_default()
     for name in THREAD_VARIABLES:
         value = os.environ.get(name, "").strip()
-        if value:
+        if value and not (torchrun and name == "OMP_NUM_THREADS"):
             return int(check_threads(value.split(",")[0], f"the environment variable {name}"))
     current = torch.get_num_threads()
-    return current if current != default_threads() else None
+    return current if current != default_threads() and not torchrun else None
+
+
+def torchrun_default() -> bool:
+    """Whether ``OMP_NUM_THREADS=1`` is torchrun's own default rather than the user's: torchrun
+    sets it for each of several processes per host when the user has not (its workers carry
+    ``TORCHELASTIC_RUN_ID``). The ranks then share the host's cores instead (``cap``)."""
+    return (
+        local_ranks() > 1
+        and "TORCHELASTIC_RUN_ID" in os.environ
+        and os.environ.get("OMP_NUM_THREADS", "").strip() == "1"
+    )
 
 
 def _busy_jiffies(cpus: list[int]) -> int | None:
@@ -169,11 +184,8 @@ class CoreShare:
         self._last: tuple[float, int, float] | None = None
 
     def start(self) -> CoreShare:
-        """Remember torch's count and set the first one (a fixed count, else ``cap``, at most
-        torch's count now)."""
+        """Remember torch's count and set the first one (a fixed count, else ``cap``)."""
         self._previous = torch.get_num_threads()
-        if self.fixed is None:
-            self.cap = min(self.cap, self._previous)
         self.threads = self.fixed or self.cap
         self._set(self.threads)
         self._last = self._sample()
