@@ -60,8 +60,8 @@ COMMANDS = {
     "digits": (["--epochs", "40"], None),
     # the same training through the Python API: fit on the digits in a script of its own
     "digits-python": (["--epochs", "40"], "python"),
-    "pyro-mlp": (["--epochs", "3", "--latent-dim", "50", "--hidden", "400"], (1, 28, 28)),
-    "conv": (["--epochs", "1", "--latent-dim", "16", "--arch", "conv"], (1, 28, 28)),
+    "pyro-mlp": (["--epochs", "15", "--latent-dim", "50", "--hidden", "400"], (1, 28, 28)),
+    "conv": (["--epochs", "4", "--latent-dim", "16", "--arch", "conv"], (1, 28, 28)),
 }
 #: Points in the 28x28 data sets (80/10/10 split by the loader).
 IMAGES_28 = 3000

@@ -101,6 +101,20 @@ def test_auto_gives_a_busy_core_up_and_takes_it_back(monkeypatch):
     assert torch.get_num_threads() == 2
 
 
+def test_one_reading_just_past_the_line_is_not_a_neighbour_but_two_are(monkeypatch):
+    share, machine = _share(monkeypatch)
+    machine.run(0.6, others=0.35, own=1.6)  # a flush, a shell starting: not yet
+    assert share.poll() == 2
+    machine.run(0.6, others=0.05, own=1.9)
+    assert share.poll() == 2
+    machine.run(0.6, others=0.4, own=1.6)
+    assert share.poll() == 2
+    machine.run(0.6, others=0.4, own=1.6)  # the second window in a row: a neighbour
+    assert share.poll() == 1
+    machine.run(0.6, others=0.1, own=1.0)
+    assert share.poll() == 2
+
+
 def test_a_fixed_count_is_never_adapted(monkeypatch):
     share, machine = _share(monkeypatch, threads=2)
     machine.run(1.0, others=1.0, own=1.0)

@@ -17,9 +17,12 @@ what the others used is the difference, in cores:
     threads = clamp(round_down(cap - others + SLACK), 1, cap)
 
 so a process alone uses every core it may (``cap``), one beside a busy neighbour uses what is
-left, and two runs at once use one core each. ``cap`` is the CPUs in this process's affinity
-mask, one per physical core, divided among the ranks of a ``torchrun`` on this host
-(``LOCAL_WORLD_SIZE``).
+left, and two runs at once use one core each. A thread is given up at once when the others'
+work passes the line by ``FIRM`` cores (a CPU-bound neighbour shows as 0.7 to 1 core), else
+only when two windows in a row pass it; freed cores are taken back at the next look.
+
+``cap`` is the CPUs in this process's affinity mask, one per physical core, divided among the
+ranks of a ``torchrun`` on this host (``LOCAL_WORLD_SIZE``).
 
 A count the user set is kept, never adapted: ``threads=N`` (``--threads N``), the environment
 variables ``PYRO_VAE_THREADS``, ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, or a call to
@@ -53,6 +56,9 @@ INTERVAL = 0.5
 #: Cores' worth of other processes' work tolerated before a thread is given up (noise, a
 #: shell, an editor).
 SLACK = 0.3
+#: How far past that line one reading must be to give a thread up at once; a reading closer to
+#: it must be confirmed by the window before.
+FIRM = 0.2
 #: Environment variables that fix the count, in the order they are read.
 THREAD_VARIABLES = ("PYRO_VAE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: The most threads accepted from ``threads=N``.
@@ -182,6 +188,7 @@ class CoreShare:
         self.threads = self.fixed or self.cap
         self._previous: int | None = None
         self._last: tuple[float, int, float] | None = None
+        self._others: float | None = None
 
     def start(self) -> CoreShare:
         """Remember torch's count and set the first one (a fixed count, else ``cap``)."""
@@ -220,11 +227,19 @@ class CoreShare:
             return self.threads
         others = self.others()
         if others is not None:
-            wanted = min(self.cap, max(1, math.floor(self.cap - others + SLACK)))
+            before, self._others = self._others, others
+            wanted = self._wanted(others)
+            if wanted < self.threads and others < self.cap - self.threads + SLACK + FIRM:
+                # a reading just past the line gives a thread up only when the window before
+                # agrees (a page flush or a shell's start is not a neighbour)
+                wanted = self.threads if before is None else max(wanted, self._wanted(before))
             if wanted != self.threads:
                 self.threads = wanted
                 self._set(wanted)
         return self.threads
+
+    def _wanted(self, others: float) -> int:
+        return min(self.cap, max(1, math.floor(self.cap - others + SLACK)))
 
     def _sample(self) -> tuple[float, int, float]:
         busy = _busy_jiffies(self._cpus)
