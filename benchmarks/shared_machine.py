@@ -61,7 +61,7 @@ COMMANDS = {
     # the same training through the Python API: fit on the digits in a script of its own
     "digits-python": (["--epochs", "40"], "python"),
     "pyro-mlp": (["--epochs", "15", "--latent-dim", "50", "--hidden", "400"], (1, 28, 28)),
-    "conv": (["--epochs", "4", "--latent-dim", "16", "--arch", "conv"], (1, 28, 28)),
+    "conv": (["--epochs", "1", "--latent-dim", "16", "--arch", "conv"], (1, 28, 28)),
 }
 #: Points in the 28x28 data sets (80/10/10 split by the loader).
 IMAGES_28 = 3000
@@ -282,7 +282,7 @@ def main() -> None:
     parser.add_argument("--part", default="train,score")
     parser.add_argument("--models", default=",".join(COMMANDS))
     parser.add_argument("--settings", default="auto,1,2")
-    parser.add_argument("--stop-after", type=float, default=6.0)
+    parser.add_argument("--stop-after", type=float, default=4.0)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
