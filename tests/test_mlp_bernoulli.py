@@ -24,8 +24,10 @@ def _decoder(latent=3, out=20, hidden=(16, 8), seed=0) -> MLPDecoder:
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """A 4 KiB "cache": tiles of MIN_TILE_ROWS (64) rows, so most calls span several tiles."""
-    monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 4096)
+    """A 4 KiB "cache" in all (the tile is split among torch's threads): tiles of
+    MIN_TILE_ROWS (64) rows, so most calls span several tiles."""
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 4096 // threads)
 
 
 @pytest.mark.parametrize("hidden", [(), (16,), (16, 8), (32, 16, 8)])
@@ -49,10 +51,17 @@ def test_default_tiles_fill_the_l2_cache():
     decoder = _decoder(latent=50, out=784, hidden=(400,))
     tiled = MLPBernoulliLogProb.of(decoder)
     assert tiled.row_size == 64 + 416 + 784  # inputs with their ones, aligned; the logits
-    cache = mlp_bernoulli.CACHE_SHARE * mlp_bernoulli.cache_bytes(2)
-    for dtype, size in ((torch.float32, 4), (torch.float64, 8)):
-        rows = tiled.tile_rows(torch.device("cpu"), dtype)
-        assert rows == max(mlp_bernoulli.MIN_TILE_ROWS, int(cache / (size * tiled.row_size)))
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):  # each thread's core holds its share of a tile
+            torch.set_num_threads(threads)
+            cache = mlp_bernoulli.CACHE_SHARE * mlp_bernoulli.cache_bytes(2) * threads
+            for dtype, size in ((torch.float32, 4), (torch.float64, 8)):
+                rows = tiled.tile_rows(torch.device("cpu"), dtype)
+                wanted = max(mlp_bernoulli.MIN_TILE_ROWS, int(cache / (size * tiled.row_size)))
+                assert rows == wanted
+    finally:
+        torch.set_num_threads(before)
     assert tiled.tile_rows(torch.device("meta")) == 0  # other devices: one tile
 
 

@@ -138,12 +138,14 @@ class MLPBernoulliLogProb:
         return None if layers is None else cls(decoder, layers)  # type: ignore[arg-type]
 
     def tile_rows(self, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
-        """Rows per tile: ``CACHE_SHARE`` of the L2 cache over a row's bytes (CPU), at
-        least ``MIN_TILE_ROWS``; on other devices one tile holds every row (0: no limit)."""
+        """Rows per tile: ``CACHE_SHARE`` of the L2 cache of each core torch's threads run
+        on over a row's bytes (CPU; the threads split a tile's rows), at least
+        ``MIN_TILE_ROWS``; on other devices one tile holds every row (0: no limit)."""
         if device.type != "cpu":
             return 0
         row_bytes = self.row_size * torch.empty((), dtype=dtype).element_size()
-        return max(MIN_TILE_ROWS, int(CACHE_SHARE * cache_bytes(2) / row_bytes))
+        cache = cache_bytes(2) * torch.get_num_threads()
+        return max(MIN_TILE_ROWS, int(CACHE_SHARE * cache / row_bytes))
 
     def __call__(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         k, batch, _ = z.shape
