@@ -159,3 +159,40 @@ def test_run_whose_config_no_longer_matches_its_checkpoint_is_refused(tmp_path):
         CheckpointError, match=r"differs from the checkpoint's model in \['hidden'\]"
     ):
         load_run(run)
+
+
+def test_the_random_state_round_trips_every_generator_exactly():
+    import random
+
+    import numpy as np
+
+    from pyro_vae.train.rng import get_rng_state, set_rng_state
+
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    np.random.standard_normal()  # a cached Gaussian in NumPy's state
+    state = get_rng_state()
+    expected = (torch.rand(3), random.random(), np.random.standard_normal(2))
+    torch.manual_seed(9)
+    random.seed(9)
+    np.random.seed(9)
+    set_rng_state(state)
+    got = (torch.rand(3), random.random(), np.random.standard_normal(2))
+    assert torch.equal(got[0], expected[0]) and got[1] == expected[1]
+    assert np.array_equal(got[2], expected[2])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_cuda_random_state_on_a_machine_without_it_is_refused_whole():
+    from pyro_vae.errors import CheckpointError
+    from pyro_vae.train.rng import get_rng_state, set_rng_state
+
+    state = {**get_rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}
+    with pytest.raises(CheckpointError) as info:
+        set_rng_state(state)
+    assert str(info.value) == (
+        "the checkpoint holds the random state of 2 CUDA device(s) and this machine has "
+        "fewer, so the run cannot continue identically; resume it on a machine with that many "
+        "GPUs, or start a new run"
+    )
