@@ -196,3 +196,19 @@ def test_a_cuda_random_state_on_a_machine_without_it_is_refused_whole():
         "fewer, so the run cannot continue identically; resume it on a machine with that many "
         "GPUs, or start a new run"
     )
+
+
+@pytest.mark.parametrize("damage", ["missing", "wrong type"])
+def test_an_unreadable_random_state_is_one_checkpoint_error(damage):
+    from pyro_vae.train.rng import get_rng_state, set_rng_state
+
+    state = get_rng_state()
+    if damage == "missing":
+        del state["python"]
+    else:
+        state["numpy"] = state["numpy"][:3]
+    with pytest.raises(CheckpointError) as info:
+        set_rng_state(state)
+    message = str(info.value)
+    assert message.startswith("the checkpoint's random-number state is unreadable (")
+    assert message.endswith("); it is corrupted, restart the run with --overwrite")
