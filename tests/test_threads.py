@@ -213,7 +213,7 @@ def _train_argv(out, name, *extra):
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "sample", "plot", "parts"])
 @pytest.mark.parametrize("value", ["0", "x", "-2"])
-def test_every_command_refuses_a_bad_thread_count_in_one_line(tmp_path, capsys, command, value):
+def test_every_command_refuses_a_bad_thread_count_in_one_line(capsys, command, value):
     from pyro_vae import cli
 
     with pytest.raises(SystemExit) as info:
@@ -221,7 +221,6 @@ def test_every_command_refuses_a_bad_thread_count_in_one_line(tmp_path, capsys, 
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--threads must be 'auto' or a thread count from 1 to 1024" in err[0]
-    assert not list(tmp_path.iterdir())
 
 
 def test_the_command_trains_with_the_count_asked_resumes_with_another_and_restores(
