@@ -280,3 +280,17 @@ def test_kl_weight_against_the_closed_form_weighted_bound(name):
     # Monte Carlo error of the mean over 4000 draws is ~0.015 nats; the weight moves it by 0.7 KL
     assert got == pytest.approx(expected, abs=0.08)
     assert (1 - w) * float(kl) > 0.5
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_iwae_loss_by_default_is_minus_log_px_under_the_exact_posterior(k):
+    """Known answer: with q(z | x) = p(z | x) every log weight is log p(x), so the K-sample
+    bound is log p(x) exactly; by default the latent terms are not reweighted (kl_weight 1)."""
+    from pyro_vae.infer.objectives import importance_weighted_loss
+
+    lg = LinearGaussian(orthogonal=True)
+    x = lg.sample_x(5)
+    pyro.set_rng_seed(0)
+    value = importance_weighted_loss(lg.model, lg.exact_guide(), x, k)
+    exact = lg.log_px(x).sum()
+    assert abs(float(value.loss) + float(exact)) < 1e-3
