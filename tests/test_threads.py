@@ -77,8 +77,6 @@ def _share(monkeypatch, threads="auto") -> tuple[th.CoreShare, FakeMachine]:
     torch.set_num_threads(2)
     share = th.CoreShare(threads)
     share._tick = 100
-    monkeypatch.setattr(th, "fixed_threads", lambda t: None if t == "auto" else int(t))
-    share.fixed = None if threads == "auto" else int(threads)
     return share.start(), machine
 
 

@@ -89,12 +89,16 @@ def choose_route(
         raise ConfigError(
             f"unknown route {route!r}; choose auto, traced or one of {sorted(ROUTES)}"
         )
+    if poutine_stack():
+        if route != "auto":
+            raise ConfigError(
+                f"route {route!r} does not apply: a Pyro handler is active around the call; "
+                "use route='traced'"
+            )
+        return "traced", None
     candidates = ROUTES if route == "auto" else {route: ROUTES[route]}
     for name, provider in candidates.items():
-        found = (
-            "a Pyro handler is active around the call" if poutine_stack()
-            else provider(model, guide, data, kwargs, data_plate, strategy)
-        )  # fmt: skip
+        found = provider(model, guide, data, kwargs, data_plate, strategy)
         if callable(found):
             return name, found
         if route != "auto":
@@ -267,11 +271,10 @@ def log_likelihood(
         raise ConfigError(f"unknown strategy {strategy!r}; choose auto or one of {STRATEGIES}")
     if log_weights_fn is not None and route not in ("auto", "given"):
         raise ConfigError(f"log_weights_fn given with route={route!r}; give one or the other")
-    route, fast = (
+    route, log_weights_fn = (
         ("given", log_weights_fn) if log_weights_fn is not None
         else choose_route(route, model, guide, data, kwargs, data_plate, strategy)
     )  # fmt: skip
-    log_weights_fn = fast
     probe = probe_data(model, data)
     info = check_program(model, guide, *probe, data_plate=data_plate, **kwargs)
     particle_dim = info.particle_dim

@@ -251,7 +251,8 @@ class CoreShare:
             torch.set_num_threads(count)
 
 
-_ACTIVE: list[CoreShare] = []
+#: The share in charge, if any (shares opened inside it leave it in charge).
+_active: CoreShare | None = None
 
 
 @contextlib.contextmanager
@@ -260,20 +261,20 @@ def share_cores(threads: int | str = "auto") -> Iterator[CoreShare]:
     fitted to the free cores (or fixed at the user's), adapted at each
     [`poll`][pyro_vae.runtime.threads.poll] inside, restored after. Nested shares leave the outer
     one in charge."""
-    if _ACTIVE:
-        yield _ACTIVE[-1]
+    global _active
+    if _active is not None:
+        yield _active
         return
-    share = CoreShare(threads).start()
-    _ACTIVE.append(share)
+    _active = CoreShare(threads).start()
     try:
-        yield share
+        yield _active
     finally:
-        _ACTIVE.pop()
+        share, _active = _active, None
         share.stop()
 
 
 def poll() -> None:
     """Let the active [`share_cores`][pyro_vae.runtime.threads.share_cores] adapt the thread count
     (a no-op outside one)."""
-    if _ACTIVE:
-        _ACTIVE[-1].poll()
+    if _active is not None:
+        _active.poll()
