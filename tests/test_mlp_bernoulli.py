@@ -30,13 +30,29 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 4096 // threads)
 
 
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
+def threads(request, monkeypatch):
+    """torch's count set to 1, 2 or 3 for the test (above 1, the tiles run on worker threads,
+    one per core, each with tiles sized to one core's cache), and 64-row tiles as in
+    ``small_tiles``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 4096)
+    calls = []
+    run = mlp_bernoulli.one_thread_each
+    monkeypatch.setattr(mlp_bernoulli, "one_thread_each", lambda t: calls.append(len(t)) or run(t))
+    yield request.param, calls
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("hidden", [(), (16,), (16, 8), (32, 16, 8)])
-@pytest.mark.parametrize("k,batch", [(1, 1), (13, 10), (3, 100), (64, 1), (5, 64)])
+@pytest.mark.parametrize("k,batch", [(1, 1), (13, 10), (3, 100), (64, 1), (5, 64), (2, 150)])
 @pytest.mark.parametrize("pixels", [20, 21, 1])
-def test_tiles_equal_the_plain_log_density(small_tiles, hidden, k, batch, pixels):
+def test_tiles_equal_the_plain_log_density(threads, hidden, k, batch, pixels):
+    count, parallel = threads
     decoder = _decoder(out=pixels, hidden=hidden)
     tiled = MLPBernoulliLogProb.of(decoder)
-    assert tiled is not None and tiled.tile_rows(torch.device("cpu")) == 64
+    assert tiled is not None and tiled.tile_rows(torch.device("cpu"), threads=1) == 64
     z = 3 * torch.randn(k, batch, 3)
     x = torch.rand(batch, pixels)  # continuous targets in [0, 1] as well as binary ones
     x[: batch // 2] = x[: batch // 2].round()
@@ -45,6 +61,9 @@ def test_tiles_equal_the_plain_log_density(small_tiles, hidden, k, batch, pixels
         ref = _reference(decoder, z, x)
     assert got.shape == (k, batch)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    # more than one 64-row tile: each of the threads runs its own
+    tiles = -(-k * batch // 64)
+    assert parallel == ([min(count, tiles, max(k, batch))] if count > 1 and tiles > 1 else [])
 
 
 def test_default_tiles_fill_the_l2_cache():
@@ -66,7 +85,7 @@ def test_default_tiles_fill_the_l2_cache():
 
 
 @pytest.mark.parametrize("where", ["hidden", "logits", "pair"])
-def test_rows_where_exp_overflows_are_computed_again(small_tiles, where):
+def test_rows_where_exp_overflows_are_computed_again(threads, where):
     decoder = _decoder(hidden=(16,))
     with torch.no_grad():
         layer = decoder.net[0] if where == "hidden" else decoder.net[2]

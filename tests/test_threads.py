@@ -3,8 +3,10 @@ use and takes them back when they are free; ``fit`` restores torch's count when 
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,3 +243,47 @@ def test_the_command_trains_with_the_count_asked_resumes_with_another_and_restor
     argv = ["train", "--resume", str(tmp_path / "a"), "--epochs", "2", "--no-progress"]
     assert cli.main([*argv, "--threads", "2"]) == 0
     assert seen == [1, 2] and torch.get_num_threads() == 2
+
+
+def test_one_thread_each_runs_tasks_at_once_on_one_thread_each_and_restores_the_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        barrier = threading.Barrier(2, timeout=30)  # both tasks must be running at once
+
+        def task(i):
+            barrier.wait()
+            return i, torch.get_num_threads(), torch.is_grad_enabled(), th.parallel_threads()
+
+        with torch.no_grad():  # the caller's grad mode reaches the tasks
+            got = th.one_thread_each([functools.partial(task, i) for i in range(2)])
+        assert got == [(0, 1, False, 1), (1, 1, False, 1)]  # no nested parallel tasks
+        assert torch.get_num_threads() == 2 and th.parallel_threads() == 2
+        # the count new threads start with is the caller's again
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_thread_each_raises_a_task_error_after_every_task_has_ended():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    ended = []
+
+    def fails():
+        raise ValueError("task failed")
+
+    def slow():
+        time.sleep(0.3)
+        ended.append(True)
+
+    try:
+        with pytest.raises(ValueError, match="task failed"):
+            th.one_thread_each([fails, slow])
+        assert ended == [True] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -32,12 +32,15 @@ runs them under ``torch.no_grad``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from torch.nn.functional import softplus
 
 from pyro_vae.parts.nets import MLPDecoder
 from pyro_vae.runtime.devices import cache_bytes
+from pyro_vae.runtime.threads import one_thread_each, parallel_threads
 
 #: Share of one core's L2 cache that a tile's buffers (all layers' rows) fill: the whole of it
 #: measured faster than half or a quarter (benchmarks/RESULTS.md).
@@ -137,14 +140,16 @@ class MLPBernoulliLogProb:
         layers = _layers(decoder)
         return None if layers is None else cls(decoder, layers)  # type: ignore[arg-type]
 
-    def tile_rows(self, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
-        """Rows per tile: ``CACHE_SHARE`` of the L2 cache of each core torch's threads run
-        on over a row's bytes (CPU; the threads split a tile's rows), at least
-        ``MIN_TILE_ROWS``; on other devices one tile holds every row (0: no limit)."""
+    def tile_rows(
+        self, device: torch.device, dtype: torch.dtype = torch.float32, threads: int | None = None
+    ) -> int:
+        """Rows per tile: ``CACHE_SHARE`` of the L2 cache of the ``threads`` cores that run a
+        tile (torch's count where ``None``: its threads split a tile's rows) over a row's bytes,
+        at least ``MIN_TILE_ROWS``; on other devices one tile holds every row (0: no limit)."""
         if device.type != "cpu":
             return 0
         row_bytes = self.row_size * torch.empty((), dtype=dtype).element_size()
-        cache = cache_bytes(2) * torch.get_num_threads()
+        cache = cache_bytes(2) * (threads or torch.get_num_threads())
         return max(MIN_TILE_ROWS, int(CACHE_SHARE * cache / row_bytes))
 
     def __call__(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -154,22 +159,20 @@ class MLPBernoulliLogProb:
         x = x.reshape(batch, -1).to(z.dtype)
         weights = self.augmented_weights()
         data_term = x @ weights[-1].t()  # (batch, H + 1): [W, b] x
-        rows = self.tile_rows(z.device, z.dtype) or k * batch
-        per_tile = max(1, rows // batch)  # particles per tile; or one, and a slice of the batch
-        span = batch if per_tile > 1 or rows >= batch else rows
-        # a whole tile's memory even for fewer rows: a pass's memory does not grow with them
-        buffers = _TileBuffers(weights, per_tile * span, z)
-        particles = min(k, per_tile)
-        tiles: dict[tuple[int, int], _Tile] = {}
         out = torch.empty(k, batch, dtype=z.dtype, device=z.device)
-        for i in range(0, k, particles):
-            p = min(particles, k - i)
-            for b in range(0, batch, span):
-                s = min(span, batch - b)
-                tile = tiles.get((p, s)) or tiles.setdefault((p, s), _Tile(buffers, p, s))
-                out[i : i + p, b : b + s] = tile(
-                    z[i : i + p, b : b + s], weights, data_term[b : b + s]
-                )
+        workers = parallel_threads() if z.device.type == "cpu" else 1
+        if workers > 1:
+            # each core runs tiles of its own, sized to its own cache
+            rows = self.tile_rows(z.device, z.dtype, threads=1)
+            workers = min(workers, -(-k * batch // rows))
+        if workers > 1:
+            tasks = [
+                functools.partial(_run_tiles, z[p, b], weights, data_term[b], out[p, b], rows)
+                for p, b in _split(k, batch, workers)
+            ]
+            one_thread_each(tasks)
+        else:
+            _run_tiles(z, weights, data_term, out, self.tile_rows(z.device, z.dtype))
         return self._mend(out, z, x)
 
     def _mend(self, out: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +183,41 @@ class MLPBernoulliLogProb:
             logits = self.decoder(z[index])
             out[index] = bernoulli_log_prob(logits, x[index[1]])
         return out
+
+
+def _split(k: int, batch: int, parts: int) -> list[tuple[slice, slice]]:
+    """(particles, points) slices of a (k, batch) grid in ``parts`` contiguous blocks of
+    particles, or of points where there are fewer particles than parts."""
+    if k >= parts:
+        step = -(-k // parts)
+        return [(slice(i, i + step), slice(None)) for i in range(0, k, step)]
+    step = -(-batch // parts)
+    return [(slice(None), slice(b, b + step)) for b in range(0, batch, step)]
+
+
+def _run_tiles(
+    z: torch.Tensor,
+    weights: list[torch.Tensor],
+    data_term: torch.Tensor,
+    out: torch.Tensor,
+    rows: int,
+) -> None:
+    """Write log p(x | z) into ``out`` (k, batch) a tile of at most ``rows`` rows at a time
+    (every row where 0), in buffers of its own: z (k, batch, latent), data_term (batch, H + 1)."""
+    k, batch, _ = z.shape
+    rows = rows or k * batch
+    per_tile = max(1, rows // batch)  # particles per tile; or one, and a slice of the batch
+    span = batch if per_tile > 1 or rows >= batch else rows
+    # a whole tile's memory even for fewer rows: a pass's memory does not grow with them
+    buffers = _TileBuffers(weights, per_tile * span, z)
+    particles = min(k, per_tile)
+    tiles: dict[tuple[int, int], _Tile] = {}
+    for i in range(0, k, particles):
+        p = min(particles, k - i)
+        for b in range(0, batch, span):
+            s = min(span, batch - b)
+            tile = tiles.get((p, s)) or tiles.setdefault((p, s), _Tile(buffers, p, s))
+            out[i : i + p, b : b + s] = tile(z[i : i + p, b : b + s], weights, data_term[b : b + s])
 
 
 class _TileBuffers:
