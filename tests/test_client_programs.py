@@ -96,6 +96,30 @@ def test_pyro_example_names_match_independent_estimate_and_exact():
     assert r.strategy == "vectorized"
 
 
+def exact_example_guide(x):
+    """The exact posterior p(z | x) under Pyro's example names: every weight is p(x)."""
+    with pyro.plate("batch", x.shape[0]):
+        loc = (x - B) @ W @ POST_COV / S**2
+        pyro.sample("latent", dist.MultivariateNormal(loc, covariance_matrix=POST_COV))
+
+
+def test_inference_report_scores_every_row_under_the_given_plate_name():
+    """The exact posterior as guide: the ELBO, each IWAE-k and IS are all the mean log p(x),
+    every row scored with the data plate 'batch'."""
+    from pyro_vae.infer import inference_report
+
+    x = sample_x(6, seed=3)
+    report = inference_report(
+        pyro_example_model, exact_example_guide, x, num_samples=20, ks=(1, 3, 7),
+        data_plate="batch",
+    )  # fmt: skip
+    exact = float(exact_log_px(x).mean())
+    assert [name for name, *_ in report.rows] == ["ELBO", "IWAE-3", "IWAE-7", "IS (K=20)"]
+    for name, mean, _, n in report.rows:
+        assert mean == pytest.approx(exact, abs=1e-4), name
+        assert n == 6
+
+
 def test_default_plate_name_refused_with_the_fix():
     x = sample_x(3)
     with pytest.raises(DataError, match="'latent' is outside plate 'data'.*data_plate="):
@@ -282,6 +306,16 @@ def test_streaming_reductions_equal_the_full_ones():
     m.update(torch.tensor([[0.0, 1.0]]))
     m.update(torch.tensor([[0.0, 1.0]]))
     assert torch.allclose(m.ess(), torch.tensor([2.0, 2.0]))
+
+
+def test_streaming_reductions_accumulate_in_their_own_dtype():
+    """float32 chunks summed in float64: 1e8 + 1 is exact there, and rounds to 1e8 in float32."""
+    m = StreamingMoments(1, torch.float64)
+    m.update(torch.tensor([[1e8]]))
+    m.update(torch.tensor([[1.0]]))
+    mean = m.mean_log_weight()
+    assert mean.dtype == torch.float64 and mean.item() == (1e8 + 1) / 2
+    assert m.log_mean_weight().item() == pytest.approx(1e8 - math.log(2))
 
 
 # --- objectives find latent sites from the traces ----------------------------------------

@@ -252,6 +252,16 @@ def test_label_sampling_shapes():
         floats.sample(3)
 
 
+def test_a_single_float_condition_is_accepted_and_none_refused():
+    one = build_conditional(CONFIG, "labels", condition_dim=1)
+    assert one.condition_dim == 1 and one.num_classes is None
+    assert one.sample(3, torch.randn(2, 1)).shape == (3, 2, 1, 8, 8)
+    for bad in (0, True, 1.0):
+        with pytest.raises(ConfigError) as info:
+            build_conditional(CONFIG, "labels", condition_dim=bad)
+        assert str(info.value) == f"condition_dim must be an integer of at least 1, got {bad!r}"
+
+
 def test_labels_as_integers_and_one_hot_floats_give_the_same_loss(images):
     cvae = build_conditional(CONFIG, "labels", num_classes=3)
     y = torch.tensor([0, 1, 2, 2, 1, 0])

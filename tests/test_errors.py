@@ -500,6 +500,16 @@ def test_library_refuses_bad_input(tmp_path, call, exc_type, fragment):
     assert "\n" not in message
 
 
+def test_fit_refuses_data_of_another_dtype_than_the_model_s_whole():
+    # the splits hold float32 (DataSplits converts them); the model is float64
+    with pytest.raises(DataError) as info:
+        fit(tiny_vae().double(), tiny_data(), TrainConfig(epochs=1, batch_size=5), progress=False)
+    assert str(info.value) == (
+        "the train split has dtype torch.float32 but the model's parameters torch.float64; "
+        "convert the data (x.float() for float32) or the model"
+    )
+
+
 def test_run_dir_keeps_files_unless_overwrite_and_overwrites_only_runs(tmp_path):
     run = _nonempty(tmp_path)
     with pytest.raises(ConfigError, match="pass --overwrite"):

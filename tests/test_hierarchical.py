@@ -466,6 +466,25 @@ def test_constructor_refuses_a_ladder_of_non_diagonal_families():
     assert "posteriors[0] is FullRankNormal" in _one_line(exc)
 
 
+def test_constructor_refuses_a_prior_bound_to_the_top_posterior_without_the_ladder():
+    from pyro_vae.parts.priors import VampPrior
+
+    def build(inference: str) -> HierarchicalVAE:
+        return HierarchicalVAE(
+            (6,), (3, 2), ((8,), (8,)), Normal(), VampPrior(2, (6,), num_pseudo_inputs=4),
+            [DiagonalNormal(3), DiagonalNormal(2)], [DiagonalNormal(3)], inference,
+        )  # fmt: skip
+
+    with pytest.raises(ConfigError) as exc:
+        build("bottom_up")
+    assert _one_line(exc) == (
+        "prior VampPrior is bound to q(z2 | x), which inference 'bottom_up' reaches only "
+        "through samples of the layers below; use inference 'ladder' or another prior (e.g. "
+        "'normal', 'mixture', 'flow')"
+    )
+    assert build("ladder").inference == "ladder"
+
+
 def test_vamp_prior_only_with_the_ladder(bits):
     config = ModelConfig(event_shape=(1, 2, 3), hidden=(8,), prior="vamp",
                          prior_options={"num_pseudo_inputs": 4})

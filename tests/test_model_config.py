@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -96,6 +98,33 @@ def test_old_flat_keys_for_other_parts_are_dropped_from_run_configs():
     old = {"event_shape": [4], "prior": "normal", "n_components": 10, "rank": 2, "extra": {}}
     config = ModelConfig.from_dict(old)
     assert config.prior_options == {} and config.posterior_options == {}
+
+
+def test_a_part_table_is_merged_with_the_options_given_beside_it():
+    from pyro_vae.models import normalize_part_keys
+
+    values = {
+        "prior": {"name": "mixture", "n_components": 3},
+        "prior_options": {"n_components": 7, "init_scale": 0.5},
+    }
+    # the table's own keys win over the options table's
+    assert normalize_part_keys(values) == {
+        "prior": "mixture",
+        "prior_options": {"n_components": 3, "init_scale": 0.5},
+    }
+    with pytest.raises(ConfigError) as info:
+        normalize_part_keys({"prior": {"name": "mixture"}, "prior_options": [1, 2]})
+    assert str(info.value) == "prior_options must be a table, got [1, 2]"
+
+
+def test_an_unreadable_config_file_is_refused_with_the_system_s_reason(tmp_path):
+    from pyro_vae.models import load_config_file
+
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    reason = os.strerror(errno.ENOENT)  # "No such file or directory"
+    assert str(info.value) == f"cannot read config file {path}: {reason}; check the path"
 
 
 def test_defaults_are_filled_so_equal_models_compare_equal():

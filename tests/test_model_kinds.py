@@ -343,6 +343,24 @@ def test_latent_usage_lines_print_what_could_not_be_estimated():
     assert printed[1] == "warning: posterior collapse: ..."
 
 
+def test_two_classes_are_enough_and_unnamed_data_without_labels_are_called_the_data():
+    from types import SimpleNamespace
+
+    from pyro_vae.models.kinds import check_labels
+
+    y = torch.tensor([0, 1, 1])
+    two = SimpleNamespace(name="two", labels={"train": y, "valid": y[:1], "test": y[1:]})
+    assert check_labels(two, "m2") == 2
+    assert check_labels(two, "cvae", num_classes=5) == 5
+    with pytest.raises(DataError) as info:
+        check_labels(SimpleNamespace(labels={"train": y}), "cvae")
+    assert str(info.value) == (
+        "model 'cvae' needs labels, but 'the data' has none for the valid, test split(s); use "
+        "a data set with labels (digits, mnist, fashion-mnist, an .npz with "
+        "y_train/y_valid/y_test) or another --model"
+    )
+
+
 def test_labels_that_hold_no_point_are_counted_as_no_classes():
     """Every split present but empty: zero classes, refused as fewer than two."""
     from types import SimpleNamespace

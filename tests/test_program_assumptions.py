@@ -104,6 +104,23 @@ def test_the_iwae_objective_refuses_a_scale_that_differs_between_sites():
         make_objective("iwae", 3).loss(model, exact_guide, X, 1.0, annealing_factor=0.5)
 
 
+def test_the_iwae_objective_refuses_a_scale_that_varies_from_point_to_point_whole():
+    def weighed(program):
+        def weighed_program(x):
+            with poutine.scale(scale=torch.linspace(0.5, 1.5, x.shape[0])):
+                program(x)
+
+        return weighed_program
+
+    with pytest.raises(ConfigError) as info:
+        make_objective("iwae", 3).loss(weighed(model), weighed(exact_guide), X, 1.0)
+    assert str(info.value) == (
+        "site 'z' carries a scale factor that varies from point to point (shape (5,)); the iwae "
+        "bound cannot weigh points differently, so drop the poutine.scale handler (or weigh the "
+        "per-point losses yourself)"
+    )
+
+
 def test_the_elbo_objective_keeps_the_scale_in_the_loss_and_reports_the_true_elbo():
     c = 40.0
     value = make_objective("elbo").loss(poutine.scale(model, c), poutine.scale(exact_guide, c), X)

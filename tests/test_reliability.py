@@ -113,6 +113,46 @@ def test_fingerprint_is_recorded_and_other_data_are_refused(run, digits):
         load_run_data(swapped)
 
 
+def test_ranks_holding_other_data_are_named_by_the_rank_check(monkeypatch):
+    """The check every rank of a torchrun job makes, in this process: the other ranks' split
+    digests come from a stand-in for all_gather. The same data on every rank pass; ranks
+    whose data differ from rank 0's are named with the splits that differ."""
+    import pyro_vae.train.fingerprint as fingerprints
+    from pyro_vae.runtime import ProcessGroup
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 3, generator=g)
+    same = fingerprints.data_fingerprint(DataSplits("a", x[:6], x[6:9], x[9:]))
+    train = fingerprints.data_fingerprint(DataSplits("a", x[:6].flip(0), x[6:9], x[9:]))
+    test = fingerprints.data_fingerprint(DataSplits("a", x[:6], x[6:9], x[9:] + 1))
+
+    def digests(fingerprint):
+        """The tensor this rank contributes to the gather."""
+        seen = []
+        monkeypatch.setattr(fingerprints, "all_gather", lambda value: seen.append(value) or [value])
+        fingerprints.check_same_data_on_every_rank(fingerprint, ProcessGroup(0, 2))
+        return seen[0]
+
+    def check(*ranks):
+        gathered = [digests(f) for f in ranks]
+        monkeypatch.setattr(fingerprints, "all_gather", lambda value: gathered)
+        group = ProcessGroup(0, len(ranks))
+        fingerprints.check_same_data_on_every_rank(ranks[0], group)
+
+    check(same, same)
+    check(same, same, same, same)
+    tail = (
+        "that differ from rank 0's (sizes or sha256); give every process the same data set "
+        "(the same files at the same paths on every machine)"
+    )
+    with pytest.raises(DataError) as info:
+        check(same, same, train, same)
+    assert str(info.value) == f"rank 2 of 4 holds train data {tail}"
+    with pytest.raises(DataError) as info:
+        check(same, test, same, train)
+    assert str(info.value) == f"ranks 1, 3 of 4 hold train and test data {tail}"
+
+
 def test_failed_resume_leaves_config_json_untouched(run, tmp_path, digits):
     copy = copy_run(run, tmp_path / "c")
     before = copy.file(RunDir.CONFIG).read_bytes()

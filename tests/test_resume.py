@@ -134,8 +134,12 @@ def test_resume_refuses_changed_training_settings(tmp_path, key, value):
 def test_resume_refuses_fewer_epochs_than_already_trained(tmp_path):
     run = tiny_run(tmp_path, "run", 2)
     data, _ = tiny()
-    with pytest.raises(ConfigError, match="already trained 2 epochs"):
+    with pytest.raises(ConfigError) as info:
         resume_run(run, epochs=1, progress=False, data=data)
+    assert str(info.value) == (
+        f"{str(run)!r} has already trained 2 epochs, more than the 1 asked for; "
+        "pass --epochs 2 or more"
+    )
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
 
 
@@ -190,3 +194,50 @@ def test_resume_refuses_a_corrupt_random_state_with_a_checkpoint_error(tmp_path,
     data, _ = tiny()
     with pytest.raises(CheckpointError, match="random-number state is unreadable"):
         resume_run(run, epochs=2, progress=False, data=data)
+
+
+def test_per_rank_generator_states_are_checkpointed_only_with_several_processes(
+    tmp_path, monkeypatch
+):
+    """A one-process run's checkpoint holds its generator state once (``rng_state``), whether
+    the epoch ends with this process's engine or with none; with two processes (the other
+    rank's state given by a stand-in for the gather, in this process) it holds each rank's,
+    rank 1 resumes its own, and one process refuses to resume it."""
+    from types import SimpleNamespace
+
+    import pyro_vae.train.parallel as parallel
+    from pyro_vae.errors import CheckpointError
+    from pyro_vae.models import build_vae
+    from pyro_vae.runs import RunDir
+    from pyro_vae.runtime import ProcessGroup
+    from pyro_vae.train import TrainConfig
+    from pyro_vae.train.loop import end_epoch, restore_rank_stream
+
+    run = tiny_run(tmp_path, "run", 1)
+    assert "rank_rng_states" not in load_checkpoint(run / "checkpoint.pt")
+    _, model_config = tiny()
+    vae = build_vae(model_config)
+    optimizer = torch.optim.Adam(vae.parameters())
+    config = TrainConfig(epochs=1)
+
+    def end(name: str, engine) -> tuple[RunDir, dict]:
+        store = RunDir(tmp_path / name)
+        store.path.mkdir()
+        end_epoch(vae, optimizer, config, model_config, [{"epoch": 1}], store, engine)
+        return store, store.load_checkpoint()
+
+    assert "rank_rng_states" not in end("alone", None)[1]
+    mine = torch.get_rng_state()
+    other = torch.Generator().manual_seed(9).get_state()
+    monkeypatch.setattr(parallel, "all_gather", lambda state: [state, other])
+    store, state = end("two", SimpleNamespace(group=ProcessGroup(0, 2)))
+    saved = state["rank_rng_states"]
+    assert len(saved) == 2 and torch.equal(saved[0], mine) and torch.equal(saved[1], other)
+    restore_rank_stream(state, store, SimpleNamespace(group=ProcessGroup(1, 2)))
+    assert torch.equal(torch.get_rng_state(), other)
+    with pytest.raises(CheckpointError) as info:
+        restore_rank_stream(state, store, None)
+    assert str(info.value) == (
+        f"{store} was trained by 2 process(es) and this resume runs 1, so it cannot continue "
+        "identically; resume it with torchrun --nproc_per_node=2"
+    )

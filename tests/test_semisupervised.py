@@ -300,3 +300,41 @@ def test_refusals(m2, x):
         m2_loss(m2, make_objective("elbo"), x, x[:2], torch.tensor([0, 1]), alpha=-1.0)
     with pytest.raises(DataError, match="non-empty"):
         m2_loss(m2, make_objective("elbo"), x, x[:0], torch.tensor([], dtype=torch.long))
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_m2_task_weighs_a_smaller_labelled_batch_per_labelled_point():
+    """5 unlabelled points against a labelled draw of 2, for the M2 whose every bound is known
+    (``ignoring_m2``): U(x) = log p(x), L(r, 0) = log p(r) - log 3, -log q(0 | r) = log 3,
+    and q(y | r) picks class 0 (all logits equal). The task's sums, divided by the 5
+    unlabelled points as the loop divides them, are per unlabelled point and per labelled
+    point; the loss per unlabelled point is -mean U + w (-L) + alpha log 3 (m2_loss)."""
+    from types import SimpleNamespace
+
+    from pyro_vae.models.semisupervised import SemiSupervisedKind
+    from pyro_vae.train.semisupervised import SemiSupervisedTask
+
+    logits = torch.linspace(-2, 2, 6, dtype=F64)
+    m2 = ignoring_m2(logits)
+    g = torch.Generator().manual_seed(7)
+    unlabelled = torch.bernoulli(torch.full((5, 6), 0.5, dtype=F64), generator=g)
+    r = torch.tensor([1.0, 0, 0, 1, 1, 0], dtype=F64)
+    # every labelled point is r with label 0, so the known answer holds whichever are drawn
+    data = SimpleNamespace(
+        train=r.expand(2, 6).clone(),
+        labels={"train": torch.tensor([0, 0]), "valid": torch.tensor([0])},
+    )
+    alpha, weight = 0.3, 0.5
+    kind = SemiSupervisedKind(labels_per_class=None, alpha=alpha, labelled_weight=weight)
+    task = SemiSupervisedTask(m2, make_objective("elbo"), kind=kind, data=data, seed=0)
+    value = task.batch_loss(unlabelled, 0.0)
+    bernoulli = dist.Bernoulli(logits=logits)
+    log_p_u = bernoulli.log_prob(unlabelled).sum(-1)
+    labelled_bound = float(bernoulli.log_prob(r).sum()) - math.log(3)
+    per_point = {k: float(v) / 5 for k, v in value.sums.items()}
+    assert per_point["train_elbo"] == pytest.approx(float(log_p_u.mean()), abs=1e-4)
+    assert per_point["train_labelled_elbo"] == pytest.approx(labelled_bound, abs=1e-4)
+    assert per_point["train_classification_nll"] == pytest.approx(math.log(3), abs=1e-9)
+    assert per_point["train_labelled_accuracy"] == 1.0
+    expected = -float(log_p_u.mean()) - weight * labelled_bound + alpha * math.log(3)
+    assert value.loss_sum.item() / 5 == pytest.approx(expected, abs=1e-4)

@@ -162,3 +162,33 @@ def test_a_streamed_file_has_the_fingerprint_of_the_file_loaded_whole(tmp_path):
     x[0, 0] += 1
     np.save(tmp_path / "y.npy", x)
     assert data_fingerprint(load_streaming(tmp_path / "y.npy")) != data_fingerprint(whole)
+
+
+class _ReadHere(torch.utils.data.Dataset):
+    """The rows of a tensor; records the process of every read."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.reads = x, []
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        self.reads.append(os.getpid())
+        return self.x[i]
+
+
+def test_fit_reads_a_streamed_training_split_in_this_process_by_default():
+    """Without num_workers, fit starts no reader processes: each epoch reads every training
+    point once, here."""
+    from pyro_vae.data.streaming import StreamingSplits
+    from pyro_vae.models import ModelConfig, build_vae
+    from pyro_vae.train import TrainConfig, fit
+
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    train = _ReadHere(x[:20])
+    data = StreamingSplits("streamed", train, x[20:25], x[25:])
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    train.reads.clear()
+    fit(vae, data, TrainConfig(epochs=2, batch_size=10, valid_num_samples=2), progress=False)
+    assert train.reads == [os.getpid()] * 40

@@ -311,3 +311,73 @@ def test_a_fault_inside_a_check_window_writes_no_checkpoint(tmp_path):
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model_state"].values())
+
+
+# --- where the steps run, and what the progress bar shows ---------------------------------
+
+
+def test_the_progress_bar_shows_the_epoch_s_train_and_valid_elbo(capsys):
+    from pyro_vae.data import DataSplits
+
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    data = DataSplits("tiny", x[:20], x[20:25], x[25:])
+    history = fit(vae, data, TrainConfig(epochs=2, batch_size=10), progress=True).history
+    err = capsys.readouterr().err
+    for record in history:
+        shown = f"train={record['train_elbo']:.2f}, valid={record['valid_elbo']:.2f}]"
+        assert shown in err, err
+
+
+class _DeviceTask(_ConstantTask):
+    """A model with no parameters and one buffer on ``device``; its loss reads only the batch's
+    size and records the device each batch arrives on."""
+
+    def __init__(self, device: str):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.register_buffer("where", torch.zeros((), device=device))
+        self.model.likelihood = _ConstantTask().model.likelihood
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.devices: list[str] = []
+
+    def batch_loss(self, x, progress):
+        from pyro_vae.train import BatchLoss
+
+        self.devices.append(x.device.type)
+        return BatchLoss(self.w * x.shape[0], {"points": float(x.shape[0])})
+
+
+def test_an_epoch_without_an_engine_moves_each_batch_to_the_model_s_device():
+    """The default engine runs the steps where the model is: a model on the meta device (a
+    stand-in for an accelerator) receives meta batches of the CPU data."""
+    from pyro_vae.train import train_epoch
+
+    task = _DeviceTask("meta")
+    optimizer = torch.optim.SGD([task.w], lr=1.0)
+    metrics = train_epoch(task, optimizer, torch.ones(23, 2), TrainConfig(batch_size=10), epoch=1)
+    assert task.devices == ["meta"] * 3
+    # d(loss / b)/dw = 1 at each of the 3 steps; the loss is w * b at w = 0, -1, -2
+    assert task.w.item() == -3.0
+    assert metrics["train_loss"] == pytest.approx((10 * 0 + 10 * -1 + 3 * -2) / 23)
+
+
+def test_several_processes_replicate_the_loss_module_on_its_device(monkeypatch):
+    """DDP gets the replica's CUDA device as its one device id, and none for a CPU replica (a
+    stand-in DDP records the call, in this process); one process keeps the module itself."""
+    import pyro_vae.train.parallel as parallel
+    from pyro_vae.runtime import ProcessGroup
+
+    calls = []
+
+    def recording_ddp(module, device_ids):
+        calls.append(device_ids)
+        return module
+
+    monkeypatch.setattr(parallel, "DistributedDataParallel", recording_ddp)
+    module = parallel.LossModule(torch.nn.Linear(1, 1), lambda x: x)
+    assert parallel.replicate(module, ProcessGroup(), torch.device("cuda", 1)) is module
+    assert calls == []
+    for device in (torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cpu")):
+        assert parallel.replicate(module, ProcessGroup(0, 2), device) is module
+    assert calls == [[1], [0], None]
