@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
     todo = drawn if args.rerun else [n for n in drawn if results.get(n) is None]
     print(f"{len(drawn)} sampled mutants, {len(todo)} to run", flush=True)
     for i in range(0, len(todo), CHUNK):
-        mutmut("run", "--max-children", "1", *todo[i : i + CHUNK])
+        mutmut("run", "--max-children", str(args.max_children), *todo[i : i + CHUNK])
 
 
 def report(args: argparse.Namespace) -> None:
@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("command", choices=("run", "report", "names"))
     parser.add_argument("--per-package", type=int, default=10, help="mutants drawn per package")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed")
+    parser.add_argument("--max-children", type=int, default=1, help="mutmut's workers")
     parser.add_argument("--rerun", action="store_true", help="rerun sampled mutants with results")
     args = parser.parse_args()
     if args.command == "run":
