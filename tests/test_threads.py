@@ -4,6 +4,7 @@ use and takes them back when they are free; ``fit`` restores torch's count when 
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 import threading
@@ -285,5 +286,26 @@ def test_one_thread_each_raises_a_task_error_after_every_task_has_ended():
         with pytest.raises(ValueError, match="task failed"):
             th.one_thread_each([fails, slow])
         assert ended == [True] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_one_thread_each_works_in_a_forked_child_of_a_process_that_used_it():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert th.one_thread_each([lambda: 1, lambda: 2]) == [1, 2]  # the parent's workers
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child has none of its parent's threads
+            try:
+                os.write(write, repr(th.one_thread_each([lambda: 3, lambda: 4])).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(read) as pipe:
+            assert pipe.read() == "[3, 4]" and status == 0
     finally:
         torch.set_num_threads(before)

@@ -287,9 +287,11 @@ def poll() -> None:
 
 
 #: Worker threads of [`one_thread_each`][pyro_vae.runtime.threads.one_thread_each], started at
-#: its first call; a worker's tasks see ``_worker.active`` set.
+#: its first call (again in a forked child, which has none of its parent's threads); a
+#: worker's tasks see ``_worker.active`` set.
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0
 _pool_lock = threading.Lock()
 _worker = threading.local()
 
@@ -322,7 +324,7 @@ def one_thread_each(tasks: Sequence[Callable[[], T]]) -> list[T]:
     ``torch.set_num_threads`` also sets the count that new threads start with and MKL's, so the
     caller's count is set again when the tasks have ended.
     """
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     if len(tasks) <= 1:
         return [task() for task in tasks]
     count = torch.get_num_threads()
@@ -335,8 +337,8 @@ def one_thread_each(tasks: Sequence[Callable[[], T]]) -> list[T]:
             return task()
 
     with _pool_lock:
-        if _pool is None or _pool_size < len(tasks):
-            _pool_size = max(len(tasks), count)
+        if _pool is None or _pool_size < len(tasks) or _pool_pid != os.getpid():
+            _pool_size, _pool_pid = max(len(tasks), count), os.getpid()
             _pool = ThreadPoolExecutor(_pool_size, "pyro_vae-tiles")
         pool = _pool
     try:
