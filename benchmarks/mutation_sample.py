@@ -68,6 +68,20 @@ def sample(names: list[str], per_package: int, seed: int) -> dict[str, list[str]
     return drawn
 
 
+def sample_file(args: argparse.Namespace) -> Path:
+    """Where ``run`` records the names it drew: mutmut regenerates the mutants of changed
+    modules when it starts, so a draw made afterwards from the new names would differ."""
+    return MUTANTS / f"sample-seed{args.seed}-{args.per_package}.json"
+
+
+def drawn_names(args: argparse.Namespace, results: dict) -> dict[str, list[str]]:
+    """The sample ``run`` drew and recorded, else a draw from the mutants there are now."""
+    path = sample_file(args)
+    if path.exists():
+        return json.loads(path.read_text())
+    return sample(list(results), args.per_package, args.seed)
+
+
 def equivalent_names() -> set[str]:
     """The mutants listed as equivalent in mutation.md's "Equivalent mutants" section."""
     text = NOTES.read_text()
@@ -97,8 +111,9 @@ def run(args: argparse.Namespace) -> None:
         # mutant and records which tests reach which function
         mutmut("run", "--max-children", "1", "pyro_vae.train.rng.*")
     results = all_results()
-    drawn = [n for names in sample(list(results), args.per_package, args.seed).values()
-             for n in names]  # fmt: skip
+    by_package = sample(list(results), args.per_package, args.seed)
+    sample_file(args).write_text(json.dumps(by_package, indent=1))
+    drawn = [n for names in by_package.values() for n in names]
     todo = drawn if args.rerun else [n for n in drawn if results.get(n) is None]
     print(f"{len(drawn)} sampled mutants, {len(todo)} to run", flush=True)
     for i in range(0, len(todo), CHUNK):
@@ -109,7 +124,7 @@ def report(args: argparse.Namespace) -> None:
     results = all_results()
     if not results:
         raise SystemExit("no mutmut results under mutants/; run `mutation_sample.py run` first")
-    drawn = sample(list(results), args.per_package, args.seed)
+    drawn = drawn_names(args, results)
     equivalent = equivalent_names()
     totals = Counter(package_of(n) for n in results)
     print("| package | mutants | sampled | killed | survived | timeout | no tests | not run "
@@ -167,7 +182,7 @@ def main() -> None:
     elif args.command == "report":
         report(args)
     else:
-        for names in sample(list(all_results()), args.per_package, args.seed).values():
+        for names in drawn_names(args, all_results()).values():
             print("\n".join(names))
 
 

@@ -6,10 +6,15 @@ reuses one block's or one rank's draws; these tests look at the draws themselves
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.infer import log_likelihood
 from pyro_vae.infer.sharded import block_seed, sharded_estimate
 from pyro_vae.train.parallel import rank_seed
@@ -49,3 +54,37 @@ def test_block_and_rank_seeds_are_distinct():
         torch.manual_seed(s)
         draws.append(torch.randn(8))
     assert not torch.allclose(draws[0], draws[1])
+
+
+@dataclasses.dataclass
+class _Seen:
+    """A stand-in estimate: one value per data point."""
+
+    value: torch.Tensor
+
+
+def test_sharded_blocks_reach_the_estimator_on_the_device_asked_and_unmoved_without_one():
+    seen = []
+
+    def estimator(model, guide, x):
+        seen.append(x.device.type)
+        return _Seen(torch.zeros(x.shape[0]))  # the gather runs on the CPU either way
+
+    x = torch.randn(5, 1)
+    sharded_estimate(estimator, model, wide_guide, x, block_size=2, device="meta")
+    sharded_estimate(estimator, model, wide_guide, x, block_size=2)
+    assert seen == ["meta"] * 3 + ["cpu"] * 3
+
+
+def test_a_result_that_is_not_per_example_is_refused_naming_the_block_s_point_count():
+    def estimator(model, guide, x):
+        # per example in the first block (points 0 and 1), not in the second (points 2 and 3)
+        return _Seen(torch.zeros(x.shape[0] if x[0, 0] == 0 else 1))
+
+    x = torch.arange(5.0)[:, None]
+    message = (
+        "_Seen.value has shape (1,) for 2 points, not per-example; sharded evaluation gathers "
+        "per-example results only"
+    )
+    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+        sharded_estimate(estimator, model, wide_guide, x, block_size=2)
