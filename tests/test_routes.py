@@ -35,10 +35,16 @@ def _estimate(vae: VAE, x: torch.Tensor, **options):
     return log_likelihood(vae.model, vae.guide, x, num_samples=40, **options)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("prior", ["normal", "learned_normal", "mixture"])
-def test_the_library_vae_takes_the_fused_route_and_equals_the_traced_one(prior):
+def test_the_library_vae_takes_the_fused_route_and_equals_the_traced_one(prior, threads):
     vae, x = _vae(prior=prior), _x()
-    fast, traced = _estimate(vae, x), _estimate(vae, x, route="traced")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # with 2, the latent terms run in blocks on worker threads
+    try:
+        fast, traced = _estimate(vae, x), _estimate(vae, x, route="traced")
+    finally:
+        torch.set_num_threads(before)
     assert fast.route == "fused" and traced.route == "traced"
     torch.testing.assert_close(fast.per_example, traced.per_example, rtol=0, atol=1e-4)
     torch.testing.assert_close(fast.elbo_per_example, traced.elbo_per_example, rtol=0, atol=1e-4)

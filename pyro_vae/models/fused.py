@@ -11,6 +11,7 @@ implementation detail of training: the general Pyro path stays for every other m
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 
 import pyro.distributions as dist
@@ -23,6 +24,7 @@ from pyro_vae.models.vae import VAE
 from pyro_vae.parts.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.parts.posteriors import POSTERIORS
 from pyro_vae.parts.priors import PRIORS
+from pyro_vae.runtime.threads import one_thread_each, parallel_threads
 
 #: Objective names whose loss the fused path reproduces (see ``pyro_vae.infer.objectives``).
 FUSED_OBJECTIVES = ("elbo", "meanfield")
@@ -253,16 +255,43 @@ def _latent_terms(
         return z, pz.log_prob(z) - qz.log_prob(z)
     loc, scale = q.loc, q.scale
     eps = torch.empty((k, *q.batch_shape), dtype=loc.dtype, device=loc.device).normal_()
-    z = eps * scale  # loc + eps * scale, as Normal.rsample
     if torch.is_grad_enabled():
-        z = z + loc
+        z = eps * scale + loc  # as Normal.rsample
         u = (z - p.loc) / p.scale
-    else:  # in place: fewer tensors of k x batch x latent_dim
-        z += loc
-        u = z - p.loc
-        u /= p.scale
-    square_gap = torch.linalg.vecdot(eps, eps) - torch.linalg.vecdot(u, u)
-    return z, 0.5 * square_gap + (scale.log().sum(-1) - p.scale.log().sum(-1))
+        square_gap = torch.linalg.vecdot(eps, eps) - torch.linalg.vecdot(u, u)
+        return z, 0.5 * square_gap + (scale.log().sum(-1) - p.scale.log().sum(-1))
+    # without autograd: in place, and on the CPU over blocks of particles, one per core
+    z = torch.empty_like(eps)
+    latent = torch.empty(eps.shape[:-1], dtype=eps.dtype, device=eps.device)
+    log_ratio = scale.log().sum(-1) - p.scale.log().sum(-1)
+    parts = parallel_threads() if eps.device.type == "cpu" else 1
+    step = -(-k // max(1, min(parts, k)))
+    blocks = [slice(i, i + step) for i in range(0, k, step)]
+    one_thread_each([
+        functools.partial(_terms_into, eps[b], loc, scale, p, log_ratio, z[b], latent[b])
+        for b in blocks
+    ])  # fmt: skip
+    return z, latent
+
+
+def _terms_into(
+    eps: torch.Tensor,
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    prior: Normal,
+    log_ratio: torch.Tensor,
+    z: torch.Tensor,
+    latent: torch.Tensor,
+) -> None:
+    """``z = loc + eps scale`` and the latent terms of ``_latent_terms`` written into ``z``
+    (k, batch, latent_dim) and ``latent`` (k, batch), in place (no autograd)."""
+    torch.mul(eps, scale, out=z)
+    z += loc
+    u = z - prior.loc
+    u /= prior.scale
+    square_gap = torch.linalg.vecdot(eps, eps)
+    square_gap -= torch.linalg.vecdot(u, u)
+    torch.add(log_ratio, square_gap, alpha=0.5, out=latent)
 
 
 def fused_log_weights(vae: object) -> FusedLogWeights | None:
