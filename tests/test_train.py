@@ -381,3 +381,20 @@ def test_several_processes_replicate_the_loss_module_on_its_device(monkeypatch):
     for device in (torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cpu")):
         assert parallel.replicate(module, ProcessGroup(0, 2), device) is module
     assert calls == [[1], [0], None]
+
+
+def test_check_finite_step_refuses_a_non_finite_loss_or_gradient_norm_whole():
+    """The per-step check on tensors: a NaN loss, then (loss finite) an infinite gradient norm,
+    are refused naming the epoch and step; finite values, or no norm, pass."""
+    from pyro_vae.errors import TrainingError
+    from pyro_vae.train import check_finite_step
+
+    fixes = "lower --lr, pass --clip-grad (e.g. 10), or check the data scale"
+    with pytest.raises(TrainingError) as info:
+        check_finite_step(torch.tensor(float("nan")), torch.tensor(1.0), 3, 7, None)
+    assert str(info.value) == f"training loss is nan at epoch 3, step 7; {fixes}"
+    with pytest.raises(TrainingError) as info:
+        check_finite_step(torch.tensor(2.5), torch.tensor(float("inf")), 4, 0, None)
+    assert str(info.value) == f"gradient norm is inf at epoch 4, step 0; {fixes}"
+    assert check_finite_step(torch.tensor(2.5), torch.tensor(1.0), 1, 1, None) is None
+    assert check_finite_step(torch.tensor(-1e30), None, 1, 1, None) is None
