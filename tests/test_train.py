@@ -398,3 +398,33 @@ def test_check_finite_step_refuses_a_non_finite_loss_or_gradient_norm_whole():
     assert str(info.value) == f"gradient norm is inf at epoch 4, step 0; {fixes}"
     assert check_finite_step(torch.tensor(2.5), torch.tensor(1.0), 1, 1, None) is None
     assert check_finite_step(torch.tensor(-1e30), None, 1, 1, None) is None
+
+
+def test_the_fit_optimizer_is_adam_fused_where_torch_lists_the_device_else_multi_tensor(
+    monkeypatch,
+):
+    """CPU parameters: the fused Adam, since torch lists the CPU among its fused kernels'
+    devices; a torch without that list gives the multi-tensor Adam. Either way one step from
+    a fresh state moves each weight by lr g / (|g| + eps) (float64: m / sqrt(v) = g / |g|)."""
+    import torch.utils._foreach_utils as foreach_utils
+
+    from pyro_vae.train.loop import make_optimizer
+
+    def one_step(optimizer, w):
+        w.grad = torch.tensor([0.5, -2.0, 1e-3], dtype=torch.float64)
+        before = w.detach().clone()
+        optimizer.step()
+        lr, eps = optimizer.defaults["lr"], optimizer.defaults["eps"]
+        want = before - lr * w.grad / (w.grad.abs() + eps)
+        assert torch.allclose(w.detach(), want, rtol=0, atol=1e-12)
+
+    assert "cpu" in foreach_utils._get_fused_kernels_supported_devices()
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    fused = make_optimizer(model, lr=0.1, eps=1e-6)
+    assert fused.defaults["fused"] is True and not fused.defaults["foreach"]
+    one_step(fused, model.w)
+    monkeypatch.delattr(foreach_utils, "_get_fused_kernels_supported_devices")
+    multi = make_optimizer(model, lr=0.1, eps=1e-6)
+    assert multi.defaults["foreach"] is True and not multi.defaults["fused"]
+    one_step(multi, model.w)
