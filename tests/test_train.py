@@ -428,3 +428,20 @@ def test_the_fit_optimizer_is_adam_fused_where_torch_lists_the_device_else_multi
     multi = make_optimizer(model, lr=0.1, eps=1e-6)
     assert multi.defaults["foreach"] is True and not multi.defaults["fused"]
     one_step(multi, model.w)
+
+
+def test_fit_in_bf16_runs_the_training_steps_in_bfloat16_and_validation_in_float32():
+    """precision bf16 reaches every training step (the forward pass under autocast: each
+    linear layer outputs bfloat16), while validation runs in float32, as the engine says."""
+    from pyro_vae.data import DataSplits
+
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = torch.rand(40, 6, generator=torch.Generator().manual_seed(0))
+    data = DataSplits("tiny", x[:30], x[30:35], x[35:])
+    seen = []
+    for m in vae.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda mod, i, out: seen.append((mod.training, out.dtype)))
+    fit(vae, data, TrainConfig(epochs=2, batch_size=10, precision="bf16"), progress=False)
+    assert set(seen) == {(True, torch.bfloat16), (False, torch.float32)}
