@@ -445,3 +445,26 @@ def test_fit_in_bf16_runs_the_training_steps_in_bfloat16_and_validation_in_float
             m.register_forward_hook(lambda mod, i, out: seen.append((mod.training, out.dtype)))
     fit(vae, data, TrainConfig(epochs=2, batch_size=10, precision="bf16"), progress=False)
     assert set(seen) == {(True, torch.bfloat16), (False, torch.float32)}
+
+
+def test_metric_sums_are_reduced_over_processes_in_float64(monkeypatch):
+    """With several processes the epoch's sums are added up in float64: a stand-in collective
+    adds a second rank's sums (in the packed tensor's dtype), and 1e8 + 1 and 0.1 + 0.2 come
+    back as float64 gives them (float32 would return 1e8 and 0.30000001192...); one process
+    returns its own values unchanged."""
+    import pyro_vae.train.parallel as parallel
+    from pyro_vae.runtime import ProcessGroup
+
+    other = {"_points": 1.0, "elbo": 0.2, "loss": 1.0}
+
+    def add_second_rank(packed):
+        packed += torch.tensor([other[k] for k in sorted(other)], dtype=packed.dtype)
+        return packed
+
+    monkeypatch.setattr(parallel, "all_reduce_sum", add_second_rank)
+    module = parallel.LossModule(torch.nn.Linear(1, 1), lambda x: x)
+    mine = {"loss": 1e8, "elbo": 0.1, "_points": 3.0}
+    alone = parallel.Engine(module)
+    assert alone.reduce_sums(dict(mine)) == mine
+    engine = parallel.Engine(module, group=ProcessGroup(0, 2))
+    assert engine.reduce_sums(dict(mine)) == {"_points": 4.0, "elbo": 0.1 + 0.2, "loss": 1e8 + 1}
