@@ -468,3 +468,43 @@ def test_metric_sums_are_reduced_over_processes_in_float64(monkeypatch):
     assert alone.reduce_sums(dict(mine)) == mine
     engine = parallel.Engine(module, group=ProcessGroup(0, 2))
     assert engine.reduce_sums(dict(mine)) == {"_points": 4.0, "elbo": 0.1 + 0.2, "loss": 1e8 + 1}
+
+
+class _RecordingTask(_ConstantTask):
+    """As _ConstantTask, recording the points (one number each) every batch holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[list[int]] = []
+
+    def batch_loss(self, x, progress):
+        self.seen.append(x[:, 0].long().tolist())
+        return super().batch_loss(x, progress)
+
+
+@pytest.mark.parametrize("epoch", [1, 4])
+def test_each_process_trains_on_the_distributed_sampler_s_shard_of_the_epoch(epoch):
+    """With several processes (the group given to the engine, in this process) rank r of 2
+    takes the points torch's DistributedSampler gives it for seed + epoch: the permutation
+    padded by wrapping and strided by rank, in that order; the two ranks cover every point."""
+    from torch.utils.data import DistributedSampler
+
+    from pyro_vae.runtime import ProcessGroup
+    from pyro_vae.train import train_epoch
+    from pyro_vae.train.parallel import Engine, LossModule
+
+    x = torch.arange(7.0).unsqueeze(1)
+    config = TrainConfig(epochs=4, batch_size=2, seed=11)
+    covered = set()
+    for rank in (0, 1):
+        task = _RecordingTask()
+        engine = Engine(LossModule(task.model, task.batch_loss), group=ProcessGroup(rank, 2))
+        optimizer = torch.optim.SGD(task.model.parameters(), lr=1.0)
+        train_epoch(task, optimizer, x, config, epoch, engine=engine)
+        sampler = DistributedSampler(range(7), num_replicas=2, rank=rank, shuffle=True, seed=11)
+        sampler.set_epoch(epoch)
+        want = list(sampler)
+        assert len(want) == 4
+        assert task.seen == [want[:2], want[2:]]
+        covered |= set(want)
+    assert covered == set(range(7))
