@@ -510,6 +510,14 @@ def test_fit_refuses_data_of_another_dtype_than_the_model_s_whole():
     )
 
 
+def test_fit_refuses_a_config_that_is_not_a_train_config_whole():
+    with pytest.raises(ConfigError) as info:
+        fit(tiny_vae(), tiny_data(), {"epochs": 1}, progress=False)
+    assert str(info.value) == (
+        "fit's config must be a pyro_vae.train.TrainConfig, got dict; pass TrainConfig(**options)"
+    )
+
+
 def test_run_dir_keeps_files_unless_overwrite_and_overwrites_only_runs(tmp_path):
     run = _nonempty(tmp_path)
     with pytest.raises(ConfigError, match="pass --overwrite"):
