@@ -49,3 +49,39 @@ def test_block_and_rank_seeds_are_distinct():
         torch.manual_seed(s)
         draws.append(torch.randn(8))
     assert not torch.allclose(draws[0], draws[1])
+
+
+def test_sharded_estimates_move_blocks_to_the_device_and_refuse_results_that_are_not_per_point():
+    """Each block reaches the estimator on ``device`` (the meta device here) and where it was
+    without one; a field that is not per-example is refused naming the block's point count
+    (3, the second block of 4 + 3), whole message."""
+    import dataclasses
+
+    import pytest
+
+    from pyro_vae.errors import ConfigError
+
+    @dataclasses.dataclass
+    class Scores:
+        values: torch.Tensor
+
+    seen = []
+
+    def per_point(model, guide, x):
+        seen.append(x.device.type)
+        return Scores(torch.zeros(x.shape[0], device=x.device))
+
+    x = torch.arange(7.0).unsqueeze(1)
+    assert sharded_estimate(per_point, None, None, x, block_size=4).values.shape == (7,)
+    assert sharded_estimate(per_point, None, None, x, block_size=4, device="meta").values.is_meta
+    assert seen == ["cpu", "cpu", "meta", "meta"]
+
+    def total_of_short_blocks(model, guide, x):
+        return Scores(x[:, 0] if x.shape[0] == 4 else x.sum())
+
+    with pytest.raises(ConfigError) as info:
+        sharded_estimate(total_of_short_blocks, None, None, x, block_size=4)
+    assert str(info.value) == (
+        "Scores.values has shape () for 3 points, not per-example; sharded evaluation gathers "
+        "per-example results only"
+    )
