@@ -128,6 +128,37 @@ def test_wrong_architecture_is_refused(tmp_path):
         restore_model(other, {"bogus": torch.zeros(1)}, "c.pt")
 
 
+def test_an_architecture_mismatch_names_the_first_line_of_the_loader_s_reason_whole():
+    """The refusal quotes the first line of load_state_dict's error (torch's heading for a
+    size mismatch; a one-line reason whole; the exception's type for an empty one)."""
+    advice = "rebuild the model with the checkpoint's configuration or retrain"
+    with pytest.raises(CheckpointError) as info:
+        restore_model(torch.nn.Linear(4, 2), torch.nn.Linear(3, 2).state_dict(), "c.pt")
+    assert str(info.value) == (
+        "checkpoint in 'c.pt' does not match the model's architecture (Error(s) in loading "
+        f"state_dict for Linear:); {advice}"
+    )
+
+    class Refusing(torch.nn.Linear):
+        def __init__(self, error: Exception):
+            super().__init__(3, 2)
+            self.error = error
+
+        def load_state_dict(self, *args, **kwargs):
+            raise self.error
+
+    state = torch.nn.Linear(3, 2).state_dict()
+    for error, reason in [
+        (RuntimeError("  layout 2 is not layout 1  "), "layout 2 is not layout 1"),
+        (AttributeError(), "AttributeError"),
+    ]:
+        with pytest.raises(CheckpointError) as info:
+            restore_model(Refusing(error), state, "d.pt")
+        assert str(info.value) == (
+            f"checkpoint in 'd.pt' does not match the model's architecture ({reason}); {advice}"
+        )
+
+
 def _tiny_run(tmp_path: Path) -> Path:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(30, 4, generator=g)

@@ -832,24 +832,3 @@ def test_posterior_summary_of_a_flattening_model_and_refusal_with_enumeration():
     with pytest.raises(ConfigError, match=r"sites \['y'\] are enumerated"):
         posterior_inference_data(m2_model, config_enumerate(m2_guide, "parallel"), xs)
 
-
-def test_a_program_that_fails_under_every_strategy_is_refused_naming_each_failure_whole():
-    from pyro_vae.infer.trace import choose_strategy
-
-    def broken_model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
-            raise ValueError(f"cannot use z of shape {tuple(z.shape)}")
-
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
-
-    with pytest.raises(DataError) as caught:
-        choose_strategy(broken_model, guide, torch.zeros(3, 1), particle_dim=-2)
-    assert str(caught.value) == (
-        "the programs cannot draw particles vectorized or replicate "
-        "(vectorized: cannot use z of shape (2, 3, 1); replicate: cannot use z of shape (6, 1)); "
-        "write the model so that every sample site is inside the data plate and batch "
-        "dimensions broadcast"
-    )

@@ -369,3 +369,20 @@ def test_refusals(images):
         quadrant.model(images, torch.zeros(6, dtype=torch.long))
     with pytest.raises(ConfigError, match="complete"):
         cvae.complete(images)
+
+
+def test_arch_options_without_an_activation_build_softplus_hidden_layers():
+    """A config whose arch options were emptied after it was checked names no activation:
+    the encoder, the decoder and the learned prior's net then use softplus, the MLP arch's
+    default, and compute softplus of their first layer exactly."""
+    config = ModelConfig(event_shape=(1, 8, 8), latent_dim=2, hidden=(16,))
+    config.arch_options = {}
+    cvae = build_conditional(config, "labels", num_classes=3, conditional_prior=True)
+    nets = {"encoder": cvae.encoder, "decoder": cvae.decoder, "prior": cvae.prior.net}
+    for name, net in nets.items():
+        kinds = [type(m).__name__ for m in net.net]
+        assert kinds == ["Linear", "Softplus", "Linear"], name
+    first = cvae.encoder.net[0]
+    h = torch.randn(4, first.in_features)
+    want = torch.log1p(torch.exp(first(h)))
+    assert torch.allclose(cvae.encoder.net[1](first(h)), want, atol=1e-6)

@@ -510,6 +510,24 @@ def test_fit_refuses_data_of_another_dtype_than_the_model_s_whole():
     )
 
 
+def test_fit_refuses_a_config_that_is_not_a_train_config_whole():
+    with pytest.raises(ConfigError) as info:
+        fit(tiny_vae(), tiny_data(), {"epochs": 1}, progress=False)
+    assert str(info.value) == (
+        "fit's config must be a pyro_vae.train.TrainConfig, got dict; pass TrainConfig(**options)"
+    )
+
+
+def test_fit_refuses_float16_for_a_model_on_the_cpu_whole():
+    """Without a device, fit trains where the model is: a CPU model, so fp16 is refused
+    naming the CPU."""
+    with pytest.raises(ConfigError) as info:
+        fit(tiny_vae(), tiny_data(), TrainConfig(batch_size=10, precision="fp16"), progress=False)
+    assert str(info.value) == (
+        "--precision fp16 needs a CUDA device, got cpu; use --precision bf16 or 32"
+    )
+
+
 def test_run_dir_keeps_files_unless_overwrite_and_overwrites_only_runs(tmp_path):
     run = _nonempty(tmp_path)
     with pytest.raises(ConfigError, match="pass --overwrite"):

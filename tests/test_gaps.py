@@ -72,3 +72,28 @@ def test_local_elbo_reaches_log_px_with_the_data_plate_at_dim_minus_two():
     assert gaps.elbo_local.shape == exact.shape
     assert (gaps.elbo_local - exact).abs().max() < 0.03
     assert (gaps.log_px - exact).abs().max() < 0.03
+
+
+def test_local_guide_puts_its_sites_in_the_plate_named_data_by_default():
+    """local_guide(families, params) with no data_plate draws in plate "data" at dim -1, the
+    plate the linear-Gaussian model uses; with the exact posterior's per-point parameters
+    (orthogonal W: a diagonal normal) every importance weight is p(x) itself, so log_likelihood
+    returns log p(x) to rounding."""
+    import torch
+    from torch.nn.functional import softplus
+
+    from pyro_vae.infer import local_guide, log_likelihood
+
+    lg = LinearGaussian(orthogonal=True)
+    x = lg.sample_x(2, seed=4)  # the two points the programs are also checked on
+    loc, cov = lg.posterior(x)
+    sd = cov.diagonal().sqrt().expand(2, lg.L)
+    raw = torch.log(torch.expm1(sd))  # softplus^-1: lg.family adds softplus(raw) + 1e-6
+    assert torch.allclose(softplus(raw), sd)
+    guide = local_guide({"z": lg.family}, {"z": torch.cat([loc, raw], -1)})
+    trace = pyro.poutine.trace(guide).get_trace(x)
+    frames = trace.nodes["z"]["cond_indep_stack"]
+    assert [(f.name, f.dim, f.size) for f in frames] == [("data", -1, 2)]
+    pyro.set_rng_seed(0)
+    r = log_likelihood(lg.model, guide, x, num_samples=4)
+    assert torch.allclose(r.per_example, lg.log_px(x), atol=1e-3)

@@ -618,3 +618,35 @@ def test_dependencies_of_sites_that_share_a_transform_of_their_parent():
     assert deps.order == ("z1", "z2", "z3")
     assert deps.guide_parents == {"z1": set(), "z2": {"z1"}, "z3": {"z1"}}
     assert deps.model_parents == {"z1": set(), "z2": set(), "z3": set()}
+
+
+def test_the_likelihood_is_built_with_the_config_s_likelihood_options():
+    """likelihood_options reach the hierarchical VAE's likelihood: a normal likelihood of
+    scale 0.3 (not the default 0.1) scores x under N(mean, 0.3^2) per element."""
+    config = ModelConfig(event_shape=(1, 2, 3), hidden=(8,), likelihood="normal",
+                         likelihood_options={"scale": 0.3})  # fmt: skip
+    hvae = build_hierarchical(config, (4, 3))
+    assert isinstance(hvae.likelihood, Normal) and hvae.likelihood.scale == 0.3
+    z = torch.randn(5, 4)
+    x = torch.randn(5, 1, 2, 3)
+    px = hvae.decode(z)
+    want = dist.Normal(px.mean, 0.3).log_prob(x).sum((-3, -2, -1))
+    assert torch.allclose(px.log_prob(x), want, atol=1e-5)
+
+
+def test_the_hvae_preset_is_checked_and_fixes_the_architecture():
+    """kind_options preset 'iwae' builds Burda et al.'s two layers; an unknown preset, and a
+    preset given with either of the sizes it fixes, are refused with the whole message."""
+    from pyro_vae.models import build_model
+
+    config = ModelConfig(event_shape=(784,), kind="hvae", kind_options={"preset": "iwae"})
+    assert config.kind_options["preset"] == "iwae"
+    hvae = build_model(config)
+    assert hvae.layers == IWAE_TWO_LAYER["layers"] == (100, 50)
+    with pytest.raises(ConfigError, match=r"^unknown preset 'vae'; choose one of \['iwae'\]$"):
+        ModelConfig(event_shape=(784,), kind="hvae", kind_options={"preset": "vae"})
+    for key, value in [("layers", (3, 2)), ("upper_hidden", (7,))]:
+        options = {"preset": "iwae", key: value}
+        fixed = rf"^preset 'iwae' fixes the architecture; drop {key} or the preset$"
+        with pytest.raises(ConfigError, match=fixed):
+            ModelConfig(event_shape=(784,), kind="hvae", kind_options=options)

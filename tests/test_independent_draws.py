@@ -7,7 +7,6 @@ reuses one block's or one rank's draws; these tests look at the draws themselves
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import pyro
 import pyro.distributions as dist
@@ -56,35 +55,31 @@ def test_block_and_rank_seeds_are_distinct():
     assert not torch.allclose(draws[0], draws[1])
 
 
-@dataclasses.dataclass
-class _Seen:
-    """A stand-in estimate: one value per data point."""
+def test_sharded_estimates_move_blocks_to_the_device_and_refuse_results_that_are_not_per_point():
+    """Each block reaches the estimator on ``device`` (the meta device here) and where it was
+    without one; a field that is not per-example is refused naming the block's point count
+    (3, the second block of 4 + 3), whole message."""
+    @dataclasses.dataclass
+    class Scores:
+        values: torch.Tensor
 
-    value: torch.Tensor
-
-
-def test_sharded_blocks_reach_the_estimator_on_the_device_asked_and_unmoved_without_one():
     seen = []
 
-    def estimator(model, guide, x):
+    def per_point(model, guide, x):
         seen.append(x.device.type)
-        return _Seen(torch.zeros(x.shape[0]))  # the gather runs on the CPU either way
+        return Scores(torch.zeros(x.shape[0], device=x.device))
 
-    x = torch.randn(5, 1)
-    sharded_estimate(estimator, model, wide_guide, x, block_size=2, device="meta")
-    sharded_estimate(estimator, model, wide_guide, x, block_size=2)
-    assert seen == ["meta"] * 3 + ["cpu"] * 3
+    x = torch.arange(7.0).unsqueeze(1)
+    assert sharded_estimate(per_point, None, None, x, block_size=4).values.shape == (7,)
+    assert sharded_estimate(per_point, None, None, x, block_size=4, device="meta").values.is_meta
+    assert seen == ["cpu", "cpu", "meta", "meta"]
 
+    def total_of_short_blocks(model, guide, x):
+        return Scores(x[:, 0] if x.shape[0] == 4 else x.sum())
 
-def test_a_result_that_is_not_per_example_is_refused_naming_the_block_s_point_count():
-    def estimator(model, guide, x):
-        # per example in the first block (points 0 and 1), not in the second (points 2 and 3)
-        return _Seen(torch.zeros(x.shape[0] if x[0, 0] == 0 else 1))
-
-    x = torch.arange(5.0)[:, None]
-    message = (
-        "_Seen.value has shape (1,) for 2 points, not per-example; sharded evaluation gathers "
+    with pytest.raises(ConfigError) as info:
+        sharded_estimate(total_of_short_blocks, None, None, x, block_size=4)
+    assert str(info.value) == (
+        "Scores.values has shape () for 3 points, not per-example; sharded evaluation gathers "
         "per-example results only"
     )
-    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
-        sharded_estimate(estimator, model, wide_guide, x, block_size=2)

@@ -372,3 +372,48 @@ def test_labels_that_hold_no_point_are_counted_as_no_classes():
     with pytest.raises(DataError, match="needs at least 2 classes, the labels have 0$"):
         check_labels(data, "m2")
     assert check_labels(data, "m2", num_classes=3) == 3
+
+
+def test_a_plugin_kind_that_takes_labels_has_them_checked_against_its_num_classes():
+    """A kind's own for_data, not overridden: a kind with ``uses_labels`` has the data's labels
+    checked against its ``num_classes`` (whole message), derives nothing from them, and one
+    without a ``num_classes`` attribute accepts any number of classes from two up."""
+    from types import SimpleNamespace
+
+    from pyro_vae.models import ModelKind, build_vae, register_model
+    from pyro_vae.models.kinds import build_kind
+
+    @register_model("tiny_labelled")
+    class TinyLabelled(ModelKind):
+        uses_labels = True
+
+        def __init__(self, num_classes: int | None = None):
+            self.num_classes = num_classes
+
+        def build(self, config):
+            return build_vae(config)
+
+    @register_model("tiny_labelled_any")
+    class TinyLabelledAny(ModelKind):
+        uses_labels = True
+
+        def build(self, config):
+            return build_vae(config)
+
+    y = torch.arange(10) % 5
+    five = SimpleNamespace(name="five", labels={"train": y, "valid": y[:5], "test": y[5:]})
+    try:
+        with pytest.raises(DataError) as info:
+            build_kind("tiny_labelled", {"num_classes": 3}).for_data(five)
+        assert str(info.value) == (
+            "labels go up to 4 but model 'tiny_labelled' has num_classes=3; set num_classes to "
+            "at least 5 (--model-opt num_classes=5)"
+        )
+        assert build_kind("tiny_labelled", {"num_classes": 5}).for_data(five) == {}
+        assert build_kind("tiny_labelled_any").for_data(five) == {}
+        with pytest.raises(DataError, match="^model 'tiny_labelled_any' needs labels, but 'x'"):
+            build_kind("tiny_labelled_any").for_data(SimpleNamespace(name="x", labels={}))
+    finally:
+        for name in ("tiny_labelled", "tiny_labelled_any"):
+            if name in MODELS:
+                MODELS.unregister(name)

@@ -474,3 +474,25 @@ def test_a_config_enumerate_guide_is_summed_exactly(strategy):
     assert torch.allclose(r.per_example, ssi_log_px(xs), atol=1e-4)
     value = iwae_loss(ssi_model, guide, xs, 3)  # the bound is exact too
     assert float(value.loss) == pytest.approx(-float(ssi_log_px(xs).sum()), rel=1e-5)
+
+
+def test_choose_strategy_names_every_failure_in_its_refusal_whole():
+    """When no way of drawing particles works, the refusal lists each one's failure, in
+    order, separated by semicolons: here the data the model saw (2 points vectorized, 2
+    copies of them replicated)."""
+    from pyro_vae.infer.trace import choose_strategy
+
+    def picky_model(x):
+        raise ValueError(f"saw data of shape {tuple(x.shape)}")
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+
+    with pytest.raises(DataError) as info:
+        choose_strategy(picky_model, guide, X[:2], particle_dim=-2)
+    assert str(info.value) == (
+        "the programs cannot draw particles vectorized or replicate (vectorized: saw data of "
+        "shape (2, 1); replicate: saw data of shape (4, 1)); write the model so that every "
+        "sample site is inside the data plate and batch dimensions broadcast"
+    )

@@ -338,3 +338,20 @@ def test_m2_task_weighs_a_smaller_labelled_batch_per_labelled_point():
     assert per_point["train_labelled_accuracy"] == 1.0
     expected = -float(log_p_u.mean()) - weight * labelled_bound + alpha * math.log(3)
     assert value.loss_sum.item() / 5 == pytest.approx(expected, abs=1e-4)
+
+
+def test_encode_hands_soft_label_rows_to_the_encoder_in_x_s_dtype(m2, x):
+    """Float label rows pass through encode cast once, to x's dtype, never through the
+    parameters' dtype first. Seen with a float16 M2 under bfloat16 autocast (which computes
+    the float16 layers in bfloat16) and float32 x: the row value 1 + 2^-8 + 2^-12 rounds up
+    to 1 + 2^-7 in bfloat16, but to 1 + 2^-8 in float16 and then, a tie, down to 1. The
+    reference is the posterior of the encoder applied to [x, y] by hand."""
+    half = m2.half()
+    v = 1 + 2**-8 + 2**-12
+    y = torch.tensor([[v, 0.0, 0.0], [0.0, v, 0.0], [0.0, 0.0, v], [v, 0.0, 0.0]])
+    assert torch.tensor(v).to(torch.bfloat16).item() == 1 + 2**-7
+    assert torch.tensor(v).half().to(torch.bfloat16).item() == 1.0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = half.encode(x, y).mean
+        want = half.posterior(half.encoder(torch.cat([x, y], -1))).mean
+    assert torch.equal(got, want)

@@ -192,3 +192,27 @@ def test_fit_reads_a_streamed_training_split_in_this_process_by_default():
     train.reads.clear()
     fit(vae, data, TrainConfig(epochs=2, batch_size=10, valid_num_samples=2), progress=False)
     assert train.reads == [os.getpid()] * 40
+
+
+def test_fit_with_a_run_directory_refuses_a_bad_streamed_point_before_training(tmp_path):
+    """A run with a directory hashes the streamed training split first, checking each block
+    as it reads it: a NaN at point 13 is refused as read before training (whole message), and
+    the run directory is never made."""
+    from pyro_vae.data.streaming import StreamingSplits
+    from pyro_vae.models import ModelConfig, build_vae
+    from pyro_vae.runs import RunDir
+    from pyro_vae.train import TrainConfig, fit
+
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    x[13, 2] = float("nan")
+    data = StreamingSplits("streamed", _ReadHere(x[:20]), x[20:25], x[25:])
+    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+    vae = build_vae(config)
+    with pytest.raises(DataError) as info:
+        fit(vae, data, TrainConfig(epochs=1, batch_size=10), RunDir(tmp_path / "r"), config,
+            progress=False)  # fmt: skip
+    assert str(info.value) == (
+        "training point 13 of the streamed split has NaN or infinite values (points 0 to 19, "
+        "read before training); clean the file or drop that point"
+    )
+    assert not (tmp_path / "r").exists()

@@ -381,3 +381,130 @@ def test_several_processes_replicate_the_loss_module_on_its_device(monkeypatch):
     for device in (torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cpu")):
         assert parallel.replicate(module, ProcessGroup(0, 2), device) is module
     assert calls == [[1], [0], None]
+
+
+def test_check_finite_step_refuses_a_non_finite_loss_or_gradient_norm_whole():
+    """The per-step check on tensors: a NaN loss, then (loss finite) an infinite gradient norm,
+    are refused naming the epoch and step; finite values, or no norm, pass."""
+    from pyro_vae.errors import TrainingError
+    from pyro_vae.train import check_finite_step
+
+    fixes = "lower --lr, pass --clip-grad (e.g. 10), or check the data scale"
+    with pytest.raises(TrainingError) as info:
+        check_finite_step(torch.tensor(float("nan")), torch.tensor(1.0), 3, 7, None)
+    assert str(info.value) == f"training loss is nan at epoch 3, step 7; {fixes}"
+    with pytest.raises(TrainingError) as info:
+        check_finite_step(torch.tensor(2.5), torch.tensor(float("inf")), 4, 0, None)
+    assert str(info.value) == f"gradient norm is inf at epoch 4, step 0; {fixes}"
+    assert check_finite_step(torch.tensor(2.5), torch.tensor(1.0), 1, 1, None) is None
+    assert check_finite_step(torch.tensor(-1e30), None, 1, 1, None) is None
+
+
+def test_the_fit_optimizer_is_adam_fused_where_torch_lists_the_device_else_multi_tensor(
+    monkeypatch,
+):
+    """CPU parameters: the fused Adam, since torch lists the CPU among its fused kernels'
+    devices; a torch without that list gives the multi-tensor Adam. Either way one step from
+    a fresh state moves each weight by lr g / (|g| + eps) (float64: m / sqrt(v) = g / |g|)."""
+    import torch.utils._foreach_utils as foreach_utils
+
+    from pyro_vae.train.loop import make_optimizer
+
+    def one_step(optimizer, w):
+        w.grad = torch.tensor([0.5, -2.0, 1e-3], dtype=torch.float64)
+        before = w.detach().clone()
+        optimizer.step()
+        lr, eps = optimizer.defaults["lr"], optimizer.defaults["eps"]
+        want = before - lr * w.grad / (w.grad.abs() + eps)
+        assert torch.allclose(w.detach(), want, rtol=0, atol=1e-12)
+
+    assert "cpu" in foreach_utils._get_fused_kernels_supported_devices()
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    fused = make_optimizer(model, lr=0.1, eps=1e-6)
+    assert fused.defaults["fused"] is True and not fused.defaults["foreach"]
+    one_step(fused, model.w)
+    monkeypatch.delattr(foreach_utils, "_get_fused_kernels_supported_devices")
+    multi = make_optimizer(model, lr=0.1, eps=1e-6)
+    assert multi.defaults["foreach"] is True and not multi.defaults["fused"]
+    one_step(multi, model.w)
+
+
+def test_fit_in_bf16_runs_the_training_steps_in_bfloat16_and_validation_in_float32():
+    """precision bf16 reaches every training step (the forward pass under autocast: each
+    linear layer outputs bfloat16), while validation runs in float32, as the engine says."""
+    from pyro_vae.data import DataSplits
+
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = torch.rand(40, 6, generator=torch.Generator().manual_seed(0))
+    data = DataSplits("tiny", x[:30], x[30:35], x[35:])
+    seen = []
+    for m in vae.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda mod, i, out: seen.append((mod.training, out.dtype)))
+    fit(vae, data, TrainConfig(epochs=2, batch_size=10, precision="bf16"), progress=False)
+    assert set(seen) == {(True, torch.bfloat16), (False, torch.float32)}
+
+
+def test_metric_sums_are_reduced_over_processes_in_float64(monkeypatch):
+    """With several processes the epoch's sums are added up in float64: a stand-in collective
+    adds a second rank's sums (in the packed tensor's dtype), and 1e8 + 1 and 0.1 + 0.2 come
+    back as float64 gives them (float32 would return 1e8 and 0.30000001192...); one process
+    returns its own values unchanged."""
+    import pyro_vae.train.parallel as parallel
+    from pyro_vae.runtime import ProcessGroup
+
+    other = {"_points": 1.0, "elbo": 0.2, "loss": 1.0}
+
+    def add_second_rank(packed):
+        packed += torch.tensor([other[k] for k in sorted(other)], dtype=packed.dtype)
+        return packed
+
+    monkeypatch.setattr(parallel, "all_reduce_sum", add_second_rank)
+    module = parallel.LossModule(torch.nn.Linear(1, 1), lambda x: x)
+    mine = {"loss": 1e8, "elbo": 0.1, "_points": 3.0}
+    alone = parallel.Engine(module)
+    assert alone.reduce_sums(dict(mine)) == mine
+    engine = parallel.Engine(module, group=ProcessGroup(0, 2))
+    assert engine.reduce_sums(dict(mine)) == {"_points": 4.0, "elbo": 0.1 + 0.2, "loss": 1e8 + 1}
+
+
+class _RecordingTask(_ConstantTask):
+    """As _ConstantTask, recording the points (one number each) every batch holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[list[int]] = []
+
+    def batch_loss(self, x, progress):
+        self.seen.append(x[:, 0].long().tolist())
+        return super().batch_loss(x, progress)
+
+
+@pytest.mark.parametrize("epoch", [1, 4])
+def test_each_process_trains_on_the_distributed_sampler_s_shard_of_the_epoch(epoch):
+    """With several processes (the group given to the engine, in this process) rank r of 2
+    takes the points torch's DistributedSampler gives it for seed + epoch: the permutation
+    padded by wrapping and strided by rank, in that order; the two ranks cover every point."""
+    from torch.utils.data import DistributedSampler
+
+    from pyro_vae.runtime import ProcessGroup
+    from pyro_vae.train import train_epoch
+    from pyro_vae.train.parallel import Engine, LossModule
+
+    x = torch.arange(7.0).unsqueeze(1)
+    config = TrainConfig(epochs=4, batch_size=2, seed=11)
+    covered = set()
+    for rank in (0, 1):
+        task = _RecordingTask()
+        engine = Engine(LossModule(task.model, task.batch_loss), group=ProcessGroup(rank, 2))
+        optimizer = torch.optim.SGD(task.model.parameters(), lr=1.0)
+        train_epoch(task, optimizer, x, config, epoch, engine=engine)
+        sampler = DistributedSampler(range(7), num_replicas=2, rank=rank, shuffle=True, seed=11)
+        sampler.set_epoch(epoch)
+        want = list(sampler)
+        assert len(want) == 4
+        assert task.seen == [want[:2], want[2:]]
+        covered |= set(want)
+    assert covered == set(range(7))
