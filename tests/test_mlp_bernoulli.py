@@ -185,3 +185,26 @@ def test_float64_tiles_equal_the_plain_log_density(small_tiles):
         ref = _reference(decoder, z, x)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-10)
+
+
+def test_each_thread_keeps_its_tile_buffers_between_calls_and_results_stay_exact(small_tiles):
+    decoder = _decoder(hidden=(16, 8))
+    tiled = MLPBernoulliLogProb.of(decoder)
+    built = []
+    make = mlp_bernoulli._TileBuffers.__init__
+
+    def counting(self, *args):
+        built.append(self)
+        make(self, *args)
+
+    mlp_bernoulli._TileBuffers.__init__ = counting
+    try:
+        with torch.no_grad():
+            for k, batch in [(13, 10), (2, 3), (13, 10), (64, 1)]:  # tiles of every size
+                z, x = 3 * torch.randn(k, batch, 3), torch.rand(batch, 20).round()
+                got = tiled(z, x)
+                torch.testing.assert_close(got, _reference(decoder, z, x), rtol=1e-5, atol=1e-4)
+    finally:
+        mlp_bernoulli._TileBuffers.__init__ = make
+    # one tile's rows (64) for every call: made once on this thread at most
+    assert len(built) <= 1

@@ -33,6 +33,7 @@ runs them under ``torch.no_grad``.
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 from torch import nn
@@ -208,8 +209,9 @@ def _run_tiles(
     rows = rows or k * batch
     per_tile = max(1, rows // batch)  # particles per tile; or one, and a slice of the batch
     span = batch if per_tile > 1 or rows >= batch else rows
-    # a whole tile's memory even for fewer rows: a pass's memory does not grow with them
-    buffers = _TileBuffers(weights, per_tile * span, z)
+    # a whole tile's memory (at least per_tile * span rows) even for fewer rows, the same for
+    # every call with the same tile size: kept by the thread between calls
+    buffers = _TileBuffers.for_thread(weights, rows, z)
     particles = min(k, per_tile)
     tiles: dict[tuple[int, int], _Tile] = {}
     for i in range(0, k, particles):
@@ -220,9 +222,28 @@ def _run_tiles(
             out[i : i + p, b : b + s] = tile(z[i : i + p, b : b + s], weights, data_term[b : b + s])
 
 
+#: Each thread's last tile buffers, by their layout (see ``_TileBuffers.for_thread``).
+_thread_buffers = threading.local()
+
+
 class _TileBuffers:
-    """One tile's memory, allocated once per call: each layer's input with a last column of
-    ones, ``(rows, in + 1)`` (rows ``ROW_ALIGN``-aligned), and the logits, ``(rows, D)``."""
+    """One tile's memory: each layer's input with a last column of ones, ``(rows, in + 1)``
+    (rows ``ROW_ALIGN``-aligned), and the logits, ``(rows, D)``."""
+
+    @classmethod
+    def for_thread(cls, weights: list[torch.Tensor], rows: int, like: torch.Tensor) -> _TileBuffers:
+        """This thread's buffers of that layout, kept from its last call when it had the same
+        (a tile writes every number it reads except the columns of ones, which stay ones):
+        no fresh pages to fault in at every pass. One set per thread is kept, on the CPU only
+        (elsewhere a tile holds every row of a pass, too much to keep)."""
+        if like.device.type != "cpu":
+            return cls(weights, rows, like)
+        key = (tuple(w.shape for w in weights), rows, like.dtype, like.device)
+        kept = getattr(_thread_buffers, "kept", None)
+        if kept is None or kept[0] != key:
+            kept = (key, cls(weights, rows, like))
+            _thread_buffers.kept = kept
+        return kept[1]
 
     def __init__(self, weights: list[torch.Tensor], rows: int, like: torch.Tensor):
         self.inputs = []
