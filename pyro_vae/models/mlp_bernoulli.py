@@ -11,8 +11,10 @@ as the matrix products. [`MLPBernoulliLogProb`][pyro_vae.models.mlp_bernoulli.ML
 computes the same value (up to float rounding) with three changes:
 
 - **Row tiles sized from the cache.** The rows are processed a tile at a time, in buffers
-  allocated once per call, with as many rows as fit one core's L2 cache
+  that each thread keeps between calls, with as many rows as fit one core's L2 cache
   ([`pyro_vae.runtime.devices.cache_bytes`][]), so every elementwise step reads the cache.
+  With several threads, each runs tiles of its own on its own core
+  ([`pyro_vae.runtime.threads.one_thread_each`][]).
 - **Biases inside the products.** Each layer's input carries a column of ones and its weight
   a row holding the bias, ``[h, 1] @ [W^T; b] = h W^T + b``: no bias copy. Buffer rows start
   on cache lines (``ROW_ALIGN``).
