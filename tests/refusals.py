@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -39,3 +40,9 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("pyro-vae: error: ") and "Traceback" not in err, err
     return lines[0]
+
+
+def whole(message: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern that holds only for exactly ``message``: every word
+    of a refusal is pinned, not a fragment of it."""
+    return "^" + re.escape(message) + r"\Z"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from refusals import whole
 
 from pyro_vae.data import load_digits
 from pyro_vae.models import Autoencoder, ModelConfig, build_autoencoder, build_vae
@@ -117,7 +118,13 @@ def test_autoencoder_gets_gradient_clipping_and_fault_checks():
     ae = build_autoencoder(config)
     with torch.no_grad():
         ae.decoder.net[-1].bias.fill_(float("nan"))
-    with pytest.raises(TrainingError, match="epoch 1, step 0"):
+    with pytest.raises(
+        TrainingError,
+        match=whole(
+            "training loss is nan at epoch 1, step 0; lower --lr, pass --clip-grad (e.g. 10), or "
+            "check the data scale"
+        ),
+    ):
         fit_autoencoder(ae, data, TrainConfig(epochs=1, batch_size=64), progress=False)
 
 

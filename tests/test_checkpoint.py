@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from refusals import whole
 
 from pyro_vae.data import DataSplits
 from pyro_vae.errors import CheckpointError
@@ -60,7 +61,7 @@ def test_a_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match=whole("disk full")):
         save_checkpoint(path, {"epoch": 2})
     assert path.read_bytes() == before
     assert load_checkpoint(path)["epoch"] == 1
@@ -122,9 +123,21 @@ def test_foreign_files_are_refused(tmp_path, content):
 def test_wrong_architecture_is_refused(tmp_path):
     state = _state()["model_state"]
     other = build_vae(ModelConfig(event_shape=(4,), latent_dim=2, hidden=(5,)))
-    with pytest.raises(CheckpointError, match="does not match the model's architecture"):
+    with pytest.raises(
+        CheckpointError,
+        match=whole(
+            "checkpoint in 'c.pt' does not match the model's architecture (Error(s) in loading "
+            "state_dict for VAE:); rebuild the model with the checkpoint's configuration or retrain"
+        ),
+    ):
         restore_model(other, state, "c.pt")
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(
+        CheckpointError,
+        match=whole(
+            "checkpoint in 'c.pt' does not match the model's architecture (Error(s) in loading "
+            "state_dict for VAE:); rebuild the model with the checkpoint's configuration or retrain"
+        ),
+    ):
         restore_model(other, {"bogus": torch.zeros(1)}, "c.pt")
 
 

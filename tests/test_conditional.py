@@ -12,6 +12,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
+from refusals import whole
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.importance import log_likelihood
@@ -248,7 +249,12 @@ def test_label_sampling_shapes():
     floats = build_conditional(CONFIG, "labels", condition_dim=4, conditional_prior=True)
     assert floats.num_classes is None and floats.condition_dim == 4
     assert floats.sample(3, torch.randn(2, 4)).shape == (3, 2, 1, 8, 8)
-    with pytest.raises(ConfigError, match="float conditions"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "a model of float conditions has no distribution over them; pass y"
+        ),
+    ):
         floats.sample(3)
 
 
@@ -333,41 +339,116 @@ def test_quadrant_refuses_data_that_are_not_even_images(event_shape):
 
 
 def test_refusals(images):
-    with pytest.raises(ConfigError, match="num_classes must be an integer of at least 2"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "num_classes must be an integer of at least 2, got 1"
+        ),
+    ):
         build_conditional(CONFIG, "labels", num_classes=1)
-    with pytest.raises(ConfigError, match="exactly one"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "condition_on='labels' needs exactly one of num_classes (integer labels) and "
+            "condition_dim (float conditions), got num_classes=3, condition_dim=3"
+        ),
+    ):
         build_conditional(CONFIG, "labels", num_classes=3, condition_dim=3)
-    with pytest.raises(ConfigError, match="exactly one"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "condition_on='labels' needs exactly one of num_classes (integer labels) and "
+            "condition_dim (float conditions), got num_classes=None, condition_dim=None"
+        ),
+    ):
         build_conditional(CONFIG, "labels")
-    with pytest.raises(ConfigError, match="unknown condition_on"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "unknown condition_on 'pixels'; choose one of ['labels', 'quadrant']"
+        ),
+    ):
         build_conditional(CONFIG, "pixels")
-    with pytest.raises(ConfigError, match="quadrant must be one of 0..3"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "quadrant must be one of 0..3 (0 top-left, 1 top-right, 2 bottom-left, 3 "
+            "bottom-right), got 4"
+        ),
+    ):
         build_conditional(CONFIG, "quadrant", quadrant=4)
-    with pytest.raises(ConfigError, match="drop num_classes"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "condition_on='quadrant' takes its condition from the images; drop num_classes and "
+            "condition_dim"
+        ),
+    ):
         build_conditional(CONFIG, "quadrant", num_classes=3)
     conv = ModelConfig(event_shape=(1, 8, 8), latent_dim=2, hidden=(16,), arch="conv")
-    with pytest.raises(ConfigError, match="arch = 'mlp'"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "the conditional VAE builds MLP nets (the condition is concatenated to their inputs), "
+            "not arch 'conv'; set arch = 'mlp'"
+        ),
+    ):
         build_conditional(conv, "labels", num_classes=3)
     vamp = ModelConfig(event_shape=(1, 8, 8), latent_dim=2, hidden=(16,), prior="vamp")
-    with pytest.raises(ConfigError, match="choose another prior"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "prior VampPrior is built from the encoder, but the conditional VAE's encoder reads a "
+            "condition besides x; choose another prior (e.g. 'normal')"
+        ),
+    ):
         build_conditional(vamp, "labels", num_classes=3)
     cvae = build_conditional(CONFIG, "labels", num_classes=3)
-    with pytest.raises(DataError, match="label 3 is outside"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "label 3 is outside [0, 3); labels must be class indices 0..2"
+        ),
+    ):
         cvae.model(images, torch.tensor([0, 1, 3, 0, 0, 0]))
-    with pytest.raises(DataError, match="label -1 is outside"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "label -1 is outside [0, 3); labels must be class indices 0..2"
+        ),
+    ):
         cvae.guide(images, torch.tensor([0, -1, 2, 0, 0, 0]))
     with pytest.raises(
         DataError,
-        match=r"^condition_on='labels' needs the labels or conditions y; call model\(x, y\) "
-        r"and guide\(x, y\)$",
+        match=whole(
+            "condition_on='labels' needs the labels or conditions y; call model(x, y) and guide(x, "
+            "y)"
+        ),
     ):
         cvae.model(images)
-    with pytest.raises(DataError, match="need \\(batch, 3\\)"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "conditions have shape (6, 4), need (batch, 3) floats (or integer labels (batch,) for "
+            "a model built with num_classes)"
+        ),
+    ):
         cvae.model(images, torch.zeros(6, 4))
     quadrant = build_conditional(CONFIG, "quadrant")
-    with pytest.raises(DataError, match="x alone"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "condition_on='quadrant' reads its condition from the images; call the programs with x "
+            "alone"
+        ),
+    ):
         quadrant.model(images, torch.zeros(6, dtype=torch.long))
-    with pytest.raises(ConfigError, match="complete"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "complete(x) needs a model built with condition_on='quadrant'"
+        ),
+    ):
         cvae.complete(images)
 
 

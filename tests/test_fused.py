@@ -7,6 +7,7 @@ import itertools
 import pyro
 import pytest
 import torch
+from refusals import whole
 from torch import nn
 
 from pyro_vae import VAE
@@ -233,7 +234,13 @@ def test_fused_log_weights_are_refused_where_the_fused_path_does_not_apply():
     custom = Custom.__new__(Custom)
     custom.__dict__.update(vae.__dict__)
     assert fused_log_weights(custom) is None
-    with pytest.raises(ConfigError, match="fused log weights do not apply"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "the fused log weights do not apply: the model is a Custom, not a pyro_vae VAE; use "
+            "the traced estimator"
+        ),
+    ):
         FusedLogWeights(custom)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
+from refusals import whole
 from torch import nn
 
 from pyro_vae.models import ModelConfig, build_vae, mlp_bernoulli
@@ -148,7 +149,12 @@ def test_other_decoders_and_hooked_ones_take_the_plain_path():
 
 def test_autograd_is_refused():
     decoder = _decoder()
-    with pytest.raises(RuntimeError, match="no_grad"):
+    with pytest.raises(
+        RuntimeError,
+        match=whole(
+            "MLPBernoulliLogProb runs in place: call it under torch.no_grad"
+        ),
+    ):
         MLPBernoulliLogProb.of(decoder)(torch.randn(2, 3, 3), torch.rand(3, 20))
 
 

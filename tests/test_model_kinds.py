@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from refusals import whole
 from test_cli import _one_error_line
 
 from pyro_vae import cli
@@ -160,7 +161,13 @@ def test_labels_out_of_range_for_the_model_are_refused():
     data = DataSplits("five", x[:20], x[20:25], x[25:], labels={
         "train": y[:20], "valid": y[20:25], "test": y[25:]})  # fmt: skip
     config = ModelConfig((6,), kind="cvae", kind_options={"num_classes": 3})
-    with pytest.raises(DataError, match="labels go up to 4 but model 'cvae' has num_classes=3"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "labels go up to 4 but model 'cvae' has num_classes=3; set num_classes to at least 5 "
+            "(--model-opt num_classes=5)"
+        ),
+    ):
         configured_for_data(config, data)
     config = configured_for_data(ModelConfig((6,), kind="cvae"), data)
     assert config.kind_options["num_classes"] == 5
@@ -173,7 +180,13 @@ def test_the_labelled_subset_is_balanced_seeded_and_recorded(tmp_path):
     assert torch.bincount(y[a]).tolist() == [5, 5, 5, 5]
     assert not torch.equal(a, choose_labelled(y, 5, seed=4))
     assert choose_labelled(y, None, 0).numel() == 200
-    with pytest.raises(DataError, match="fewer than"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "class 0 has 50 training points, fewer than --labels-per-class 51; ask for at most 50 "
+            "per class"
+        ),
+    ):
         choose_labelled(y, 51, 0)
     results = train_run(
         "digits", None, TrainConfig(epochs=1, batch_size=256, seed=2), tmp_path / "m2",
@@ -221,7 +234,13 @@ def test_a_module_built_by_hand_knows_its_kind():
     config = ModelConfig((6,), latent_dim=2, kind="hvae", kind_options={"layers": (2, 1)})
     model = build_model(config)
     assert kind_of(model).name == "hvae" and kind_of(model).options()["layers"] == (2, 1)
-    with pytest.raises(ConfigError, match="expected a pyro_vae model"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "expected a pyro_vae model (a VAE, an Autoencoder or a registered model kind's "
+            "module), got Linear; build one with build_model(config)"
+        ),
+    ):
         kind_of(torch.nn.Linear(2, 2))
 
 
@@ -369,7 +388,12 @@ def test_labels_that_hold_no_point_are_counted_as_no_classes():
 
     empty = torch.zeros(0, dtype=torch.long)
     data = SimpleNamespace(name="none", labels={"train": empty, "valid": empty, "test": empty})
-    with pytest.raises(DataError, match="needs at least 2 classes, the labels have 0$"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "model 'm2' needs at least 2 classes, the labels have 0"
+        ),
+    ):
         check_labels(data, "m2")
     assert check_labels(data, "m2", num_classes=3) == 3
 
@@ -411,7 +435,14 @@ def test_a_plugin_kind_that_takes_labels_has_them_checked_against_its_num_classe
         )
         assert build_kind("tiny_labelled", {"num_classes": 5}).for_data(five) == {}
         assert build_kind("tiny_labelled_any").for_data(five) == {}
-        with pytest.raises(DataError, match="^model 'tiny_labelled_any' needs labels, but 'x'"):
+        with pytest.raises(
+            DataError,
+            match=whole(
+                "model 'tiny_labelled_any' needs labels, but 'x' has none for the train, valid, "
+                "test split(s); use a data set with labels (digits, mnist, fashion-mnist, an .npz "
+                "with y_train/y_valid/y_test) or another --model"
+            ),
+        ):
             build_kind("tiny_labelled_any").for_data(SimpleNamespace(name="x", labels={}))
     finally:
         for name in ("tiny_labelled", "tiny_labelled_any"):

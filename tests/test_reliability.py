@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from refusals import whole
 
 from pyro_vae import cli
 from pyro_vae.data import DataSplits, load_digits
@@ -109,7 +110,13 @@ def test_fingerprint_is_recorded_and_other_data_are_refused(run, digits):
     assert load_run_data(config).train.shape == digits.train.shape
     swapped = {**config, "data_fingerprint": {**config["data_fingerprint"]}}
     swapped["data_fingerprint"]["test"] = {"size": 180, "sha256": "0" * 64}
-    with pytest.raises(DataError, match="the test data differ"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "the test data differ from those the run of 'digits' was trained on (sizes or sha256 "
+            "in its config.json); restore the original data, or train a new run on these"
+        ),
+    ):
         load_run_data(swapped)
 
 
@@ -267,7 +274,13 @@ def test_a_streamed_file_truncated_while_training_names_the_file_and_the_step(
 def test_nan_in_the_middle_of_a_streamed_file_is_refused_before_the_run_directory(tmp_path):
     data = _streamed(tmp_path, bad_row=9)  # row 9 falls in the training split
     config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
-    with pytest.raises(DataError, match=r"\(row 9 of its source\) of the streamed split has NaN"):
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "training point 82 (row 9 of its source) of the streamed split has NaN or infinite "
+            "values (points 0 to 95, read before training); clean the file or drop that point"
+        ),
+    ):
         train_run("x", config, TrainConfig(epochs=1, batch_size=16), tmp_path / "r", data=data)
     assert not (tmp_path / "r").exists()
 

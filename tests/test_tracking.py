@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from refusals import whole
 
 from pyro_vae import cli
 from pyro_vae.errors import ConfigError, MissingExtraError
@@ -178,9 +179,19 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
 def test_unknown_trackers_are_refused(tmp_path, capsys):
     with pytest.raises(ConfigError, match="unknown tracker 'wandb'"):
         check_trackers(["wandb"])
-    with pytest.raises(ConfigError, match="track must be a list"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "track must be a list of tracker names such as ['tensorboard'], got [1]"
+        ),
+    ):
         TrainConfig(track=[1])
-    with pytest.raises(ConfigError, match="track_samples_every"):
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "track_samples_every must be an integer >= 0, got -1"
+        ),
+    ):
         TrainConfig(track_samples_every=-1)
     with pytest.raises(SystemExit) as info:
         cli.main(["train", "--track", "wandb"])

@@ -5,6 +5,7 @@ import pyro.infer
 import pytest
 import torch
 from pyro import poutine
+from refusals import whole
 
 from pyro_vae import ModelConfig, build_vae
 from pyro_vae.data import load_digits, static_binarize
@@ -96,7 +97,13 @@ def test_latent_dims_must_match():
     from pyro_vae.models import VAE
     from pyro_vae.parts import Bernoulli, DiagonalNormal, MLPDecoder, MLPEncoder, StandardNormal
 
-    with pytest.raises(ValueError, match="latent_dim"):
+    with pytest.raises(
+        ValueError,
+        match=whole(
+            "prior latent_dim 3 differs from posterior latent_dim 2; build both with the same "
+            "latent_dim"
+        ),
+    ):
         VAE(
             MLPEncoder((4,), 4),
             MLPDecoder(2, 4),
