@@ -4,6 +4,7 @@ import pyro
 import pytest
 import torch
 from ppca_encoder import LinearGaussian
+from refusals import whole
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import (
@@ -14,6 +15,7 @@ from pyro_vae.infer import (
     make_objective,
     per_dim_kl,
 )
+from pyro_vae.infer.objectives import importance_weighted_loss
 
 
 def test_trace_elbo_and_meanfield_agree_within_mc_error():
@@ -140,12 +142,11 @@ def test_schedules():
     cyc = KLSchedule(warmup="cyclical", warmup_epochs=4)
     assert [cyc.weight(t) for t in (0, 1, 2, 3, 4, 5)] == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5]
     assert KLSchedule(beta=0.3).weight(7) == 0.3
-    with pytest.raises(ConfigError):
+    with pytest.raises(
+        ConfigError,
+        match=whole("warm-up 'linear' needs warmup_epochs > 0, got 0.0; set --warmup-epochs"),
+    ):
         KLSchedule(warmup="linear")
-    with pytest.raises(ConfigError):
-        make_objective("renyi")
-    with pytest.raises(ConfigError):
-        make_objective("iwae", 5, free_bits=0.5)
 
 
 def test_free_bits_floor_per_dimension():
@@ -294,3 +295,91 @@ def test_iwae_loss_by_default_is_minus_log_px_under_the_exact_posterior(k):
     value = importance_weighted_loss(lg.model, lg.exact_guide(), x, k)
     exact = lg.log_px(x).sum()
     assert abs(float(value.loss) + float(exact)) < 1e-3
+
+
+OBJECTIVE_REFUSALS = [
+    (
+        "negative beta",
+        lambda: KLSchedule(beta=-0.5),
+        "beta must be a non-negative number, got -0.5",
+    ),
+    (
+        "nan beta",
+        lambda: KLSchedule(beta=float("nan")),
+        "beta must be a non-negative number, got nan",
+    ),
+    (
+        "unknown warm-up",
+        lambda: KLSchedule(warmup="cosine", warmup_epochs=3),
+        "unknown warm-up 'cosine'; choose one of ['none', 'linear', 'cyclical']",
+    ),
+    (
+        "cyclical warm-up without epochs",
+        lambda: KLSchedule(warmup="cyclical", warmup_epochs=-1.5),
+        "warm-up 'cyclical' needs warmup_epochs > 0, got -1.5; set --warmup-epochs",
+    ),
+    (
+        "unknown objective",
+        lambda: make_objective("renyi"),
+        "unknown objective 'renyi'; choose one of ['dreg', 'elbo', 'iwae', 'meanfield']",
+    ),
+    (
+        "free bits with iwae",
+        lambda: make_objective("iwae", 5, free_bits=0.5),
+        "free bits apply to the ELBO, not to 'iwae'; use --objective elbo or --free-bits 0",
+    ),
+    (
+        "free bits with dreg",
+        lambda: make_objective("dreg", 5, free_bits=0.5),
+        "free bits apply to the ELBO, not to 'dreg'; use --objective elbo or --free-bits 0",
+    ),
+    (
+        "free bits with several particles",
+        lambda: make_objective("elbo", 3, free_bits=0.5),
+        "free bits use one particle; set --num-particles 1",
+    ),
+    ("no particles", lambda: make_objective("elbo", 0), "num_particles must be at least 1, got 0"),
+    (
+        "a bool of particles",
+        lambda: make_objective("iwae", True),
+        "num_particles must be at least 1, got True",
+    ),
+    (
+        "a float of particles",
+        lambda: make_objective("iwae", 2.0),
+        "num_particles must be at least 1, got 2.0",
+    ),
+    (
+        "negative free bits",
+        lambda: make_objective("elbo", 1, free_bits=-0.25),
+        "free_bits must be a non-negative number, got -0.25",
+    ),
+    (
+        "infinite free bits",
+        lambda: make_objective("elbo", 1, free_bits=float("inf")),
+        "free_bits must be a non-negative number, got inf",
+    ),
+    (
+        "unknown gradient",
+        lambda: importance_weighted_loss(None, None, torch.zeros(2, 3), 4, gradient="reinforce"),
+        "gradient must be 'iwae' or 'dreg', got 'reinforce'",
+    ),
+    (
+        "free bits on a full-covariance posterior",
+        lambda: per_dim_kl(
+            torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2)),
+            torch.distributions.Independent(torch.distributions.Normal(torch.zeros(2), 1.0), 1),
+            torch.zeros(2),
+        ),
+        "free bits need per-dimension KL, but MultivariateNormal does not factorize over latent "
+        "dimensions; use a diagonal posterior and prior, or --free-bits 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "make, message", [c[1:] for c in OBJECTIVE_REFUSALS], ids=[c[0] for c in OBJECTIVE_REFUSALS]
+)
+def test_objective_refusals_name_the_value_and_the_fix_word_for_word(make, message):
+    with pytest.raises(ConfigError, match=whole(message)):
+        make()
