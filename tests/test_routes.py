@@ -10,7 +10,7 @@ from pyro import poutine
 from refusals import whole
 
 from pyro_vae import VAE
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer import log_likelihood
 from pyro_vae.infer.importance import ROUTES, choose_route, register_route
 from pyro_vae.models import ModelConfig, build_vae
@@ -130,16 +130,50 @@ def test_unknown_and_taken_route_names_are_refused():
     vae, x = _vae(), _x()
     with pytest.raises(
         ConfigError,
-        match=whole(
-            "unknown route 'quick'; choose auto, traced or one of ['fused']"
-        ),
+        match=whole("unknown route 'quick'; choose auto, traced or one of ['fused']"),
     ):
         _estimate(vae, x, route="quick")
     for name in ("auto", "traced", "given", "fused"):
-        with pytest.raises(ConfigError, match=f"route name {name!r} is taken"):
+        with pytest.raises(
+            ConfigError, match=whole(f"route name {name!r} is taken; choose another")
+        ):
             register_route(name, lambda *a: "never")
     assert list(ROUTES)[0] == "fused"
     assert choose_route("traced", vae.model, vae.guide, (x,), {})[0] == "traced"
+
+
+def test_log_likelihood_call_refusals_are_checked_word_for_word():
+    vae, x = _vae(), _x()
+    with (
+        poutine.scale(scale=1.0),
+        pytest.raises(
+            ConfigError,
+            match=whole(
+                "route 'fused' does not apply: a Pyro handler is active around the call; "
+                "use route='traced'"
+            ),
+        ),
+    ):
+        _estimate(vae, x, route="fused")
+    with pytest.raises(
+        ConfigError, match=whole("num_samples given twice (positionally and as a keyword)")
+    ):
+        log_likelihood(vae.model, vae.guide, x, 5, num_samples=5)
+    with pytest.raises(
+        DataError,
+        match=whole("no data given; call log_likelihood(model, guide, x, num_samples=K)"),
+    ):
+        log_likelihood(vae.model, vae.guide, num_samples=5)
+    with pytest.raises(
+        ConfigError,
+        match=whole("unknown strategy 'serial'; choose auto or one of ('vectorized', 'replicate')"),
+    ):
+        _estimate(vae, x, strategy="serial")
+    with pytest.raises(
+        ConfigError,
+        match=whole("log_weights_fn given with route='fused'; give one or the other"),
+    ):
+        _estimate(vae, x, route="fused", log_weights_fn=lambda *a: None)
 
 
 def test_scoring_and_validation_take_the_fused_route_and_record_it(tmp_path):
