@@ -1,6 +1,12 @@
 import pyro
+import pyro.distributions as dist
+import pytest
+import torch
 from ppca_encoder import LinearGaussian
+from pyro.infer import config_enumerate
+from refusals import whole
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.infer import inference_gaps
 
 
@@ -97,3 +103,115 @@ def test_local_guide_puts_its_sites_in_the_plate_named_data_by_default():
     pyro.set_rng_seed(0)
     r = log_likelihood(lg.model, guide, x, num_samples=4)
     assert torch.allclose(r.per_example, lg.log_px(x), atol=1e-3)
+
+
+# --- small programs that break one assumption each --------------------------------------
+
+X = torch.tensor([[-1.5], [-0.2], [0.4], [1.1], [2.7]])
+
+
+def plain_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def plain_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x / 2, 0.7).to_event(1))
+
+
+def mixture_model(x):
+    with pyro.plate("data", x.shape[0]):
+        y = pyro.sample("y", dist.OneHotCategorical(torch.tensor([0.5, 0.5])))
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z + y[..., :1], 1.0).to_event(1), obs=x)
+
+
+def mixture_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.OneHotCategorical(logits=torch.zeros(x.shape[0], 2)))
+        pyro.sample("z", dist.Normal(x / 2, 1.0).to_event(1))
+
+
+def two_plate_model(x):
+    with pyro.plate("data", x.shape[0]):
+        with pyro.plate("two", 2, dim=-2):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(0), 1.0).to_event(1), obs=x)
+
+
+def two_plate_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        with pyro.plate("two", 2, dim=-2):
+            pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+
+
+def two_wide_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z[..., :1], 1.0).to_event(1), obs=x)
+
+
+def half_masked_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        keep = torch.tensor([True, False]).expand(x.shape[0], 2)
+        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).mask(keep).to_event(1))
+
+
+def _gaps(model, guide, **options):
+    options = {
+        "family": lambda p: dist.Normal(p[..., :1], 1.0).to_event(1),
+        "init_params": lambda x: torch.zeros(x.shape[0], 1),
+        "num_steps": 1,
+        "num_samples": 2,
+        "elbo_samples": 2,
+        **options,
+    }
+    return inference_gaps(model, guide, X, **options)
+
+
+GAPS_REFUSALS = [
+    (
+        "an enumerated site",
+        lambda: _gaps(mixture_model, config_enumerate(mixture_guide, "parallel", expand=True)),
+        "inference gaps optimize a continuous local posterior per data point, but sites ['y'] "
+        "are enumerated; score such a model with log_likelihood",
+    ),
+    (
+        "a family for a site the guide lacks",
+        lambda: _gaps(plain_model, plain_guide, family={"w": lambda p: None}),
+        "family must name exactly the guide's latent sites ['z'] (missing ['z'], unknown ['w'])",
+    ),
+    (
+        "init_params for an extra site",
+        lambda: _gaps(plain_model, plain_guide, init_params={"z": None, "w": None}),
+        "init_params must name exactly the guide's latent sites ['z'] (missing [], unknown ['w'])",
+    ),
+    (
+        "no family",
+        lambda: _gaps(plain_model, plain_guide, family=None),
+        "inference gaps need one family per latent site; the guide has latent sites ['z'], so "
+        "pass family={site: ...} for each",
+    ),
+    (
+        "a latent site in a second plate",
+        lambda: _gaps(two_plate_model, two_plate_guide),
+        "latent site 'z' is inside plate 'two' as well as 'data'; the local posterior is per data "
+        "point only, so move that plate into the site's event shape (.to_event)",
+    ),
+    (
+        "a mask inside the event",
+        lambda: _gaps(two_wide_model, half_masked_guide),
+        "guide site 'z' masks part of its event (.mask inside .to_event); the local posterior "
+        "keeps or drops whole draws, so mask whole data points (a mask of the batch shape)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, message", [c[1:] for c in GAPS_REFUSALS], ids=[c[0] for c in GAPS_REFUSALS]
+)
+def test_inference_gaps_refusals_are_checked_whole(call, message):
+    with pytest.raises(ConfigError, match=whole(message)):
+        call()
