@@ -1,11 +1,14 @@
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from ppca_encoder import LinearGaussian
+from pyro.infer import config_enumerate
+from refusals import whole
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer import ais_log_likelihood, sigmoid_schedule
 
 
@@ -47,7 +50,9 @@ def test_schedule_and_errors():
     b = sigmoid_schedule(10)
     assert b[0] == 0.0 and b[-1] == 1.0 and all(u < v for u, v in zip(b[:-1], b[1:], strict=True))
     lg = LinearGaussian()
-    with pytest.raises(ConfigError):
+    with pytest.raises(
+        ConfigError, match=whole("AIS init must be 'guide' or 'prior', got 'posterior'")
+    ):
         ais_log_likelihood(lg.model, lg.guide, lg.sample_x(2), init="posterior")
 
 
@@ -77,3 +82,129 @@ def test_sigmoid_schedule_is_the_rescaled_sigmoid_of_an_even_grid_on_minus_one_t
     got = sigmoid_schedule(steps, rad)
     assert got == pytest.approx(want, abs=1e-12)
     assert all(abs(got[t] + got[steps - t] - 1.0) < 1e-12 for t in range(steps + 1))
+
+
+# --- small programs that break one assumption each --------------------------------------
+
+X = torch.tensor([[-1.5], [-0.2], [0.4], [1.1], [2.7]])
+
+
+def plain_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def plain_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x / 2, 0.7).to_event(1))
+
+
+def mixture_model(x):
+    with pyro.plate("data", x.shape[0]):
+        y = pyro.sample("y", dist.OneHotCategorical(torch.tensor([0.5, 0.5])))
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z + y[..., :1], 1.0).to_event(1), obs=x)
+
+
+def mixture_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.OneHotCategorical(logits=torch.zeros(x.shape[0], 2)))
+        pyro.sample("z", dist.Normal(x / 2, 1.0).to_event(1))
+
+
+def two_plate_model(x):
+    with pyro.plate("data", x.shape[0]):
+        with pyro.plate("two", 2, dim=-2):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(0), 1.0).to_event(1), obs=x)
+
+
+def two_plate_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        with pyro.plate("two", 2, dim=-2):
+            pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+
+
+def coin_model(x):
+    with pyro.plate("data", x.shape[0]):
+        y = pyro.sample("y", dist.Bernoulli(0.5).expand([1]).to_event(1))
+        pyro.sample("x", dist.Normal(y, 1.0).to_event(1), obs=x)
+
+
+def coin_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("y", dist.Bernoulli(0.5).expand([1]).to_event(1))
+
+
+def observed_only_model(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(0.0, 1.0).expand([1]).to_event(1), obs=x)
+
+
+def empty_guide(x):
+    pass
+
+
+def _ais(model, guide, x=X, **options):
+    return ais_log_likelihood(model, guide, x, **{"num_steps": 1, **options})
+
+
+AIS_REFUSALS = [
+    ("no steps", lambda: sigmoid_schedule(0), ConfigError, "AIS needs at least one step, got 0"),
+    (
+        "an unknown start",
+        lambda: _ais(plain_model, plain_guide, init="posterior"),
+        ConfigError,
+        "AIS init must be 'guide' or 'prior', got 'posterior'",
+    ),
+    (
+        "no chains",
+        lambda: _ais(plain_model, plain_guide, num_chains=0),
+        ConfigError,
+        "AIS needs at least one chain, got 0",
+    ),
+    (
+        "no data points",
+        lambda: _ais(plain_model, plain_guide, X[:0]),
+        DataError,
+        "no data points to evaluate; pass a non-empty tensor",
+    ),
+    (
+        "a guide with no latent sites",
+        lambda: _ais(observed_only_model, empty_guide),
+        DataError,
+        "the guide has no latent sample sites to anneal",
+    ),
+    (
+        "a discrete guide site",
+        lambda: _ais(coin_model, coin_guide),
+        ConfigError,
+        "AIS moves latent sites by HMC, but site 'y' is discrete (Independent); mark it "
+        "infer={'enumerate': 'parallel'} in the model and leave it out of the guide (AIS then "
+        "sums it out), or use log_likelihood",
+    ),
+    (
+        "an enumerated guide site",
+        lambda: _ais(mixture_model, config_enumerate(mixture_guide, "parallel", expand=True)),
+        ConfigError,
+        "AIS moves latent sites by HMC, but site 'y' is discrete (OneHotCategorical); mark it "
+        "infer={'enumerate': 'parallel'} in the model and leave it out of the guide (AIS then "
+        "sums it out), or use log_likelihood",
+    ),
+    (
+        "a second plate",
+        lambda: _ais(two_plate_model, two_plate_guide),
+        ConfigError,
+        "AIS supports programs whose only plate is the data plate (chains at dim -2); flatten "
+        "the other plates into the event shape",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, exc_type, message", [c[1:] for c in AIS_REFUSALS], ids=[c[0] for c in AIS_REFUSALS]
+)
+def test_ais_refusals_are_checked_whole(call, exc_type, message):
+    with pytest.raises(exc_type, match=whole(message)):
+        call()
