@@ -16,6 +16,7 @@ from pyro_vae import cli
 from pyro_vae.data import DataSplits
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.models import MODELS, ModelConfig, build_model, kind_of
+from pyro_vae.models.kinds import ModelKind, check_choice, check_labels
 from pyro_vae.runs import RunDir, configured_for_data, train_run
 from pyro_vae.train import TrainConfig, choose_labelled
 
@@ -448,3 +449,117 @@ def test_a_plugin_kind_that_takes_labels_has_them_checked_against_its_num_classe
         for name in ("tiny_labelled", "tiny_labelled_any"):
             if name in MODELS:
                 MODELS.unregister(name)
+
+
+def _labelled(**labels):
+    from types import SimpleNamespace
+
+    ok = torch.tensor([0, 1, 2])
+    return SimpleNamespace(name="toy", labels={"train": ok, "valid": ok, "test": ok, **labels})
+
+
+def _unregistered_kind_name():
+    class Unregistered(ModelKind):
+        pass
+
+    return Unregistered().name
+
+
+def _labels_of_no_points():
+    class Labelled(ModelKind):
+        uses_labels = True
+        _name = "labelled_toy"
+
+    return Labelled().program_args(None)
+
+
+def _check_labels(data, num_classes=None):
+    return check_labels(data, "m2", num_classes)
+
+
+KIND_REFUSALS = [
+    (
+        "an unregistered kind",
+        _unregistered_kind_name,
+        ConfigError,
+        "Unregistered is not a registered model kind",
+    ),
+    (
+        "labels missing for a labelled kind",
+        _labels_of_no_points,
+        DataError,
+        "model 'labelled_toy' needs labels for every data point",
+    ),
+    (
+        "an unknown choice",
+        lambda: check_choice("ladder", "inference", ("bottom_up", "top_down")),
+        ConfigError,
+        "unknown inference 'ladder'; choose one of ['bottom_up', 'top_down']",
+    ),
+    (
+        "data without labels",
+        lambda: _check_labels(type("Plain", (), {"name": "plain"})()),
+        DataError,
+        "model 'm2' needs labels, but 'plain' has none for the train, valid, test split(s); use "
+        "a data set with labels (digits, mnist, fashion-mnist, an .npz with y_train/y_valid/"
+        "y_test) or another --model",
+    ),
+    (
+        "a labelled set missing one split",
+        lambda: _check_labels(type("Part", (), {"labels": {"train": torch.tensor([0, 1])}})()),
+        DataError,
+        "model 'm2' needs labels, but 'the data' has none for the valid, test split(s); use a "
+        "data set with labels (digits, mnist, fashion-mnist, an .npz with y_train/y_valid/y_test) "
+        "or another --model",
+    ),
+    (
+        "float labels",
+        lambda: _check_labels(_labelled(valid=torch.tensor([0.0, 1.0]))),
+        DataError,
+        "the valid labels must be integers of shape (N,), got torch.float32 (2,); store class "
+        "indices 0..C-1",
+    ),
+    (
+        "labels of two dimensions",
+        lambda: _check_labels(_labelled(test=torch.zeros(2, 3, dtype=torch.int64))),
+        DataError,
+        "the test labels must be integers of shape (N,), got torch.int64 (2, 3); store class "
+        "indices 0..C-1",
+    ),
+    (
+        "a negative label",
+        lambda: _check_labels(_labelled(train=torch.tensor([0, -3, 1]))),
+        DataError,
+        "the train labels contain -3; labels must be class indices 0..C-1",
+    ),
+    (
+        "labels past num_classes",
+        lambda: _check_labels(_labelled(), num_classes=2),
+        DataError,
+        "labels go up to 2 but model 'm2' has num_classes=2; set num_classes to at least 3 "
+        "(--model-opt num_classes=3)",
+    ),
+    (
+        "one class only",
+        lambda: _check_labels(
+            _labelled(**{s: torch.tensor([0, 0]) for s in ("train", "valid", "test")})
+        ),
+        DataError,
+        "model 'm2' needs at least 2 classes, the labels have 1",
+    ),
+    (
+        "not a pyro_vae model",
+        lambda: kind_of(torch.nn.Linear(2, 2)),
+        ConfigError,
+        "expected a pyro_vae model (a VAE, an Autoencoder or a registered model kind's module), "
+        "got Linear; build one with build_model(config)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, exc_type, message", [c[1:] for c in KIND_REFUSALS], ids=[c[0] for c in KIND_REFUSALS]
+)
+def test_model_kind_refusals_are_checked_whole(call, exc_type, message):
+    with pytest.raises(exc_type, match=whole(message)):
+        call()
