@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -81,9 +82,24 @@ def test_a_checkpoint_that_runs_code_on_unpickling_is_refused(tmp_path, writer):
     probe = tmp_path / "probe"
     pickle.loads(pickle.dumps(_Exploit(probe)))
     assert probe.exists()
-    with pytest.raises(CheckpointError, match="holds objects other than tensors"):
+    with pytest.raises(CheckpointError, match=_unloadable(path)):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def _unloadable(path) -> str:
+    """The whole refusal of a checkpoint torch cannot load; the reason in the middle is torch's
+    own (it varies with torch's version)."""
+    return (
+        "^"
+        + re.escape(
+            f"cannot load checkpoint {str(path)!r}: it is truncated, corrupted, or holds objects "
+            "other than tensors (refused: they could run code) ("
+        )
+        + ".+"
+        + re.escape("); restore it from a backup or retrain")
+        + r"\Z"
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +116,7 @@ def test_damaged_checkpoints_are_refused(tmp_path, damage):
     path = tmp_path / "c.pt"
     save_checkpoint(path, _state())
     path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(CheckpointError, match="cannot load checkpoint") as info:
+    with pytest.raises(CheckpointError, match=_unloadable(path)) as info:
         load_checkpoint(path)
     assert "\n" not in str(info.value)
 
@@ -108,16 +124,21 @@ def test_damaged_checkpoints_are_refused(tmp_path, damage):
 def test_wrong_format_version_is_refused(tmp_path):
     path = tmp_path / "c.pt"
     torch.save({"format_version": FORMAT_VERSION + 1, "epoch": 1}, path)
-    with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1}"):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
+    assert str(info.value) == (
+        f"checkpoint {str(path)!r} has format version {FORMAT_VERSION + 1}, this pyro-vae reads "
+        f"version {FORMAT_VERSION}; use the matching pyro-vae release"
+    )
 
 
 @pytest.mark.parametrize("content", [[1, 2, 3], {"epoch": 1}], ids=["not-a-dict", "no-version"])
 def test_foreign_files_are_refused(tmp_path, content):
     path = tmp_path / "c.pt"
     torch.save(content, path)
-    with pytest.raises(CheckpointError, match="not a pyro-vae checkpoint"):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
+    assert str(info.value) == f"{str(path)!r} is not a pyro-vae checkpoint (no format_version)"
 
 
 def test_wrong_architecture_is_refused(tmp_path):
