@@ -277,3 +277,56 @@ def test_an_unreadable_random_state_is_one_checkpoint_error(damage):
     message = str(info.value)
     assert message.startswith("the checkpoint's random-number state is unreadable (")
     assert message.endswith("); it is corrupted, restart the run with --overwrite")
+
+
+def _linear_state(**changes):
+    state = torch.nn.Linear(3, 2).state_dict()
+    return {**state, **changes}
+
+
+@pytest.mark.parametrize(
+    "model_state, message",
+    [
+        (
+            [1, 2],
+            "checkpoint in 'c.pt' holds no model state table; restore it or retrain",
+        ),
+        (
+            _linear_state(bias=[0.0, 0.0]),
+            "checkpoint in 'c.pt': 'bias' is a list, not a tensor; restore the checkpoint or "
+            "retrain",
+        ),
+        (
+            _linear_state(weight=torch.zeros(2, 3, dtype=torch.float64)),
+            "checkpoint in 'c.pt': 'weight' is torch.float64, the model expects torch.float32; "
+            "the file was altered, restore it or retrain",
+        ),
+        (
+            _linear_state(bias=torch.tensor([0.0, float("inf")])),
+            "checkpoint in 'c.pt': 'bias' holds NaN or infinite values; restore an earlier "
+            "checkpoint or retrain",
+        ),
+    ],
+    ids=["not-a-table", "not-a-tensor", "other-dtype", "infinite"],
+)
+def test_restore_model_refusals_are_checked_whole(model_state, message):
+    with pytest.raises(CheckpointError, match=whole(message)):
+        restore_model(torch.nn.Linear(3, 2), model_state, "c.pt")
+
+
+def test_a_zip_checkpoint_with_a_corrupted_directory_is_refused_whole(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, _state())
+    data = bytearray(path.read_bytes())
+    directory = data.rindex(b"PK\x01\x02")  # the last central-directory entry
+    data[directory : directory + 4] = b"XXXX"
+    path.write_bytes(bytes(data))
+    pattern = (
+        "^"
+        + re.escape(f"checkpoint {str(path)!r} is a corrupted zip file (")
+        + ".+"  # zipfile's own reason
+        + re.escape("); restore it or retrain")
+        + r"\Z"
+    )
+    with pytest.raises(CheckpointError, match=pattern):
+        load_checkpoint(path)
