@@ -71,24 +71,39 @@ def test_edited_kind_is_refused_on_load(run, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "alter, fragment",
+    "alter, tail",
     [
-        (lambda t: t.to(torch.int64), "is torch.int64, the model expects torch.float32"),
-        (lambda t: t.to(torch.float64), "is torch.float64"),
-        (lambda t: torch.full_like(t, float("nan")), "NaN or infinite"),
-        (lambda t: torch.full_like(t, float("inf")), "NaN or infinite"),
+        (
+            lambda t: t.to(torch.int64),
+            "is torch.int64, the model expects torch.float32; the file was altered, restore it or "
+            "retrain",
+        ),
+        (
+            lambda t: t.to(torch.float64),
+            "is torch.float64, the model expects torch.float32; the file was altered, restore it "
+            "or retrain",
+        ),
+        (
+            lambda t: torch.full_like(t, float("nan")),
+            "holds NaN or infinite values; restore an earlier checkpoint or retrain",
+        ),
+        (
+            lambda t: torch.full_like(t, float("inf")),
+            "holds NaN or infinite values; restore an earlier checkpoint or retrain",
+        ),
     ],
     ids=["int64", "float64", "nan", "inf"],
 )
-def test_altered_weights_are_refused_on_load(run, tmp_path, alter, fragment):
+def test_altered_weights_are_refused_on_load(run, tmp_path, alter, tail):
     edited = copy_run(run, tmp_path / "e")
     state = load_checkpoint(edited.file(RunDir.CHECKPOINT))
     key = next(k for k in state["model_state"] if k.endswith("weight"))
     state["model_state"][key] = alter(state["model_state"][key])
     state.pop("format_version")
     save_checkpoint(edited.file(RunDir.CHECKPOINT), state)
-    with pytest.raises(CheckpointError, match=fragment):
+    with pytest.raises(CheckpointError) as info:
         load_run(edited.path)
+    assert str(info.value) == f"checkpoint in {str(edited.path)!r}: {key!r} {tail}"
 
 
 def test_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path):
@@ -96,8 +111,13 @@ def test_zip_bomb_checkpoint_is_refused_before_inflating(tmp_path):
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("archive/data.pkl", b"\0" * (32 * 2**20))
     assert bomb.stat().st_size < 2**20
-    with pytest.raises(CheckpointError, match="declares 33554432 bytes once inflated"):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(bomb)
+    limit = 2 * bomb.stat().st_size + 2**20  # twice the file and a mebibyte, under the cap
+    assert str(info.value) == (
+        f"checkpoint {str(bomb)!r} declares 33554432 bytes once inflated (limit {limit}) or "
+        "compressed members ['archive/data.pkl']; torch.save never writes that: refused"
+    )
 
 
 def test_torch_save_checkpoints_pass_the_inflation_check(run):
@@ -164,20 +184,32 @@ def test_failed_resume_leaves_config_json_untouched(run, tmp_path, digits):
     copy = copy_run(run, tmp_path / "c")
     before = copy.file(RunDir.CONFIG).read_bytes()
     other = DataSplits("digits", digits.train.flip(0), digits.valid, digits.test)
-    with pytest.raises(DataError, match="the train data differ"):
+    with pytest.raises(DataError) as info:
         resume_run(copy.path, epochs=3, progress=False, data=other)
+    assert str(info.value) == (
+        f"the train data differ from those {copy.path} was trained on (sizes or sha256 in its "
+        "config.json); restore the original data, or train a new run on these"
+    )
     config = copy.read_json(RunDir.CONFIG)
     config["train"]["lr"] = 0.5  # a setting the checkpoint disagrees with
     copy.write_json(RunDir.CONFIG, config)
     edited = copy.file(RunDir.CONFIG).read_bytes()
-    with pytest.raises(ConfigError, match=r"different training settings \['lr'\]"):
+    with pytest.raises(ConfigError) as info:
         resume_run(copy.path, epochs=3, progress=False, data=digits)
+    assert str(info.value) == (
+        f"cannot resume {str(copy.path)!r} with different training settings ['lr']; resume with "
+        "the run's own configuration or start a new run"
+    )
     assert copy.file(RunDir.CONFIG).read_bytes() == edited != before
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 10**30, True, 1.5])
 def test_negative_huge_or_non_integer_seeds_are_refused(seed):
-    with pytest.raises(ConfigError, match="seed must be"):
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        message = f"seed must be in [0, {2**32 - 1}], got {seed}; pick a smaller one"
+    else:
+        message = f"seed must be an integer, got {seed!r}"
+    with pytest.raises(ConfigError, match=whole(message)):
         TrainConfig(seed=seed)
 
 
