@@ -16,10 +16,12 @@ from refusals import whole
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.importance import log_likelihood
+from pyro_vae.models import MODELS
 from pyro_vae.models.conditional import (
     ConditionalPrior,
     ConditionalVAE,
     build_conditional,
+    one_hot_labels,
     quadrant_mask,
 )
 from pyro_vae.models.config import ModelConfig
@@ -331,10 +333,29 @@ def test_quadrant_accepts_image_shapes(event_shape, side):
         assert square[: side // 2, : side // 2].all()
 
 
-@pytest.mark.parametrize("event_shape", [(10,), (7, 8), (1, 8, 5), (2, 1, 4, 4), (63,)])
-def test_quadrant_refuses_data_that_are_not_even_images(event_shape):
+NOT_IMAGES = (
+    "condition_on='quadrant' needs images shaped (C, H, W), (H, W) or a flattened square (s*s,), "
+    "but data points have shape {}; use condition_on='labels'"
+)
+ODD_SIDES = (
+    "condition_on='quadrant' needs an even height and width to split the image into four equal "
+    "quadrants, got {} x {}; crop or pad the images"
+)
+
+
+@pytest.mark.parametrize(
+    "event_shape, message",
+    [
+        ((10,), NOT_IMAGES.format((10,))),
+        ((7, 8), ODD_SIDES.format(7, 8)),
+        ((1, 8, 5), ODD_SIDES.format(8, 5)),
+        ((2, 1, 4, 4), NOT_IMAGES.format((2, 1, 4, 4))),
+        ((63,), NOT_IMAGES.format((63,))),
+    ],
+)
+def test_quadrant_refuses_data_that_are_not_even_images(event_shape, message):
     config = ModelConfig(event_shape=event_shape, latent_dim=2, hidden=(8,))
-    with pytest.raises(ConfigError, match="quadrant"):
+    with pytest.raises(ConfigError, match=whole(message)):
         build_conditional(config, "quadrant")
 
 
@@ -467,3 +488,69 @@ def test_arch_options_without_an_activation_build_softplus_hidden_layers():
     h = torch.randn(4, first.in_features)
     want = torch.log1p(torch.exp(first(h)))
     assert torch.allclose(cvae.encoder.net[1](first(h)), want, atol=1e-6)
+
+
+def _quadrant_cvae():
+    return build_conditional(CONFIG, "quadrant")
+
+
+def _float_cvae():
+    return build_conditional(CONFIG, "labels", condition_dim=2)
+
+
+MORE_REFUSALS = [
+    (
+        "float labels",
+        lambda: one_hot_labels(torch.tensor([0.0, 1.0]), 3),
+        DataError,
+        "labels must be integer class indices, got dtype torch.float32; convert them with "
+        "y.long() (or pass one-hot float rows)",
+    ),
+    (
+        "quadrant without images",
+        lambda: _quadrant_cvae().condition(None),
+        DataError,
+        "condition_on='quadrant' needs the images x",
+    ),
+    (
+        "integer labels for float conditions",
+        lambda: _float_cvae().condition(None, torch.tensor([0, 1])),
+        DataError,
+        "this model takes float conditions (batch, 2), got integer labels; build it with "
+        "num_classes to pass labels",
+    ),
+    (
+        "quadrant sampling without images",
+        lambda: _quadrant_cvae().sample(2),
+        ConfigError,
+        "condition_on='quadrant' samples given images: pass them as y (only their visible "
+        "quadrant is read), or use complete(x)",
+    ),
+    (
+        "samples per class without classes",
+        lambda: _float_cvae().sample_per_class(2),
+        ConfigError,
+        "sample_per_class needs a model of class labels (num_classes)",
+    ),
+    (
+        "a quadrant option out of range",
+        lambda: MODELS["cvae"].check_options({"condition_on": "quadrant", "quadrant": 4}),
+        ConfigError,
+        "quadrant must be 0..3, got 4",
+    ),
+    (
+        "a cvae on labels without num_classes",
+        lambda: MODELS["cvae"]().build(CONFIG),
+        ConfigError,
+        "a cvae on labels needs num_classes (--model-opt num_classes=C; train_run fills it in "
+        "from the data)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, exc_type, message", [c[1:] for c in MORE_REFUSALS], ids=[c[0] for c in MORE_REFUSALS]
+)
+def test_more_conditional_refusals_are_checked_whole(call, exc_type, message):
+    with pytest.raises(exc_type, match=whole(message)):
+        call()
