@@ -21,6 +21,7 @@ from torch import nn
 from pyro_vae import ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import log_likelihood
+from pyro_vae.models import hierarchical
 from pyro_vae.models.hierarchical import (
     IWAE_TWO_LAYER,
     HierarchicalVAE,
@@ -703,3 +704,66 @@ def test_the_hvae_preset_is_checked_and_fixes_the_architecture():
         fixed = rf"^preset 'iwae' fixes the architecture; drop {key} or the preset$"
         with pytest.raises(ConfigError, match=fixed):
             ModelConfig(event_shape=(784,), kind="hvae", kind_options=options)
+
+
+def _hvae(top=2, posteriors=(3, 2), conditional_priors=(3,)):
+    return HierarchicalVAE(
+        (6,), (3, 2), ((8,), (8,)), Normal(), StandardNormal(top),
+        [DiagonalNormal(d) for d in posteriors], [DiagonalNormal(d) for d in conditional_priors],
+        "bottom_up",
+    )  # fmt: skip
+
+
+MORE_REFUSALS = [
+    (
+        "a merge of a non-normal",
+        lambda: hierarchical.normal_params(dist.Laplace(torch.zeros(2), 1.0).to_event(1)),
+        "the ladder merge needs a diagonal normal, got Independent; use the 'diagonal' family",
+    ),
+    (
+        "a top prior of another size",
+        lambda: _hvae(top=4),
+        "the top prior has latent_dim 4 but z2 has size 2; build the prior with latent_dim=2",
+    ),
+    (
+        "too few posteriors",
+        lambda: _hvae(posteriors=(3,)),
+        "posteriors has 1 families but 2 are needed (sizes [3, 2])",
+    ),
+    (
+        "a conditional prior of another size",
+        lambda: _hvae(conditional_priors=(5,)),
+        "conditional_priors[0] has latent_dim 5 but its layer has size 3; build it with "
+        "latent_dim=3",
+    ),
+    (
+        "layers as text",
+        lambda: hierarchical.check_layers("4,2"),
+        "layers must be a list of latent sizes like [100, 50], got '4,2'",
+    ),
+    (
+        "hidden widths as a number",
+        lambda: hierarchical.check_hidden(8, 2),
+        "hidden must hold one list of widths per layer, like [[200, 200], [100, 100]], got 8",
+    ),
+    (
+        "a convolutional arch",
+        lambda: build_hierarchical(
+            ModelConfig(event_shape=(1, 8, 8), hidden=(8,), arch="conv"), (4, 2)
+        ),
+        "a hierarchical VAE builds MLP networks, but arch is 'conv'; set arch 'mlp'",
+    ),
+    (
+        "one layer in the kind's options",
+        lambda: ModelConfig(event_shape=(6,), kind="hvae", kind_options={"layers": [4]}),
+        "a hierarchical VAE needs at least 2 layers, got layers=[4]; use --model vae for one",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, message", [c[1:] for c in MORE_REFUSALS], ids=[c[0] for c in MORE_REFUSALS]
+)
+def test_more_hierarchical_refusals_are_checked_whole(call, message):
+    with pytest.raises(ConfigError, match=whole(message)):
+        call()
