@@ -21,6 +21,7 @@ from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.infer.objectives import make_objective
 from pyro_vae.models.config import ModelConfig
 from pyro_vae.models.semisupervised import DEFAULT_ALPHA, build_semisupervised, m2_loss
+from pyro_vae.train import choose_labelled
 
 F64 = torch.float64
 
@@ -398,3 +399,82 @@ def test_encode_hands_soft_label_rows_to_the_encoder_in_x_s_dtype(m2, x):
         got = half.encode(x, y).mean
         want = half.posterior(half.encoder(torch.cat([x, y], -1))).mean
     assert torch.equal(got, want)
+
+
+def _toy_labels():
+    from types import SimpleNamespace
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    return SimpleNamespace(name="toy", labels={"train": labels, "valid": labels, "test": labels})
+
+
+def _task(objective, data="toy"):
+    from pyro_vae.models import MODELS
+    from pyro_vae.train.semisupervised import SemiSupervisedTask
+
+    m2 = build_semisupervised(CONFIG, num_classes=3, classifier_hidden=(5,))
+    data = _toy_labels() if data == "toy" else data
+    return SemiSupervisedTask(m2, objective, kind=MODELS["m2"](num_classes=3), data=data)
+
+
+def _m2_kind(**options):
+    from pyro_vae.models import MODELS
+
+    return MODELS["m2"](**options)
+
+
+M2_REFUSALS = [
+    (
+        "more labels per class than a class has",
+        lambda: _m2_kind(labels_per_class=3).for_data(_toy_labels()),
+        ConfigError,
+        "--labels-per-class 3 asks for more labelled points than class 1 has in the training "
+        "split (2); ask for at most 2",
+    ),
+    (
+        "no num_classes",
+        lambda: _m2_kind().build(CONFIG),
+        ConfigError,
+        "m2 needs num_classes (--model-opt num_classes=C; train_run fills it in from the data)",
+    ),
+    (
+        "training without labels",
+        lambda: _task(make_objective("elbo"), data=None),
+        DataError,
+        "semi-supervised training needs the training labels; pass data",
+    ),
+    (
+        "an objective with no enumerated form",
+        lambda: _task(make_objective("iwae", 3)),
+        ConfigError,
+        "M2 sums the label out of the ELBO exactly (TraceEnum_ELBO); objective 'iwae' has no "
+        "enumerated form here: use --objective elbo or meanfield",
+    ),
+    (
+        "a KL weight",
+        lambda: _task(make_objective("elbo", beta=0.5)),
+        ConfigError,
+        "M2's enumerated ELBO is trained with KL weight 1; drop --beta and --warmup",
+    ),
+    (
+        "a warm-up",
+        lambda: _task(make_objective("elbo", warmup="linear", warmup_epochs=2)),
+        ConfigError,
+        "M2's enumerated ELBO is trained with KL weight 1; drop --beta and --warmup",
+    ),
+    (
+        "choosing more labelled points than a class has",
+        lambda: choose_labelled(_toy_labels().labels["train"], 3, 0),
+        DataError,
+        "class 1 has 2 training points, fewer than --labels-per-class 3; ask for at most 2 per "
+        "class",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, exc_type, message", [c[1:] for c in M2_REFUSALS], ids=[c[0] for c in M2_REFUSALS]
+)
+def test_m2_refusals_are_checked_whole(call, exc_type, message):
+    with pytest.raises(exc_type, match=whole(message)):
+        call()
