@@ -12,6 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from refusals import whole
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.infer import log_likelihood
@@ -83,3 +84,58 @@ def test_sharded_estimates_move_blocks_to_the_device_and_refuse_results_that_are
         "Scores.values has shape () for 3 points, not per-example; sharded evaluation gathers "
         "per-example results only"
     )
+
+
+def _per_point(model, guide, *inputs):
+    return inputs[0][:, 0]
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"x": torch.zeros(2)}  # a dict: not a tensor or a tuple of tensors
+
+
+X4 = torch.zeros(4, 2)
+
+SHARDED_REFUSALS = [
+    (
+        "log weights kept",
+        lambda: sharded_estimate(_per_point, None, None, X4, keep_log_weights=True),
+        "sharded evaluation gathers per-example results only; drop keep_log_weights or run in one "
+        "process",
+    ),
+    (
+        "no block",
+        lambda: sharded_estimate(_per_point, None, None, X4, block_size=0),
+        "block_size must be at least 1, got 0",
+    ),
+    (
+        "data as a list",
+        lambda: sharded_estimate(_per_point, None, None, [[0.0, 1.0]]),
+        "pass the data as tensors (N, ...), one torch Dataset or one DataLoader after the guide",
+    ),
+    (
+        "tensors of different lengths",
+        lambda: sharded_estimate(_per_point, None, None, X4, torch.zeros(3)),
+        "data tensors have different numbers of points [4, 3]; slice them to the same N",
+    ),
+    (
+        "dataset items that are not tensors",
+        lambda: sharded_estimate(
+            _per_point, None, None, torch.utils.data.DataLoader(_Pairs(), batch_size=2)
+        ),
+        "dataset items must be tensors or tuples of tensors (x, labels, ...); convert them in the "
+        "dataset's __getitem__ or the loader's collate_fn",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, message", [c[1:] for c in SHARDED_REFUSALS], ids=[c[0] for c in SHARDED_REFUSALS]
+)
+def test_sharded_refusals_are_checked_whole(call, message):
+    with pytest.raises(ConfigError, match=whole(message)):
+        call()
