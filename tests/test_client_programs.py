@@ -19,6 +19,7 @@ from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer import (
     StreamingMoments,
     iwae_loss,
+    latent_usage,
     log_likelihood,
     make_objective,
 )
@@ -917,3 +918,79 @@ def test_posterior_summary_of_a_flattening_model_and_refusal_with_enumeration():
     ):
         posterior_inference_data(m2_model, config_enumerate(m2_guide, "parallel"), xs)
 
+
+
+def _report(method: str, **options):
+    from pyro_vae.infer import inference_report
+
+    small = {"num_samples": 4, "ks": (1,), "num_points": 2, "ais_steps": 2, "ais_chains": 1}
+    return inference_report(
+        pyro_example_model, pyro_example_guide, sample_x(3), method, data_plate="batch",
+        **small, **options,
+    )  # fmt: skip
+
+
+def _one_point_data(x, **options):
+    from pyro_vae.infer.diagnostics import posterior_inference_data
+
+    return posterior_inference_data(
+        pyro_example_model, pyro_example_guide, x, num_samples=5, data_plate="batch", **options
+    )
+
+
+def _two_site_data():
+    from pyro_vae.infer.diagnostics import posterior_inference_data
+
+    x = torch.tensor([[0.4, -0.2, 0.1]])
+    return posterior_inference_data(two_layer_model, two_layer_exact_guide, x, num_samples=5)
+
+
+REPORT_AND_DIAGNOSTIC_REFUSALS = [
+    (
+        "an unknown report method",
+        lambda: _report("mcmc"),
+        ConfigError,
+        "unknown method 'mcmc'; choose one of ['is', 'ais', 'gaps']",
+    ),
+    (
+        "gaps without a family",
+        lambda: _report("gaps"),
+        ConfigError,
+        "the inference gaps need the guide's posterior family and initial parameters, which this "
+        "model does not provide; use --method ais",
+    ),
+    (
+        "diagnostics of a batch",
+        lambda: _one_point_data(sample_x(2)),
+        DataError,
+        "expected one data point, got a batch of 2; pass x[i : i + 1]",
+    ),
+    (
+        "diagnostics of an unknown site",
+        lambda: _one_point_data(sample_x(1), site="nope"),
+        ConfigError,
+        "'nope' is not a latent site of the guide; choose one of ['latent']",
+    ),
+    (
+        "diagnostics without a site among several",
+        _two_site_data,
+        ConfigError,
+        "the guide has latent sites ['z2', 'z1']; choose one with site=...",
+    ),
+    (
+        "latent usage without data",
+        lambda: latent_usage(pyro_example_model, pyro_example_guide),
+        DataError,
+        "no data given; call latent_usage(model, guide, x)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "call, exc_type, message",
+    [c[1:] for c in REPORT_AND_DIAGNOSTIC_REFUSALS],
+    ids=[c[0] for c in REPORT_AND_DIAGNOSTIC_REFUSALS],
+)
+def test_report_diagnostic_and_usage_refusals_are_checked_whole(call, exc_type, message):
+    with pytest.raises(exc_type, match=whole(message)):
+        call()
