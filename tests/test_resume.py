@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,3 +254,63 @@ def test_per_rank_generator_states_are_checkpointed_only_with_several_processes(
         f"{store} was trained by 2 process(es) and this resume runs 1, so it cannot continue "
         "identically; resume it with torchrun --nproc_per_node=2"
     )
+
+
+def _pop_optimizer_state(state):
+    state.pop("optimizer_state")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            _pop_optimizer_state,
+            "checkpoint in {run!r} lacks ['optimizer_state']; it was not written by this version "
+            "of fit, so it cannot be resumed: start again with --overwrite",
+        ),
+        (
+            lambda state: state.__setitem__("kind", "ae"),
+            "checkpoint in {run!r} is of a 'ae' model, not 'vae'; resume with the run's own "
+            "config.json",
+        ),
+        (
+            lambda state: state.__setitem__("history", []),
+            "checkpoint in {run!r} is inconsistent (epoch 1, 0 metric records); start again with "
+            "--overwrite",
+        ),
+    ],
+    ids=["no optimizer state", "another kind", "history cut short"],
+)
+def test_resume_refuses_a_checkpoint_it_cannot_continue_whole(tmp_path, damage, message):
+    from pyro_vae.errors import CheckpointError
+    from pyro_vae.train.checkpoint import save_checkpoint
+
+    run = tiny_run(tmp_path, "run", 1)
+    state = load_checkpoint(run / "checkpoint.pt")
+    damage(state)
+    save_checkpoint(run / "checkpoint.pt", state)
+    data, _ = tiny()
+    with pytest.raises(CheckpointError) as info:
+        resume_run(run, epochs=2, progress=False, data=data)
+    assert str(info.value) == message.format(run=str(run))
+
+
+def test_resume_refuses_an_optimizer_state_of_another_model_whole(tmp_path):
+    from pyro_vae.errors import CheckpointError
+    from pyro_vae.train.checkpoint import save_checkpoint
+
+    run = tiny_run(tmp_path, "run", 1)
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["optimizer_state"] = {"state": {}, "param_groups": []}
+    save_checkpoint(run / "checkpoint.pt", state)
+    data, _ = tiny()
+    # torch's own reason sits in the parentheses; the rest is checked whole
+    pattern = (
+        "^"
+        + re.escape(f"the optimizer state in {str(run)!r} does not match the model (")
+        + ".+"
+        + re.escape("); start again with --overwrite")
+        + r"\Z"
+    )
+    with pytest.raises(CheckpointError, match=pattern):
+        resume_run(run, epochs=2, progress=False, data=data)
