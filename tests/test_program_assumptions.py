@@ -581,7 +581,26 @@ def _enumerated_terms():
     return ParticleTerms({}, {}, ["y"], {}, {}, None, None, enumerated=["y"])
 
 
+def unsized_plate_model(x):
+    with pyro.plate("data"):  # no size: the plate takes the sites' 3 entries
+        z = pyro.sample("z", dist.Normal(torch.zeros(3, 1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x[:3])
+
+
+def unsized_plate_guide(x):
+    with pyro.plate("data"):
+        pyro.sample("z", dist.Normal(torch.zeros(3, 1), 1.0).to_event(1))
+
+
 TRACE_REFUSALS = [
+    (
+        "a data plate without a size",
+        lambda: log_likelihood(unsized_plate_model, unsized_plate_guide, X, num_samples=2),
+        DataError,
+        # the program is first checked on two of the points
+        "plate 'data' has no size and site 'z' has 3 entries along it, but the batch has 2 "
+        "points; size the plate: pyro.plate('data', x.shape[0])",
+    ),
     (
         "no data tensor",
         lambda: trace.batch_size_of(("not a tensor",)),
