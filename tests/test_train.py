@@ -547,3 +547,53 @@ def test_resume_without_a_run_directory_is_refused_whole():
         match=whole("resume needs the run directory to continue from; pass run_dir"),
     ):
         fit(vae, data, TrainConfig(epochs=1, batch_size=5), progress=False, resume=True)
+
+
+def _fit_autoencoder_on_a_vae():
+    from pyro_vae.train import fit_autoencoder
+
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    return fit_autoencoder(vae, None, TrainConfig())
+
+
+def _register_constant_again():
+    from pyro_vae.train.schedules import register_lr_schedule
+
+    return register_lr_schedule("constant")(lambda epoch: 1.0)
+
+
+def _unknown_schedule_rate():
+    from pyro_vae.train.schedules import learning_rate
+
+    return learning_rate(0.1, "cosine", 1)
+
+
+def _unknown_precision():
+    from pyro_vae.train.parallel import check_precision
+
+    return check_precision("fp8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            _fit_autoencoder_on_a_vae,
+            "fit_autoencoder trains a pyro_vae Autoencoder, got VAE; build one with "
+            "build_autoencoder (fit trains a VAE)",
+        ),
+        (
+            _register_constant_again,
+            "a learning-rate schedule named 'constant' is already registered",
+        ),
+        (
+            _unknown_schedule_rate,
+            "unknown learning-rate schedule 'cosine'; choose one of ['constant', 'iwae']",
+        ),
+        (_unknown_precision, "unknown precision 'fp8'; choose one of ['32', 'bf16', 'fp16']"),
+    ],
+    ids=["autoencoder-fit-on-a-vae", "schedule-taken", "schedule-unknown", "precision-unknown"],
+)
+def test_training_helper_refusals_are_checked_whole(call, message):
+    with pytest.raises(ConfigError, match=whole(message)):
+        call()
