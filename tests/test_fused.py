@@ -289,3 +289,18 @@ def test_fused_and_traced_agree_on_perturbed_parts(prior, likelihood, posterior)
         pyro.set_rng_seed(7)
         lw = FusedLogWeights(vae)(x, 5)
     torch.testing.assert_close(lw, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_the_fused_elbo_refuses_what_it_does_not_support_whole():
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.models.fused import FusedELBO
+
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "the fused ELBO does not apply: num_particles must be at least 1, got 0; use the Pyro "
+            "objective"
+        ),
+    ):
+        FusedELBO(vae, num_particles=0)

@@ -112,3 +112,14 @@ def test_latent_dims_must_match():
             DiagonalNormal(2),
             (4,),
         )
+
+
+def test_an_encoder_without_an_event_shape_needs_one_given():
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    from pyro_vae.models import VAE
+
+    with pytest.raises(
+        ValueError,
+        match=whole("pass event_shape (the shape of one data point): the encoder has none"),
+    ):
+        VAE(torch.nn.Linear(6, 4), vae.decoder, vae.prior, vae.likelihood, vae.posterior)
