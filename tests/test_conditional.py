@@ -554,3 +554,18 @@ MORE_REFUSALS = [
 def test_more_conditional_refusals_are_checked_whole(call, exc_type, message):
     with pytest.raises(exc_type, match=whole(message)):
         call()
+
+
+def test_a_prior_and_posterior_of_different_sizes_are_refused_whole():
+    cvae = build_conditional(CONFIG, "labels", num_classes=3)
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "prior latent_dim 5 differs from posterior latent_dim 2; build both with the same "
+            "latent_dim"
+        ),
+    ):
+        ConditionalVAE(
+            cvae.encoder, cvae.decoder, StandardNormal(5), cvae.likelihood, DiagonalNormal(2),
+            (1, 8, 8), "labels", num_classes=3,
+        )  # fmt: skip

@@ -478,3 +478,21 @@ M2_REFUSALS = [
 def test_m2_refusals_are_checked_whole(call, exc_type, message):
     with pytest.raises(exc_type, match=whole(message)):
         call()
+
+
+def test_m2_refuses_a_prior_and_posterior_of_different_sizes_whole(m2):
+    from pyro_vae.models.semisupervised import SemiSupervisedVAE
+    from pyro_vae.parts.posteriors import DiagonalNormal
+    from pyro_vae.parts.priors import StandardNormal
+
+    with pytest.raises(
+        ValueError,
+        match=whole(
+            "prior latent_dim 4 differs from posterior latent_dim 2; build both with the same "
+            "latent_dim"
+        ),
+    ):
+        SemiSupervisedVAE(
+            m2.encoder, m2.decoder, m2.classifier, StandardNormal(4), m2.likelihood,
+            DiagonalNormal(2), (6,), 3,
+        )  # fmt: skip
