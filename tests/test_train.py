@@ -597,3 +597,18 @@ def _unknown_precision():
 def test_training_helper_refusals_are_checked_whole(call, message):
     with pytest.raises(ConfigError, match=whole(message)):
         call()
+
+
+def test_a_kind_whose_task_is_not_registered_is_refused_whole(monkeypatch):
+    from pyro_vae.infer import make_objective
+    from pyro_vae.models import MODELS
+    from pyro_vae.train.tasks import TASKS, make_task
+
+    monkeypatch.setattr(MODELS["vae"], "task", "gibbs")
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    message = (
+        "model kind 'vae' trains with task 'gibbs', which is not registered; known tasks: "
+        f"{sorted(TASKS)}"  # the registry's names, whichever modules registered theirs
+    )
+    with pytest.raises(ConfigError, match=whole(message)):
+        make_task(vae, make_objective("elbo"))
