@@ -379,3 +379,17 @@ def test_plot_kl_per_dim_writes_a_png(tmp_path):
         path = plot_kl_per_dim(u, tmp_path / f"{name}.png")
         with Image.open(path) as im:
             assert im.size[0] > 500 and im.size[1] > 200
+
+
+def test_batch_dimensions_left_of_the_particles_are_refused_whole():
+    from pyro_vae.errors import DataError
+    from pyro_vae.infer.collapse import _units
+
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "site 'z' has batch dimensions (3, 4, 5) left of the particles; declare batch "
+            "dimensions with pyro.plate or .to_event()"
+        ),
+    ):
+        _units(torch.zeros(3, 4, 5), 3, -2, -1, "z")

@@ -383,3 +383,31 @@ OBJECTIVE_REFUSALS = [
 def test_objective_refusals_name_the_value_and_the_fix_word_for_word(make, message):
     with pytest.raises(ConfigError, match=whole(message)):
         make()
+
+
+def test_a_sampled_discrete_site_beside_an_enumerated_one_is_refused_whole():
+    x = torch.tensor([[-1.5], [-0.2], [0.4], [1.1], [2.7]])
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", torch.distributions.OneHotCategorical(torch.tensor([0.5, 0.5])))
+            b = pyro.sample("b", pyro.distributions.Bernoulli(0.5).expand([1]).to_event(1))
+            pyro.sample("x", pyro.distributions.Normal(y[..., :1] + b, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            logits = torch.zeros(x.shape[0], 2)
+            pyro.sample(
+                "y",
+                pyro.distributions.OneHotCategorical(logits=logits),
+                infer={"enumerate": "parallel"},
+            )
+            pyro.sample("b", pyro.distributions.Bernoulli(0.5).expand([x.shape[0], 1]).to_event(1))
+
+    message = (
+        "guide site 'b' is drawn without a pathwise gradient while ['y'] are enumerated; the "
+        "score-function term needs the drawn site's log q apart, so mark 'b' "
+        "infer={'enumerate': 'parallel'} too, or use --objective elbo (TraceEnum_ELBO)"
+    )
+    with pytest.raises(ConfigError, match=whole(message)):
+        make_objective("iwae", 3).loss(model, guide, x)
