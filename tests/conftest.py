@@ -14,6 +14,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("PYRO_VAE_THREADS", str(torch.get_num_threads()))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under mutation testing (benchmarks/mutation.md) tests marked ``several_threads`` are
+    skipped: mutmut runs the suite once, then forks a process per mutant, and GNU OpenMP's
+    thread team does not survive a fork (the child waits forever at its first parallel step
+    with more than one thread). Their one-thread cases still run."""
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        return
+    skip = pytest.mark.skip(reason="several torch threads in a forked mutation-testing process")
+    for item in items:
+        if "several_threads" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_pyro_state():
     pyro.clear_param_store()

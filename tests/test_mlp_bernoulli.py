@@ -31,7 +31,10 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 4096 // threads)
 
 
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
+@pytest.fixture(
+    params=[1, *(pytest.param(n, marks=pytest.mark.several_threads) for n in (2, 3))],
+    ids=lambda n: f"{n}threads",
+)
 def threads(request, monkeypatch):
     """torch's count set to 1, 2 or 3 for the test (above 1, the tiles run on worker threads,
     one per core, each with tiles sized to one core's cache), and 64-row tiles as in

@@ -36,7 +36,7 @@ def _estimate(vae: VAE, x: torch.Tensor, **options):
     return log_likelihood(vae.model, vae.guide, x, num_samples=40, **options)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.several_threads)])
 @pytest.mark.parametrize("prior", ["normal", "learned_normal", "mixture"])
 def test_the_library_vae_takes_the_fused_route_and_equals_the_traced_one(prior, threads):
     vae, x = _vae(prior=prior), _x()

@@ -188,6 +188,7 @@ def test_a_busy_neighbour_is_seen_and_this_process_own_work_is_not():
     assert alone < beside  # this process's own busy loop is not counted as another's
 
 
+@pytest.mark.several_threads
 def test_fit_runs_with_the_count_asked_and_restores_torch_count():
     from pyro_vae.data import DataSplits
     from pyro_vae.models import ModelConfig, build_vae
@@ -224,6 +225,7 @@ def test_every_command_refuses_a_bad_thread_count_in_one_line(capsys, command, v
     assert len(err) == 1 and "--threads must be 'auto' or a thread count from 1 to 1024" in err[0]
 
 
+@pytest.mark.several_threads
 def test_the_command_trains_with_the_count_asked_resumes_with_another_and_restores(
     tmp_path, monkeypatch
 ):
@@ -246,6 +248,7 @@ def test_the_command_trains_with_the_count_asked_resumes_with_another_and_restor
     assert seen == [1, 2] and torch.get_num_threads() == 2
 
 
+@pytest.mark.several_threads
 def test_one_thread_each_runs_tasks_at_once_on_one_thread_each_and_restores_the_count():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -270,6 +273,7 @@ def test_one_thread_each_runs_tasks_at_once_on_one_thread_each_and_restores_the_
         torch.set_num_threads(before)
 
 
+@pytest.mark.several_threads
 def test_one_thread_each_raises_a_task_error_after_every_task_has_ended():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -290,6 +294,7 @@ def test_one_thread_each_raises_a_task_error_after_every_task_has_ended():
         torch.set_num_threads(before)
 
 
+@pytest.mark.several_threads
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
 def test_one_thread_each_works_in_a_forked_child_of_a_process_that_used_it():
     before = torch.get_num_threads()
