@@ -321,7 +321,7 @@ def one_thread_each(tasks: Sequence[Callable[[], T]]) -> list[T]:
     split among the cores, whose threads meet at each step's end (measured 1.36x faster on 2
     cores, benchmarks/RESULTS.md). Run no more tasks than
     [`parallel_threads`][pyro_vae.runtime.threads.parallel_threads] at once.
-    ``torch.set_num_threads`` also sets the count that new threads start with and MKL's, so the
+    ``torch.set_num_threads`` also sets the count that threads started later begin with, so the
     caller's count is set again when the tasks have ended.
     """
     global _pool, _pool_size, _pool_pid
@@ -338,6 +338,8 @@ def one_thread_each(tasks: Sequence[Callable[[], T]]) -> list[T]:
 
     with _pool_lock:
         if _pool is None or _pool_size < len(tasks) or _pool_pid != os.getpid():
+            if _pool is not None and _pool_pid == os.getpid():
+                _pool.shutdown(wait=False)  # its threads end once idle
             _pool_size, _pool_pid = max(len(tasks), count), os.getpid()
             _pool = ThreadPoolExecutor(_pool_size, "pyro_vae-tiles")
         pool = _pool
