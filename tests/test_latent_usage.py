@@ -395,6 +395,29 @@ def test_batch_dimensions_left_of_the_particles_are_refused_whole():
         _units(torch.zeros(3, 4, 5), 3, -2, -1, "z")
 
 
+def test_a_traced_site_with_batch_dimensions_left_of_the_particles_is_refused_by_name():
+    """Folding one traced batch of site 'w' whose value (3, 2, 4, 2) has a batch dimension of 3
+    left of the particles (2, at dim -2) and the data plate (4, at dim -1) is refused naming
+    the site, whole message. (latent_usage's program check refuses such programs earlier; the
+    fold is tried on a site built by hand.)"""
+    from types import SimpleNamespace
+
+    from pyro_vae.errors import DataError
+    from pyro_vae.infer.collapse import _fold_site, _SiteAccumulator
+
+    fn = dist.Normal(torch.zeros(3, 2, 4, 2), 1.0).to_event(1)
+    frame = SimpleNamespace(name="data", dim=-1, size=4)
+    q_site = {"name": "w", "value": torch.zeros(3, 2, 4, 2), "fn": fn, "cond_indep_stack": (frame,)}
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "site 'w' has batch dimensions (3, 2, 4) left of the particles; declare batch "
+            "dimensions with pyro.plate or .to_event()"
+        ),
+    ):
+        _fold_site("w", q_site, {"fn": fn}, -2, "data", True, _SiteAccumulator())
+
+
 def test_latent_usage_prints_its_whole_table():
     """The printed summary of a LatentUsage built by hand, line for line: the totals, the header,
     a factorized site (at most 8 KL values, then "..."), a site without per-unit KL (its
