@@ -304,3 +304,22 @@ def test_the_fused_elbo_refuses_what_it_does_not_support_whole():
         ),
     ):
         FusedELBO(vae, num_particles=0)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "normal"])
+def test_fused_loss_without_the_latent_term_is_exactly_the_traced_log_likelihood_term(likelihood):
+    """With kl_weight 0 the fused loss is -sum_n log p(x_n | z_n) alone, summed as Pyro's
+    ``Independent.log_prob`` and ``log_prob_sum`` sum it (each point's event first, then the
+    points): bit for bit the traced model's site "x" at the same draws of z."""
+    from pyro import poutine
+
+    vae = _vae("normal", likelihood, "diagonal", "mlp")
+    x = _data_for(likelihood, 16)
+    with torch.no_grad():
+        pyro.set_rng_seed(5)
+        loss, _ = fused_elbo_loss(vae, x, kl_weight=0.0)
+        pyro.set_rng_seed(5)
+        guide = poutine.trace(vae.guide).get_trace(x)
+        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+        traced = model.nodes["x"]["fn"].log_prob(x).sum()
+    assert torch.equal(loss, -traced)
