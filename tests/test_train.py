@@ -334,6 +334,21 @@ def test_the_progress_bar_shows_the_epoch_s_train_and_valid_elbo(capsys):
         assert shown in err, err
 
 
+def test_the_progress_bar_counts_epochs_from_0_to_the_last(capsys):
+    """A fresh run of 3 epochs: the bar is drawn at 0/3 before the first epoch and ends at
+    3/3 (the counts between are drawn as often as tqdm's refresh interval allows)."""
+    import re
+
+    from pyro_vae.data import DataSplits
+
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    data = DataSplits("tiny", x[:20], x[20:25], x[25:])
+    fit(vae, data, TrainConfig(epochs=3, batch_size=10), progress=True)
+    counts = [int(n) for n in re.findall(r"\| *(-?\d+)/3 \[", capsys.readouterr().err)]
+    assert counts[0] == 0 and counts[-1] == 3, counts
+
+
 class _DeviceTask(_ConstantTask):
     """A model with no parameters and one buffer on ``device``; its loss reads only the batch's
     size and records the device each batch arrives on."""
