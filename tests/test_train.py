@@ -467,6 +467,25 @@ def test_fit_in_bf16_runs_the_training_steps_in_bfloat16_and_validation_in_float
     assert set(seen) == {(True, torch.bfloat16), (False, torch.float32)}
 
 
+def test_bf16_autocasts_to_bfloat16_whatever_the_process_default_autocast_dtype():
+    """The engine names its autocast dtype: with the process's default CPU autocast dtype set
+    to float16, a bf16 engine's forward pass still computes a linear layer in bfloat16 (and a
+    plain ``torch.autocast("cpu")`` in float16, the default it overrides)."""
+    from pyro_vae.train.parallel import Engine
+
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    before = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)
+    try:
+        with torch.autocast("cpu"):
+            assert layer(x).dtype == torch.float16
+        with Engine(layer, precision="bf16").autocast():
+            assert layer(x).dtype == torch.bfloat16
+    finally:
+        torch.set_autocast_dtype("cpu", before)
+
+
 def test_metric_sums_are_reduced_over_processes_in_float64(monkeypatch):
     """With several processes the epoch's sums are added up in float64: a stand-in collective
     adds a second rank's sums (in the packed tensor's dtype), and 1e8 + 1 and 0.1 + 0.2 come
