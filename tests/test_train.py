@@ -646,3 +646,16 @@ def test_a_kind_whose_task_is_not_registered_is_refused_whole(monkeypatch):
     )
     with pytest.raises(ConfigError, match=whole(message)):
         make_task(vae, make_objective("elbo"))
+
+
+def test_make_task_takes_the_fused_elbo_by_default_for_the_library_s_vae():
+    """The task make_task builds for the library's VAE with the elbo objective computes the
+    loss without tracing (a FusedELBO of the VAE) unless fused=False asks for Pyro's path."""
+    from pyro_vae.infer import make_objective
+    from pyro_vae.models.fused import FusedELBO
+    from pyro_vae.train.tasks import ELBOTask, make_task
+
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    task = make_task(vae, make_objective("elbo"))
+    assert isinstance(task, ELBOTask) and isinstance(task.fused, FusedELBO)
+    assert make_task(vae, make_objective("elbo"), fused=False).fused is None
