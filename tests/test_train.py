@@ -334,9 +334,10 @@ def test_the_progress_bar_shows_the_epoch_s_train_and_valid_elbo(capsys):
         assert shown in err, err
 
 
-def test_the_progress_bar_counts_epochs_from_0_to_the_last(capsys):
-    """A fresh run of 3 epochs: the bar is drawn at 0/3 before the first epoch and ends at
-    3/3 (the counts between are drawn as often as tqdm's refresh interval allows)."""
+def test_fit_draws_a_progress_bar_by_default_counting_epochs_from_0_to_the_last(capsys):
+    """fit draws its progress bar by default: for a fresh run of 3 epochs at 0/3 before the
+    first epoch, ending at 3/3 (the counts between are drawn as often as tqdm's refresh
+    interval allows)."""
     import re
 
     from pyro_vae.data import DataSplits
@@ -344,7 +345,7 @@ def test_the_progress_bar_counts_epochs_from_0_to_the_last(capsys):
     vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
     x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
     data = DataSplits("tiny", x[:20], x[20:25], x[25:])
-    fit(vae, data, TrainConfig(epochs=3, batch_size=10), progress=True)
+    fit(vae, data, TrainConfig(epochs=3, batch_size=10))
     counts = [int(n) for n in re.findall(r"\| *(-?\d+)/3 \[", capsys.readouterr().err)]
     assert counts[0] == 0 and counts[-1] == 3, counts
 
