@@ -323,3 +323,20 @@ def test_fused_loss_without_the_latent_term_is_exactly_the_traced_log_likelihood
         model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
         traced = model.nodes["x"]["fn"].log_prob(x).sum()
     assert torch.equal(loss, -traced)
+
+
+def test_fused_route_takes_a_vae_s_own_programs_on_its_data_alone_by_default():
+    """With only the programs and the data, a VAE's own model and guide get the fused log
+    weights; asking for the replicate strategy, or passing other programs, gets the reason
+    why not, whole."""
+    from pyro_vae.models.fused import FusedLogWeights, fused_route
+
+    vae = _vae("normal", "bernoulli", "diagonal", "mlp")
+    x = _data_for("bernoulli")
+    assert isinstance(fused_route(vae.model, vae.guide, (x,), {}), FusedLogWeights)
+    assert fused_route(vae.model, vae.guide, (x,), {}, strategy="replicate") == (
+        "strategy 'replicate' was asked for"
+    )
+    assert fused_route(vae.guide, vae.model, (x,), {}) == (
+        "the programs are not one pyro_vae VAE's own model and guide"
+    )
