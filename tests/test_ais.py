@@ -5,6 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from ppca_encoder import LinearGaussian
+from pyro import poutine
 from pyro.infer import config_enumerate
 from refusals import whole
 
@@ -208,3 +209,88 @@ AIS_REFUSALS = [
 def test_ais_refusals_are_checked_whole(call, exc_type, message):
     with pytest.raises(exc_type, match=whole(message)):
         call()
+
+
+def _normal_log_px(x: torch.Tensor, var: float) -> torch.Tensor:
+    """log N(x; 0, var I) summed over the last dimension, in float64."""
+    x = x.double()
+    return (-0.5 * x.pow(2) / var - 0.5 * math.log(2 * math.pi * var)).sum(-1)
+
+
+def test_ais_at_the_exact_posterior_scores_a_masked_latent_site_with_its_mask():
+    """z ~ N(0, I), x ~ N(z, s^2 I), with z and x masked out for some points (poutine.mask) in
+    model and guide alike. From the exact posterior q(z | x) = N(x / (1 + s^2), s^2 / (1 + s^2))
+    every increment is (beta_t - beta_{t-1}) log p(x), log p(x) = log N(x; 0, (1 + s^2) I),
+    where the point counts, and 0 where it is masked out: its prior, posterior and likelihood
+    all drop out. Scoring q without the mask would leave -log q(z | x) in the masked points."""
+    s, d = 0.5, 2
+    post_scale = s / math.sqrt(1 + s * s)
+
+    def model(x, m):
+        with pyro.plate("data", x.shape[0]), poutine.mask(mask=m):
+            z = pyro.sample("z", dist.Normal(torch.zeros(d), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, s).to_event(1), obs=x)
+
+    def guide(x, m):
+        with pyro.plate("data", x.shape[0]), poutine.mask(mask=m):
+            pyro.sample("z", dist.Normal(x / (1 + s * s), post_scale).to_event(1))
+
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.5], [-0.7, 0.1], [1.1, -2.2]])
+    m = torch.tensor([True, False, True, False])
+    pyro.set_rng_seed(0)
+    r = ais_log_likelihood(model, guide, x, m, num_steps=3, num_chains=3, leapfrog_steps=2)
+    expected = torch.where(m, _normal_log_px(x, 1 + s * s), 0.0)
+    assert torch.allclose(r.per_example.double(), expected, atol=1e-5)
+    assert (r.per_example_stderr < 1e-5).all()
+
+
+_EXP = dist.transforms.ExpTransform(cache_size=1)
+
+
+def test_ais_at_the_exact_posterior_of_a_log_normal_latent_whose_transform_guide_and_model_share():
+    """log z ~ N(0, 1), x ~ N(log z, s^2), and the guide the exact posterior pushed through the
+    same cached ExpTransform: log z | x ~ N(x / (1 + s^2), s^2 / (1 + s^2)). The Jacobians cancel,
+    so AIS from it returns log p(x) = log N(x; 0, 1 + s^2) exactly. The guide's density at z
+    caches log z, and the model's density at the same z reads it from the cache, so the two
+    densities share part of their graph: the gradient of the first must keep it for the second."""
+    s = 0.5
+    post_scale = s / math.sqrt(1 + s * s)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            prior = dist.TransformedDistribution(dist.Normal(torch.zeros(1), 1.0), [_EXP])
+            z = pyro.sample("z", prior.to_event(1))
+            pyro.sample("x", dist.Normal(z.log(), s).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            base = dist.Normal(x / (1 + s * s), post_scale)
+            pyro.sample("z", dist.TransformedDistribution(base, [_EXP]).to_event(1))
+
+    x = torch.tensor([[0.3], [-1.2], [2.0]])
+    pyro.set_rng_seed(0)
+    r = ais_log_likelihood(model, guide, x, num_steps=3, num_chains=3, leapfrog_steps=2)
+    assert torch.allclose(r.per_example.double(), _normal_log_px(x, 1 + s * s), atol=1e-5)
+    assert (r.per_example_stderr < 1e-5).all()
+
+
+def test_ais_keeps_its_weights_on_the_device_of_the_data():
+    """Every tensor AIS makes follows the data's device. On the meta device (shapes, no values;
+    validation off, since it reads values) the estimates and their standard errors, computed
+    from the float64 log-weights, stay there: (N,) meta tensors, not CPU ones."""
+    s = 0.5
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, device=x.device), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, s).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / (1 + s * s), 0.4).to_event(1))
+
+    x = torch.zeros(3, 2, device="meta")
+    with pyro.validation_enabled(False):
+        r = ais_log_likelihood(model, guide, x, num_steps=2, num_chains=3, leapfrog_steps=2)
+    for t in (r.per_example, r.per_example_stderr, r.acceptance):
+        assert t.device.type == "meta" and t.shape == (3,)

@@ -78,6 +78,24 @@ def test_bytes_per_sample_counts_new_memory_once_and_not_per_call_costs():
     assert bytes_per_sample(fixed_cost, 1) == 80  # zeros(k, 10) and the sum: 2 x 40 bytes
 
 
+def test_bytes_per_sample_grows_from_the_smaller_probe_run_whichever_comes_first():
+    """The probe runs k = 2, 4, 2; the growth is taken from the smaller of the two k = 2 runs.
+    A pass that makes an extra 1 MB on its last call (a cache filled late) is charged
+    (1600 - 800) bytes over 2 particles of 1 point, 400 per sample, as one that makes it on
+    its first call is (the test above); 4 points divide the figure by 4."""
+    calls = []
+
+    def late_cost(k):
+        calls.append(k)
+        if len(calls) % 3 == 0:
+            torch.zeros(250_000)  # 1 MB on the third call only
+        return torch.zeros(k, 100)  # 400 bytes per particle
+
+    assert bytes_per_sample(late_cost, 1) == 400
+    assert calls == [2, 4, 2]
+    assert bytes_per_sample(late_cost, 4) == 100
+
+
 def test_the_fused_probe_allows_at_least_the_traced_chunk():
     from pyro_vae.models.fused import fused_log_weights
 

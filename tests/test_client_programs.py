@@ -358,6 +358,21 @@ def test_streaming_reductions_accumulate_in_their_own_dtype():
     assert m.log_mean_weight().item() == pytest.approx(1e8 - math.log(2))
 
 
+def test_streaming_logsumexps_are_kept_in_their_own_dtype_from_the_first_chunk():
+    """float64 moments of float32 chunks: the running logsumexps start in float64, so one
+    chunk of a single weight and then another give log mean w = logaddexp(a, b) - log 2 in
+    float64, exactly, and the effective sample size in float64 too."""
+    a, b = torch.tensor([[0.1]]), torch.tensor([[1.7]])
+    m = StreamingMoments(1, torch.float64)
+    assert m.lse.dtype == m.lse2.dtype == m.total.dtype == torch.float64
+    m.update(a)
+    m.update(b)
+    lse = torch.logaddexp(a[0].double(), b[0].double())
+    lse2 = torch.logaddexp(2 * a[0].double(), 2 * b[0].double())
+    assert torch.equal(m.log_mean_weight(), lse - math.log(2))
+    assert torch.equal(m.ess(), torch.exp(2 * lse - lse2))
+
+
 # --- objectives find latent sites from the traces ----------------------------------------
 
 

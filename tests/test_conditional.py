@@ -18,6 +18,7 @@ from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.importance import log_likelihood
 from pyro_vae.models import MODELS
 from pyro_vae.models.conditional import (
+    ConditionalKind,
     ConditionalPrior,
     ConditionalVAE,
     build_conditional,
@@ -569,3 +570,46 @@ def test_a_prior_and_posterior_of_different_sizes_are_refused_whole():
             cvae.encoder, cvae.decoder, StandardNormal(5), cvae.likelihood, DiagonalNormal(2),
             (1, 8, 8), "labels", num_classes=3,
         )  # fmt: skip
+
+
+def test_a_labels_cvae_scores_every_element_and_a_quadrant_cvae_the_hidden_three_quarters():
+    """Site "x" of a cvae on labels scores all 1 x 8 x 8 = 64 elements of a point; on the
+    quadrant condition, the three hidden 4 x 4 quadrants, 48."""
+    assert build_conditional(CONFIG, "labels", num_classes=3).num_data_elements() == 64
+    assert build_conditional(CONFIG, "quadrant").num_data_elements() == 48
+
+
+def test_a_cvae_built_by_hand_on_labels_refuses_a_quadrant_outside_0_to_3():
+    """The constructor checks the quadrant whatever the condition, as build_conditional does:
+    a labels cvae given quadrant 4 is refused with the whole message."""
+    size = 4
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "quadrant must be one of 0..3 (0 top-left, 1 top-right, 2 bottom-left, 3 "
+            "bottom-right), got 4"
+        ),
+    ):
+        ConditionalVAE(
+            MLPEncoder((size + 3,), 4, ()), MLPDecoder(2 + 3, size, ()), StandardNormal(2),
+            Normal(0.5), DiagonalNormal(2), (size,), "labels", num_classes=3, quadrant=4,
+        )  # fmt: skip
+
+
+def test_the_cvae_kind_checks_partial_options_and_needs_num_classes_to_build_on_labels():
+    """The kind's option hook takes options without a quadrant (Pyro's bottom-left, 2, is the
+    default) and refuses one outside 0..3; building on labels without num_classes is refused
+    with the whole message."""
+    assert ConditionalKind.check_options({}) is None
+    assert ConditionalKind.check_options({"condition_on": "quadrant"}) is None
+    with pytest.raises(ConfigError, match=whole("quadrant must be 0..3, got 4")):
+        ConditionalKind.check_options({"condition_on": "quadrant", "quadrant": 4})
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "a cvae on labels needs num_classes (--model-opt num_classes=C; train_run fills it "
+            "in from the data)"
+        ),
+    ):
+        ConditionalKind().build(CONFIG)
+    assert ConditionalKind(num_classes=3).build(CONFIG).num_classes == 3

@@ -304,3 +304,39 @@ def test_the_fused_elbo_refuses_what_it_does_not_support_whole():
         ),
     ):
         FusedELBO(vae, num_particles=0)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "normal"])
+def test_fused_loss_without_the_latent_term_is_exactly_the_traced_log_likelihood_term(likelihood):
+    """With kl_weight 0 the fused loss is -sum_n log p(x_n | z_n) alone, summed as Pyro's
+    ``Independent.log_prob`` and ``log_prob_sum`` sum it (each point's event first, then the
+    points): bit for bit the traced model's site "x" at the same draws of z."""
+    from pyro import poutine
+
+    vae = _vae("normal", likelihood, "diagonal", "mlp")
+    x = _data_for(likelihood, 16)
+    with torch.no_grad():
+        pyro.set_rng_seed(5)
+        loss, _ = fused_elbo_loss(vae, x, kl_weight=0.0)
+        pyro.set_rng_seed(5)
+        guide = poutine.trace(vae.guide).get_trace(x)
+        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+        traced = model.nodes["x"]["fn"].log_prob(x).sum()
+    assert torch.equal(loss, -traced)
+
+
+def test_fused_route_takes_a_vae_s_own_programs_on_its_data_alone_by_default():
+    """With only the programs and the data, a VAE's own model and guide get the fused log
+    weights; asking for the replicate strategy, or passing other programs, gets the reason
+    why not, whole."""
+    from pyro_vae.models.fused import FusedLogWeights, fused_route
+
+    vae = _vae("normal", "bernoulli", "diagonal", "mlp")
+    x = _data_for("bernoulli")
+    assert isinstance(fused_route(vae.model, vae.guide, (x,), {}), FusedLogWeights)
+    assert fused_route(vae.model, vae.guide, (x,), {}, strategy="replicate") == (
+        "strategy 'replicate' was asked for"
+    )
+    assert fused_route(vae.guide, vae.model, (x,), {}) == (
+        "the programs are not one pyro_vae VAE's own model and guide"
+    )

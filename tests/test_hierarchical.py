@@ -767,3 +767,18 @@ MORE_REFUSALS = [
 def test_more_hierarchical_refusals_are_checked_whole(call, message):
     with pytest.raises(ConfigError, match=whole(message)):
         call()
+
+
+def test_layers_of_the_configs_posterior_family_get_its_options_and_other_families_theirs():
+    """posterior 'low_rank' with rank 1 in the config: both layers (sizes 4 and 2) that use it
+    have rank-1 factors, D (2 + 1) parameters, where the default rank would be min(2, D) = 2;
+    a layer naming another family ('full_rank') gets that family's defaults."""
+    config = ModelConfig(
+        event_shape=(6,), latent_dim=4, hidden=(8,), posterior="low_rank",
+        posterior_options={"rank": 1},
+    )  # fmt: skip
+    hvae = build_hierarchical(config, (4, 2))
+    assert [q.rank for q in hvae.posteriors] == [1, 1]
+    assert [q.num_params for q in hvae.posteriors] == [12, 6]
+    mixed = build_hierarchical(config, (4, 2), posteriors=("full_rank", "low_rank"))
+    assert isinstance(mixed.posteriors[0], FullRankNormal) and mixed.posteriors[1].rank == 1

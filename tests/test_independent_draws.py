@@ -139,3 +139,30 @@ SHARDED_REFUSALS = [
 def test_sharded_refusals_are_checked_whole(call, message):
     with pytest.raises(ConfigError, match=whole(message)):
         call()
+
+
+@dataclasses.dataclass
+class _Sums:
+    values: torch.Tensor
+
+
+def test_one_dataset_is_read_block_by_block_and_gives_the_tensors_result():
+    """One torch Dataset of (x, y) items (not tensors) is read ``block_size`` items at a time,
+    collated into (x, y) blocks of 3, 3 and 1 points, and gathered into the same per-point
+    result as the tensors x and y passed together."""
+    x = torch.arange(14.0).reshape(7, 2)
+    y = torch.arange(7) % 3
+    seen = []
+
+    def row_sums(model, guide, xs, ys):
+        seen.append((xs.shape[0], tuple(ys.tolist())))
+        return _Sums(xs.sum(-1) + ys)
+
+    from_dataset = sharded_estimate(
+        row_sums, None, None, torch.utils.data.TensorDataset(x, y), block_size=3
+    )
+    assert seen == [(3, (0, 1, 2)), (3, (0, 1, 2)), (1, (0,))]
+    from_tensors = sharded_estimate(row_sums, None, None, x, y, block_size=3)
+    expected = torch.tensor([1.0, 6.0, 11.0, 13.0, 18.0, 23.0, 25.0])
+    assert torch.equal(from_dataset.values, expected)
+    assert torch.equal(from_tensors.values, expected)

@@ -217,3 +217,20 @@ def test_each_thread_keeps_its_tile_buffers_between_calls_and_results_stay_exact
         mlp_bernoulli._TileBuffers.__init__ = make
     # one tile's rows (64) for every call: made once on this thread at most
     assert len(built) <= 1
+
+
+def test_augmented_weights_are_w_transposed_over_b_and_made_again_only_after_a_change():
+    """Per layer [W^T; b], (in + 1, out); a second call with the parameters untouched returns
+    the same tensors, and an in-place write to a bias makes them again with the new value."""
+    decoder = _decoder(hidden=(16,))
+    tiled = MLPBernoulliLogProb.of(decoder)
+    first = tiled.augmented_weights()
+    for w, layer in zip(first, [decoder.net[0], decoder.net[2]], strict=True):
+        assert torch.equal(w, torch.cat([layer.weight.detach().t(), layer.bias.detach()[None]]))
+    assert [tuple(w.shape) for w in first] == [(4, 16), (17, 20)]
+    assert tiled.augmented_weights() is first
+    with torch.no_grad():
+        decoder.net[2].bias[3] = 7.0
+    again = tiled.augmented_weights()
+    assert again is not first and again[1][-1, 3] == 7.0
+    assert tiled.augmented_weights() is again

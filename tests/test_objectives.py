@@ -411,3 +411,26 @@ def test_a_sampled_discrete_site_beside_an_enumerated_one_is_refused_whole():
     )
     with pytest.raises(ConfigError, match=whole(message)):
         make_objective("iwae", 3).loss(model, guide, x)
+
+
+@pytest.mark.parametrize("name", ["iwae", "dreg"])
+def test_importance_weighted_objectives_check_and_probe_their_programs_on_two_points(name):
+    """The first loss of an IWAE or DReG objective checks the pair and chooses how particles are
+    drawn on the batch's first 2 points (a cheap probe), then computes the bound on the whole
+    batch: the programs see batches of 2 and of 5 points, never any other size."""
+    lg = LinearGaussian()
+    x = lg.sample_x(5)
+    sizes = set()
+
+    def model(x):
+        sizes.add(x.shape[0])
+        lg.model(x)
+
+    def guide(x):
+        sizes.add(x.shape[0])
+        lg.guide(x)
+
+    pyro.set_rng_seed(0)
+    loss = make_objective(name, 3).loss(model, guide, x).loss
+    assert torch.isfinite(loss)
+    assert sizes == {2, 5}

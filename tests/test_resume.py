@@ -314,3 +314,35 @@ def test_resume_refuses_an_optimizer_state_of_another_model_whole(tmp_path):
     )
     with pytest.raises(CheckpointError, match=pattern):
         resume_run(run, epochs=2, progress=False, data=data)
+
+
+@pytest.mark.parametrize("kind", ["ae", "vae"])
+def test_a_checkpoint_whose_model_table_predates_model_kinds_resumes_as_its_recorded_kind(kind):
+    """A model table written before model kinds had a key of their own takes the kind the
+    checkpoint records beside it ("ae"), or a VAE where it records none (checkpoints before
+    model kinds were VAEs): resuming with the same model and settings is accepted, and a
+    different model is refused naming the differing key, whole message."""
+    from dataclasses import asdict
+
+    from pyro_vae.models import ModelConfig
+    from pyro_vae.train import TrainConfig
+    from pyro_vae.train.loop import check_resumable
+
+    model_config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,), kind=kind)
+    table = model_config.to_dict()
+    assert table.pop("kind") == kind
+    config = TrainConfig(epochs=2)
+    state = {
+        "model_config": table, "train_config": asdict(config), "model_state": {},
+        "optimizer_state": {}, "epoch": 1, "history": [{}], "rng_state": None,
+    }  # fmt: skip
+    if kind != "vae":
+        state["kind"] = kind
+    assert check_resumable(state, "runs/old", kind, config, model_config) is None
+    wider = ModelConfig(event_shape=(6,), latent_dim=3, hidden=(8,), kind=kind)
+    with pytest.raises(ConfigError) as info:
+        check_resumable(state, "runs/old", kind, config, wider)
+    assert str(info.value) == (
+        "cannot resume 'runs/old' with a model differing from its checkpoint's in "
+        "['latent_dim']; resume with the run's own config.json or start a new run"
+    )

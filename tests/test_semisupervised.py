@@ -496,3 +496,28 @@ def test_m2_refuses_a_prior_and_posterior_of_different_sizes_whole(m2):
             m2.encoder, m2.decoder, m2.classifier, StandardNormal(4), m2.likelihood,
             DiagonalNormal(2), (6,), 3,
         )  # fmt: skip
+
+
+def test_classification_loss_keeps_the_logits_dtype_under_autocast(m2, x):
+    """A float32 M2 under bfloat16 autocast classifies in bfloat16: -log q(y | x) is the
+    bfloat16 log-softmax of the logits at each label, exactly, in bfloat16 (the one-hot rows
+    take the logits' dtype, not the parameters' float32)."""
+    y = torch.tensor([0, 2, 1, 2])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m2.classify(x)
+        loss = m2.classification_loss(x, y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.bfloat16
+    assert torch.equal(loss, -logits.log_softmax(-1).gather(-1, y[:, None]).squeeze(-1))
+
+
+def test_the_label_prior_lives_on_the_parameters_device(m2):
+    """p(y) = Cat(1/C) is made where the parameters are: for an M2 moved to the meta device
+    (shapes, no values; validation off, since it reads values) its logits are a meta (3,)
+    tensor, in the parameters' dtype or the one asked for; event (3,), batch ()."""
+    meta = m2.to("meta")
+    with pyro.validation_enabled(False):
+        prior = meta.label_prior()
+        wide = meta.label_prior(F64)
+    assert prior.logits.device.type == "meta" and wide.logits.device.type == "meta"
+    assert prior.logits.shape == (3,) and prior.event_shape == (3,) and prior.batch_shape == ()
+    assert prior.logits.dtype == torch.float32 and wide.logits.dtype == F64

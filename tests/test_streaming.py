@@ -216,3 +216,25 @@ def test_fit_with_a_run_directory_refuses_a_bad_streamed_point_before_training(t
         "read before training); clean the file or drop that point"
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_point_of_a_streamed_subset_is_named_by_its_row_in_the_source(tmp_path):
+    """The streamed training split a subset of a source (its rows in reverse): a NaN in row 16
+    of the source, point 13 of the split, is refused before training naming both."""
+    from pyro_vae.data.streaming import StreamingSplits
+    from pyro_vae.models import ModelConfig, build_vae
+    from pyro_vae.runs import RunDir
+    from pyro_vae.train import TrainConfig, fit
+
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    x[16, 2] = float("nan")
+    train = torch.utils.data.Subset(_ReadHere(x[:30]), list(range(29, 9, -1)))
+    data = StreamingSplits("streamed", train, x[20:25], x[25:])
+    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+    with pytest.raises(DataError) as info:
+        fit(build_vae(config), data, TrainConfig(epochs=1, batch_size=10), RunDir(tmp_path / "r"),
+            config, progress=False)  # fmt: skip
+    assert str(info.value) == (
+        "training point 13 (row 16 of its source) of the streamed split has NaN or infinite "
+        "values (points 0 to 19, read before training); clean the file or drop that point"
+    )

@@ -334,6 +334,22 @@ def test_the_progress_bar_shows_the_epoch_s_train_and_valid_elbo(capsys):
         assert shown in err, err
 
 
+def test_fit_draws_a_progress_bar_by_default_counting_epochs_from_0_to_the_last(capsys):
+    """fit draws its progress bar by default: for a fresh run of 3 epochs at 0/3 before the
+    first epoch, ending at 3/3 (the counts between are drawn as often as tqdm's refresh
+    interval allows)."""
+    import re
+
+    from pyro_vae.data import DataSplits
+
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    data = DataSplits("tiny", x[:20], x[20:25], x[25:])
+    fit(vae, data, TrainConfig(epochs=3, batch_size=10))
+    counts = [int(n) for n in re.findall(r"\| *(-?\d+)/3 \[", capsys.readouterr().err)]
+    assert counts[0] == 0 and counts[-1] == 3, counts
+
+
 class _DeviceTask(_ConstantTask):
     """A model with no parameters and one buffer on ``device``; its loss reads only the batch's
     size and records the device each batch arrives on."""
@@ -450,6 +466,25 @@ def test_fit_in_bf16_runs_the_training_steps_in_bfloat16_and_validation_in_float
             m.register_forward_hook(lambda mod, i, out: seen.append((mod.training, out.dtype)))
     fit(vae, data, TrainConfig(epochs=2, batch_size=10, precision="bf16"), progress=False)
     assert set(seen) == {(True, torch.bfloat16), (False, torch.float32)}
+
+
+def test_bf16_autocasts_to_bfloat16_whatever_the_process_default_autocast_dtype():
+    """The engine names its autocast dtype: with the process's default CPU autocast dtype set
+    to float16, a bf16 engine's forward pass still computes a linear layer in bfloat16 (and a
+    plain ``torch.autocast("cpu")`` in float16, the default it overrides)."""
+    from pyro_vae.train.parallel import Engine
+
+    layer = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    before = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)
+    try:
+        with torch.autocast("cpu"):
+            assert layer(x).dtype == torch.float16
+        with Engine(layer, precision="bf16").autocast():
+            assert layer(x).dtype == torch.bfloat16
+    finally:
+        torch.set_autocast_dtype("cpu", before)
 
 
 def test_metric_sums_are_reduced_over_processes_in_float64(monkeypatch):
@@ -612,3 +647,16 @@ def test_a_kind_whose_task_is_not_registered_is_refused_whole(monkeypatch):
     )
     with pytest.raises(ConfigError, match=whole(message)):
         make_task(vae, make_objective("elbo"))
+
+
+def test_make_task_takes_the_fused_elbo_by_default_for_the_library_s_vae():
+    """The task make_task builds for the library's VAE with the elbo objective computes the
+    loss without tracing (a FusedELBO of the VAE) unless fused=False asks for Pyro's path."""
+    from pyro_vae.infer import make_objective
+    from pyro_vae.models.fused import FusedELBO
+    from pyro_vae.train.tasks import ELBOTask, make_task
+
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    task = make_task(vae, make_objective("elbo"))
+    assert isinstance(task, ELBOTask) and isinstance(task.fused, FusedELBO)
+    assert make_task(vae, make_objective("elbo"), fused=False).fused is None
