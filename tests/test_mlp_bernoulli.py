@@ -207,6 +207,8 @@ def test_each_thread_keeps_its_tile_buffers_between_calls_and_results_stay_exact
         make(self, *args)
 
     mlp_bernoulli._TileBuffers.__init__ = counting
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # every tile on this thread (with more, each worker keeps its own)
     try:
         with torch.no_grad():
             for k, batch in [(13, 10), (2, 3), (13, 10), (64, 1)]:  # tiles of every size
@@ -215,6 +217,7 @@ def test_each_thread_keeps_its_tile_buffers_between_calls_and_results_stay_exact
                 torch.testing.assert_close(got, _reference(decoder, z, x), rtol=1e-5, atol=1e-4)
     finally:
         mlp_bernoulli._TileBuffers.__init__ = make
+        torch.set_num_threads(before)
     # one tile's rows (64) for every call: made once on this thread at most
     assert len(built) <= 1
 
