@@ -373,16 +373,19 @@ def dependent_guide_pair(phi: torch.Tensor):
     return two_model, two_guide
 
 
+DEPENDENT_GUIDE_REFUSAL = (
+    "dreg assumes the guide's latent sites are conditionally independent given the data, "
+    "but q(z1 | ...) depends on the draw of 'z2', so its encoder gradient would be biased; "
+    "use --objective iwae for this model"
+)
+
+
 def test_dreg_refuses_a_guide_whose_sites_depend_on_each_other_called_directly():
     # before: dreg_loss gave 0.845 against the unbiased 0.589
     two_model, two_guide = dependent_guide_pair(torch.tensor(0.3, requires_grad=True))
     with pytest.raises(
         ConfigError,
-        match=whole(
-            "dreg assumes the guide's latent sites are conditionally independent given the data, "
-            "but q(z1 | ...) depends on the draw of 'z2', so its encoder gradient would be biased; "
-            "use --objective iwae for this model"
-        ),
+        match=whole(DEPENDENT_GUIDE_REFUSAL),
     ):
         dreg_loss(two_model, two_guide, X, 3)
 
@@ -391,11 +394,7 @@ def test_dreg_finds_the_dependency_of_a_guide_without_parameters():
     two_model, two_guide = dependent_guide_pair(torch.tensor(0.3))
     with pytest.raises(
         ConfigError,
-        match=whole(
-            "dreg assumes the guide's latent sites are conditionally independent given the data, "
-            "but q(z1 | ...) depends on the draw of 'z2', so its encoder gradient would be biased; "
-            "use --objective iwae for this model"
-        ),
+        match=whole(DEPENDENT_GUIDE_REFUSAL),
     ):
         make_objective("dreg", 3).loss(two_model, two_guide, X)
 
