@@ -24,7 +24,7 @@ from pyro_vae.models.vae import VAE
 from pyro_vae.parts.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.parts.posteriors import POSTERIORS
 from pyro_vae.parts.priors import PRIORS
-from pyro_vae.runtime.threads import one_thread_each, parallel_threads
+from pyro_vae.runtime.threads import blocks, one_thread_each, parallel_threads
 
 #: Objective names whose loss the fused path reproduces (see ``pyro_vae.infer.objectives``).
 FUSED_OBJECTIVES = ("elbo", "meanfield")
@@ -265,11 +265,9 @@ def _latent_terms(
     latent = torch.empty(eps.shape[:-1], dtype=eps.dtype, device=eps.device)
     log_ratio = scale.log().sum(-1) - p.scale.log().sum(-1)
     parts = parallel_threads() if eps.device.type == "cpu" else 1
-    step = -(-k // max(1, min(parts, k)))
-    blocks = [slice(i, i + step) for i in range(0, k, step)]
     one_thread_each([
         functools.partial(_terms_into, eps[b], loc, scale, p, log_ratio, z[b], latent[b])
-        for b in blocks
+        for b in blocks(k, parts)
     ])  # fmt: skip
     return z, latent
 

@@ -43,7 +43,7 @@ from torch.nn.functional import softplus
 
 from pyro_vae.parts.nets import MLPDecoder
 from pyro_vae.runtime.devices import cache_bytes
-from pyro_vae.runtime.threads import one_thread_each, parallel_threads
+from pyro_vae.runtime.threads import blocks, one_thread_each, parallel_threads
 
 #: Share of one core's L2 cache that a tile's buffers (all layers' rows) fill: the whole of it
 #: measured faster than half or a quarter (benchmarks/RESULTS.md).
@@ -192,10 +192,8 @@ def _split(k: int, batch: int, parts: int) -> list[tuple[slice, slice]]:
     """(particles, points) slices of a (k, batch) grid in ``parts`` contiguous blocks of
     particles, or of points where there are fewer particles than parts."""
     if k >= parts:
-        step = -(-k // parts)
-        return [(slice(i, i + step), slice(None)) for i in range(0, k, step)]
-    step = -(-batch // parts)
-    return [(slice(None), slice(b, b + step)) for b in range(0, batch, step)]
+        return [(b, slice(None)) for b in blocks(k, parts)]
+    return [(slice(None), b) for b in blocks(batch, parts)]
 
 
 def _run_tiles(
@@ -240,7 +238,7 @@ class _TileBuffers:
         (elsewhere a tile holds every row of a pass, too much to keep)."""
         if like.device.type != "cpu":
             return cls(weights, rows, like)
-        key = (tuple(w.shape for w in weights), rows, like.dtype, like.device)
+        key = (tuple(w.shape for w in weights), rows, like.dtype)
         kept = getattr(_thread_buffers, "kept", None)
         if kept is None or kept[0] != key:
             kept = (key, cls(weights, rows, like))

@@ -312,6 +312,13 @@ def parallel_threads() -> int:
     return torch.get_num_threads()
 
 
+def blocks(size: int, parts: int) -> list[slice]:
+    """``range(size)`` in at most ``parts`` contiguous slices of one length (the last may be
+    shorter): the pieces to hand [`one_thread_each`][pyro_vae.runtime.threads.one_thread_each]."""
+    step = max(1, -(-size // max(1, min(parts, size))))
+    return [slice(i, i + step) for i in range(0, size, step)]
+
+
 def one_thread_each(tasks: Sequence[Callable[[], T]]) -> list[T]:
     """Run ``tasks`` at once, each on a worker thread with one torch intra-op thread, under the
     caller's grad mode; their results in order (the first exception is raised after all end).
