@@ -29,7 +29,11 @@ process's 1024 x 1024 matmul rate (:mod:`benchmarks.likelihood_throughput`'s cou
 - ``pyro-program``: ``log_likelihood`` on a Pyro program written as Pyro's VAE example writes
   it (functions with ``pyro.module``; traced: no faster route knows it);
 - ``pyro-vectorized``: Pyro's ``vectorized_importance_weights`` on that program, image by image;
-- the last two again with K / 10 samples per image.
+- ``program-arithmetic``: that program's own arithmetic alone, image by image in Pyro's passes
+  of K rows: the decoder on K normal draws and the Bernoulli log-density of its logits, with
+  no tracing, no encoder and no argument checks. Every route that runs the program computes at
+  least this, so its "x Pyro per image" bounds what any traced route can reach;
+- ``pyro-program`` and ``pyro-vectorized`` again with K / 10 samples per image.
 
 Run (idle machine: nothing else running), from the repository root:
 
@@ -227,6 +231,14 @@ def run_score(images: int, k: int, repeats: int) -> list[dict]:
             vectorized_importance_weights(model, guide, x[i : i + 1], num_samples=k // 10,
                                           max_plate_nesting=1)  # fmt: skip
 
+    flat = x.reshape(images, -1)
+
+    def program_arithmetic():
+        for i in range(images):
+            z = torch.randn(k, 1, 50)
+            logits = decoder(z).reshape(k, 1, -1)
+            dist.Bernoulli(logits=logits, validate_args=False).log_prob(flat[i : i + 1]).sum(-1)
+
     routes = {
         "python-api": lambda: log_likelihood(vae.model, vae.guide, x, num_samples=k),
         "cli": lambda: score(vae, data, num_samples=k),
@@ -234,6 +246,7 @@ def run_score(images: int, k: int, repeats: int) -> list[dict]:
                                          route="traced"),  # fmt: skip
         "pyro-program": lambda: log_likelihood(model, guide, x, num_samples=k),
         "pyro-vectorized": per_image,
+        "program-arithmetic": program_arithmetic,
         # K / 10: where Pyro's per-call work weighs more than the programs' arithmetic
         "pyro-program K/10": lambda: log_likelihood(model, guide, x, num_samples=k // 10),
         "pyro-vectorized K/10": per_image_small,

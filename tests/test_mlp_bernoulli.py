@@ -7,9 +7,10 @@ import pytest
 import torch
 from refusals import whole
 from torch import nn
+from torch.distributions import Independent, Normal
 
-from pyro_vae.models import ModelConfig, build_vae, mlp_bernoulli
-from pyro_vae.models.fused import FusedLogWeights
+from pyro_vae.models import ModelConfig, build_vae, fused, mlp_bernoulli
+from pyro_vae.models.fused import FusedLogWeights, NormalDraws
 from pyro_vae.models.mlp_bernoulli import MLPBernoulliLogProb, bernoulli_log_prob
 from pyro_vae.parts.nets import ConvDecoder, MLPDecoder
 
@@ -106,6 +107,51 @@ def test_rows_where_exp_overflows_are_computed_again(threads, where):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("overflow", [False, True])
+@pytest.mark.parametrize("k,batch", [(1, 1), (13, 10), (3, 100), (2, 150)])
+def test_normal_draws_written_tile_by_tile_equal_the_whole_draws(threads, k, batch, overflow):
+    count, parallel = threads
+    decoder = _decoder(hidden=(16,))
+    if overflow:  # every row's exp overflows: computed again from the draws' rows
+        with torch.no_grad():
+            decoder.net[2].bias[0] = 200.0
+    g = torch.Generator().manual_seed(3)
+    # a posterior per point and a prior moved off N(0, I), as a learned prior moves
+    loc, scale = torch.randn(batch, 3, generator=g), torch.rand(batch, 3, generator=g) + 0.5
+    q = Independent(Normal(loc, scale), 1)
+    p = Independent(Normal(torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5), 1)
+    x = torch.rand(batch, 20).round()
+    with torch.no_grad():
+        torch.manual_seed(4)
+        draws = NormalDraws.of(p, q, k)
+        got = MLPBernoulliLogProb.of(decoder)(draws, x)
+        torch.manual_seed(4)
+        z, latent = fused._latent_terms(p, q, k)
+        ref = _reference(decoder, z, x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3 if overflow else 1e-4)
+    # the latent terms of every block, against torch's own densities at the same draws
+    torch.testing.assert_close(draws.latent, latent, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(draws.latent, p.log_prob(z) - q.log_prob(z), rtol=1e-5, atol=1e-4)
+    tiles = -(-k * batch // 64)
+    assert parallel == ([min(count, tiles, max(k, batch))] if count > 1 and tiles > 1 else [])
+
+
+def test_normal_draws_are_the_posterior_rsample_draws():
+    g = torch.Generator().manual_seed(3)
+    q = Independent(Normal(torch.randn(5, 3, generator=g), torch.rand(5, 3, generator=g) + 0.5), 1)
+    p = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
+    decoder = _decoder(hidden=(16,))
+    with torch.no_grad():
+        torch.manual_seed(9)
+        draws = NormalDraws.of(p, q, 7)
+        MLPBernoulliLogProb.of(decoder)(draws, torch.rand(5, 20).round())
+        torch.manual_seed(9)
+        z = q.rsample((7,))
+    index = (torch.tensor([0, 6, 3]), torch.tensor([4, 0, 2]))
+    torch.testing.assert_close(draws.rows(index), z[index], rtol=0, atol=1e-6)
+    assert NormalDraws.of(p, Normal(torch.zeros(5, 3), 1.0), 7) is None  # not Independent
+
+
 def test_a_non_finite_input_stays_non_finite():
     decoder = _decoder()
     z = torch.randn(4, 5, 3)
@@ -154,9 +200,7 @@ def test_autograd_is_refused():
     decoder = _decoder()
     with pytest.raises(
         RuntimeError,
-        match=whole(
-            "MLPBernoulliLogProb runs in place: call it under torch.no_grad"
-        ),
+        match=whole("MLPBernoulliLogProb runs in place: call it under torch.no_grad"),
     ):
         MLPBernoulliLogProb.of(decoder)(torch.randn(2, 3, 3), torch.rand(3, 20))
 

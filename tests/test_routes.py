@@ -41,7 +41,7 @@ def _estimate(vae: VAE, x: torch.Tensor, **options):
 def test_the_library_vae_takes_the_fused_route_and_equals_the_traced_one(prior, threads):
     vae, x = _vae(prior=prior), _x()
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # with 2, the latent terms run in blocks on worker threads
+    torch.set_num_threads(threads)  # with 2, the tiles (and their z) run on worker threads
     try:
         fast, traced = _estimate(vae, x), _estimate(vae, x, route="traced")
     finally:

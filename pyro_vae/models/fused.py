@@ -11,7 +11,6 @@ implementation detail of training: the general Pyro path stays for every other m
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator
 
 import pyro.distributions as dist
@@ -24,7 +23,6 @@ from pyro_vae.models.vae import VAE
 from pyro_vae.parts.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.parts.posteriors import POSTERIORS
 from pyro_vae.parts.priors import PRIORS
-from pyro_vae.runtime.threads import blocks, one_thread_each, parallel_threads
 
 #: Objective names whose loss the fused path reproduces (see ``pyro_vae.infer.objectives``).
 FUSED_OBJECTIVES = ("elbo", "meanfield")
@@ -210,13 +208,17 @@ class FusedLogWeights:
         vae = self.vae
         qz = vae.posterior.forward(vae.encoder(x))
         pz = vae.prior.forward()
-        z, latent = _latent_terms(pz, qz, k)  # (k, batch, latent_dim), (k, batch)
         # a plain MLP decoder without autograd: in cache-sized tiles (checked at each call,
         # so a hook registered since is seen)
         tiled = self.tiled
         if tiled is not None and not torch.is_grad_enabled() and tiled.usable():
-            log_px = tiled(z, x.flatten(1))
-        elif self.bernoulli:
+            draws = NormalDraws.of(pz, qz, k)
+            if draws is not None:  # z and the latent terms made tile by tile, in cache
+                return tiled(draws, x.flatten(1)) + draws.latent
+            z, latent = _latent_terms(pz, qz, k)  # (k, batch, latent_dim), (k, batch)
+            return tiled(z, x.flatten(1)) + latent
+        z, latent = _latent_terms(pz, qz, k)
+        if self.bernoulli:
             out = vae.decoder(z)
             log_px = bernoulli_log_prob(out.reshape(*z.shape[:-1], -1), x.flatten(1))
         else:
@@ -236,9 +238,7 @@ def _diagonal_normal(d: Distribution) -> Normal | None:
     return None
 
 
-def _latent_terms(
-    pz: Distribution, qz: Distribution, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _latent_terms(pz: Distribution, qz: Distribution, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` draws z ~ q(z | x) and log p(z) - log q(z | x): (k, batch, latent_dim), (k, batch).
 
     The draws are ``qz.rsample((k,))``'s. Where both are diagonal normals, z = mu + sigma
@@ -253,43 +253,60 @@ def _latent_terms(
         z = qz.rsample(torch.Size((k,)))
         # the traced path's order: the model's site, then the guide's
         return z, pz.log_prob(z) - qz.log_prob(z)
-    loc, scale = q.loc, q.scale
-    eps = torch.empty((k, *q.batch_shape), dtype=loc.dtype, device=loc.device).normal_()
-    if torch.is_grad_enabled():
-        z = eps * scale + loc  # as Normal.rsample
-        u = (z - p.loc) / p.scale
-        square_gap = torch.linalg.vecdot(eps, eps) - torch.linalg.vecdot(u, u)
-        return z, 0.5 * square_gap + (scale.log().sum(-1) - p.scale.log().sum(-1))
-    # without autograd: in place, and on the CPU over blocks of particles, one per core
-    z = torch.empty_like(eps)
-    latent = torch.empty(eps.shape[:-1], dtype=eps.dtype, device=eps.device)
-    log_ratio = scale.log().sum(-1) - p.scale.log().sum(-1)
-    parts = parallel_threads() if eps.device.type == "cpu" else 1
-    one_thread_each([
-        functools.partial(_terms_into, eps[b], loc, scale, p, log_ratio, z[b], latent[b])
-        for b in blocks(k, parts)
-    ])  # fmt: skip
-    return z, latent
+    eps = _normal_draws(q, k)
+    z = eps * q.scale + q.loc  # as Normal.rsample
+    u = (z - p.loc) / p.scale
+    square_gap = torch.linalg.vecdot(eps, eps) - torch.linalg.vecdot(u, u)
+    return z, 0.5 * square_gap + (q.scale.log().sum(-1) - p.scale.log().sum(-1))
 
 
-def _terms_into(
-    eps: torch.Tensor,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    prior: Normal,
-    log_ratio: torch.Tensor,
-    z: torch.Tensor,
-    latent: torch.Tensor,
-) -> None:
-    """``z = loc + eps scale`` and the latent terms of ``_latent_terms`` written into ``z``
-    (k, batch, latent_dim) and ``latent`` (k, batch), in place (no autograd)."""
-    torch.mul(eps, scale, out=z)
-    z += loc
-    u = z - prior.loc
-    u /= prior.scale
-    square_gap = torch.linalg.vecdot(eps, eps)
-    square_gap -= torch.linalg.vecdot(u, u)
-    torch.add(log_ratio, square_gap, alpha=0.5, out=latent)
+def _normal_draws(q: Normal, k: int) -> torch.Tensor:
+    """eps ~ N(0, I): (k, *batch_shape), from the same generator call as ``q.rsample((k,))``."""
+    return torch.empty((k, *q.batch_shape), dtype=q.loc.dtype, device=q.loc.device).normal_()
+
+
+class NormalDraws:
+    """The z ~ q(z | x) of ``k`` particles of a diagonal normal posterior and prior, made a
+    block at a time where the decoder's tiles read them
+    ([`Latents`][pyro_vae.models.mlp_bernoulli.Latents]), with their latent terms.
+
+    eps: (k, batch, latent_dim) ~ N(0, I) is drawn whole at the start, as ``qz.rsample((k,))``
+    draws it (so an estimate does not depend on the tiling or the thread count). Each block
+    written is z = mu + sigma eps, and ``latent`` (k, batch) gets its
+    log p(z) - log q(z | x) as ``_latent_terms`` computes it, while the block is in cache.
+    """
+
+    def __init__(self, q: Normal, p: Normal, k: int):
+        self.loc, self.scale, self.prior = q.loc, q.scale, p
+        self.eps = _normal_draws(q, k)
+        self.shape, self.dtype, self.device = self.eps.shape, self.eps.dtype, self.eps.device
+        #: log sigma - log s summed over the latent dimensions: (batch,)
+        self.log_ratio = q.scale.log().sum(-1) - p.scale.log().sum(-1)
+        #: log p(z) - log q(z | x) of the blocks written so far: (k, batch)
+        self.latent = torch.empty(self.eps.shape[:-1], dtype=self.dtype, device=self.device)
+
+    @classmethod
+    def of(cls, pz: Distribution, qz: Distribution, k: int) -> NormalDraws | None:
+        """The draws where both distributions are diagonal normals, else ``None``."""
+        q, p = _diagonal_normal(qz), _diagonal_normal(pz)
+        return None if q is None or p is None else cls(q, p, k)
+
+    def write(self, particles: slice, points: slice, into: torch.Tensor) -> None:
+        """z of the block into ``into`` (p, s, latent_dim), its latent terms into ``latent``."""
+        eps = self.eps[particles, points]
+        torch.mul(eps, self.scale[points], out=into)
+        into += self.loc[points]
+        u = into - self.prior.loc
+        u /= self.prior.scale
+        square_gap = torch.linalg.vecdot(eps, eps)
+        square_gap -= torch.linalg.vecdot(u, u)
+        torch.add(self.log_ratio[points], square_gap, alpha=0.5,
+                  out=self.latent[particles, points])  # fmt: skip
+
+    def rows(self, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """z at the (particle, point) index tensors ``index``: (n, latent_dim)."""
+        points = index[1]
+        return self.eps[index] * self.scale[points] + self.loc[points]
 
 
 def fused_log_weights(vae: object) -> FusedLogWeights | None:

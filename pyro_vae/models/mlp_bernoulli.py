@@ -14,7 +14,9 @@ computes the same value (up to float rounding) with three changes:
   that each thread keeps between calls, with as many rows as fit one core's L2 cache
   ([`pyro_vae.runtime.devices.cache_bytes`][]), so every elementwise step reads the cache.
   With several threads, each runs tiles of its own on its own core
-  ([`pyro_vae.runtime.threads.one_thread_each`][]).
+  ([`pyro_vae.runtime.threads.one_thread_each`][]). The z of a tile are written into its
+  buffer by a [`Latents`][pyro_vae.models.mlp_bernoulli.Latents]: copied from a tensor, or made
+  there from normal draws with their latent terms (``pyro_vae.models.fused.NormalDraws``).
 - **Biases inside the products.** Each layer's input carries a column of ones and its weight
   a row holding the bias, ``[h, 1] @ [W^T; b] = h W^T + b``: no bias copy. Buffer rows start
   on cache lines (``ROW_ALIGN``).
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -155,7 +158,12 @@ class MLPBernoulliLogProb:
         cache = cache_bytes(2) * (threads or torch.get_num_threads())
         return max(MIN_TILE_ROWS, int(CACHE_SHARE * cache / row_bytes))
 
-    def __call__(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor | Latents, x: torch.Tensor) -> torch.Tensor:
+        """(k, batch) log p(x_n | z_kn) for z: (k, batch, latent_dim), a tensor or
+        [`Latents`][pyro_vae.models.mlp_bernoulli.Latents] that write each tile's rows, and
+        x: (batch, D) in [0, 1]."""
+        if isinstance(z, torch.Tensor):
+            z = GivenLatents(z)
         k, batch, _ = z.shape
         if torch.is_grad_enabled():
             raise RuntimeError("MLPBernoulliLogProb runs in place: call it under torch.no_grad")
@@ -170,22 +178,55 @@ class MLPBernoulliLogProb:
             workers = min(workers, -(-k * batch // rows))
         if workers > 1:
             tasks = [
-                functools.partial(_run_tiles, z[p, b], weights, data_term[b], out[p, b], rows)
-                for p, b in _split(k, batch, workers)
+                functools.partial(_run_tiles, z, part, weights, data_term, out, rows)
+                for part in _split(k, batch, workers)
             ]
             one_thread_each(tasks)
         else:
-            _run_tiles(z, weights, data_term, out, self.tile_rows(z.device, z.dtype))
+            whole = (slice(0, k), slice(0, batch))
+            _run_tiles(z, whole, weights, data_term, out, self.tile_rows(z.device, z.dtype))
         return self._mend(out, z, x)
 
-    def _mend(self, out: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _mend(self, out: torch.Tensor, z: Latents, x: torch.Tensor) -> torch.Tensor:
         """Rows where exp overflowed (non-finite), computed again with the plain softplus."""
         bad = ~torch.isfinite(out)
         if bool(bad.any()):
             index = bad.nonzero(as_tuple=True)
-            logits = self.decoder(z[index])
+            logits = self.decoder(z.rows(index))
             out[index] = bernoulli_log_prob(logits, x[index[1]])
         return out
+
+
+class Latents(Protocol):
+    """The z of a (k, batch) grid of samples, handed to the tiles a block at a time.
+
+    ``write(particles, points, into)`` writes z[particles, points] into ``into``
+    (p, s, latent_dim), a view of a tile's buffer; ``rows((i, b))`` returns z[i, b] for index
+    tensors i, b (the rows to compute again). The blocks written are disjoint, and may be
+    written from several threads at once.
+    """
+
+    shape: torch.Size  # (k, batch, latent_dim)
+    dtype: torch.dtype
+    device: torch.device
+
+    def write(self, particles: slice, points: slice, into: torch.Tensor) -> None: ...
+
+    def rows(self, index: tuple[torch.Tensor, ...]) -> torch.Tensor: ...
+
+
+class GivenLatents:
+    """[`Latents`][pyro_vae.models.mlp_bernoulli.Latents] of a tensor z: (k, batch, latent_dim)."""
+
+    def __init__(self, z: torch.Tensor):
+        self.z = z
+        self.shape, self.dtype, self.device = z.shape, z.dtype, z.device
+
+    def write(self, particles: slice, points: slice, into: torch.Tensor) -> None:
+        into.copy_(self.z[particles, points])
+
+    def rows(self, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.z[index]
 
 
 def _split(k: int, batch: int, parts: int) -> list[tuple[slice, slice]]:
@@ -197,29 +238,34 @@ def _split(k: int, batch: int, parts: int) -> list[tuple[slice, slice]]:
 
 
 def _run_tiles(
-    z: torch.Tensor,
+    z: Latents,
+    part: tuple[slice, slice],
     weights: list[torch.Tensor],
     data_term: torch.Tensor,
     out: torch.Tensor,
     rows: int,
 ) -> None:
-    """Write log p(x | z) into ``out`` (k, batch) a tile of at most ``rows`` rows at a time
-    (every row where 0), in buffers of its own: z (k, batch, latent), data_term (batch, H + 1)."""
-    k, batch, _ = z.shape
+    """Write log p(x | z) into ``out[part]`` for the (particles, points) block ``part`` of the
+    (k, batch) grid, a tile of at most ``rows`` rows at a time (every row where 0), in buffers of
+    this thread's own; data_term: (batch, H + 1)."""
+    first, last, _ = part[0].indices(z.shape[0])
+    start, stop, _ = part[1].indices(z.shape[1])
+    k, batch = last - first, stop - start
     rows = rows or k * batch
     per_tile = max(1, rows // batch)  # particles per tile; or one, and a slice of the batch
     span = batch if per_tile > 1 or rows >= batch else rows
     # a whole tile's memory (at least per_tile * span rows) even for fewer rows, the same for
     # every call with the same tile size: kept by the thread between calls
-    buffers = _TileBuffers.for_thread(weights, rows, z)
+    buffers = _TileBuffers.for_thread(weights, rows, z.dtype, z.device)
     particles = min(k, per_tile)
     tiles: dict[tuple[int, int], _Tile] = {}
-    for i in range(0, k, particles):
-        p = min(particles, k - i)
-        for b in range(0, batch, span):
-            s = min(span, batch - b)
+    for i in range(first, last, particles):
+        p = min(particles, last - i)
+        for b in range(start, stop, span):
+            s = min(span, stop - b)
             tile = tiles.get((p, s)) or tiles.setdefault((p, s), _Tile(buffers, p, s))
-            out[i : i + p, b : b + s] = tile(z[i : i + p, b : b + s], weights, data_term[b : b + s])
+            z.write(slice(i, i + p), slice(b, b + s), tile.latent)
+            out[i : i + p, b : b + s] = tile(weights, data_term[b : b + s])
 
 
 #: Each thread's last tile buffers, by their layout (see ``_TileBuffers.for_thread``).
@@ -231,34 +277,39 @@ class _TileBuffers:
     (rows ``ROW_ALIGN``-aligned), and the logits, ``(rows, D)``."""
 
     @classmethod
-    def for_thread(cls, weights: list[torch.Tensor], rows: int, like: torch.Tensor) -> _TileBuffers:
+    def for_thread(
+        cls, weights: list[torch.Tensor], rows: int, dtype: torch.dtype, device: torch.device
+    ) -> _TileBuffers:
         """This thread's buffers of that layout, kept from its last call when it had the same
         (a tile writes every number it reads except the columns of ones, which stay ones):
         no fresh pages to fault in at every pass. One set per thread is kept, on the CPU only
         (elsewhere a tile holds every row of a pass, too much to keep)."""
-        if like.device.type != "cpu":
-            return cls(weights, rows, like)
-        key = (tuple(w.shape for w in weights), rows, like.dtype)
+        if device.type != "cpu":
+            return cls(weights, rows, dtype, device)
+        key = (tuple(w.shape for w in weights), rows, dtype)
         kept = getattr(_thread_buffers, "kept", None)
         if kept is None or kept[0] != key:
-            kept = (key, cls(weights, rows, like))
+            kept = (key, cls(weights, rows, dtype, device))
             _thread_buffers.kept = kept
         return kept[1]
 
-    def __init__(self, weights: list[torch.Tensor], rows: int, like: torch.Tensor):
+    def __init__(
+        self, weights: list[torch.Tensor], rows: int, dtype: torch.dtype, device: torch.device
+    ):
         self.inputs = []
         for w in weights:
             width = w.shape[0]
-            buf = torch.empty(rows, _aligned(width), dtype=like.dtype, device=like.device)
+            buf = torch.empty(rows, _aligned(width), dtype=dtype, device=device)
             buf = buf[:, :width]
             buf[:, -1] = 1
             self.inputs.append(buf)
-        self.logits = torch.empty(rows, weights[-1].shape[1], dtype=like.dtype, device=like.device)
+        self.logits = torch.empty(rows, weights[-1].shape[1], dtype=dtype, device=device)
 
 
 class _Tile:
     """Views of ``_TileBuffers`` for ``p`` particles of ``s`` data points (n = p s
-    rows), made once per tile shape; calling it runs the tile: (p, s) log p(x | z)."""
+    rows), made once per tile shape; calling it runs the tile on the z written into
+    ``latent`` (p, s, latent_dim): (p, s) log p(x | z)."""
 
     def __init__(self, buffers: _TileBuffers, p: int, s: int):
         n = p * s
@@ -270,10 +321,7 @@ class _Tile:
         self.hidden_by_point = inputs[-1].unflatten(0, (p, s))
         self.logits = buffers.logits[:n]
 
-    def __call__(
-        self, z: torch.Tensor, weights: list[torch.Tensor], data_term: torch.Tensor
-    ) -> torch.Tensor:
-        self.latent.copy_(z)
+    def __call__(self, weights: list[torch.Tensor], data_term: torch.Tensor) -> torch.Tensor:
         for w, (src, dst) in zip(weights[:-1], self.layers, strict=True):
             torch.mm(src, w, out=dst).exp_().add_(1).log_()  # softplus
         logits = torch.mm(self.hidden, weights[-1], out=self.logits)
