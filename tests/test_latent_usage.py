@@ -462,3 +462,69 @@ def test_latent_usage_prints_its_whole_table():
             "  I(x; z) not estimated: too few points",
         ]
     )
+
+
+def test_latent_usage_to_json_is_its_whole_summary_indented_by_two():
+    """A LatentUsage built by hand serializes, key for key and line for line, to the JSON a
+    report file holds: the totals, then each site, with non-finite numbers as null."""
+    site = SiteUsage(
+        kl_per_dim=torch.tensor([0.5, 0.25], dtype=F64),
+        kl=0.75,
+        mean_variance=torch.tensor([0.125, 0.0], dtype=F64),
+        active=torch.tensor([True, False]),
+    )
+    usage = LatentUsage(
+        sites={"z": site},
+        mutual_information=float("nan"),
+        num_points=10,
+        skipped={"y": "discrete"},
+        threshold=0.01,
+        num_samples=4,
+        mi_points=0,
+        mi_reason="too few points",
+    )
+    expected = {
+        "num_points": 10,
+        "num_samples": 4,
+        "threshold": 0.01,
+        "active_units": 1,
+        "num_units": 2,
+        "collapsed": False,
+        "kl": 0.75,
+        "mutual_information": None,
+        "mi_points": 0,
+        "mi_reason": "too few points",
+        "sites": {
+            "z": {
+                "kl": 0.75,
+                "kl_stderr": None,
+                "kl_per_dim": [0.5, 0.25],
+                "mean_variance": [0.125, 0.0],
+                "active": [True, False],
+                "active_units": 1,
+                "num_units": 2,
+                "reason": None,
+                "kl_method": "analytic",
+                "mean_method": "mean",
+            }
+        },
+        "skipped": {"y": "discrete"},
+    }
+    assert usage.to_dict() == expected
+    text = usage.to_json()
+    assert text.splitlines()[:3] == ["{", '  "num_points": 10,', '  "num_samples": 4,']
+    assert text == json.dumps(expected, indent=2)
+
+
+def test_active_units_over_several_batches_use_the_variance_of_all_points():
+    """With batch_size=7 the 50 points pass in 8 uneven batches; the posterior means' variance
+    over the data is still that of all 50 points (the exact posterior means' population
+    variance), the same as in one pass."""
+    ppca = DiagonalPPCA(norms=(1.5, 0.8, 0.0, 0.0))
+    x = ppca.sample(50)
+    batched = latent_usage(ppca.model, ppca.guide, x, num_samples=2, batch_size=7, mi_points=2)
+    whole_pass = latent_usage(ppca.model, ppca.guide, x, num_samples=2, batch_size=50, mi_points=2)
+    expected = ppca.post_mean(x).var(0, correction=0)
+    torch.testing.assert_close(batched.sites["z"].mean_variance, expected)
+    torch.testing.assert_close(whole_pass.sites["z"].mean_variance, expected)
+    assert batched.sites["z"].active.tolist() == [True, True, False, False]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from linear_gaussian import LinearGaussian
 
-from pyro_vae.infer import log_likelihood
+from pyro_vae.infer import LogLikelihood, log_likelihood
 
 
 @pytest.fixture
@@ -83,3 +83,25 @@ def test_bad_arguments(lg):
         log_likelihood(lg.model, lg.exact_guide, x, num_samples=0)
     with pytest.raises(ValueError, match="no data points"):
         log_likelihood(lg.model, lg.exact_guide, x[:0], num_samples=3)
+
+
+def test_log_likelihood_prints_one_line_and_names_unscaled_sites_only_when_there_are_some():
+    """The printed summary of results built by hand, whole: log p(x) [1, 3] has mean 2 and
+    standard error 1, the ELBO [-1, 1] mean 0 and standard error 1; the note on sites scored
+    without their scale appears only when there are such sites."""
+    plain = LogLikelihood(
+        per_example=torch.tensor([1.0, 3.0]),
+        elbo_per_example=torch.tensor([-1.0, 1.0]),
+        ess=torch.tensor([2.0, 2.0]),
+        num_samples=2,
+    )
+    line = "log p(x) ~ 2.000 +- 1.000 nats (IS, K=2); ELBO 0.000 +- 1.000"
+    assert str(plain) == line
+    scaled = LogLikelihood(
+        per_example=plain.per_example,
+        elbo_per_example=plain.elbo_per_example,
+        ess=plain.ess,
+        num_samples=2,
+        unscaled=("z", "x"),
+    )
+    assert str(scaled) == line + "; sites ['z', 'x'] scored without their scale"

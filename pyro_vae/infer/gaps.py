@@ -246,7 +246,7 @@ def _local_layout(model, guide, data, data_plate, kwargs) -> tuple[list[str], in
             f"inference gaps optimize a continuous local posterior per data point, but sites "
             f"{list(info.enumerated)} are enumerated; score such a model with log_likelihood"
         )
-    with poutine.block():
+    with kept_random_state(), poutine.block():
         guide_trace, _ = trace_pair(model, guide, *probe_data(model, data), **kwargs)
     dims = set()
     for site in info.latent:
