@@ -330,3 +330,26 @@ def test_a_zip_checkpoint_with_a_corrupted_directory_is_refused_whole(tmp_path):
     )
     with pytest.raises(CheckpointError, match=pattern):
         load_checkpoint(path)
+
+
+def test_members_declaring_exactly_the_inflation_limit_load_and_one_byte_more_is_refused(
+    tmp_path, monkeypatch
+):
+    """The limit is inclusive: with the cap set to the total its members declare, a torch.save
+    checkpoint loads; with the cap one byte lower it is refused (whole message)."""
+    import zipfile
+
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, _state())
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(m.file_size for m in archive.infolist())
+    assert declared < 2 * path.stat().st_size + 2**20  # the cap is the limit that binds
+    monkeypatch.setattr(checkpoint, "MAX_INFLATED_BYTES", declared)
+    assert load_checkpoint(path)["format_version"] == FORMAT_VERSION
+    monkeypatch.setattr(checkpoint, "MAX_INFLATED_BYTES", declared - 1)
+    message = (
+        f"checkpoint {str(path)!r} declares {declared} bytes once inflated (limit "
+        f"{declared - 1}) or compressed members []; torch.save never writes that: refused"
+    )
+    with pytest.raises(CheckpointError, match=whole(message)):
+        load_checkpoint(path)

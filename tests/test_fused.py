@@ -340,3 +340,44 @@ def test_fused_route_takes_a_vae_s_own_programs_on_its_data_alone_by_default():
     assert fused_route(vae.guide, vae.model, (x,), {}) == (
         "the programs are not one pyro_vae VAE's own model and guide"
     )
+
+
+def test_fused_elbo_estimates_the_latent_term_at_the_draws_by_default():
+    """``FusedELBO(vae)`` without ``analytic_kl`` is Pyro's ``Trace_ELBO``: log p(z) - log q(z | x)
+    at the draws, not the closed-form KL of ``TraceMeanField_ELBO``."""
+    from pyro_vae.models.fused import FusedELBO
+
+    vae = _vae("normal", "bernoulli", "diagonal", "mlp")
+    x = _data_for("bernoulli")
+    losses = []
+    with torch.no_grad():
+        for fn in (
+            lambda: FusedELBO(vae)(x)[0],
+            lambda: pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x),
+            lambda: pyro.infer.TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, x),
+        ):
+            pyro.set_rng_seed(4)
+            losses.append(fn())
+    default, monte_carlo, analytic = losses
+    torch.testing.assert_close(default, monte_carlo, rtol=1e-5, atol=1e-4)
+    assert abs(default.item() - analytic.item()) > 0.1
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "normal"])
+def test_fused_log_weights_draw_on_the_posterior_s_device_whatever_the_default_device(likelihood):
+    """Under another default device (``torch.set_default_device``, here "meta") the normal
+    draws of a CPU model are still made on the CPU: the same log weights as without it, through
+    the decoder's tiles (Bernoulli) and the plain decoder (normal)."""
+    from pyro_vae.models.fused import FusedLogWeights
+
+    vae = _vae("normal", likelihood, "diagonal", "mlp").eval()
+    x = _data_for(likelihood)
+    fused = FusedLogWeights(vae)
+    with torch.no_grad():
+        pyro.set_rng_seed(2)
+        ref = fused(x, 7)
+        pyro.set_rng_seed(2)
+        with torch.device("meta"):
+            got = fused(x, 7)
+    assert got.device == torch.device("cpu")
+    assert torch.equal(got, ref)

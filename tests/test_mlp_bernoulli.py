@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
 import pytest
 import torch
@@ -281,3 +283,53 @@ def test_augmented_weights_are_w_transposed_over_b_and_made_again_only_after_a_c
     again = tiled.augmented_weights()
     assert again is not first and again[1][-1, 3] == 7.0
     assert tiled.augmented_weights() is again
+
+
+def test_cpu_tiles_are_shared_among_the_workers_that_parallel_threads_allows(monkeypatch):
+    """On the CPU the tiles go to as many workers as ``parallel_threads`` allows (here 2, with
+    the workers' tasks run in turn on this thread, at one torch thread): 130 rows are three
+    64-row tiles, split between two workers, with the plain log-density's values."""
+    monkeypatch.setattr(mlp_bernoulli, "parallel_threads", lambda: 2)
+    monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 4096)  # 64-row tiles
+    calls = []
+
+    def in_turn(tasks):
+        calls.append(len(tasks))
+        return [task() for task in tasks]
+
+    monkeypatch.setattr(mlp_bernoulli, "one_thread_each", in_turn)
+    decoder = _decoder(hidden=(16,))
+    z, x = torch.randn(13, 10, 3), torch.rand(10, 20).round()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            got = MLPBernoulliLogProb.of(decoder)(z, x)
+            ref = _reference(decoder, z, x)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [2]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_a_tile_s_buffers_hold_its_rows_and_its_logits_are_written_in_place(small_tiles):
+    """Each layer's input (with its column of ones) and the logits have the tile's rows, so the
+    last product writes into the kept buffer: a tiled call resizes no output (no warning)."""
+    decoder = _decoder(hidden=(16,))
+    tiled = MLPBernoulliLogProb.of(decoder)
+    weights = tiled.augmented_weights()
+    buffers = mlp_bernoulli._TileBuffers(weights, 64, torch.float32, torch.device("cpu"))
+    assert [tuple(b.shape) for b in buffers.inputs] == [(64, 4), (64, 17)]
+    assert [b.stride() for b in buffers.inputs] == [(16, 1), (32, 1)]  # rows aligned
+    assert all(bool((b[:, -1] == 1).all()) for b in buffers.inputs)
+    assert tuple(buffers.logits.shape) == (64, 20)
+    z, x = torch.randn(13, 10, 3), torch.rand(10, 20).round()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = tiled(z, x)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got, _reference(decoder, z, x), rtol=1e-5, atol=1e-4)

@@ -408,6 +408,18 @@ def _toy_labels():
     return SimpleNamespace(name="toy", labels={"train": labels, "valid": labels, "test": labels})
 
 
+def _toy_data(labels=("train", "valid", "test")):
+    """Six points of 6 pixels beside the toy labels of the splits named (``None``: no labels
+    attribute at all)."""
+    from types import SimpleNamespace
+
+    toy = _toy_labels()
+    train = torch.rand(6, 6, generator=torch.Generator().manual_seed(0))
+    if labels is None:
+        return SimpleNamespace(name="toy", train=train)
+    return SimpleNamespace(name="toy", train=train, labels={s: toy.labels[s] for s in labels})
+
+
 def _task(objective, data="toy"):
     from pyro_vae.models import MODELS
     from pyro_vae.train.semisupervised import SemiSupervisedTask
@@ -440,6 +452,18 @@ M2_REFUSALS = [
     (
         "training without labels",
         lambda: _task(make_objective("elbo"), data=None),
+        DataError,
+        "semi-supervised training needs the training labels; pass data",
+    ),
+    (
+        "data without training labels",
+        lambda: _task(make_objective("elbo"), data=_toy_data(labels=("valid", "test"))),
+        DataError,
+        "semi-supervised training needs the training labels; pass data",
+    ),
+    (
+        "data without labels",
+        lambda: _task(make_objective("elbo"), data=_toy_data(labels=None)),
         DataError,
         "semi-supervised training needs the training labels; pass data",
     ),
@@ -521,3 +545,20 @@ def test_the_label_prior_lives_on_the_parameters_device(m2):
     assert prior.logits.device.type == "meta" and wide.logits.device.type == "meta"
     assert prior.logits.shape == (3,) and prior.event_shape == (3,) and prior.batch_shape == ()
     assert prior.logits.dtype == torch.float32 and wide.logits.dtype == F64
+
+
+def test_the_labelled_subset_is_chosen_with_seed_0_unless_another_is_given():
+    """One point per class of the toy labels (0, 0, 0, 1, 1, 2): without a seed the task
+    takes points 2, 4 and 5, the choice of seed 0 (seed 1 takes 1, 3 and 5), and their rows."""
+    from pyro_vae.models import MODELS
+    from pyro_vae.train.semisupervised import SemiSupervisedTask
+
+    m2 = build_semisupervised(CONFIG, num_classes=3, classifier_hidden=(5,))
+    kind = MODELS["m2"](num_classes=3, labels_per_class=1)
+    data = _toy_data()
+    task = SemiSupervisedTask(m2, make_objective("elbo"), kind=kind, data=data)
+    assert task.run_record == {"labelled_points": [2, 4, 5]}
+    assert torch.equal(task.labelled_x, data.train[[2, 4, 5]])
+    assert task.labelled_y.tolist() == [0, 1, 2]
+    other = SemiSupervisedTask(m2, make_objective("elbo"), kind=kind, data=data, seed=1)
+    assert other.run_record == {"labelled_points": [1, 3, 5]}

@@ -238,3 +238,12 @@ def test_a_bad_point_of_a_streamed_subset_is_named_by_its_row_in_the_source(tmp_
         "training point 13 (row 16 of its source) of the streamed split has NaN or infinite "
         "values (points 0 to 19, read before training); clean the file or drop that point"
     )
+
+
+def test_the_digest_of_a_one_point_dataset_is_that_of_its_one_row_tensor(tmp_path):
+    """A streamed split of a single point hashes as the (1, *event_shape) tensor of it."""
+    from pyro_vae.train.fingerprint import dataset_digest, tensor_digest
+
+    x = np.random.default_rng(3).random((1, 2, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert dataset_digest(ArrayShards(tmp_path / "x.npy")) == tensor_digest(torch.from_numpy(x))

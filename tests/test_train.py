@@ -660,3 +660,36 @@ def test_make_task_takes_the_fused_elbo_by_default_for_the_library_s_vae():
     task = make_task(vae, make_objective("elbo"))
     assert isinstance(task, ELBOTask) and isinstance(task.fused, FusedELBO)
     assert make_task(vae, make_objective("elbo"), fused=False).fused is None
+
+
+def test_the_epoch_hook_receives_the_history_after_each_epoch():
+    """``epoch_hook(model, history)`` sees the model and the metrics of every epoch so far,
+    the very list fit returns."""
+    from tiny_runs import tiny
+
+    data, config = tiny()
+    vae = build_vae(config)
+    calls = []
+
+    def hook(model, history):
+        calls.append((model, history, [r["epoch"] for r in history]))
+
+    result = fit(vae, data, TrainConfig(epochs=2, batch_size=10, valid_num_samples=2),
+                 progress=False, epoch_hook=hook)  # fmt: skip
+    assert [epochs for _, _, epochs in calls] == [[1], [1, 2]]
+    assert all(model is vae and history is result.history for model, history, _ in calls)
+
+
+def test_step_checks_add_up_steps_of_mixed_dtypes_in_float64():
+    """A float32 loss beside a float64 metric sum: both come back at their own values
+    (0.1 in float64 stays 0.1, not float32's 0.10000000149...), the loss weighted by its
+    batch size."""
+    from pyro_vae.train.loop import StepChecks
+
+    checks = StepChecks(epoch=1, run=None, loss_name="train_loss")
+    loss = torch.tensor(0.1, dtype=torch.float32)
+    checks.add(0, loss, None, {"elbo": torch.tensor(0.1, dtype=torch.float64)}, 4)
+    checks.add(1, loss, torch.tensor(2.0), {"elbo": torch.tensor(0.2, dtype=torch.float64)}, 3)
+    sums = checks.flush()
+    assert sums == {"elbo": 0.1 + 0.2, "train_loss": float(loss) * 4 + float(loss) * 3}
+    assert float(loss) != 0.1 and checks.seen == 7
