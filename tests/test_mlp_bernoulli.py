@@ -138,18 +138,26 @@ def test_normal_draws_written_tile_by_tile_equal_the_whole_draws(threads, k, bat
     assert parallel == ([min(count, tiles, max(k, batch))] if count > 1 and tiles > 1 else [])
 
 
-def test_normal_draws_are_the_posterior_rsample_draws():
+@pytest.mark.parametrize("k,batch", [(7, 5), (37, 5), (200, 3)])
+def test_normal_draws_are_the_posterior_rsample_draws_at_any_thread_count(threads, k, batch):
+    """The fused draws are bit for bit the numbers of the posterior's ``rsample`` (one
+    ``normal_`` over all particles), at 1 to 3 threads, and their rows are its z."""
     g = torch.Generator().manual_seed(3)
-    q = Independent(Normal(torch.randn(5, 3, generator=g), torch.rand(5, 3, generator=g) + 0.5), 1)
+    loc, scale = torch.randn(batch, 3, generator=g), torch.rand(batch, 3, generator=g) + 0.5
+    q = Independent(Normal(loc, scale), 1)
     p = Independent(Normal(torch.zeros(3), torch.ones(3)), 1)
-    decoder = _decoder(hidden=(16,))
+    decoder, x = _decoder(hidden=(16,)), torch.rand(batch, 20).round()
     with torch.no_grad():
         torch.manual_seed(9)
-        draws = NormalDraws.of(p, q, 7)
-        MLPBernoulliLogProb.of(decoder)(draws, torch.rand(5, 20).round())
+        draws = NormalDraws.of(p, q, k)
+        got = MLPBernoulliLogProb.of(decoder)(draws, x)
         torch.manual_seed(9)
-        z = q.rsample((7,))
-    index = (torch.tensor([0, 6, 3]), torch.tensor([4, 0, 2]))
+        one_call = torch.empty(k, batch, 3).normal_()
+        torch.manual_seed(9)
+        z = q.rsample((k,))
+    assert torch.equal(draws.eps, one_call)
+    torch.testing.assert_close(got, _reference(decoder, z, x), rtol=1e-5, atol=1e-4)
+    index = (torch.tensor([0, k - 1, k // 2]), torch.tensor([batch - 1, 0, batch // 2]))
     torch.testing.assert_close(draws.rows(index), z[index], rtol=0, atol=1e-6)
     assert NormalDraws.of(p, Normal(torch.zeros(5, 3), 1.0), 7) is None  # not Independent
 
