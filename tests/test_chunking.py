@@ -76,6 +76,10 @@ def test_bytes_per_sample_counts_new_memory_once_and_not_per_call_costs():
         return torch.zeros(10**5).sum() + torch.zeros(k, 10)
 
     assert bytes_per_sample(fixed_cost, 1) == 80  # zeros(k, 10) and the sum: 2 x 40 bytes
+    # a pass whose memory does not grow with its particles, or grows by less than a byte a
+    # sample, is charged one byte per sample (the floor that keeps chunks finite)
+    assert bytes_per_sample(lambda k: torch.zeros(3), 1) == 1.0
+    assert bytes_per_sample(lambda k: torch.zeros(k, dtype=torch.uint8), 4) == 1.0
 
 
 def test_bytes_per_sample_grows_from_the_smaller_probe_run_whichever_comes_first():

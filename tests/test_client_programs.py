@@ -688,6 +688,23 @@ def test_mixture_with_an_enumerated_component_equals_its_closed_form(strategy):
     assert torch.allclose(r.log_weights, mixture_log_px(x).expand(6, 5), atol=1e-4)
 
 
+def test_a_component_marked_for_sequential_enumeration_is_summed_exactly_as_well():
+    """``infer={"enumerate": "sequential"}`` (what ``config_enumerate(guide, "sequential")``
+    marks) names the same sum as "parallel": the estimator sums it in parallel, exactly."""
+
+    def guide(x):
+        prec = 1 + 1 / S**2
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(torch.ones(3) / 3),
+                            infer={"enumerate": "sequential"})  # fmt: skip
+            pyro.sample("z", dist.Normal((MU[c] + x[:, 0] / S**2) / prec, prec**-0.5))
+
+    x = torch.tensor([[-2.5], [0.4], [5.0]])
+    r = log_likelihood(mixture_model, guide, x, num_samples=4, keep_log_weights=True)
+    assert r.enumerated == ("c",)
+    torch.testing.assert_close(r.log_weights, mixture_log_px(x).expand(4, 3), rtol=0, atol=1e-4)
+
+
 def test_a_component_enumerated_in_the_model_alone_is_summed_exactly():
     def model(x):
         with pyro.plate("data", x.shape[0]):
