@@ -141,36 +141,57 @@ def test_foreign_files_are_refused(tmp_path, content):
     assert str(info.value) == f"{str(path)!r} is not a pyro-vae checkpoint (no format_version)"
 
 
-def test_wrong_architecture_is_refused(tmp_path):
-    state = _state()["model_state"]
+def test_wrong_architecture_is_refused_naming_the_first_difference(tmp_path):
+    """The refusal names the first tensor that differs (shape, or missing on either side) and
+    counts the rest, from the two state tables, not torch's heading line."""
+    state = _state()["model_state"]  # hidden (3,)
     other = build_vae(ModelConfig(event_shape=(4,), latent_dim=2, hidden=(5,)))
-    with pytest.raises(
-        CheckpointError,
-        match=whole(
-            "checkpoint in 'c.pt' does not match the model's architecture (Error(s) in loading "
-            "state_dict for VAE:); rebuild the model with the checkpoint's configuration or retrain"
-        ),
-    ):
-        restore_model(other, state, "c.pt")
-    with pytest.raises(
-        CheckpointError,
-        match=whole(
-            "checkpoint in 'c.pt' does not match the model's architecture (Error(s) in loading "
-            "state_dict for VAE:); rebuild the model with the checkpoint's configuration or retrain"
-        ),
-    ):
-        restore_model(other, {"bogus": torch.zeros(1)}, "c.pt")
+    advice = "rebuild the model with the checkpoint's configuration or retrain"
+    cases = [
+        # the two hidden layers' weights and biases: 6 tensors of other shapes
+        (state, "'encoder.net.0.weight' has shape (3, 4) in the file and (5, 4) in the model, "
+                "and 5 more differ"),
+        # 10 tensors missing, 1 the model does not have
+        ({"bogus": torch.zeros(1)}, "the file lacks 'encoder.net.0.weight', and 10 more differ"),
+    ]  # fmt: skip
+    for table, reason in cases:
+        with pytest.raises(CheckpointError) as info:
+            restore_model(other, table, "c.pt")
+        assert str(info.value) == (
+            f"checkpoint in 'c.pt' does not match the model's architecture ({reason}); {advice}"
+        )
 
 
-def test_an_architecture_mismatch_names_the_first_line_of_the_loader_s_reason_whole():
-    """The refusal quotes the first line of load_state_dict's error (torch's heading for a
-    size mismatch; a one-line reason whole; the exception's type for an empty one)."""
+def test_an_architecture_mismatch_names_one_difference_or_the_loader_s_reason_whole():
+    """One difference is named alone, two with "1 more differs"; where the tables agree in
+    names and shapes but the loader refuses anyway, the first line of its reason (whole; the
+    exception's type for an empty one)."""
     advice = "rebuild the model with the checkpoint's configuration or retrain"
     with pytest.raises(CheckpointError) as info:
         restore_model(torch.nn.Linear(4, 2), torch.nn.Linear(3, 2).state_dict(), "c.pt")
     assert str(info.value) == (
-        "checkpoint in 'c.pt' does not match the model's architecture (Error(s) in loading "
-        f"state_dict for Linear:); {advice}"
+        "checkpoint in 'c.pt' does not match the model's architecture ('weight' has shape "
+        f"(2, 3) in the file and (2, 4) in the model); {advice}"
+    )
+    extra = {**torch.nn.Linear(3, 2).state_dict(), "scale": torch.ones(1)}
+    with pytest.raises(CheckpointError) as info:
+        restore_model(torch.nn.Linear(3, 2), extra, "c.pt")
+    assert str(info.value) == (
+        "checkpoint in 'c.pt' does not match the model's architecture (the file has 'scale', "
+        f"which the model lacks); {advice}"
+    )
+    with pytest.raises(CheckpointError) as info:
+        restore_model(torch.nn.Linear(3, 2), {"weight": torch.zeros(2, 3)}, "c.pt")
+    assert str(info.value) == (
+        "checkpoint in 'c.pt' does not match the model's architecture (the file lacks 'bias'); "
+        f"{advice}"
+    )
+    wrong_both = {"weight": torch.zeros(2, 2), "bias": torch.zeros(3)}
+    with pytest.raises(CheckpointError) as info:
+        restore_model(torch.nn.Linear(3, 2), wrong_both, "c.pt")
+    assert str(info.value) == (
+        "checkpoint in 'c.pt' does not match the model's architecture ('weight' has shape "
+        f"(2, 2) in the file and (2, 3) in the model, and 1 more differs); {advice}"
     )
 
     class Refusing(torch.nn.Linear):

@@ -108,10 +108,39 @@ def restore_model(module: torch.nn.Module, model_state: Any, source: str) -> Non
         module.load_state_dict(model_state)
     except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        reason = state_mismatch(expected, model_state) or first
         raise CheckpointError(
-            f"checkpoint in {source!r} does not match the model's architecture ({first}); "
+            f"checkpoint in {source!r} does not match the model's architecture ({reason}); "
             "rebuild the model with the checkpoint's configuration or retrain"
         ) from exc
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> str | None:
+    """The first difference between a model's state table and a file's, in words, with how
+    many more there are; ``None`` where names and shapes all agree.
+
+    In the model's order: a tensor of another shape, one the file lacks, then one the model
+    lacks (e.g. ``'decoder.net.0.weight' has shape (5, 2) in the file and (8, 2) in the model,
+    and 3 more differ``).
+    """
+    found = []
+    for name, tensor in expected.items():
+        if name not in given:
+            found.append(f"the file lacks {name!r}")
+        elif tuple(given[name].shape) != tuple(tensor.shape):
+            found.append(
+                f"{name!r} has shape {tuple(given[name].shape)} in the file and "
+                f"{tuple(tensor.shape)} in the model"
+            )
+    found += [
+        f"the file has {name!r}, which the model lacks" for name in given if name not in expected
+    ]
+    if not found:
+        return None
+    more = len(found) - 1
+    return found[0] + (
+        f", and {more} more differ" if more > 1 else ", and 1 more differs" if more else ""
+    )
 
 
 def _reason(exc: Exception) -> str:
