@@ -736,21 +736,127 @@ def test_sampling_the_component_instead_is_unbiased_but_noisier():
     assert (r.ess < 4000).all()
 
 
-def test_an_enumerated_site_inside_an_inner_plate_is_refused():
+X_FEATURES = torch.tensor([[0.5, -1.0, 2.0], [3.0, 3.5, -2.0]])
+
+
+def _per_feature_mixture(x: torch.Tensor, shift: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """log prod_d sum_c pi_c N(x_nd; mu_c + shift_n, 1): (..., N) for shift (..., N, 1)."""
+    comp = dist.Normal(MU + torch.as_tensor(shift)[..., None], 1.0).log_prob(x[..., None])
+    return torch.logsumexp(comp + PI.log(), -1).sum(-1)
+
+
+@pytest.mark.parametrize("strategy", ["vectorized", "replicate"])
+def test_an_enumerated_site_inside_an_inner_plate_is_summed_per_element(strategy):
+    """c_nd ~ Categorical(pi) per feature d of point n, x_nd ~ N(mu_c, 1): summed out per
+    element of the features plate, log p(x_n) = sum_d log sum_c pi_c N(x_nd; mu_c, 1)."""
+
     def model(x):
-        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("pixels", x.shape[1], dim=-1):
+        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("features", x.shape[1], dim=-1):
             c = pyro.sample("c", dist.Categorical(PI), infer={"enumerate": "parallel"})
             pyro.sample("x", dist.Normal(MU[c], 1.0), obs=x)
+
+    r = log_likelihood(model, lambda x: None, X_FEATURES, num_samples=3, strategy=strategy,
+                       keep_log_weights=True)  # fmt: skip
+    assert r.enumerated == ("c",) and r.strategy == strategy
+    want = _per_feature_mixture(X_FEATURES)  # -5.7703, -6.5853
+    torch.testing.assert_close(r.log_weights, want.expand(3, 2), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["vectorized", "replicate"])
+def test_a_latent_per_point_and_a_component_enumerated_per_feature_weigh_exactly(strategy):
+    """z_n ~ N(0, 1) from q = N(0.5, 1), c_nd enumerated per feature in the model: each
+    particle's weight is p(z) / q(z) prod_d sum_c pi_c N(x_nd; mu_c + z_n, 1) at its own z."""
+    drawn = []
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            with pyro.plate("features", x.shape[1], dim=-1):
+                c = pyro.sample("c", dist.Categorical(PI), infer={"enumerate": "parallel"})
+                pyro.sample("x", dist.Normal(MU[c] + z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            drawn.append(pyro.sample("z", dist.Normal(0.5, 1.0)).detach())
+
+    pyro.set_rng_seed(3)
+    r = log_likelihood(model, guide, X_FEATURES, num_samples=4, particle_chunk=4,
+                       strategy=strategy, keep_log_weights=True)  # fmt: skip
+    z = drawn[-1].reshape(4, 2, 1)  # replicated rows are particle-major as well
+    want = (_per_feature_mixture(X_FEATURES, z) + dist.Normal(0.0, 1.0).log_prob(z[..., 0])
+            - dist.Normal(0.5, 1.0).log_prob(z[..., 0]))  # fmt: skip
+    torch.testing.assert_close(r.log_weights, want, rtol=0, atol=1e-5)
+
+
+def test_a_component_enumerated_per_feature_in_the_guide_weighs_exactly():
+    """The guide enumerates c_nd per feature and draws u_nd | c from q(u | c) = N(mu_c / 2,
+    1); the model has c ~ pi, u ~ N(mu_c, 1), x ~ N(u, S). Each particle's weight is
+    prod_d sum_c pi_c N(u_c; mu_c, 1) N(x; u_c, S) / q(u_c | c), at the guide's draw u_c for
+    each value of c (q(c) itself is left out: the sum replaces it)."""
+    drawn = []
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("features", x.shape[1], dim=-1):
+            c = pyro.sample("c", dist.Categorical(PI))
+            u = pyro.sample("u", dist.Normal(MU[c], 1.0))
+            pyro.sample("x", dist.Normal(u, S), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("features", x.shape[1], dim=-1):
+            c = pyro.sample("c", dist.Categorical(torch.ones(3) / 3),
+                            infer={"enumerate": "parallel"})  # fmt: skip
+            drawn.append(pyro.sample("u", dist.Normal(MU[c] / 2, 1.0)).detach())
+
+    pyro.set_rng_seed(4)
+    r = log_likelihood(model, guide, X_FEATURES, num_samples=5, particle_chunk=5,
+                       keep_log_weights=True)  # fmt: skip
+    assert r.enumerated == ("c",)
+    u = drawn[-1].reshape(3, 5, 2, 3)  # (value of c, particle, point, feature)
+    mu = MU[:, None, None, None]
+    log_q = dist.Normal(mu / 2, 1.0).log_prob(u)
+    terms = (PI.log()[:, None, None, None] + dist.Normal(mu, 1.0).log_prob(u)
+             + dist.Normal(u, S).log_prob(X_FEATURES) - log_q)  # fmt: skip
+    want = torch.logsumexp(terms, 0).sum(-1)  # (particles, points)
+    torch.testing.assert_close(r.log_weights, want, rtol=0, atol=1e-4)
+
+
+def test_a_site_reading_an_enumerated_site_outside_its_plate_is_refused():
+    """Enumeration gives c one value for every feature at once, so x_n ~ N(sum_d mu_{c_nd}, 1)
+    outside the features plate would be scored as a different program (Pyro's TraceEnum_ELBO
+    scores that one silently): refused, in the model and in the guide."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            with pyro.plate("features", 3, dim=-1):
+                c = pyro.sample("c", dist.Categorical(PI), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(MU[c].sum(-1, keepdim=True), 1.0), obs=x)
 
     with pytest.raises(
         DataError,
         match=whole(
-            "site 'c' is enumerated inside plate 'pixels'; summing it out per element of that "
-            "plate is not supported, so mark it infer={'enumerate': None} to sample it, or sum it "
-            "out inside the model (e.g. dist.MixtureSameFamily)"
+            "site 'x' reads the enumerated site 'c' outside its plate 'features', where "
+            "enumeration gives every element of the plate one value; sum 'c' out inside the "
+            "model (e.g. dist.MixtureSameFamily) or mark it infer={'enumerate': None} to "
+            "sample it"
         ),
     ):
-        log_likelihood(model, lambda x: None, torch.zeros(3, 2), num_samples=2)
+        log_likelihood(model, lambda x: None, torch.zeros(3, 1), num_samples=2)
+
+    def model_z(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            with pyro.plate("features", 3, dim=-1):
+                pyro.sample("c", dist.Categorical(PI))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide_z(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            with pyro.plate("features", 3, dim=-1):
+                c = pyro.sample("c", dist.Categorical(PI), infer={"enumerate": "parallel"})
+            pyro.sample("z", dist.Normal(MU[c].sum(-1, keepdim=True), 1.0))
+
+    with pytest.raises(DataError, match="^site 'z' reads the enumerated site 'c' outside its "):
+        log_likelihood(model_z, guide_z, torch.zeros(3, 1), num_samples=2)
 
 
 # --- Pyro's M2 (semi-supervised VAE), as its example writes it ---------------------------

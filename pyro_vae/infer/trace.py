@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -478,10 +478,11 @@ def check_program(
     that the guide neither samples nor marks for enumeration, a guide site the model does not have,
     no observed site, a site outside the data plate, a data plate whose size is not n or that
     subsamples (its log-probs would be rescaled by N / n), values broadcast against their
-    distribution, and an enumerated site inside a plate other than the data plate. Also refused: a
-    Pyro autoguide (not amortized), a ``pyro.deterministic`` site in place of an observation (no
-    density), and, unless ``allow_point_mass``, a guide site that is a point mass (``Delta``,
-    ``AutoDelta``: log p(x, z*) is not an estimate of log p(x)). Returns the latent sites, the
+    distribution, a site that reads an enumerated site outside a plate that one sits in. Also
+    refused: a Pyro autoguide (not amortized), a ``pyro.deterministic`` site in place of an
+    observation (no density), and, unless ``allow_point_mass``, a guide site that is a point
+    mass (``Delta``, ``AutoDelta``: log p(x, z*) is not an estimate of log p(x)). Returns the
+    latent sites, the
     particle dimension, the enumerated sites and the sites a handler scales
     ([`ProgramInfo`][pyro_vae.infer.trace.ProgramInfo]). ``restore_rng``: leave the random state as
     it was.
@@ -563,22 +564,8 @@ def check_program(
                     f"data is broadcast at site {name!r} (values {got}, distribution "
                     f"{expected}); pass data shaped (N, *event_shape) as in training"
                 )
-    for trace in (enum_guide, enum_model):
-        for name in enumerated:
-            if name not in trace.nodes:
-                continue
-            inner = [
-                f.name
-                for f in trace.nodes[name]["cond_indep_stack"]
-                if f.vectorized and f.name != data_plate
-            ]
-            if inner:
-                raise DataError(
-                    f"site {name!r} is enumerated inside plate {inner[0]!r}; summing it out "
-                    f"per element of that plate is not supported, so mark it "
-                    f"infer={{'enumerate': None}} to sample it, or sum it out inside the model "
-                    f"(e.g. dist.MixtureSameFamily)"
-                )
+    if enumerated:
+        check_enumeration_plates(enum_guide, enum_model, enumerated)
     return ProgramInfo(
         latent_sites(guide_trace, model_trace),
         pdim,
@@ -692,12 +679,14 @@ def enumerated_log_weight(
     for trace in traces:
         trace.pack_tensors(plate_to_symbol)
         plate_to_symbol = trace.plate_to_symbol
+    owners = _enumeration_owners(traces, enumerated)
     tree: OrderedDict = OrderedDict()
     for trace, sign in zip(traces, [-1, 1] if guide_trace is not None else [1], strict=True):
         for n, s in _sample_sites(trace):
             if sign < 0 and n in enumerated:
                 continue  # a guide site summed out: q(y | x) is not part of the weight
             data_plate_frame(n, s, data_plate)
+            _check_inside_plates(n, s, owners)
             ordinal = frozenset(
                 plate_to_symbol[f.name] for f in s["cond_indep_stack"] if f.vectorized
             )
@@ -715,6 +704,60 @@ def enumerated_log_weight(
     if "particles" not in plate_to_symbol:  # replicated particles: no particle plate
         shape = [1, *shape]
     return total.reshape(shape).expand(num_particles, batch)
+
+
+def _enumeration_owners(traces: list, enumerated: list[str]) -> dict[str, tuple[str, set[str]]]:
+    """Each enumerated site's enumeration dimension (its symbol in the packed traces): the
+    site's name and the names of the plates it sits in."""
+    owners: dict[str, tuple[str, set[str]]] = {}
+    for trace in traces:
+        for name in enumerated:
+            site = trace.nodes.get(name)
+            dim = None if site is None else site["infer"].get("_enumerate_dim")
+            if dim is None:
+                continue
+            symbol = site["infer"]["_dim_to_symbol"][dim]
+            owners[symbol] = (name, {f.name for f in site["cond_indep_stack"] if f.vectorized})
+    return owners
+
+
+def check_enumeration_plates(guide_trace, model_trace, enumerated: Sequence[str]) -> None:
+    """Refuse (``DataError``, naming both sites and the plate) a site of enumerated traces
+    that reads an enumerated site outside a plate that one sits in (``_check_inside_plates``).
+    The traces' log-densities are computed and packed."""
+    traces = [guide_trace, model_trace]
+    plate_to_symbol: dict[str, str] = {}
+    for trace in traces:
+        compute_log_density(trace)
+        trace.pack_tensors(plate_to_symbol)
+        plate_to_symbol = trace.plate_to_symbol
+    owners = _enumeration_owners(traces, list(enumerated))
+    for trace in traces:
+        for name, site in _sample_sites(trace):
+            _check_inside_plates(name, site, owners)
+
+
+def _check_inside_plates(name: str, site: dict, owners: dict[str, tuple[str, set[str]]]) -> None:
+    """Refuse a site that reads an enumerated site outside a plate that one sits in.
+
+    Enumeration gives the enumerated site one dimension for all elements of its plates, so a
+    site outside such a plate that reads it sees every element take the same value at once:
+    a different program from the one sampled (e.g. ``x ~ N(mu[c].sum(-1), 1)`` after ``c`` in
+    a plate of features). Pyro's ``TraceEnum_ELBO`` scores that other program silently.
+    """
+    plates = {f.name for f in site["cond_indep_stack"] if f.vectorized}
+    for symbol in site["packed"]["log_prob"]._pyro_dims:
+        owner = owners.get(symbol)
+        if owner is None or owner[0] == name:
+            continue
+        outside = sorted(owner[1] - plates)
+        if outside:
+            raise DataError(
+                f"site {name!r} reads the enumerated site {owner[0]!r} outside its plate "
+                f"{outside[0]!r}, where enumeration gives every element of the plate one value; "
+                f"sum {owner[0]!r} out inside the model (e.g. dist.MixtureSameFamily) or mark "
+                f"it infer={{'enumerate': None}} to sample it"
+            )
 
 
 def detach_distribution(fn):
