@@ -213,6 +213,31 @@ def test_ais_at_the_exact_posterior_scores_a_masked_latent_site_with_its_mask():
     assert (r.per_example_stderr < 1e-5).all()
 
 
+@pytest.mark.parametrize("plate", ["PARTICLES", "chains"])
+def test_ais_leaves_every_plate_name_but_particles_to_the_program(plate):
+    """The chains run in a plate named "particles", as log_likelihood's particles do; any other
+    name, "PARTICLES" or "chains" included, may name the program's data plate. From the exact
+    posterior of z ~ N(0, I), x ~ N(z, s^2 I), AIS returns log N(x; 0, (1 + s^2) I)."""
+    s = 0.5
+    post_scale = s / math.sqrt(1 + s * s)
+
+    def model(x):
+        with pyro.plate(plate, x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, s).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate(plate, x.shape[0]):
+            pyro.sample("z", dist.Normal(x / (1 + s * s), post_scale).to_event(1))
+
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.5], [-0.7, 0.1]])
+    pyro.set_rng_seed(0)
+    r = ais_log_likelihood(
+        model, guide, x, num_steps=2, num_chains=2, leapfrog_steps=1, data_plate=plate
+    )
+    assert torch.allclose(r.per_example.double(), _normal_log_px(x, 1 + s * s), atol=1e-5)
+
+
 _EXP = dist.transforms.ExpTransform(cache_size=1)
 
 

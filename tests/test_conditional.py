@@ -521,6 +521,20 @@ MORE_REFUSALS = [
         "num_classes to pass labels",
     ),
     (
+        "a single condition vector of the wrong length",
+        lambda: _float_cvae().condition(None, torch.zeros(3)),
+        DataError,
+        "conditions have shape (3,), need (batch, 2) floats (or integer labels (batch,) for a "
+        "model built with num_classes)",
+    ),
+    (
+        "conditions with extra batch dims, the wrong last dim",
+        lambda: _float_cvae().condition(None, torch.zeros(4, 2, 3)),
+        DataError,
+        "conditions have shape (4, 2, 3), need (batch, 2) floats (or integer labels (batch,) "
+        "for a model built with num_classes)",
+    ),
+    (
         "quadrant sampling without images",
         lambda: _quadrant_cvae().sample(2),
         ConfigError,
@@ -555,6 +569,17 @@ MORE_REFUSALS = [
 def test_more_conditional_refusals_are_checked_whole(call, exc_type, message):
     with pytest.raises(exc_type, match=whole(message)):
         call()
+
+
+def test_float_conditions_are_read_by_their_last_dim_whatever_the_batch_dims():
+    """Float conditions (*batch, condition_dim) are taken as they are, in x's dtype: the
+    length of the last dim is checked, not of the second."""
+    cvae = _float_cvae()
+    y = torch.arange(24.0).reshape(4, 3, 2)
+    c = cvae.condition(torch.zeros(1, dtype=F64), y)
+    assert c.dtype == F64 and torch.equal(c, y.to(F64))
+    single = torch.tensor([0.5, -1.0])
+    assert torch.equal(cvae.condition(None, single), single)
 
 
 def test_a_prior_and_posterior_of_different_sizes_are_refused_whole():

@@ -89,6 +89,37 @@ def test_local_elbo_reaches_log_px_with_the_data_plate_at_dim_minus_two():
     assert (gaps.log_px - exact).abs().max() < 0.03
 
 
+def test_local_posteriors_stay_with_their_points_when_the_data_plate_is_at_dim_minus_two():
+    """Data plate at -2 and a features plate at -1 over the observed values (x (N, D), one
+    z (1, L) per point): each local posterior is optimized for its own point along dim -2, so
+    the local ELBO reaches that point's closed-form log p(x) (orthogonal W: the exact
+    posterior is in the family)."""
+    lg = LinearGaussian(orthogonal=True)
+    W, b = lg.W.detach(), lg.b.detach()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(1, lg.L), 1.0).to_event(1))
+            loc = (z @ W.T + b).squeeze(-2)  # (..., N, D)
+            with pyro.plate("features", lg.D, dim=-1):
+                pyro.sample("x", dist.Normal(loc, lg.s), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("z", lg.family(lg.enc(x).unsqueeze(-2)))
+
+    x = lg.sample_x(6)  # (N, D), N = 6 points and D = 4 features
+    pyro.set_rng_seed(0)
+    gaps = inference_gaps(
+        model, guide, x, family=lg.family, init_params=lambda x: lg.enc(x).unsqueeze(-2),
+        num_samples=300, num_steps=200, num_particles=8, lr=0.05,
+    )  # fmt: skip
+    exact = lg.log_px(x)
+    assert gaps.elbo_local.shape == exact.shape
+    assert (gaps.elbo_local - exact).abs().max() < 0.05
+    assert (gaps.log_px - exact).abs().max() < 0.05
+
+
 def test_local_guide_puts_its_sites_in_the_plate_named_data_by_default():
     """local_guide(families, params) with no data_plate draws in plate "data" at dim -1, the
     plate the linear-Gaussian model uses; with the exact posterior's per-point parameters

@@ -166,3 +166,39 @@ def test_one_dataset_is_read_block_by_block_and_gives_the_tensors_result():
     expected = torch.tensor([1.0, 6.0, 11.0, 13.0, 18.0, 23.0, 25.0])
     assert torch.equal(from_dataset.values, expected)
     assert torch.equal(from_tensors.values, expected)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Items that are single tensors (one row each), not tuples."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+
+def test_a_dataset_or_loader_of_single_tensors_gives_the_tensors_result():
+    """A Dataset whose items are single tensors, and a DataLoader whose batches are single
+    tensors, reach the estimator as one (block, 2) input each, gathered into the same result
+    as the tensor x."""
+    x = torch.arange(14.0).reshape(7, 2)
+    seen = []
+
+    def row_sums(model, guide, xs):
+        seen.append(tuple(xs.shape))
+        return _Sums(xs.sum(-1))
+
+    expected = torch.tensor([1.0, 5.0, 9.0, 13.0, 17.0, 21.0, 25.0])
+    from_dataset = sharded_estimate(row_sums, None, None, _Rows(x), block_size=3)
+    assert seen == [(3, 2), (3, 2), (1, 2)]
+    assert torch.equal(from_dataset.values, expected)
+    seen.clear()
+    loader = torch.utils.data.DataLoader(x, batch_size=4)
+    from_loader = sharded_estimate(row_sums, None, None, loader)
+    assert seen == [(4, 2), (3, 2)]
+    assert torch.equal(from_loader.values, expected)
+    assert torch.equal(sharded_estimate(row_sums, None, None, x, block_size=3).values, expected)

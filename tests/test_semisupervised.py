@@ -199,6 +199,25 @@ def test_m2_loss_weighs_its_terms_as_documented(m2, x):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m2.classifier.parameters())
 
 
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_m2_loss_at_alpha_zero_is_the_two_bounds_without_the_cross_entropy(m2, x):
+    """alpha = 0 is accepted (non-negative): the loss is the unlabelled and labelled bounds."""
+    xl = torch.tensor([[1.0, 0, 1, 0, 1, 0], [0, 1, 1, 0, 0, 1]])
+    yl = torch.tensor([1, 2])
+    pyro.set_rng_seed(3)
+    loss, parts = m2_loss(m2, make_objective("elbo"), x, xl, yl, 0.0)
+    pyro.set_rng_seed(3)
+    objective = make_objective("elbo")
+    unlabelled = objective.loss(m2.model, m2.guide_enumerated, x, 1.0)
+    labelled = objective.loss(m2.model, m2.guide, xl, 1.0, yl)
+    expected = unlabelled.loss + (4 / 2) * labelled.loss
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts["classification_loss"] > 0  # reported, though weighted by zero
+    pyro.set_rng_seed(3)
+    integer_zero, _ = m2_loss(m2, make_objective("elbo"), x, xl, yl, 0)
+    assert integer_zero.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_one_objective_enumerates_the_pair_that_marks_y_whatever_it_saw_first(m2, x):
     """An objective keeps one Pyro ELBO per model/guide pair: used first on labelled points
     (nothing to enumerate), it still sums y out exactly for the enumerated guide after."""
