@@ -127,3 +127,15 @@ def test_cli_trains_a_papers_row_from_flags(tmp_path):
     assert config["model"]["arch_options"] == {"activation": "gated"}
     groups = load_checkpoint(tmp_path / "row" / "checkpoint.pt")["optimizer_state"]["param_groups"]
     assert groups[0]["lr"] == pytest.approx(BURDA[2], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "epoch, stage",
+    [(1, 0), (2, 1), (4, 1), (5, 2), (13, 2), (14, 3), (40, 3), (41, 4), (121, 4), (122, 5),
+     (3280, 7), (3281, 8), (9841, 8), (9842, 9)],
+)  # fmt: skip
+def test_iwae_stage_of_known_epochs(epoch, stage):
+    """Stage i lasts 3^i epochs, so it ends at epoch 3^0 + ... + 3^i = (3^(i+1) - 1) / 2:
+    1, 4, 13, 40, 121, ..., 3280, 9841; the stage keeps counting past the schedule's eight."""
+    assert (3 ** (stage + 1) - 1) // 2 >= epoch > (3**stage - 1) // 2
+    assert iwae_stage(epoch) == stage

@@ -260,6 +260,10 @@ def _pop_optimizer_state(state):
     state.pop("optimizer_state")
 
 
+def _poison_a_weight(state):
+    state["model_state"]["decoder.net.0.bias"][0] = float("nan")
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -278,8 +282,13 @@ def _pop_optimizer_state(state):
             "checkpoint in {run!r} is inconsistent (epoch 1, 0 metric records); start again with "
             "--overwrite",
         ),
+        (
+            _poison_a_weight,
+            "checkpoint in {run!r}: 'decoder.net.0.bias' holds NaN or infinite values; restore "
+            "an earlier checkpoint or retrain",
+        ),
     ],
-    ids=["no optimizer state", "another kind", "history cut short"],
+    ids=["no optimizer state", "another kind", "history cut short", "a weight turned NaN"],
 )
 def test_resume_refuses_a_checkpoint_it_cannot_continue_whole(tmp_path, damage, message):
     from pyro_vae.errors import CheckpointError

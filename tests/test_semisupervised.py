@@ -581,3 +581,19 @@ def test_the_labelled_subset_is_chosen_with_seed_0_unless_another_is_given():
     assert task.labelled_y.tolist() == [0, 1, 2]
     other = SemiSupervisedTask(m2, make_objective("elbo"), kind=kind, data=data, seed=1)
     assert other.run_record == {"labelled_points": [1, 3, 5]}
+
+
+def test_an_m2_task_whose_objective_gained_a_kl_weight_refuses_the_step_whole():
+    """The KL weight is checked again at each step: an M2 task whose objective was swapped for
+    one with beta 0.5 after it was built refuses to compute a batch's loss."""
+    from pyro_vae.train.semisupervised import SemiSupervisedTask
+
+    m2 = build_semisupervised(CONFIG, num_classes=3, classifier_hidden=(5,))
+    kind = _m2_kind(num_classes=3, labels_per_class=1)
+    task = SemiSupervisedTask(m2, make_objective("elbo"), kind=kind, data=_toy_data())
+    task.objective = make_objective("elbo", beta=0.5)
+    with pytest.raises(
+        ConfigError,
+        match=whole("M2's enumerated ELBO is trained with KL weight 1; drop --beta and --warmup"),
+    ):
+        task.batch_loss(torch.rand(4, 6), 0.0)

@@ -692,3 +692,47 @@ def test_step_checks_add_up_steps_of_mixed_dtypes_in_float64():
     sums = checks.flush()
     assert sums == {"elbo": 0.1 + 0.2, "train_loss": float(loss) * 4 + float(loss) * 3}
     assert float(loss) != 0.1 and checks.seen == 7
+
+
+def test_a_batch_as_large_as_the_training_split_is_accepted():
+    """A batch size equal to the number of training points (20) trains: one step, one
+    epoch recorded."""
+    from pyro_vae.data import DataSplits
+
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    data = DataSplits("tiny", x[:20], x[20:25], x[25:])
+    config = TrainConfig(epochs=1, batch_size=20, valid_num_samples=2)
+    history = fit(vae, data, config, progress=False).history
+    assert [r["epoch"] for r in history] == [1]
+
+
+def test_sample_counts_at_their_most_are_accepted_and_one_more_is_refused_whole():
+    """10,000 particles per step and 1,000,000 validation samples per point are the most
+    allowed: both are kept as given; one more of either is refused."""
+    config = TrainConfig(num_particles=10_000, valid_num_samples=1_000_000)
+    assert (config.num_particles, config.valid_num_samples) == (10_000, 1_000_000)
+    with pytest.raises(ConfigError, match=whole(
+        "num_particles (--num-particles) must be from 1 to 10000, got 10001; each step holds "
+        "that many samples per point"
+    )):  # fmt: skip
+        TrainConfig(num_particles=10_001)
+    with pytest.raises(ConfigError, match=whole(
+        "valid_num_samples (--valid-num-samples) must be from 1 to 1000000, got 1000001; each "
+        "step holds that many samples per point"
+    )):  # fmt: skip
+        TrainConfig(valid_num_samples=1_000_001)
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not")
+def test_an_fp16_engine_holds_a_cuda_gradient_scaler_and_other_precisions_none():
+    """fp16 steps go through a CUDA ``GradScaler`` (enabled where CUDA is; torch disables it
+    on a machine without one); float32 and bf16 steps have no scaler."""
+    from pyro_vae.train.parallel import Engine, LossModule
+
+    module = LossModule(torch.nn.Linear(1, 1), lambda x: x)
+    engine = Engine(module, device=torch.device("cuda"), precision="fp16")
+    assert isinstance(engine.scaler, torch.amp.GradScaler)
+    assert engine.scaler.is_enabled() == torch.cuda.is_available()
+    assert Engine(module, precision="32").scaler is None
+    assert Engine(module, precision="bf16").scaler is None
