@@ -638,3 +638,21 @@ def test_the_cvae_kind_checks_partial_options_and_needs_num_classes_to_build_on_
     ):
         ConditionalKind().build(CONFIG)
     assert ConditionalKind(num_classes=3).build(CONFIG).num_classes == 3
+
+
+@pytest.mark.parametrize("num_classes", [True, 2.5, 2.0, "3"], ids=repr)
+def test_a_class_count_that_is_not_an_integer_is_refused_whole(num_classes: object) -> None:
+    """True, 2.5, 2.0 and "3" are no class counts, though True < 2 and 2.5 >= 2."""
+    with pytest.raises(
+        ConfigError,
+        match=whole(f"num_classes must be an integer of at least 2, got {num_classes!r}"),
+    ):
+        build_conditional(CONFIG, "labels", num_classes=num_classes)
+
+
+def test_the_kind_refuses_an_unknown_condition_source_whole() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=whole("unknown condition_on 'pixels'; choose one of ['labels', 'quadrant']"),
+    ):
+        ConditionalKind(condition_on="pixels")

@@ -202,3 +202,25 @@ def test_a_dataset_or_loader_of_single_tensors_gives_the_tensors_result():
     assert seen == [(4, 2), (3, 2)]
     assert torch.equal(from_loader.values, expected)
     assert torch.equal(sharded_estimate(row_sums, None, None, x, block_size=3).values, expected)
+
+
+def test_a_rank_without_a_block_learns_the_result_s_shapes_from_the_programs():
+    """Rank 1 of 2 over a single block computes none of it: it runs the estimator on the first
+    block only to learn the result's form, contributing zeros of the plain estimate's shapes
+    (the sum over ranks is the plain estimate), with its other fields."""
+    from pyro_vae.runtime.distributed import ProcessGroup
+
+    x = torch.full((3, 1), 0.7)
+    options = {"block_size": 4, "seed": 3, "num_samples": 3}
+    plain = sharded_estimate(log_likelihood, model, wide_guide, x, **options)
+    idle = sharded_estimate(
+        log_likelihood, model, wide_guide, x, group=ProcessGroup(rank=1, world_size=2), **options
+    )
+    for field in dataclasses.fields(plain):
+        mine, full = getattr(idle, field.name), getattr(plain, field.name)
+        if isinstance(full, torch.Tensor):
+            assert mine.shape == full.shape and mine.dtype == full.dtype
+            assert not mine.any()
+        else:
+            assert mine == full
+    assert plain.per_example.shape == (3,) and bool(plain.per_example.ne(0).all())

@@ -528,3 +528,34 @@ def test_active_units_over_several_batches_use_the_variance_of_all_points():
     torch.testing.assert_close(batched.sites["z"].mean_variance, expected)
     torch.testing.assert_close(whole_pass.sites["z"].mean_variance, expected)
     assert batched.sites["z"].active.tolist() == [True, True, False, False]
+
+
+class _PlainIndependent(torch.distributions.Independent):
+    """A torch distribution made callable for ``pyro.sample``: not a Pyro distribution, so the
+    particle plate does not broadcast it and its draws have no particle dimension."""
+
+    def __call__(self) -> torch.Tensor:
+        return self.rsample()
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+
+def test_a_guide_whose_draws_have_no_particle_dimension_is_read_as_one_particle():
+    """A guide site of a plain torch distribution draws (N, L), without the particle dimension
+    on its left: with one particle, each unit's KL and posterior-mean variance are the exact
+    ones of the diagonal PPCA, unit by unit."""
+    ppca = DiagonalPPCA()
+    x = ppca.sample(50)
+
+    def plain_guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0], dim=-1):
+            normal = torch.distributions.Normal(ppca.post_mean(x), ppca.var.sqrt())
+            pyro.sample("z", _PlainIndependent(normal, 1))
+
+    usage = latent_usage(ppca.model, plain_guide, x, num_samples=1)
+    site = usage.sites["z"]
+    assert (usage.num_units, usage.active_units, usage.num_points) == (4, 2, 50)
+    torch.testing.assert_close(site.kl_per_dim, ppca.kl_per_dim(x), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(site.mean_variance, ppca.post_mean(x).var(0, correction=0))

@@ -293,10 +293,14 @@ def test_augmented_weights_are_w_transposed_over_b_and_made_again_only_after_a_c
     assert tiled.augmented_weights() is again
 
 
-def test_cpu_tiles_are_shared_among_the_workers_that_parallel_threads_allows(monkeypatch):
+@pytest.mark.parametrize("k, batch", [(13, 10), (1, 130)], ids=["particles", "points"])
+def test_cpu_tiles_are_shared_among_the_workers_that_parallel_threads_allows(
+    monkeypatch, k: int, batch: int
+):
     """On the CPU the tiles go to as many workers as ``parallel_threads`` allows (here 2, with
     the workers' tasks run in turn on this thread, at one torch thread): 130 rows are three
-    64-row tiles, split between two workers, with the plain log-density's values."""
+    64-row tiles, split between two workers (by particles, or by points where there is one
+    particle), with the plain log-density's values."""
     monkeypatch.setattr(mlp_bernoulli, "parallel_threads", lambda: 2)
     monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 4096)  # 64-row tiles
     calls = []
@@ -307,7 +311,8 @@ def test_cpu_tiles_are_shared_among_the_workers_that_parallel_threads_allows(mon
 
     monkeypatch.setattr(mlp_bernoulli, "one_thread_each", in_turn)
     decoder = _decoder(hidden=(16,))
-    z, x = torch.randn(13, 10, 3), torch.rand(10, 20).round()
+    torch.manual_seed(0)
+    z, x = torch.randn(k, batch, 3), torch.rand(batch, 20).round()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

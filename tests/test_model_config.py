@@ -218,3 +218,20 @@ def test_a_config_file_that_is_not_a_table_is_refused_whole(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config_file(path)
     assert str(info.value) == f"config file {path} must hold a table of options, got list"
+
+
+def test_a_part_registered_by_a_plugin_module_is_recorded_with_that_module():
+    """A prior whose class lives in module ``their_parts`` is listed as ``{"prior":
+    "their_parts"}`` (what a run records to import again); the built-in parts are not."""
+
+    class TheirPrior(StandardNormal):
+        __module__ = "their_parts"
+
+    PRIORS.register("their_prior", TheirPrior)
+    try:
+        config = ModelConfig(event_shape=EVENT, prior="their_prior")
+        assert config.plugins() == {"prior": "their_parts"}
+        assert config.to_dict()["plugins"] == {"prior": "their_parts"}
+    finally:
+        PRIORS.unregister("their_prior")
+    assert ModelConfig(event_shape=EVENT).plugins() == {}

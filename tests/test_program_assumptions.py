@@ -668,3 +668,25 @@ TRACE_REFUSALS = [
 def test_the_trace_helpers_refuse_with_the_whole_message(call, exc_type, message):
     with pytest.raises(exc_type, match=whole(message)):
         call()
+
+
+def test_dreg_reads_the_dependency_of_a_guide_that_a_keyword_argument_switches_on():
+    """The dependency check runs the programs with the loss's keyword arguments: q(z1 | ...)
+    reads the draw of z2 only under ``coupled=True``, and only that call is refused."""
+
+    def two_model(x: torch.Tensor, coupled: bool = False) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(z2, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z1, 1.0).to_event(1), obs=x)
+
+    def two_guide(x: torch.Tensor, coupled: bool = False) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(x / 3, 1.0).to_event(1))
+            loc = (x + z2) / 2 if coupled else x / 2
+            pyro.sample("z1", dist.Normal(loc, 0.8).to_event(1))
+
+    pyro.set_rng_seed(0)
+    assert torch.isfinite(make_objective("dreg", 3).loss(two_model, two_guide, X).loss)
+    with pytest.raises(ConfigError, match=whole(DEPENDENT_GUIDE_REFUSAL)):
+        make_objective("dreg", 3).loss(two_model, two_guide, X, coupled=True)

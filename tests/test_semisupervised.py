@@ -327,6 +327,15 @@ def test_refusals(m2, x):
         ),
     ):
         build_semisupervised(CONFIG, num_classes=3, classifier_hidden=(0,))
+    vamp = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,), prior="vamp")
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "prior VampPrior is built from the encoder, but the semi-supervised VAE's encoder "
+            "reads a condition besides x; choose another prior (e.g. 'normal')"
+        ),
+    ):
+        build_semisupervised(vamp, num_classes=3)
     with pytest.raises(
         DataError,
         match=whole(
