@@ -137,3 +137,21 @@ def test_cli_resumes_an_autoencoder_run(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "a"), "--epochs", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "(resumed)" in out and "trained 2 epochs" in out and "reconstruction NLL" in out
+
+
+def test_fit_autoencoder_draws_its_progress_bar_by_default_and_none_when_told_not_to(capsys):
+    """``progress=False`` reaches the fit loop: nothing is printed; by default the bar of 2
+    epochs is drawn on stderr, ending at 2/2."""
+    import re
+
+    from pyro_vae.data import DataSplits
+
+    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    data = DataSplits("tiny", x[:20], x[20:25], x[25:])
+    fit_autoencoder(build_autoencoder(config), data, TrainConfig(epochs=2, batch_size=10),
+                    progress=False)  # fmt: skip
+    assert capsys.readouterr() == ("", "")
+    fit_autoencoder(build_autoencoder(config), data, TrainConfig(epochs=2, batch_size=10))
+    counts = [int(n) for n in re.findall(r"\| *(-?\d+)/2 \[", capsys.readouterr().err)]
+    assert counts and counts[0] == 0 and counts[-1] == 2, counts

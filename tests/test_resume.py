@@ -355,3 +355,60 @@ def test_a_checkpoint_whose_model_table_predates_model_kinds_resumes_as_its_reco
         "cannot resume 'runs/old' with a model differing from its checkpoint's in "
         "['latent_dim']; resume with the run's own config.json or start a new run"
     )
+
+
+@pytest.mark.parametrize("saved", [True, False], ids=["model saved", "no model saved"])
+def test_resume_with_a_model_config_on_one_side_only_continues_the_run(tmp_path, saved):
+    """A checkpoint written with a model config resumed without one, or one written without
+    a model config resumed with one, has nothing to compare: it is resumed, and ends where an
+    uninterrupted run of 2 epochs ends."""
+    from pyro_vae.models import build_vae
+    from pyro_vae.runs import RunDir
+    from pyro_vae.train import TrainConfig, fit
+
+    data, model_config = tiny()
+
+    def run(epochs: int, path: Path, with_model: bool, resume: bool) -> list[dict]:
+        torch.manual_seed(1)
+        config = TrainConfig(epochs=epochs, batch_size=8, seed=0, valid_num_samples=3)
+        saved_config = model_config if with_model else None
+        result = fit(
+            build_vae(model_config), data, config, RunDir(path), saved_config,
+            progress=False, resume=resume,
+        )  # fmt: skip
+        return [{k: v for k, v in r.items() if k not in WALL_TIME} for r in result.history]
+
+    run(1, tmp_path / "r", saved, resume=False)
+    assert (load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model_config"] is None) != saved
+    resumed = run(2, tmp_path / "r", not saved, resume=True)
+    assert resumed == run(2, tmp_path / "full", saved, resume=False)
+
+
+def test_a_read_only_run_reads_the_checkpoint_and_writes_nothing(tmp_path):
+    """The run directory as ranks other than 0 see it: named, and its checkpoint read, as
+    the run itself; its writes leave every file as it was; a fault names the run and its
+    kept checkpoint."""
+    from pyro_vae.runs import RunDir
+    from pyro_vae.train.loop import training_fault
+    from pyro_vae.train.parallel import ReadOnlyRun
+
+    path = tiny_run(tmp_path, "run", 1)
+    files = {p.name: p.read_bytes() for p in path.iterdir()}
+    run = ReadOnlyRun(RunDir(path))
+    assert str(run) == str(RunDir(path)) == str(path)
+    assert run.has_checkpoint()
+    state = run.load_checkpoint()
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    for key, value in load_checkpoint(path / "checkpoint.pt")["model_state"].items():
+        assert torch.equal(state["model_state"][key], value), key
+    run.save_checkpoint({**state, "epoch": 2})
+    run.write_metrics([])
+    run.append_metrics({"epoch": 2})
+    run.record_config({"train": {}}, {})
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == files
+    assert str(training_fault("training loss is nan", 2, 3, run)) == (
+        f"training loss is nan at epoch 2, step 3; the last good checkpoint is kept in "
+        f"{str(path)!r}; lower --lr, pass --clip-grad (e.g. 10), or check the data scale"
+    )
+    fresh = ReadOnlyRun(RunDir(tmp_path / "fresh"))
+    assert str(fresh) == str(tmp_path / "fresh") and not fresh.has_checkpoint()

@@ -247,3 +247,33 @@ def test_the_digest_of_a_one_point_dataset_is_that_of_its_one_row_tensor(tmp_pat
     x = np.random.default_rng(3).random((1, 2, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     assert dataset_digest(ArrayShards(tmp_path / "x.npy")) == tensor_digest(torch.from_numpy(x))
+
+
+def test_a_streamed_split_is_checked_in_blocks_of_1024_points_by_default(tmp_path):
+    """``dataset_digest`` reads 1,024 points at a time unless told otherwise: its ``check``
+    sees blocks of 1024 and 6 points of a 1,030-point split at offsets 0 and 1024, and a NaN
+    in point 1027 is refused by ``fit`` naming the block that holds it."""
+    from pyro_vae.data.streaming import StreamingSplits
+    from pyro_vae.models import ModelConfig, build_vae
+    from pyro_vae.runs import RunDir
+    from pyro_vae.train import TrainConfig, fit
+    from pyro_vae.train.fingerprint import dataset_digest, tensor_digest
+
+    x = torch.rand(1040, 6, generator=torch.Generator().manual_seed(0))
+    seen = []
+    digest = dataset_digest(
+        _ReadHere(x[:1030]), check=lambda block, first: seen.append((first, len(block)))
+    )
+    assert seen == [(0, 1024), (1024, 6)]
+    assert digest == tensor_digest(x[:1030])
+
+    x[1027, 4] = float("nan")
+    data = StreamingSplits("streamed", _ReadHere(x[:1030]), x[1030:1035], x[1035:])
+    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+    with pytest.raises(DataError) as info:
+        fit(build_vae(config), data, TrainConfig(epochs=1, batch_size=10), RunDir(tmp_path / "r"),
+            config, progress=False)  # fmt: skip
+    assert str(info.value) == (
+        "training point 1027 of the streamed split has NaN or infinite values (points 1024 to "
+        "1029, read before training); clean the file or drop that point"
+    )

@@ -736,3 +736,33 @@ def test_an_fp16_engine_holds_a_cuda_gradient_scaler_and_other_precisions_none()
     assert engine.scaler.is_enabled() == torch.cuda.is_available()
     assert Engine(module, precision="32").scaler is None
     assert Engine(module, precision="bf16").scaler is None
+
+
+def test_clip_gradients_returns_the_total_norm_and_scales_dense_and_sparse_gradients():
+    """Gradients (3, 4) and 12 (total 2-norm 13): without ``max_norm`` the norm is returned
+    and the gradients kept bit for bit; with ``max_norm=6.5`` they are halved. A sparse
+    gradient with a repeated index (values 1 and 2 at row 0: 3 once summed, and 4 at row 2)
+    has the norm of its summed values, 5."""
+    import warnings
+
+    from pyro_vae.train import clip_gradients
+
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([12.0])
+    assert clip_gradients([a, b], None).item() == 13.0
+    assert a.grad.tolist() == [3.0, 4.0] and b.grad.tolist() == [12.0]
+    assert clip_gradients([a, b], 6.5).item() == pytest.approx(13.0)
+    torch.testing.assert_close(a.grad, torch.tensor([1.5, 2.0]))
+    torch.testing.assert_close(b.grad, torch.tensor([6.0]))
+
+    embedding = torch.nn.Embedding(4, 1, sparse=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on unchecked sparse invariants
+        embedding.weight.grad = torch.sparse_coo_tensor([[0, 0, 2]], [[1.0], [2.0], [4.0]], (4, 1))
+        assert embedding.weight.grad.is_sparse
+        assert clip_gradients(embedding, None).item() == pytest.approx(5.0)
+        assert clip_gradients(embedding, 2.5).item() == pytest.approx(5.0)
+        torch.testing.assert_close(
+            embedding.weight.grad.to_dense(), torch.tensor([[1.5], [0.0], [2.0], [0.0]])
+        )
