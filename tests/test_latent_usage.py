@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 
 import pyro
 import pyro.distributions as dist
@@ -21,7 +22,7 @@ from refusals import whole
 
 from pyro_vae.analysis.plots import plot_kl_per_dim
 from pyro_vae.errors import DataError
-from pyro_vae.infer import LatentUsage, SiteUsage, latent_usage
+from pyro_vae.infer import LatentUsage, SiteUsage, latent_usage, log_likelihood
 
 F64 = torch.float64
 
@@ -542,20 +543,28 @@ class _PlainIndependent(torch.distributions.Independent):
         return len(self.event_shape)
 
 
-def test_a_guide_whose_draws_have_no_particle_dimension_is_read_as_one_particle():
-    """A guide site of a plain torch distribution draws (N, L), without the particle dimension
-    on its left: with one particle, each unit's KL and posterior-mean variance are the exact
-    ones of the diagonal PPCA, unit by unit."""
+def test_a_guide_site_that_draws_one_value_for_all_particles_is_not_read_as_k_draws():
+    """A plain torch distribution is not broadcast by the particle plate: with K > 1 its one
+    draw would stand for K (log_likelihood's ESS = K, latent usage's KL divided by K). The
+    estimator replicates the data instead (K independent draws: here the exact posterior, so
+    every weight is log p(x)); vectorized particles and latent usage refuse, naming the site."""
     ppca = DiagonalPPCA()
-    x = ppca.sample(50)
+    x = ppca.sample(20)
 
     def plain_guide(x: torch.Tensor) -> None:
         with pyro.plate("data", x.shape[0], dim=-1):
             normal = torch.distributions.Normal(ppca.post_mean(x), ppca.var.sqrt())
             pyro.sample("z", _PlainIndependent(normal, 1))
 
-    usage = latent_usage(ppca.model, plain_guide, x, num_samples=1)
-    site = usage.sites["z"]
-    assert (usage.num_units, usage.active_units, usage.num_points) == (4, 2, 50)
-    torch.testing.assert_close(site.kl_per_dim, ppca.kl_per_dim(x), atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(site.mean_variance, ppca.post_mean(x).var(0, correction=0))
+    exact = log_likelihood(ppca.model, ppca.guide, x, num_samples=8)
+    got = log_likelihood(ppca.model, plain_guide, x, num_samples=8, keep_log_weights=True)
+    assert got.strategy == "replicate" and exact.strategy == "vectorized"
+    torch.testing.assert_close(got.per_example, exact.per_example, rtol=0, atol=1e-9)
+    reason = re.escape(
+        "(vectorized: guide site 'z' draws one value for all 2 particles: _PlainIndependent is "
+        "not a pyro.distributions class)"
+    )
+    with pytest.raises(DataError, match=reason):
+        log_likelihood(ppca.model, plain_guide, x, num_samples=8, strategy="vectorized")
+    with pytest.raises(DataError, match=reason):
+        latent_usage(ppca.model, plain_guide, x, num_samples=8)

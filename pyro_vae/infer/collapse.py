@@ -276,9 +276,6 @@ def _units(
 
     ``particle_dim`` and ``data_dim`` count from the right of the ``batch_ndim`` batch dims.
     """
-    if batch_ndim < -particle_dim:
-        t = t.reshape((1,) * (-particle_dim - batch_ndim) + tuple(t.shape))
-        batch_ndim = -particle_dim
     p_axis, d_axis = batch_ndim + particle_dim, batch_ndim + data_dim
     if p_axis != 0:
         raise DataError(

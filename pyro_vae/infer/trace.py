@@ -845,6 +845,27 @@ def replicate_data(args: tuple, copies: int) -> tuple:
     )
 
 
+class SharedDrawError(ValueError):
+    """A guide site drew one value for all of a pass's particles (see
+    ``_check_drawn_per_particle``): the vectorized strategy fails, the replicated one works."""
+
+
+def _check_drawn_per_particle(name: str, site: dict, particle_dim: int, k: int) -> None:
+    """Refuse a guide site whose draw has no particle dimension of size ``k``: a distribution
+    that is not a Pyro distribution (a plain ``torch.distributions`` object) is not broadcast by
+    the particle plate, so every particle would share one draw, and the K weights would look
+    independent (ESS = K) while being one."""
+    if site["infer"].get("_enumerate_dim") is not None:
+        return  # enumerated: every value, not draws
+    fn = site["fn"]
+    batch = site["value"].shape[: site["value"].dim() - len(getattr(fn, "event_shape", ()))]
+    if len(batch) < -particle_dim or batch[particle_dim] != k:
+        raise SharedDrawError(
+            f"guide site {name!r} draws one value for all {k} particles: "
+            f"{type(fn).__name__} is not a pyro.distributions class"
+        )
+
+
 def particle_terms(
     model: Callable,
     guide: Callable,
@@ -880,6 +901,9 @@ def particle_terms(
     with _particle_plate(plate_size, particle_dim):
         guide_trace = prune_subsample_sites(poutine.trace(guide_run).get_trace(*args, **kwargs))
     latent = [n for n, s in _sample_sites(guide_trace) if not s["is_observed"]]
+    if plate_size is not None and num_particles > 1:
+        for n in latent:
+            _check_drawn_per_particle(n, guide_trace.nodes[n], particle_dim, num_particles)
     z = {n: guide_trace.nodes[n]["value"] for n in latent}
     if detach_guide:
         for n in latent:
