@@ -478,14 +478,13 @@ def check_program(
     that the guide neither samples nor marks for enumeration, a guide site the model does not have,
     no observed site, a site outside the data plate, a data plate whose size is not n or that
     subsamples (its log-probs would be rescaled by N / n), values broadcast against their
-    distribution, a site that reads an enumerated site outside a plate that one sits in. Also
+    distribution, and a site that reads an enumerated site outside a plate that one sits in. Also
     refused: a Pyro autoguide (not amortized), a ``pyro.deterministic`` site in place of an
     observation (no density), and, unless ``allow_point_mass``, a guide site that is a point
     mass (``Delta``, ``AutoDelta``: log p(x, z*) is not an estimate of log p(x)). Returns the
-    latent sites, the
-    particle dimension, the enumerated sites and the sites a handler scales
-    ([`ProgramInfo`][pyro_vae.infer.trace.ProgramInfo]). ``restore_rng``: leave the random state as
-    it was.
+    latent sites, the particle dimension, the enumerated sites and the sites a handler scales
+    ([`ProgramInfo`][pyro_vae.infer.trace.ProgramInfo]). ``restore_rng``: leave the random state
+    as it was.
     """
     _refuse_autoguide(guide)
     n = batch_size_of(args)
@@ -675,10 +674,7 @@ def enumerated_log_weight(
     ([`compute_log_density`][pyro_vae.infer.trace.compute_log_density]: masked, not scaled).
     """
     traces = [model_trace] if guide_trace is None else [guide_trace, model_trace]
-    plate_to_symbol: dict[str, str] = {}
-    for trace in traces:
-        trace.pack_tensors(plate_to_symbol)
-        plate_to_symbol = trace.plate_to_symbol
+    plate_to_symbol = _pack(traces)
     owners = _enumeration_owners(traces, enumerated)
     tree: OrderedDict = OrderedDict()
     for trace, sign in zip(traces, [-1, 1] if guide_trace is not None else [1], strict=True):
@@ -706,6 +702,16 @@ def enumerated_log_weight(
     return total.reshape(shape).expand(num_particles, batch)
 
 
+def _pack(traces: list) -> dict[str, str]:
+    """Pack the traces' log-densities (``Trace.pack_tensors``) with one plate-to-symbol map
+    across them; the map."""
+    plate_to_symbol: dict[str, str] = {}
+    for trace in traces:
+        trace.pack_tensors(plate_to_symbol)
+        plate_to_symbol = trace.plate_to_symbol
+    return plate_to_symbol
+
+
 def _enumeration_owners(traces: list, enumerated: list[str]) -> dict[str, tuple[str, set[str]]]:
     """Each enumerated site's enumeration dimension (its symbol in the packed traces): the
     site's name and the names of the plates it sits in."""
@@ -726,11 +732,9 @@ def check_enumeration_plates(guide_trace, model_trace, enumerated: Sequence[str]
     that reads an enumerated site outside a plate that one sits in (``_check_inside_plates``).
     The traces' log-densities are computed and packed."""
     traces = [guide_trace, model_trace]
-    plate_to_symbol: dict[str, str] = {}
     for trace in traces:
         compute_log_density(trace)
-        trace.pack_tensors(plate_to_symbol)
-        plate_to_symbol = trace.plate_to_symbol
+    _pack(traces)
     owners = _enumeration_owners(traces, list(enumerated))
     for trace in traces:
         for name, site in _sample_sites(trace):
@@ -845,22 +849,18 @@ def replicate_data(args: tuple, copies: int) -> tuple:
     )
 
 
-class SharedDrawError(ValueError):
-    """A guide site drew one value for all of a pass's particles (see
-    ``_check_drawn_per_particle``): the vectorized strategy fails, the replicated one works."""
-
-
 def _check_drawn_per_particle(name: str, site: dict, particle_dim: int, k: int) -> None:
     """Refuse a guide site whose draw has no particle dimension of size ``k``: a distribution
     that is not a Pyro distribution (a plain ``torch.distributions`` object) is not broadcast by
     the particle plate, so every particle would share one draw, and the K weights would look
-    independent (ESS = K) while being one."""
+    independent (ESS = K) while being one. The vectorized strategy fails on it
+    ([`choose_strategy`][pyro_vae.infer.trace.choose_strategy] then replicates the data)."""
     if site["infer"].get("_enumerate_dim") is not None:
         return  # enumerated: every value, not draws
     fn = site["fn"]
     batch = site["value"].shape[: site["value"].dim() - len(getattr(fn, "event_shape", ()))]
     if len(batch) < -particle_dim or batch[particle_dim] != k:
-        raise SharedDrawError(
+        raise DataError(
             f"guide site {name!r} draws one value for all {k} particles: "
             f"{type(fn).__name__} is not a pyro.distributions class"
         )
