@@ -194,24 +194,30 @@ def test_fit_reads_a_streamed_training_split_in_this_process_by_default():
     assert train.reads == [os.getpid()] * 40
 
 
-def test_fit_with_a_run_directory_refuses_a_bad_streamed_point_before_training(tmp_path):
-    """A run with a directory hashes the streamed training split first, checking each block
-    as it reads it: a NaN at point 13 is refused as read before training (whole message), and
-    the run directory is never made."""
+
+def _fit_refusal(train, valid: torch.Tensor, test: torch.Tensor, run: object) -> str:
+    """The DataError a one-epoch fit of a 6-feature VAE with run directory ``run`` raises on
+    the streamed training split ``train``."""
     from pyro_vae.data.streaming import StreamingSplits
     from pyro_vae.models import ModelConfig, build_vae
     from pyro_vae.runs import RunDir
     from pyro_vae.train import TrainConfig, fit
 
+    data = StreamingSplits("streamed", train, valid, test)
+    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+    with pytest.raises(DataError) as info:
+        fit(build_vae(config), data, TrainConfig(epochs=1, batch_size=10), RunDir(run), config,
+            progress=False)  # fmt: skip
+    return str(info.value)
+
+
+def test_fit_with_a_run_directory_refuses_a_bad_streamed_point_before_training(tmp_path):
+    """A run with a directory hashes the streamed training split first, checking each block
+    as it reads it: a NaN at point 13 is refused as read before training (whole message), and
+    the run directory is never made."""
     x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
     x[13, 2] = float("nan")
-    data = StreamingSplits("streamed", _ReadHere(x[:20]), x[20:25], x[25:])
-    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
-    vae = build_vae(config)
-    with pytest.raises(DataError) as info:
-        fit(vae, data, TrainConfig(epochs=1, batch_size=10), RunDir(tmp_path / "r"), config,
-            progress=False)  # fmt: skip
-    assert str(info.value) == (
+    assert _fit_refusal(_ReadHere(x[:20]), x[20:25], x[25:], tmp_path / "r") == (
         "training point 13 of the streamed split has NaN or infinite values (points 0 to 19, "
         "read before training); clean the file or drop that point"
     )
@@ -221,20 +227,10 @@ def test_fit_with_a_run_directory_refuses_a_bad_streamed_point_before_training(t
 def test_a_bad_point_of_a_streamed_subset_is_named_by_its_row_in_the_source(tmp_path):
     """The streamed training split a subset of a source (its rows in reverse): a NaN in row 16
     of the source, point 13 of the split, is refused before training naming both."""
-    from pyro_vae.data.streaming import StreamingSplits
-    from pyro_vae.models import ModelConfig, build_vae
-    from pyro_vae.runs import RunDir
-    from pyro_vae.train import TrainConfig, fit
-
     x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
     x[16, 2] = float("nan")
     train = torch.utils.data.Subset(_ReadHere(x[:30]), list(range(29, 9, -1)))
-    data = StreamingSplits("streamed", train, x[20:25], x[25:])
-    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
-    with pytest.raises(DataError) as info:
-        fit(build_vae(config), data, TrainConfig(epochs=1, batch_size=10), RunDir(tmp_path / "r"),
-            config, progress=False)  # fmt: skip
-    assert str(info.value) == (
+    assert _fit_refusal(train, x[20:25], x[25:], tmp_path / "r") == (
         "training point 13 (row 16 of its source) of the streamed split has NaN or infinite "
         "values (points 0 to 19, read before training); clean the file or drop that point"
     )
@@ -253,10 +249,6 @@ def test_a_streamed_split_is_checked_in_blocks_of_1024_points_by_default(tmp_pat
     """``dataset_digest`` reads 1,024 points at a time unless told otherwise: its ``check``
     sees blocks of 1024 and 6 points of a 1,030-point split at offsets 0 and 1024, and a NaN
     in point 1027 is refused by ``fit`` naming the block that holds it."""
-    from pyro_vae.data.streaming import StreamingSplits
-    from pyro_vae.models import ModelConfig, build_vae
-    from pyro_vae.runs import RunDir
-    from pyro_vae.train import TrainConfig, fit
     from pyro_vae.train.fingerprint import dataset_digest, tensor_digest
 
     x = torch.rand(1040, 6, generator=torch.Generator().manual_seed(0))
@@ -268,12 +260,7 @@ def test_a_streamed_split_is_checked_in_blocks_of_1024_points_by_default(tmp_pat
     assert digest == tensor_digest(x[:1030])
 
     x[1027, 4] = float("nan")
-    data = StreamingSplits("streamed", _ReadHere(x[:1030]), x[1030:1035], x[1035:])
-    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
-    with pytest.raises(DataError) as info:
-        fit(build_vae(config), data, TrainConfig(epochs=1, batch_size=10), RunDir(tmp_path / "r"),
-            config, progress=False)  # fmt: skip
-    assert str(info.value) == (
+    assert _fit_refusal(_ReadHere(x[:1030]), x[1030:1035], x[1035:], tmp_path / "r") == (
         "training point 1027 of the streamed split has NaN or infinite values (points 1024 to "
         "1029, read before training); clean the file or drop that point"
     )
