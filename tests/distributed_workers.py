@@ -8,6 +8,8 @@ import pyro
 import torch
 import torch.distributed as dist
 
+from pyro_vae.runtime.distributed import close_group
+
 
 def join(rank: int, world: int, port: int) -> None:
     os.environ.update(
@@ -43,7 +45,7 @@ def sharded_log_likelihood(rank: int, world: int, port: int, out: str) -> None:
             f"{out}.rank{rank}",
         )
     finally:
-        dist.destroy_process_group()
+        close_group()
 
 
 def ddp_steps(rank: int, world: int, port: int, out: str, steps: int, batch: int) -> None:
@@ -75,7 +77,7 @@ def ddp_steps(rank: int, world: int, port: int, out: str, steps: int, batch: int
             optimizer.step()
         torch.save(vae.state_dict(), f"{out}.rank{rank}")
     finally:
-        dist.destroy_process_group()
+        close_group()
 
 
 def train_on_rank_data(rank: int, world: int, port: int, out: str) -> None:
@@ -104,7 +106,7 @@ def train_on_rank_data(rank: int, world: int, port: int, out: str) -> None:
         with open(f"{out}/rank{rank}.txt", "w") as f:
             f.write(message)
     finally:
-        dist.destroy_process_group()
+        close_group()
 
 
 #: The two-process ``fit`` and its one-process twin (tests/test_distributed.py): 96 digits
@@ -146,4 +148,4 @@ def fit_two_ranks(rank: int, world: int, port: int, out: str) -> None:
         history = [{k: v for k, v in r.items() if k != "seconds"} for r in result.history]
         torch.save({"state": ae.state_dict(), "history": history}, f"{out}.rank{rank}")
     finally:
-        dist.destroy_process_group()
+        close_group()

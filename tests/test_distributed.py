@@ -187,3 +187,23 @@ def test_ranks_whose_data_differ_are_refused_before_the_first_step(tmp_path):
                                   "rank 0's"), message  # fmt: skip
         assert "\n" not in message
     assert not (tmp_path / "run").exists(), "refused before the run directory is made"
+
+
+def test_leave_group_leaves_a_callers_group_and_close_group_closes_it(tmp_path):
+    """``leave_group`` destroys only a group ``init_from_environment`` joined; ``close_group``
+    destroys whichever group is current (after its barrier and collection), and is a no-op with
+    none."""
+    from pyro_vae.runtime import close_group, leave_group
+
+    close_group()  # no group: nothing to do
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        leave_group()
+        assert dist.is_initialized()
+        close_group()
+        assert not dist.is_initialized()
+        close_group(wait=False)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -8,6 +8,7 @@ from pyro_vae.runtime.devices import DEVICE_CHOICES, resolve_device
 from pyro_vae.runtime.distributed import (
     ProcessGroup,
     all_reduce_sum,
+    close_group,
     current_group,
     init_from_environment,
     leave_group,
@@ -18,6 +19,7 @@ __all__ = [
     "resolve_device",
     "ProcessGroup",
     "all_reduce_sum",
+    "close_group",
     "current_group",
     "init_from_environment",
     "leave_group",

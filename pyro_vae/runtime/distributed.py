@@ -141,21 +141,19 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
-def leave_group(wait: bool = True) -> None:
-    """Leave the process group
-    [`init_from_environment`][pyro_vae.runtime.distributed.init_from_environment] joined, if it did
-    (``destroy_process_group``); a group the caller created is left alone.
+def close_group(wait: bool = True) -> None:
+    """Destroy the current process group, whoever created it, so that its threads end here.
 
     With ``wait`` the ranks first meet at a barrier, so none closes its connections while
-    another still uses them. Leaving explicitly matters: a gloo group left to the
+    another still uses them. Closing explicitly matters: a gloo group left to the
     interpreter's teardown can abort the process at exit ("terminate called without an
-    active exception") after the work is done. The objects that still hold the group (a
-    ``DistributedDataParallel`` replica and its reducer, kept alive by reference cycles until
-    the interpreter's last collection) are collected first, so the group's threads are joined
-    here, by its own destructor, not during teardown.
+    active exception", SIGABRT) after the work is done. The objects that still hold the group
+    (a ``DistributedDataParallel`` replica and its reducer, kept alive by reference cycles
+    until the interpreter's last collection) are collected first, so the group's threads are
+    joined here, by its own destructor, not during teardown. A no-op where no group is
+    initialized.
     """
-    global _JOINED
-    if not (_JOINED and dist.is_available() and dist.is_initialized()):
+    if not (dist.is_available() and dist.is_initialized()):
         return
     try:
         if wait:
@@ -164,6 +162,19 @@ def leave_group(wait: bool = True) -> None:
         gc.collect()
         dist.destroy_process_group()
         gc.collect()
+
+
+def leave_group(wait: bool = True) -> None:
+    """Leave the process group
+    [`init_from_environment`][pyro_vae.runtime.distributed.init_from_environment] joined, if it did,
+    by [`close_group`][pyro_vae.runtime.distributed.close_group]; a group the caller created is
+    left alone."""
+    global _JOINED
+    if not _JOINED:
+        return
+    try:
+        close_group(wait)
+    finally:
         _JOINED = False
 
 
