@@ -459,3 +459,28 @@ def test_head_keeps_the_first_points_and_their_labels():
     assert torch.equal(small.labels["train"], data.labels["train"][:10])
     with pytest.raises(DataError, match="at least 1"):
         data.head(0)
+
+
+def test_to_device_blocks_the_host_except_on_copies_to_a_cuda_device():
+    """Only a copy to a CUDA device is made without blocking; a copy into host memory blocks,
+    so a batch from a GPU is complete before the host reads it."""
+    from pyro_vae.runtime.devices import to_device
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[torch.device, bool]] = []
+
+        def to(self, device: torch.device, non_blocking: bool = False) -> Recorder:
+            self.calls.append((device, non_blocking))
+            return self
+
+    seen = Recorder()
+    for device in (torch.device("cpu"), torch.device("cuda", 1), torch.device("meta")):
+        assert to_device(seen, device) is seen
+    assert seen.calls == [
+        (torch.device("cpu"), False),
+        (torch.device("cuda", 1), True),
+        (torch.device("meta"), False),
+    ]
+    x = torch.arange(3.0)
+    assert to_device(x, torch.device("cpu")) is x

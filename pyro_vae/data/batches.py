@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_vae.data.streaming import collate_points, point_blocks
+from pyro_vae.runtime.devices import to_device
 from pyro_vae.runtime.distributed import ProcessGroup
 
 
@@ -57,7 +58,7 @@ def epoch_batches(
     device = device or torch.device("cpu")
     if isinstance(train, torch.Tensor):
         for i in range(0, order.numel(), batch_size):
-            yield train[order[i : i + batch_size]].to(device, non_blocking=True)
+            yield to_device(train[order[i : i + batch_size]], device)
         return
     loader = DataLoader(
         train,
@@ -71,7 +72,7 @@ def epoch_batches(
         generator=torch.Generator(),
     )
     for x in loader:
-        yield x.to(device, non_blocking=True)
+        yield to_device(x, device)
 
 
 def first_points(split: torch.Tensor | Dataset, n: int) -> torch.Tensor:

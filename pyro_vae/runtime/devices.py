@@ -63,6 +63,14 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``: a copy to a CUDA device does not block the host
+    (``non_blocking``; the GPU's stream orders it before the kernels that read it); any other
+    copy does, since a copy from a GPU into host memory that did not block could be read by
+    the host before it is complete."""
+    return tensor.to(device, non_blocking=device.type == "cuda")
+
+
 #: Cache size assumed where the operating system does not report one (bytes).
 DEFAULT_CACHE_BYTES = 1 << 20
 

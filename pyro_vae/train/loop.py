@@ -31,7 +31,7 @@ from pyro_vae.errors import CheckpointError, ConfigError, DataError, TrainingErr
 from pyro_vae.infer.objectives import Objective, make_objective
 from pyro_vae.models.config import ModelConfig
 from pyro_vae.models.kinds import kind_of
-from pyro_vae.runtime.devices import model_device, resolve_device
+from pyro_vae.runtime.devices import model_device, resolve_device, to_device
 from pyro_vae.runtime.distributed import current_group
 from pyro_vae.runtime.threads import check_threads, share_cores
 from pyro_vae.runtime.threads import poll as poll_threads
@@ -463,12 +463,8 @@ def train_epoch(
     checks = StepChecks(epoch, run, task.loss_name)
     last: dict[str, float] = {}
     for step, x in named_batches(batches, epoch):
-        extra = tuple(
-            a[order[step * config.batch_size : (step + 1) * config.batch_size]].to(
-                engine.device, non_blocking=True
-            )
-            for a in args
-        )
+        rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+        extra = tuple(to_device(a[rows], engine.device) for a in args)
         if streamed:
             first = step * config.batch_size
             check_points(

@@ -25,6 +25,7 @@ from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer.objectives import Objective
 from pyro_vae.models.kinds import ModelKind
 from pyro_vae.models.semisupervised import m2_loss
+from pyro_vae.runtime.devices import to_device
 from pyro_vae.train.tasks import BatchLoss, importance_validation, register_task
 
 
@@ -107,8 +108,8 @@ class SemiSupervisedTask:
             )
         n = self.labelled_y.numel()
         pick = torch.randint(n, (min(x.shape[0], n),))
-        x_l = self.labelled_x[pick].to(x.device, non_blocking=True)
-        y_l = self.labelled_y[pick].to(x.device, non_blocking=True)
+        x_l = to_device(self.labelled_x[pick], x.device)
+        y_l = to_device(self.labelled_y[pick], x.device)
         if self.model.likelihood.binarize:
             x_l = dynamic_binarize(x_l)
         loss, parts = m2_loss(
