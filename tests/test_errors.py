@@ -455,6 +455,13 @@ LIBRARY_CASES = [
         "process",
     ),
     (
+        "fit-workers-over-256",
+        lambda t: _fit(tiny_data(), num_workers=257),
+        ConfigError,
+        "num_workers (--num-workers) must be from 0 to 256, got 257; use 0 to read in the training "
+        "process",
+    ),
+    (
         "train-run-model-dict",
         lambda t: _train_run(t, model_config={"latent_dim": 2}),
         ConfigError,
@@ -817,6 +824,12 @@ def test_fit_refuses_float16_for_a_model_on_the_cpu_whole():
     assert str(info.value) == (
         "--precision fp16 needs a CUDA device, got cpu; use --precision bf16 or 32"
     )
+
+
+def test_fit_accepts_256_reader_processes_the_largest_count_allowed():
+    """256 is inside the range that 257 is refused for; in-memory data never start them."""
+    result = _fit(tiny_data(), num_workers=256)
+    assert [record["epoch"] for record in result.history] == [1]
 
 
 def test_run_dir_keeps_files_unless_overwrite_and_overwrites_only_runs(tmp_path):

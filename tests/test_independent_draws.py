@@ -60,6 +60,7 @@ def test_sharded_estimates_move_blocks_to_the_device_and_refuse_results_that_are
     """Each block reaches the estimator on ``device`` (the meta device here) and where it was
     without one; a field that is not per-example is refused naming the block's point count
     (3, the second block of 4 + 3), whole message."""
+
     @dataclasses.dataclass
     class Scores:
         values: torch.Tensor
@@ -224,3 +225,21 @@ def test_a_rank_without_a_block_learns_the_result_s_shapes_from_the_programs():
         else:
             assert mine == full
     assert plain.per_example.shape == (3,) and bool(plain.per_example.ne(0).all())
+
+
+def test_every_gpu_that_holds_a_block_has_its_random_state_kept():
+    """The devices whose random state a block's draws fork (and so leave as they were for the
+    caller): each CUDA device holding one of the inputs, by index, once, in order; CPU inputs
+    add none. Stand-ins carry the devices (this machine need not have two GPUs)."""
+    from types import SimpleNamespace
+
+    from pyro_vae.infer.sharded import _cuda_devices
+
+    def on(device: torch.device) -> SimpleNamespace:
+        return SimpleNamespace(device=device)
+
+    cuda = [torch.device("cuda", i) for i in range(3)]
+    inputs = (on(cuda[2]), on(torch.device("cpu")), on(cuda[1]), on(cuda[2]))
+    assert _cuda_devices(inputs) == [1, 2]
+    assert _cuda_devices((on(cuda[0]), on(cuda[1]))) == [0, 1]
+    assert _cuda_devices((on(torch.device("cpu")),)) == []

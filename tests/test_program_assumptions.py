@@ -224,6 +224,34 @@ def test_inference_gaps_carry_the_guide_s_masks_into_the_local_guide():
     assert torch.equal(gaps.elbo_local[~MASK], torch.zeros(2))
 
 
+def handler_masked_model(x: torch.Tensor) -> None:
+    with pyro.plate("data", x.shape[0]), poutine.mask(mask=mask_of(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def handler_masked_guide(x: torch.Tensor) -> None:
+    with pyro.plate("data", x.shape[0]), poutine.mask(mask=mask_of(x)):
+        pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_a_scaled_program_keeps_its_poutine_masks_while_its_scale_is_left_out(scale: float):
+    """Under ``poutine.scale`` the sites are scored unscaled, but a ``poutine.mask`` still
+    holds: log p(x) at the masked-out points is 0, at the others N(x; 0, 2), exactly (exact
+    guide), with or without the scale."""
+    truth = torch.where(MASK, exact_log_px(X), torch.zeros(()))
+    r = log_likelihood(
+        poutine.scale(handler_masked_model, scale),
+        poutine.scale(handler_masked_guide, scale),
+        X,
+        num_samples=4,
+    )
+    assert set(r.unscaled) == ({"z", "x"} if scale != 1.0 else set())
+    assert torch.allclose(r.per_example, truth, atol=1e-5)
+    assert torch.equal(r.per_example[~MASK], torch.zeros(2))
+
+
 # --- 4. a deterministic site standing in for an observation ------------------------------
 
 
@@ -536,6 +564,41 @@ def test_a_config_enumerate_guide_is_summed_exactly(strategy):
     assert torch.allclose(r.per_example, ssi_log_px(xs), atol=1e-4)
     value = iwae_loss(ssi_model, guide, xs, 3)  # the bound is exact too
     assert float(value.loss) == pytest.approx(-float(ssi_log_px(xs).sum()), rel=1e-5)
+
+
+MIX_PI = torch.tensor([0.3, 0.7])
+MIX_LOCS = torch.tensor([-1.0, 2.0])
+
+
+def test_an_enumerated_guide_site_takes_the_dimension_left_of_the_particles():
+    """The guide's enumerated label has its values in the first dimension left of the
+    particles' (2, 1, 1 here: values, particles, data), as Pyro's ``TraceEnum_ELBO`` with
+    vectorized particles lays it out; both programs see that shape, and log p(x) is exact."""
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+
+    def mix_model(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(MIX_PI))
+            if y.dim() > 1:  # the enumerated passes
+                seen.add(("model", tuple(y.shape)))
+            pyro.sample("x", dist.Normal(MIX_LOCS[y].unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def mix_guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            logits = torch.zeros(x.shape[0], 2)
+            y = pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+            if y.dim() > 1:
+                seen.add(("guide", tuple(y.shape)))
+
+    x = torch.tensor([[0.5], [-1.0], [3.0]])
+    r = log_likelihood(mix_model, mix_guide, x, num_samples=4)
+    components = dist.Normal(MIX_LOCS, 1.0).log_prob(x) + MIX_PI.log()  # (3, 2)
+    assert torch.allclose(r.per_example, torch.logsumexp(components, -1), atol=1e-5)
+    assert seen == {("model", (2, 1, 1)), ("guide", (2, 1, 1))}
+    seen.clear()
+    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, num_particles=4, vectorize_particles=True)
+    elbo.loss(mix_model, mix_guide, x)
+    assert seen == {("model", (2, 1, 1)), ("guide", (2, 1, 1))}
 
 
 def test_choose_strategy_names_every_failure_in_its_refusal_whole():

@@ -215,7 +215,8 @@ def test_per_rank_generator_states_are_checkpointed_only_with_several_processes(
     """A one-process run's checkpoint holds its generator state once (``rng_state``), whether
     the epoch ends with this process's engine or with none; with two processes (the other
     rank's state given by a stand-in for the gather, in this process) it holds each rank's,
-    rank 1 resumes its own, and one process refuses to resume it."""
+    rank 1 resumes its own, and one process refuses to resume it, as two processes refuse
+    the one-process run's."""
     from types import SimpleNamespace
 
     import pyro_vae.train.parallel as parallel
@@ -254,6 +255,50 @@ def test_per_rank_generator_states_are_checkpointed_only_with_several_processes(
         f"{store} was trained by 2 process(es) and this resume runs 1, so it cannot continue "
         "identically; resume it with torchrun --nproc_per_node=2"
     )
+    alone = RunDir(run)
+    with pytest.raises(CheckpointError) as info:
+        restore_rank_stream(
+            alone.load_checkpoint(), alone, SimpleNamespace(group=ProcessGroup(1, 2))
+        )
+    assert str(info.value) == (
+        f"{alone} was trained by 1 process(es) and this resume runs 2, so it cannot continue "
+        "identically; resume it without torchrun"
+    )
+
+
+def test_the_epochs_of_a_two_process_engine_checkpoint_every_rank_s_generator(
+    tmp_path, monkeypatch
+):
+    """Training epochs with an engine of two processes (rank 0 here; the collectives given
+    by stand-ins in this process: the other rank's sums equal to this one's, its generator
+    state a fixed one) checkpoints this rank's generator state as the epoch left it and the
+    other rank's, in rank order."""
+    import pyro_vae.train.parallel as parallel
+    from pyro_vae.models import build_vae
+    from pyro_vae.runs import RunDir
+    from pyro_vae.runtime import ProcessGroup
+    from pyro_vae.train import TrainConfig
+    from pyro_vae.train.loop import run_epochs
+    from pyro_vae.train.parallel import Engine, LossModule
+    from pyro_vae.train.tasks import make_task
+
+    other = torch.Generator().manual_seed(9).get_state()
+    monkeypatch.setattr(parallel, "all_gather", lambda state: [state, other])
+    monkeypatch.setattr(parallel, "all_reduce_sum", lambda packed: packed.mul_(2))
+    data, model_config = tiny()
+    torch.manual_seed(0)
+    vae = build_vae(model_config)
+    config = TrainConfig(epochs=1, batch_size=8, valid_num_samples=3)
+    task = make_task(vae, config.make_objective(), config.valid_num_samples)
+    engine = Engine(LossModule(vae, task.batch_loss), torch.device("cpu"), ProcessGroup(0, 2))
+    store = RunDir(tmp_path / "two")
+    store.path.mkdir()
+    optimizer = torch.optim.Adam(vae.parameters())
+    run_epochs(task, optimizer, data, config, [], store, model_config, False, engine)
+    saved = store.load_checkpoint()["rank_rng_states"]
+    assert len(saved) == 2
+    assert torch.equal(saved[0], torch.get_rng_state())  # nothing drawn after the last epoch
+    assert torch.equal(saved[1], other)
 
 
 def _pop_optimizer_state(state):

@@ -306,9 +306,7 @@ def test_shapes_and_sites(m2, x):
 def test_refusals(m2, x):
     with pytest.raises(
         ConfigError,
-        match=whole(
-            "num_classes must be an integer of at least 2, got 1"
-        ),
+        match=whole("num_classes must be an integer of at least 2, got 1"),
     ):
         build_semisupervised(CONFIG, num_classes=1)
     with pytest.raises(
@@ -322,9 +320,7 @@ def test_refusals(m2, x):
         build_semisupervised(conv, num_classes=3)
     with pytest.raises(
         ConfigError,
-        match=whole(
-            "classifier_hidden must be positive integer widths, got (0,)"
-        ),
+        match=whole("classifier_hidden must be positive integer widths, got (0,)"),
     ):
         build_semisupervised(CONFIG, num_classes=3, classifier_hidden=(0,))
     vamp = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,), prior="vamp")
@@ -338,16 +334,12 @@ def test_refusals(m2, x):
         build_semisupervised(vamp, num_classes=3)
     with pytest.raises(
         DataError,
-        match=whole(
-            "label 3 is outside [0, 3); labels must be class indices 0..2"
-        ),
+        match=whole("label 3 is outside [0, 3); labels must be class indices 0..2"),
     ):
         m2.model(x, torch.tensor([0, 1, 3, 0]))
     with pytest.raises(
         DataError,
-        match=whole(
-            "label -2 is outside [0, 3); labels must be class indices 0..2"
-        ),
+        match=whole("label -2 is outside [0, 3); labels must be class indices 0..2"),
     ):
         m2.classification_loss(x, torch.tensor([0, -2, 1, 0]))
     with pytest.raises(
@@ -360,16 +352,12 @@ def test_refusals(m2, x):
         m2.guide(x, torch.zeros(4, 2))
     with pytest.raises(
         ConfigError,
-        match=whole(
-            "alpha must be a non-negative finite number, got -1.0"
-        ),
+        match=whole("alpha must be a non-negative finite number, got -1.0"),
     ):
         m2_loss(m2, make_objective("elbo"), x, x[:2], torch.tensor([0, 1]), alpha=-1.0)
     with pytest.raises(
         DataError,
-        match=whole(
-            "m2_loss needs a non-empty unlabelled and labelled batch, got 4 and 0 points"
-        ),
+        match=whole("m2_loss needs a non-empty unlabelled and labelled batch, got 4 and 0 points"),
     ):
         m2_loss(m2, make_objective("elbo"), x, x[:0], torch.tensor([], dtype=torch.long))
 
@@ -548,6 +536,27 @@ def test_m2_refuses_a_prior_and_posterior_of_different_sizes_whole(m2):
             m2.encoder, m2.decoder, m2.classifier, StandardNormal(4), m2.likelihood,
             DiagonalNormal(2), (6,), 3,
         )  # fmt: skip
+
+
+def test_classification_loss_normalizes_over_the_classes_for_any_batch_shape(m2, x):
+    """-log q(y | x) takes the softmax over the C classes (the last dimension of the logits),
+    whatever the batch dimensions in front: a single point (6,) with a scalar label, and
+    points stacked (2, 4, 6) with labels (2, 4), give torch's cross-entropy of each point."""
+    y = torch.tensor([[0, 2, 1, 2], [1, 1, 0, 2]])
+    stacked = torch.stack([x, 1 - x])  # (2, 4, 6)
+    with torch.no_grad():
+        logits = m2.classify(stacked)  # (2, 4, 3)
+        loss = m2.classification_loss(stacked, y)
+        single = m2.classification_loss(x[1], torch.tensor(2))
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(8, 3), y.reshape(8), reduction="none"
+    )
+    assert loss.shape == (2, 4)
+    assert torch.allclose(loss.reshape(8), expected, atol=1e-6)
+    assert single.shape == ()
+    assert single.item() == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits[0, 1], torch.tensor(2))), abs=1e-6
+    )
 
 
 def test_classification_loss_keeps_the_logits_dtype_under_autocast(m2, x):

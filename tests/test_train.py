@@ -404,6 +404,25 @@ def test_several_processes_replicate_the_loss_module_on_its_device(monkeypatch):
     assert calls == [[1], [0], None]
 
 
+def test_ddp_receives_a_loss_module_holding_the_model_s_parameters(monkeypatch):
+    """The module that DDP wraps (a stand-in records it, in this process) holds the model's
+    parameters, the ones DDP synchronizes, under the model's names; its forward is the loss."""
+    import pyro_vae.train.parallel as parallel
+    from pyro_vae.runtime import ProcessGroup
+
+    wrapped = []
+    monkeypatch.setattr(
+        parallel, "DistributedDataParallel", lambda module, device_ids: wrapped.append(module)
+    )
+    model = torch.nn.Linear(3, 2)
+    module = parallel.LossModule(model, lambda x, scale: (x * scale).sum())
+    parallel.replicate(module, ProcessGroup(0, 2), torch.device("cpu"))
+    (got,) = wrapped
+    assert [id(p) for p in got.parameters()] == [id(model.weight), id(model.bias)]
+    assert list(got.state_dict()) == ["model.weight", "model.bias"]
+    assert got(torch.tensor([1.0, 2.0]), 3.0).item() == 9.0
+
+
 def test_check_finite_step_refuses_a_non_finite_loss_or_gradient_norm_whole():
     """The per-step check on tensors: a NaN loss, then (loss finite) an infinite gradient norm,
     are refused naming the epoch and step; finite values, or no norm, pass."""
