@@ -154,7 +154,8 @@ class SemiSupervisedVAE(PyroModule):
         return self.classifier(x)
 
     def classification_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """-log q(y | x) per data point: x: (batch, *event_shape), y: labels -> (batch,)."""
+        """-log q(y | x) per data point: x: (*batch, *event_shape), y: (*batch,) labels or
+        (*batch, C) rows -> (*batch,), the log-softmax taken over the C classes."""
         logits = self.classify(x)
         return -(self.one_hot(y, logits.dtype) * logits.log_softmax(-1)).sum(-1)
 
