@@ -288,3 +288,27 @@ def test_ais_keeps_its_weights_on_the_device_of_the_data():
         r = ais_log_likelihood(model, guide, x, num_steps=2, num_chains=3, leapfrog_steps=2)
     for t in (r.per_example, r.per_example_stderr, r.acceptance):
         assert t.device.type == "meta" and t.shape == (3,)
+
+
+def test_ais_reports_the_acceptance_rate_of_each_data_point_over_its_chains():
+    """z ~ N(0, s_n^2) in model and guide alike, x independent of z: every f_t is N(0, s_n^2).
+    Leapfrog with step 0.05 is nearly exact on s = 1 (acceptance near 1) and unstable on
+    s = 0.01 (step / s = 5 > 2, still > 2 after three adapted steps: acceptance 0), so the
+    acceptance is one figure per data point (N,), averaged over the chains, not one per chain."""
+
+    def model(x, s):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, s.unsqueeze(-1)).to_event(1))
+            pyro.sample("x", dist.Normal(0.0, 1.0).expand([1]).to_event(1), obs=x)
+
+    def guide(x, s):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, s.unsqueeze(-1)).to_event(1))
+
+    x = torch.zeros(3, 1)
+    s = torch.tensor([1.0, 0.01, 1.0])
+    pyro.set_rng_seed(0)
+    r = ais_log_likelihood(model, guide, x, s, num_steps=3, num_chains=2, step_size=0.05)
+    assert r.acceptance.shape == (3,)
+    assert r.acceptance[0] > 0.99 and r.acceptance[2] > 0.99
+    assert r.acceptance[1] < 1e-6

@@ -233,6 +233,56 @@ def test_free_bits_below_one_nat_with_a_kl_weight():
     assert float(fb.loss) == pytest.approx(expected, rel=1e-5)
 
 
+def test_free_bits_loss_by_default_weighs_the_floored_kl_once():
+    """x ~ N(0, 1) whatever z, so log p(x | z) is exact on any draw, and q(z | x) =
+    N((x, 2x), diag(1, 0.3^2)) against p(z) = N(0, I): per point KL_1 = x^2 / 2 and
+    KL_2 = -log 0.3 + (0.09 + 4x^2 - 1) / 2. Without a KL weight the loss is
+    -sum_n log N(x_n; 0, 1) + batch * sum_d max(lambda, mean_n KL_d), the floored KL once."""
+    import pyro.distributions as dist
+
+    from pyro_vae.infer import free_bits_loss
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(0.0, 1.0).expand([1]).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            loc = torch.cat([x, 2 * x], -1)
+            pyro.sample("z", dist.Normal(loc, torch.tensor([1.0, 0.3])).to_event(1))
+
+    x = torch.tensor([[0.1], [0.2], [-0.3]])
+    lam = 0.3
+    u = x[:, 0].double()
+    kl_1 = float((u**2 / 2).mean())  # 0.0233: below the floor
+    kl_2 = float((-math.log(0.3) + (0.09 + 4 * u**2 - 1) / 2).mean())  # 0.842: above it
+    log_px = float((-(u**2) / 2 - 0.5 * math.log(2 * math.pi)).sum())
+    expected = -log_px + 3 * (max(lam, kl_1) + max(lam, kl_2))
+    pyro.set_rng_seed(0)
+    got = free_bits_loss(model, guide, x, lam)
+    assert float(got.loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_default_objective_is_pyros_trace_elbo_with_one_particle():
+    """make_objective() is the plain ELBO (Trace_ELBO, one particle, beta 1, no warm-up, no free
+    bits); under the exact posterior its loss is -sum_n log p(x_n) on any draw."""
+    from pyro_vae.infer.objectives import TraceELBO
+
+    obj = make_objective()
+    assert type(obj) is TraceELBO
+    assert repr(obj) == (
+        "TraceELBO(num_particles=1, schedule=KLSchedule(beta=1.0, warmup='none', "
+        "warmup_epochs=0.0), free_bits=0.0)"
+    )
+    lg = LinearGaussian(orthogonal=True)
+    x = lg.sample_x(4)
+    pyro.set_rng_seed(0)
+    value = obj.loss(lg.model, lg.exact_guide(), x)
+    exact = float(lg.log_px(x).detach().sum())
+    assert float(value.loss.detach()) == pytest.approx(-exact, abs=1e-3)
+
+
 def test_per_dim_kl_without_a_closed_form_is_the_log_density_ratio():
     td = torch.distributions
     q = td.Independent(td.StudentT(3.0, torch.tensor([0.2, -0.1]), torch.tensor([1.0, 0.5])), 1)

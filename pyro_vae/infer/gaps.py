@@ -237,7 +237,8 @@ def _per_site(value, latent: list[str], what: str) -> dict:
 
 def _local_layout(model, guide, data, data_plate, kwargs) -> tuple[list[str], int, int]:
     """(latent sites in the guide's order, the data plate's dim, the particle dim); refuses
-    latent sites in plates besides the data plate and enumerated sites (no local family)."""
+    latent sites in plates besides the data plate, latent sites in the data plate at different
+    dims (the local guide has one), and enumerated sites (no local family)."""
     info = check_program(
         model, guide, *probe_data(model, data), data_plate=data_plate, restore_rng=True, **kwargs
     )
@@ -248,7 +249,7 @@ def _local_layout(model, guide, data, data_plate, kwargs) -> tuple[list[str], in
         )
     with kept_random_state(), poutine.block():
         guide_trace, _ = trace_pair(model, guide, *probe_data(model, data), **kwargs)
-    dims = set()
+    dims: dict[int, str] = {}  # the data plate's dim -> the first latent site there
     for site in info.latent:
         frames = [f for f in guide_trace.nodes[site]["cond_indep_stack"] if f.vectorized]
         others = [f.name for f in frames if f.name != data_plate]
@@ -258,8 +259,16 @@ def _local_layout(model, guide, data, data_plate, kwargs) -> tuple[list[str], in
                 f"{data_plate!r}; the local posterior is per data point only, so move that "
                 "plate into the site's event shape (.to_event)"
             )
-        dims.update(f.dim for f in frames)
-    return info.latent, (dims.pop() if len(dims) == 1 else -1), info.particle_dim
+        for f in frames:
+            dims.setdefault(f.dim, site)
+    if len(dims) > 1:
+        (d1, s1), (d2, s2) = list(dims.items())[:2]
+        raise ConfigError(
+            f"latent sites {s1!r} and {s2!r} sit in plate {data_plate!r} at dims {d1} and {d2}; "
+            "the local posterior draws every latent site in the data plate at one dim, so give "
+            f"plate {data_plate!r} the same dim at every latent site"
+        )
+    return info.latent, next(iter(dims), -1), info.particle_dim
 
 
 def inference_gaps(
@@ -291,9 +300,9 @@ def inference_gaps(
     point; log p(x) by importance sampling with ``num_samples`` samples from the proposal of higher
     ELBO (the smaller KL to p(z | x)), or ``ais_per_example`` where that is higher. For a VAE:
     ``vae_inference_gaps``. Refused: a site without a family, enumerated sites, latent sites in
-    plates besides the data plate. Masks the guide puts on its sites (``.mask(m)``) are carried into
-    the local guide; a handler's scale factor is left out, as in
-    [`log_likelihood`][pyro_vae.infer.importance.log_likelihood].
+    plates besides the data plate, latent sites in the data plate at different dims. Masks the
+    guide puts on its sites (``.mask(m)``) are carried into the local guide; a handler's scale
+    factor is left out, as in [`log_likelihood`][pyro_vae.infer.importance.log_likelihood].
     """
     data, family, init_params = _legacy_positional(data, family, init_params)
     n = batch_size_of(data)
