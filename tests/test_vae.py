@@ -7,7 +7,7 @@ import torch
 from pyro import poutine
 from refusals import whole
 
-from pyro_vae import ModelConfig, build_vae
+from pyro_vae import VAE, ModelConfig, build_vae
 from pyro_vae.data import load_digits, static_binarize
 from pyro_vae.infer import log_likelihood
 
@@ -123,3 +123,14 @@ def test_an_encoder_without_an_event_shape_needs_one_given():
         match=whole("pass event_shape (the shape of one data point): the encoder has none"),
     ):
         VAE(torch.nn.Linear(6, 4), vae.decoder, vae.prior, vae.likelihood, vae.posterior)
+
+
+def test_a_vae_counts_the_elements_of_one_data_point(vae: VAE) -> None:
+    """num_data_elements() is the number of values in one data point (what site x scores):
+    64 for 1 x 8 x 8 digits, 30 for a (3, 2, 5) point, 6 for a flat (6,) one."""
+    assert vae.num_data_elements() == 64
+    pyro.set_rng_seed(0)
+    cube = build_vae(ModelConfig(event_shape=(3, 2, 5), latent_dim=2, hidden=(8,)))
+    flat = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    assert cube.num_data_elements() == 30
+    assert flat.num_data_elements() == 6
