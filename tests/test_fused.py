@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pyro
@@ -163,19 +164,28 @@ class _MyVAE(VAE):
 
 
 def test_fused_refuses_what_it_does_not_claim():
+    """Each reason whole: the model's class, each part's role and class, the objective, free
+    bits and the particle count."""
     vae = _vae("normal", "bernoulli", "diagonal", "mlp")
-    assert fused_unsupported(vae, "iwae") is not None
-    assert fused_unsupported(vae, "dreg") is not None
-    assert fused_unsupported(vae, "elbo", free_bits=0.5) is not None
+    objectives = "['elbo', 'meanfield']"
+    assert fused_unsupported(vae, "iwae") == f"the objective 'iwae' is not one of {objectives}"
+    assert fused_unsupported(vae, "dreg") == f"the objective 'dreg' is not one of {objectives}"
+    assert fused_unsupported(vae, "elbo", free_bits=0.5) == "free bits use their own loss"
+    assert fused_unsupported(vae, "elbo", num_particles=0) == (
+        "num_particles must be at least 1, got 0"
+    )
     sub = _MyVAE(vae.encoder, vae.decoder, vae.prior, vae.likelihood, vae.posterior)
-    assert "_MyVAE" in fused_unsupported(sub)
+    assert fused_unsupported(sub) == "the model is a _MyVAE, not a pyro_vae VAE"
+    assert fused_unsupported(nn.Linear(2, 2)) == "the model is a Linear, not a pyro_vae VAE"
 
-    class MyLikelihood(type(vae.likelihood)):
-        pass
-
-    own = VAE(vae.encoder, vae.decoder, vae.prior, MyLikelihood(), vae.posterior)
-    assert "MyLikelihood" in fused_unsupported(own)
-    assert fused_unsupported(nn.Linear(2, 2)) is not None
+    parts = {"prior": vae.prior, "likelihood": vae.likelihood, "posterior": vae.posterior}
+    for role, part in parts.items():
+        own_part = copy.deepcopy(part)  # the same part, of a user's subclass
+        own_part.__class__ = type(f"My{role.title()}", (type(part),), {})
+        own = VAE(vae.encoder, vae.decoder, **{**parts, role: own_part})
+        assert fused_unsupported(own) == (
+            f"the {role} My{role.title()} is not one of the library's own"
+        )
 
 
 # --- the fused log weights of importance sampling -------------------------------------------

@@ -194,7 +194,6 @@ def test_fit_reads_a_streamed_training_split_in_this_process_by_default():
     assert train.reads == [os.getpid()] * 40
 
 
-
 def _fit_refusal(train, valid: torch.Tensor, test: torch.Tensor, run: object) -> str:
     """The DataError a one-epoch fit of a 6-feature VAE with run directory ``run`` raises on
     the streamed training split ``train``."""
@@ -263,4 +262,30 @@ def test_a_streamed_split_is_checked_in_blocks_of_1024_points_by_default(tmp_pat
     assert _fit_refusal(_ReadHere(x[:1030]), x[1030:1035], x[1035:], tmp_path / "r") == (
         "training point 1027 of the streamed split has NaN or infinite values (points 1024 to "
         "1029, read before training); clean the file or drop that point"
+    )
+
+
+def test_a_model_that_takes_labels_refuses_a_streamed_training_split_whole(tmp_path):
+    """A conditional VAE on labels reads a label beside each training point, which a streamed
+    split does not carry: fit refuses it before training, naming the kind and the fix."""
+    from pyro_vae.data.streaming import StreamingSplits
+    from pyro_vae.models import ModelConfig
+    from pyro_vae.models.conditional import ConditionalKind
+    from pyro_vae.train import TrainConfig, fit
+
+    x = torch.rand(30, 6, generator=torch.Generator().manual_seed(0))
+    labels = {
+        "train": torch.arange(20) % 3,
+        "valid": torch.arange(5) % 3,
+        "test": torch.arange(5) % 3,
+    }
+    data = StreamingSplits("streamed", _ReadHere(x[:20]), x[20:25], x[25:], labels=labels)
+    model = ConditionalKind(num_classes=3).build(
+        ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+    )
+    with pytest.raises(DataError) as info:
+        fit(model, data, TrainConfig(epochs=1, batch_size=10), progress=False)
+    assert str(info.value) == (
+        "model 'cvae' takes labels beside each point, which a streamed training split does not "
+        "carry; load the data into memory (drop --stream)"
     )
