@@ -102,6 +102,35 @@ def _unloadable(path) -> str:
     )
 
 
+def test_a_refused_global_is_named_without_torch_s_advice_to_load_unsafely(tmp_path, monkeypatch):
+    """torch's refusal of a pickled global puts the reason on its "WeightsUnpickler error:"
+    line, after paragraphs of advice (load with weights_only=False); the refusal keeps that
+    reason's first sentence alone, from a real exploit and from a refusal of known text."""
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": FORMAT_VERSION, "model_state": _Exploit(tmp_path / "m")}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "Weights only load failed" not in str(info.value)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError(
+            "Weights only load failed. Re-running `torch.load` with `weights_only` set to "
+            "`False` will likely succeed.\n\t(2) Alternatively, check the steps below.\n\t"
+            "WeightsUnpickler error: Unsupported global: GLOBAL os.system was not an allowed "
+            "global by default. Please use `torch.serialization.add_safe_globals`.\n\nCheck "
+            "the documentation of torch.load."
+        )
+
+    monkeypatch.setattr(checkpoint.torch, "load", refuse)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"cannot load checkpoint {str(path)!r}: it is truncated, corrupted, or holds objects "
+        "other than tensors (refused: they could run code) (Unsupported global: GLOBAL "
+        "os.system was not an allowed global by default); restore it from a backup or retrain"
+    )
+
+
 @pytest.mark.parametrize(
     "damage",
     [

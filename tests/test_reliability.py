@@ -310,6 +310,28 @@ def test_a_streamed_file_truncated_while_training_names_the_file_and_the_step(
     ), str(info.value)
 
 
+@pytest.mark.parametrize(
+    "error, reason", [(OSError(), "OSError"), (ValueError(" \n "), "ValueError")]
+)
+def test_a_batch_read_error_without_a_message_is_named_by_its_type(error, reason):
+    """A batch whose read raises an error with no text is refused naming the step, the epoch
+    and the error's type; the batches before it are yielded with their steps."""
+    from pyro_vae.train.loop import named_batches
+
+    def batches():
+        yield torch.zeros(2)
+        yield torch.ones(2)
+        raise error
+
+    got = []
+    with pytest.raises(DataError) as info:
+        for step, x in named_batches(batches(), epoch=3):
+            got.append((step, x.tolist()))
+    assert got == [(0, [0.0, 0.0]), (1, [1.0, 1.0])]
+    assert str(info.value) == f"cannot read training batch 2 of epoch 3: {reason}"
+    assert info.value.__cause__ is error
+
+
 def test_nan_in_the_middle_of_a_streamed_file_is_refused_before_the_run_directory(tmp_path):
     data = _streamed(tmp_path, bad_row=9)  # row 9 falls in the training split
     config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))

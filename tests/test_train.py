@@ -785,3 +785,54 @@ def test_clip_gradients_returns_the_total_norm_and_scales_dense_and_sparse_gradi
         torch.testing.assert_close(
             embedding.weight.grad.to_dense(), torch.tensor([[1.5], [0.0], [2.0], [0.0]])
         )
+
+
+def test_the_meanfield_task_s_fused_loss_is_pyro_s_meanfield_loss_with_the_same_noise():
+    """With the meanfield objective the fused task computes the KL in closed form, as Pyro's
+    TraceMeanField_ELBO does: loss and train ELBO equal Pyro's path (fused=False) on the
+    same draws, and differ from the elbo objective's single-draw KL on those draws."""
+    from pyro_vae.infer import make_objective
+    from pyro_vae.train.tasks import ELBOTask
+
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = (torch.rand(5, 6) > 0.5).float()
+
+    def loss(name: str, fused: bool) -> tuple[float, float]:
+        task = ELBOTask(vae, make_objective(name), fused=fused)
+        torch.manual_seed(1)
+        got = task.batch_loss(x, 1.0)
+        return got.loss_sum.item(), float(got.sums["train_elbo"])
+
+    assert ELBOTask(vae, make_objective("meanfield")).fused is not None
+    fused_loss, fused_elbo = loss("meanfield", True)
+    pyro_loss, pyro_elbo = loss("meanfield", False)
+    assert fused_loss == pytest.approx(pyro_loss, rel=1e-5)
+    assert fused_elbo == pytest.approx(pyro_elbo, rel=1e-5)
+    sampled_kl_loss, _ = loss("elbo", True)
+    assert abs(sampled_kl_loss - fused_loss) > 1e-3
+
+
+def test_engine_build_replicates_the_loss_module_on_the_engine_s_device(monkeypatch):
+    """In a group of several processes (stand-ins for the group and DDP, in this process),
+    Engine.build wraps the model's loss module with the engine's CUDA device as DDP's device
+    id; the engine keeps that device and group."""
+    import pyro_vae.train.parallel as parallel
+    from pyro_vae.runtime import ProcessGroup
+
+    calls = []
+
+    def recording_ddp(module, device_ids):
+        calls.append((module, device_ids))
+        return module
+
+    group = ProcessGroup(1, 2, 1)
+    monkeypatch.setattr(parallel, "DistributedDataParallel", recording_ddp)
+    monkeypatch.setattr(parallel, "current_group", lambda: group)
+    model = torch.nn.Linear(2, 1)
+    device = torch.device("cuda", 1)
+    engine = parallel.Engine.build(model, lambda x: x, device)
+    ((module, device_ids),) = calls
+    assert device_ids == [1]
+    assert module is engine.module and module.model is model
+    assert engine.device == device and engine.group is group

@@ -553,7 +553,8 @@ def named_batches(batches: Iterable[torch.Tensor], epoch: int) -> Iterator[tuple
         except (DataError, OSError, ValueError) as exc:
             lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
             # a loader worker's error arrives as its traceback; the last line is the message
-            reason = re.sub(r"^[\w.]*(Error|Exception): ", "", lines[-1] if lines else "")
+            last = lines[-1] if lines else type(exc).__name__
+            reason = re.sub(r"^[\w.]*(Error|Exception): ", "", last)
             raise DataError(
                 f"cannot read training batch {step} of epoch {epoch}: {reason}"
             ) from exc
