@@ -312,3 +312,38 @@ def test_ais_reports_the_acceptance_rate_of_each_data_point_over_its_chains():
     assert r.acceptance.shape == (3,)
     assert r.acceptance[0] > 0.99 and r.acceptance[2] > 0.99
     assert r.acceptance[1] < 1e-6
+
+
+def test_ais_standard_error_is_the_delta_method_over_the_weights_of_the_chains():
+    """With one step, log w_c = log p(x, z_c) - log q(z_c | x) at the chains' starting draws
+    z_c ~ q(z | x), whatever the HMC move does: recorded from the guide, they give the weights,
+    the estimate log mean_c w_c and its standard error sd(w) / (sqrt(C) mean(w)), sd with the
+    C - 1 divisor, computed here from the weights directly."""
+    draws: list[torch.Tensor] = []
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x / 2, 1.0).to_event(1))
+        draws.append(z.detach().clone())
+
+    x = torch.tensor([[0.3], [-1.2], [2.0], [0.9]])
+    chains = 3
+    pyro.set_rng_seed(0)
+    r = ais_log_likelihood(model, guide, x, num_steps=1, num_chains=chains, leapfrog_steps=1)
+    z = draws[-1].double()  # the chains' starting points: the guide's last run
+    assert z.shape == (chains, 4, 1)
+    xd = x.double()
+    log_w = (
+        dist.Normal(0.0, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(xd)
+        - dist.Normal(xd / 2, 1.0).log_prob(z)
+    ).sum(-1)  # fmt: skip
+    w = log_w.exp()
+    want_se = w.std(0, unbiased=True) / (math.sqrt(chains) * w.mean(0))
+    assert (want_se > 0.05).all()  # the chains' weights differ at every point
+    assert torch.allclose(r.per_example.double(), w.mean(0).log(), atol=1e-5)
+    assert torch.allclose(r.per_example_stderr.double(), want_se, rtol=1e-4, atol=1e-6)

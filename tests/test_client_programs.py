@@ -123,16 +123,17 @@ def test_inference_report_scores_every_row_under_the_given_plate_name():
 
 
 def test_inference_report_lists_iwae_k_only_below_the_importance_sample_count():
-    """IWAE-k with k = K draws is the IS (K) row itself and one with k > K would need more draws
-    than IS takes, so of ks (1, 3, 20, 50) with K = 20 only IWAE-3 gets a row."""
+    """IWAE-1 is the ELBO row itself, IWAE-k with k = K draws is the IS (K) row itself and one
+    with k > K would need more draws than IS takes, so of ks (1, 2, 3, 20, 50) with K = 20 only
+    IWAE-2 (the smallest bound above the ELBO) and IWAE-3 get a row."""
     from pyro_vae.infer import inference_report
 
     pyro.set_rng_seed(0)
     report = inference_report(
         pyro_example_model, exact_example_guide, sample_x(3, seed=3), num_samples=20,
-        ks=(1, 3, 20, 50), data_plate="batch",
+        ks=(1, 2, 3, 20, 50), data_plate="batch",
     )  # fmt: skip
-    assert [name for name, *_ in report.rows] == ["ELBO", "IWAE-3", "IS (K=20)"]
+    assert [name for name, *_ in report.rows] == ["ELBO", "IWAE-2", "IWAE-3", "IS (K=20)"]
 
 
 def test_default_plate_name_refused_with_the_fix():

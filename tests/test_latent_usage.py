@@ -226,6 +226,36 @@ def test_mutual_information_tiles_the_data_for_a_guide_that_needs_matching_batch
     exact = float(-0.5 * ppca.var.log().sum())
     assert plain.mutual_information == pytest.approx(exact, rel=0.1)
 
+
+def test_mutual_information_names_the_failure_of_each_way_to_score_other_points_whole():
+    """A guide with one fixed location per data point (no encoder) and a check that each draw
+    lines up with the batch: its latent usage is measured, but scoring q(z | x_m) at the draws
+    of other points fails both ways, the draws on the particle dimension (the check) and the
+    points tiled along the data plate (more rows than locations). I(x; z) is then nan, and the
+    reason lists both failures in order, separated by "; "."""
+    ppca = DiagonalPPCA()
+    x = ppca.sample(20)
+    locs = ppca.post_mean(x)
+
+    def table_guide(x):
+        if x.shape[0] > locs.shape[0]:
+            raise ValueError(f"{x.shape[0]} rows for {locs.shape[0]} locations")
+        with pyro.plate("data", x.shape[0], dim=-1):
+            loc = locs[: x.shape[0]]
+            z = pyro.sample("z", dist.Normal(loc, ppca.var.sqrt()).to_event(1))
+        if z.shape[-2] != x.shape[0]:
+            raise RuntimeError(f"z {tuple(z.shape)} does not line up with x {tuple(x.shape)}")
+
+    pyro.set_rng_seed(0)
+    usage = latent_usage(ppca.model, table_guide, x, num_samples=2)
+    assert math.isnan(usage.mutual_information)
+    assert usage.mi_reason == (
+        "the guide cannot be scored at the latent values of other points (vectorized: z "
+        "(20, 1, 4) does not line up with x (20, 6); replicate: 400 rows for 20 locations)"
+    )
+    assert usage.sites["z"].kl_method == "analytic"
+
+
 CENTRES = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 6.0]], dtype=F64)
 CODES = torch.tensor([[-10.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=F64)
 

@@ -224,6 +224,43 @@ def test_inference_gaps_carry_the_guide_s_masks_into_the_local_guide():
     assert torch.equal(gaps.elbo_local[~MASK], torch.zeros(2))
 
 
+def positive(x: torch.Tensor) -> torch.Tensor:
+    """A second mask, put on by a handler: False, False, True, True, True on X."""
+    return x[:, 0] > 0
+
+
+def doubly_masked_model(x: torch.Tensor) -> None:
+    with pyro.plate("data", x.shape[0]), poutine.mask(mask=positive(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1).mask(mask_of(x)))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1).mask(mask_of(x)), obs=x)
+
+
+def doubly_masked_guide(x: torch.Tensor) -> None:
+    with pyro.plate("data", x.shape[0]), poutine.mask(mask=positive(x)):
+        pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1).mask(mask_of(x)))
+
+
+def test_inference_gaps_keep_the_points_that_every_mask_of_the_guide_keeps():
+    """A handler's mask and a distribution's ``.mask`` on one guide site: the local guide keeps
+    only the points both keep (0.4 and 1.1 of X); -0.2 (dropped by the handler) and 2.7 (by the
+    distribution) are absent from p(x) and from the local ELBO, exactly 0 there."""
+    from pyro_vae.infer.gaps import guide_masks
+
+    keep = torch.tensor([False, False, True, True, False])
+    masks = guide_masks(doubly_masked_guide, ["z"], (X,))
+    assert torch.equal(masks["z"], keep)
+    pyro.set_rng_seed(0)
+    gaps = inference_gaps(
+        doubly_masked_model, doubly_masked_guide, X,
+        family=lambda p: dist.Normal(p[..., :1], p[..., 1:].exp()).to_event(1),
+        init_params=lambda x: torch.cat([x / 2, torch.full_like(x, -0.5 * math.log(2))], -1),
+        num_steps=5, num_samples=16, elbo_samples=16,
+    )  # fmt: skip
+    assert torch.equal(gaps.elbo_local[~keep], torch.zeros(3))
+    assert torch.equal(gaps.log_px[~keep], torch.zeros(3))
+    assert torch.allclose(gaps.log_px[keep], exact_log_px(X)[keep], atol=1e-3)
+
+
 def handler_masked_model(x: torch.Tensor) -> None:
     with pyro.plate("data", x.shape[0]), poutine.mask(mask=mask_of(x)):
         z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
@@ -423,6 +460,37 @@ def test_dreg_finds_the_dependency_of_a_guide_without_parameters():
     with pytest.raises(
         ConfigError,
         match=whole(DEPENDENT_GUIDE_REFUSAL),
+    ):
+        make_objective("dreg", 3).loss(two_model, two_guide, X)
+
+
+def test_dreg_refuses_a_guide_site_marked_for_enumeration_as_enumerated():
+    """A site marked for enumeration (here Monte Carlo enumeration, num_samples values at once)
+    is summed out, not drawn: in a guide without parameters, the check for guide sites that
+    depend on another's draw leaves it alone though z1 reads it, and DReG refuses it for what
+    it is, an enumerated site."""
+
+    def two_model(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(z2, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z1, 1.0).to_event(1), obs=x)
+
+    def two_guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample(
+                "z2", dist.Normal(x / 3, 1.0).to_event(1),
+                infer={"enumerate": "parallel", "num_samples": 3},
+            )  # fmt: skip
+            pyro.sample("z1", dist.Normal((x + z2) / 2, 0.8).to_event(1))
+
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            "dreg needs every latent guide site reparameterized, but site 'z2' is enumerated; "
+            "use --objective iwae (it adds score-function terms for such sites) or "
+            "--objective elbo"
+        ),
     ):
         make_objective("dreg", 3).loss(two_model, two_guide, X)
 
