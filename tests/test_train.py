@@ -787,6 +787,58 @@ def test_clip_gradients_returns_the_total_norm_and_scales_dense_and_sparse_gradi
         )
 
 
+def test_clip_gradients_reports_torch_s_total_norm_bit_for_bit_for_gradients_of_mixed_dtypes():
+    """Gradients of float32 and float64 parameters: the norm returned without ``max_norm`` is,
+    bit for bit, the one torch's clip_grad_norm_ returns (the norm a clipped run reports),
+    float64, with the gradients untouched. Torch sums the squares dtype by dtype (the float64
+    gradient last); in the parameters' order the last bit rounds differently for these values."""
+    from pyro_vae.train import clip_gradients
+
+    def parameters() -> list[torch.nn.Parameter]:
+        a = torch.nn.Parameter(torch.zeros(1))
+        b = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        c = torch.nn.Parameter(torch.zeros(1))
+        a.grad = torch.tensor([0.5])
+        b.grad = torch.tensor([0.2], dtype=torch.float64)
+        c.grad = torch.tensor([0.1])
+        return [a, b, c]
+
+    params = parameters()
+    got = clip_gradients(params, None)
+    expected = torch.nn.utils.clip_grad_norm_(parameters(), float("inf"))
+    assert got.dtype == torch.float64 and expected.dtype == torch.float64
+    assert got.item() == expected.item()
+    assert [p.grad.item() for p in params] == [0.5, 0.2, torch.tensor(0.1).item()]
+
+
+def test_an_elbo_task_with_free_bits_minimizes_the_free_bits_loss_not_the_fused_elbo():
+    """Free bits use their own loss, so the task takes Pyro's path even though the fused ELBO
+    is asked for: its loss equals the objective's free-bits loss on the same draws, and with
+    the floor above every dimension's KL, raising it by one nat adds one nat per point and
+    latent dimension (5 x 2 here), while the train ELBO (the true one) stays put."""
+    from pyro_vae.infer import make_objective
+    from pyro_vae.train.tasks import ELBOTask
+
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    x = (torch.rand(5, 6) > 0.5).float()
+
+    def loss(free_bits: float) -> tuple[float, float]:
+        task = ELBOTask(vae, make_objective("elbo", free_bits=free_bits))
+        torch.manual_seed(1)
+        got = task.batch_loss(x, 1.0)
+        return got.loss_sum.item(), float(got.sums["train_elbo"])
+
+    low_loss, low_elbo = loss(50.0)
+    high_loss, high_elbo = loss(51.0)
+    assert high_loss - low_loss == pytest.approx(5 * 2 * 1.0, rel=1e-5)
+    assert high_elbo == low_elbo
+    torch.manual_seed(1)
+    direct = make_objective("elbo", free_bits=50.0).loss(vae.model, vae.guide, x)
+    assert low_loss == pytest.approx(direct.loss.item(), rel=1e-6)
+    assert ELBOTask(vae, make_objective("elbo", free_bits=50.0)).fused is None
+
+
 def test_the_meanfield_task_s_fused_loss_is_pyro_s_meanfield_loss_with_the_same_noise():
     """With the meanfield objective the fused task computes the KL in closed form, as Pyro's
     TraceMeanField_ELBO does: loss and train ELBO equal Pyro's path (fused=False) on the
