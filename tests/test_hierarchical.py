@@ -706,11 +706,11 @@ def test_the_hvae_preset_is_checked_and_fixes_the_architecture():
             ModelConfig(event_shape=(784,), kind="hvae", kind_options=options)
 
 
-def _hvae(top=2, posteriors=(3, 2), conditional_priors=(3,)):
+def _hvae(top=2, posteriors=(3, 2), conditional_priors=(3,), inference="bottom_up"):
     return HierarchicalVAE(
         (6,), (3, 2), ((8,), (8,)), Normal(), StandardNormal(top),
         [DiagonalNormal(d) for d in posteriors], [DiagonalNormal(d) for d in conditional_priors],
-        "bottom_up",
+        inference,
     )  # fmt: skip
 
 
@@ -735,6 +735,11 @@ MORE_REFUSALS = [
         lambda: _hvae(conditional_priors=(5,)),
         "conditional_priors[0] has latent_dim 5 but its layer has size 3; build it with "
         "latent_dim=3",
+    ),
+    (
+        "an unknown inference given to the constructor",
+        lambda: _hvae(inference="top_down"),
+        "unknown inference 'top_down'; choose one of ['bottom_up', 'ladder']",
     ),
     (
         "layers as text",

@@ -346,3 +346,34 @@ def test_a_tile_s_buffers_hold_its_rows_and_its_logits_are_written_in_place(smal
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(got, _reference(decoder, z, x), rtol=1e-5, atol=1e-4)
+
+
+def test_each_worker_s_tiles_fill_one_core_s_cache_not_all_the_threads(monkeypatch) -> None:
+    """With torch at 2 threads, a worker's tiles are sized to one core's cache (a "cache" of
+    64 float32 rows), not the two cores' (128 rows): 100 rows are two tiles, one for each of 2
+    workers, and the buffers a worker keeps hold 64 rows. torch's count is reported as 2 while
+    the workers' tasks run in turn on this thread at one real thread (as in the test above)."""
+    decoder = _decoder(hidden=(16,))
+    tiled = MLPBernoulliLogProb.of(decoder)
+    one_core = 64 * tiled.row_size * 4  # bytes of 64 float32 rows
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(mlp_bernoulli, "parallel_threads", lambda: 2)
+    monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: one_core)
+    calls = []
+
+    def in_turn(tasks):
+        calls.append(len(tasks))
+        return [task() for task in tasks]
+
+    monkeypatch.setattr(mlp_bernoulli, "one_thread_each", in_turn)
+    assert tiled.tile_rows(torch.device("cpu"), threads=1) == 64
+    assert tiled.tile_rows(torch.device("cpu")) == 128  # a tile split among both threads
+    torch.manual_seed(0)
+    z, x = torch.randn(10, 10, 3), torch.rand(10, 20).round()
+    with torch.no_grad():
+        got = tiled(z, x)
+        ref = _reference(decoder, z, x)
+    assert calls == [2]
+    kept = mlp_bernoulli._thread_buffers.kept[1]
+    assert [b.shape[0] for b in kept.inputs] == [64, 64] and kept.logits.shape[0] == 64
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)

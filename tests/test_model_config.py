@@ -6,6 +6,9 @@ import errno
 import json
 import math
 import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -154,6 +157,25 @@ def test_an_unreadable_config_file_is_refused_with_the_system_s_reason(tmp_path)
         load_config_file(path)
     reason = os.strerror(errno.ENOENT)  # "No such file or directory"
     assert str(info.value) == f"cannot read config file {path}: {reason}; check the path"
+
+
+def test_a_toml_config_file_before_python_3_11_is_refused_with_the_json_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.10 (no ``tomllib``) a valid TOML file is refused with the whole advice to
+    write it as JSON, not reported as a syntax error; its JSON twin is read."""
+    from pyro_vae.models import config, load_config_file
+
+    monkeypatch.setattr(config, "sys", SimpleNamespace(version_info=(3, 10, 14)))
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` fails, as on 3.10
+    path = tmp_path / "run.toml"
+    path.write_text('prior = "mixture"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert str(info.value) == f"TOML config {path} needs Python >= 3.11; write it as JSON instead"
+    twin = tmp_path / "run.json"
+    twin.write_text('{"prior": "mixture"}')
+    assert load_config_file(twin) == {"prior": "mixture"}
 
 
 def test_defaults_are_filled_so_equal_models_compare_equal():

@@ -294,12 +294,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"cannot read config file {path}: {reason}; check the path") from exc
+    if path.suffix.lower() == ".toml" and sys.version_info < (3, 11):
+        # raised outside the parse below, which reports a ValueError (ConfigError is one) as
+        # invalid syntax
+        raise ConfigError(f"TOML config {path} needs Python >= 3.11; write it as JSON instead")
     try:
         if path.suffix.lower() == ".toml":
-            if sys.version_info < (3, 11):
-                raise ConfigError(
-                    f"TOML config {path} needs Python >= 3.11; write it as JSON instead"
-                )
             import tomllib
 
             values = tomllib.loads(text)
