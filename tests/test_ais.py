@@ -86,15 +86,14 @@ def test_sigmoid_schedule_is_the_rescaled_sigmoid_of_an_even_grid_on_minus_one_t
     def s(u):
         return 1.0 / (1.0 + math.exp(-u))
 
-    want = [
-        (s(rad * (2 * t / steps - 1)) - s(-rad)) / (s(rad) - s(-rad)) for t in range(steps + 1)
-    ]
+    want = [(s(rad * (2 * t / steps - 1)) - s(-rad)) / (s(rad) - s(-rad)) for t in range(steps + 1)]
     got = sigmoid_schedule(steps, rad)
     assert got == pytest.approx(want, abs=1e-12)
     assert all(abs(got[t] + got[steps - t] - 1.0) < 1e-12 for t in range(steps + 1))
 
 
 # --- small programs that break one assumption each --------------------------------------
+
 
 def coin_model(x):
     with pyro.plate("data", x.shape[0]):
@@ -288,6 +287,38 @@ def test_ais_keeps_its_weights_on_the_device_of_the_data():
         r = ais_log_likelihood(model, guide, x, num_steps=2, num_chains=3, leapfrog_steps=2)
     for t in (r.per_example, r.per_example_stderr, r.acceptance):
         assert t.device.type == "meta" and t.shape == (3,)
+
+
+def test_ais_rejects_a_proposal_where_the_model_s_log_density_is_nan():
+    """z ~ N(0, 1), x ~ N(z, 1), with a decoder defined only on |z| < 3: beyond, its mean is
+    NaN (validation off, as a user may run), and so is log p(x, z). Large leapfrog steps carry
+    proposals there; the Metropolis correction must reject them, so the chains stay where the
+    density is defined and, from the exact posterior N(x / 2, 1/2), AIS returns log p(x) =
+    log N(x; 0, 2) exactly. Accepting one would make that chain's weight NaN."""
+    outside: list[bool] = []
+
+    def model(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            defined = z.abs() < 3.0
+            outside.append(bool((~defined).any()))
+            loc = torch.where(defined, z, torch.nan)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
+
+    x = torch.tensor([[0.3], [-1.2], [0.9]])
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(False):
+        r = ais_log_likelihood(
+            model, guide, x, num_steps=4, num_chains=4, leapfrog_steps=1, step_size=3.0
+        )
+    assert any(outside)  # some proposals did land where the density is NaN
+    assert torch.allclose(r.per_example.double(), _normal_log_px(x, 2.0), atol=1e-5)
+    assert (r.per_example_stderr < 1e-5).all()
+    assert (r.acceptance < 0.5).all()  # the NaN proposals count as rejected, probability 0
 
 
 def test_ais_reports_the_acceptance_rate_of_each_data_point_over_its_chains():

@@ -92,6 +92,17 @@ def test_ais_and_gaps_score_the_unscaled_program():
     assert (gaps.elbo_local <= exact_log_px(X) + 0.03).all()
 
 
+def test_particle_terms_list_a_scale_that_only_the_model_carries():
+    """``poutine.scale`` around the model alone: the terms list both model sites with their
+    factor (the guide has none), and score them unscaled, so with the exact posterior as guide
+    every log weight is still log p(x)."""
+    terms = trace.particle_terms(poutine.scale(model, 4.0), exact_guide, 3, X)
+    assert terms.scales == {"z": 4.0, "x": 4.0}
+    assert torch.allclose(terms.log_weights(), exact_log_px(X).expand(3, -1), atol=1e-5)
+    plain = trace.particle_terms(model, exact_guide, 3, X, annealing_factor=0.5)
+    assert plain.scales == {"z": 0.5}
+
+
 def test_the_iwae_objective_applies_a_common_scale_to_the_whole_bound():
     # exact guide: the IWAE-K bound is log p(x) exactly, so the loss is -c sum_n log p(x_n)
     c = 40.0
@@ -722,6 +733,17 @@ def unsized_plate_guide(x):
         pyro.sample("z", dist.Normal(torch.zeros(3, 1), 1.0).to_event(1))
 
 
+def unbroadcast_unsized_plate_model(x):
+    with pyro.plate("data"):  # no size, and z has no batch dimension for it to take
+        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x[:1])
+
+
+def unbroadcast_unsized_plate_guide(x):
+    with pyro.plate("data"):
+        pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+
+
 TRACE_REFUSALS = [
     (
         "a data plate without a size",
@@ -729,6 +751,16 @@ TRACE_REFUSALS = [
         DataError,
         # the program is first checked on two of the points
         "plate 'data' has no size and site 'z' has 3 entries along it, but the batch has 2 "
+        "points; size the plate: pyro.plate('data', x.shape[0])",
+    ),
+    (
+        "a data plate without a size that a site does not broadcast along",
+        lambda: log_likelihood(
+            unbroadcast_unsized_plate_model, unbroadcast_unsized_plate_guide, X, num_samples=2
+        ),
+        DataError,
+        # a site with no dimension at the plate's has one entry along it
+        "plate 'data' has no size and site 'z' has 1 entries along it, but the batch has 2 "
         "points; size the plate: pyro.plate('data', x.shape[0])",
     ),
     (
