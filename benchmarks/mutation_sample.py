@@ -134,7 +134,8 @@ def report(args: argparse.Namespace) -> None:
     estimate, variance, survivors = 0.0, 0.0, []
     for package in PACKAGES:
         names = drawn[package]
-        status = {n: STATUS.get(results[n], "suspicious") for n in names}
+        # a drawn mutant whose line has since changed no longer exists: counted as not run
+        status = {n: STATUS.get(results.get(n), "suspicious") for n in names}
         counts = Counter(status.values())
         eq = sum(1 for n in names if n in equivalent)
         ran = counts["killed"] + counts["survived"] + counts["timeout"] + counts["suspicious"]
@@ -142,8 +143,9 @@ def report(args: argparse.Namespace) -> None:
         score = f"{counts['killed'] / ran:.1%} ({lo:.1%}-{hi:.1%})" if ran else "-"
         # every sampled mutant counts except the equivalent ones; a mutant that no selected
         # test reaches, or that timed out, is not caught
-        m = len(names) - eq - counts["not checked"]
-        k = counts["killed"]
+        counted = [n for n in names if n not in equivalent and status[n] != "not checked"]
+        m = len(counted)
+        k = sum(1 for n in counted if status[n] == "killed")
         p = k / m if m else 0.0
         clo, chi = wilson(k, m)
         caught = f"{p:.1%} ({clo:.1%}-{chi:.1%})" if m else "-"
