@@ -378,3 +378,17 @@ def test_ais_standard_error_is_the_delta_method_over_the_weights_of_the_chains()
     assert (want_se > 0.05).all()  # the chains' weights differ at every point
     assert torch.allclose(r.per_example.double(), w.mean(0).log(), atol=1e-5)
     assert torch.allclose(r.per_example_stderr.double(), want_se, rtol=1e-4, atol=1e-6)
+
+
+def test_sigmoid_schedule_defaults_to_radius_four():
+    """Without ``rad``, the schedule is the published one of Grosse et al. (2015) at rad = 4:
+    beta_t = (s(4 (2t/T - 1)) - s(-4)) / (s(4) - s(-4)), from the formula in float64 (at T = 4,
+    beta_1 = 0.10499; rad = 5 would give 0.07010)."""
+
+    def s(u: float) -> float:
+        return 1.0 / (1.0 + math.exp(-u))
+
+    steps = 4
+    want = [(s(4.0 * (2 * t / steps - 1)) - s(-4.0)) / (s(4.0) - s(-4.0)) for t in range(5)]
+    assert want[1] == pytest.approx(0.10499, abs=1e-5)
+    assert sigmoid_schedule(steps) == pytest.approx(want, abs=1e-12)

@@ -243,3 +243,29 @@ def test_every_gpu_that_holds_a_block_has_its_random_state_kept():
     assert _cuda_devices(inputs) == [1, 2]
     assert _cuda_devices((on(cuda[0]), on(cuda[1]))) == [0, 1]
     assert _cuda_devices((on(torch.device("cpu")),)) == []
+
+
+def test_data_without_points_is_refused_before_any_estimate():
+    """Zero points, as tensors, a Dataset or a DataLoader, on one process or on a rank of two:
+    the whole refusal, and the estimator never runs (an empty result has nothing to gather)."""
+    from pyro_vae.errors import DataError
+    from pyro_vae.runtime.distributed import ProcessGroup
+
+    calls = []
+
+    def counted(model, guide, *inputs):
+        calls.append(inputs)
+        return _Sums(inputs[0].sum(-1))
+
+    empty = torch.zeros(0, 2)
+    message = "no data points to evaluate; pass a non-empty tensor, Dataset or DataLoader"
+    for data, group in [
+        ((empty,), None),
+        ((empty, torch.zeros(0)), None),
+        ((_Rows(empty),), None),
+        ((torch.utils.data.DataLoader(empty, batch_size=2),), None),
+        ((empty,), ProcessGroup(rank=1, world_size=2)),
+    ]:
+        with pytest.raises(DataError, match=whole(message)):
+            sharded_estimate(counted, None, None, *data, block_size=3, group=group)
+    assert calls == []

@@ -150,10 +150,8 @@ class Hierarchical:
         # r = z1 - A z2 = (I - A Ft) z1 - A f - A t2 eps, jointly Gaussian under q
         B = torch.eye(3, dtype=F64) - self.A @ Ft
         mr = m1 @ B.T - self.A @ self.f
-        vr = (B @ torch.diag(self.t1**2) @ B.T + self.A @ torch.diag(self.t2**2) @ self.A.T)
-        kl1 = (math.log(self.a) - self.t1.log() - 0.5) + (mr**2 + vr.diagonal()) / (
-            2 * self.a**2
-        )
+        vr = B @ torch.diag(self.t1**2) @ B.T + self.A @ torch.diag(self.t2**2) @ self.A.T
+        kl1 = (math.log(self.a) - self.t1.log() - 0.5) + (mr**2 + vr.diagonal()) / (2 * self.a**2)
         return kl1.mean(0), kl2.mean(0)
 
 
@@ -204,7 +202,6 @@ def test_mutual_information_matches_closed_form_and_vanishes_when_collapsed():
     collapsed = latent_usage(lg.model, lg.exact_guide, x[:300], num_samples=4)
     assert abs(collapsed.mutual_information) < 1e-6
     assert collapsed.active_units == 0 and collapsed.collapsed
-
 
 
 def test_mutual_information_tiles_the_data_for_a_guide_that_needs_matching_batches():
@@ -365,8 +362,9 @@ def test_point_mass_guide_and_a_discrete_site_without_finite_support():
         with pyro.plate("data", x.shape[0], dim=-1):
             k = pyro.sample("k", dist.Poisson(x.abs().mean(-1) + 1))
             loc = x - k.unsqueeze(-1)
-            pyro.sample("z", dist.Delta(loc, event_dim=1) if point else
-                        dist.Normal(loc, 1.0).to_event(1))
+            pyro.sample(
+                "z", dist.Delta(loc, event_dim=1) if point else dist.Normal(loc, 1.0).to_event(1)
+            )
 
     x = labelled_data(30)
     usage = latent_usage(model, guide, x, num_samples=2)
@@ -598,3 +596,49 @@ def test_a_guide_site_that_draws_one_value_for_all_particles_is_not_read_as_k_dr
         log_likelihood(ppca.model, plain_guide, x, num_samples=8, strategy="vectorized")
     with pytest.raises(DataError, match=reason):
         latent_usage(ppca.model, plain_guide, x, num_samples=8)
+
+
+def test_a_site_that_does_not_factorize_is_named_with_its_side_whole():
+    """q a flow (the guide's side) or p a full-rank normal (the model's side): the reason names
+    the side and the distribution, whole message, and no KL per dimension is given."""
+    ppca = DiagonalPPCA()
+    x = ppca.sample(20)
+    flow = latent_usage(ppca.model, ppca.flow_guide, x, num_samples=2).sites["z"]
+    assert flow.kl_per_dim is None
+    assert flow.reason == "q is TransformedDistribution, which does not factorize over dimensions"
+
+    def full_rank_model(x):
+        with pyro.plate("data", x.shape[0], dim=-1):
+            prior = dist.MultivariateNormal(
+                torch.zeros(ppca.L, dtype=F64), torch.eye(ppca.L, dtype=F64)
+            )
+            z = pyro.sample("z", prior)
+            pyro.sample("x", dist.Normal(z @ ppca.W.T + ppca.b, ppca.s).to_event(1), obs=x)
+
+    full = latent_usage(full_rank_model, ppca.guide, x, num_samples=2).sites["z"]
+    assert full.kl_per_dim is None
+    assert full.reason == "p is MultivariateNormal, which does not factorize over dimensions"
+
+
+def test_keyword_arguments_reach_the_guide_in_every_pass_mutual_information_included():
+    """A model and guide that need a keyword-only ``shift`` (the data are centred by it): with
+    the data shifted and the shift given, every figure equals that of the unshifted data, same
+    seed; I(x; z) included, so the guide's pass on the reference points got the keyword too."""
+    ppca = DiagonalPPCA()
+    x = ppca.sample(100)
+    shift = torch.linspace(-2.0, 3.0, 6, dtype=F64)
+
+    def model(x, *, shift):
+        ppca.model(x - shift)
+
+    def guide(x, *, shift):
+        ppca.guide(x - shift)
+
+    pyro.set_rng_seed(3)
+    plain = latent_usage(ppca.model, ppca.guide, x, num_samples=2)
+    pyro.set_rng_seed(3)
+    shifted = latent_usage(model, guide, x + shift, num_samples=2, shift=shift)
+    assert shifted.mi_reason is None and plain.mi_reason is None
+    assert shifted.mutual_information == pytest.approx(plain.mutual_information, abs=1e-9)
+    assert shifted.mutual_information == pytest.approx(float(-0.5 * ppca.var.log().sum()), rel=0.1)
+    torch.testing.assert_close(shifted.sites["z"].kl_per_dim, plain.sites["z"].kl_per_dim)

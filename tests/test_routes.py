@@ -119,9 +119,7 @@ def test_a_given_log_weights_function_is_recorded_and_not_combined_with_a_route(
     assert _estimate(vae, x, log_weights_fn=given).route == "given"
     with pytest.raises(
         ConfigError,
-        match=whole(
-            "log_weights_fn given with route='traced'; give one or the other"
-        ),
+        match=whole("log_weights_fn given with route='traced'; give one or the other"),
     ):
         _estimate(vae, x, log_weights_fn=given, route="traced")
 
@@ -185,3 +183,36 @@ def test_scoring_and_validation_take_the_fused_route_and_record_it(tmp_path):
     data = DataSplits("bits", x[:10], x[10:20], x[20:])
     result = score(vae, data, num_samples=20, seed=0)
     assert result.route == "fused" and summary(result)["route"] == "fused"
+
+
+def test_a_route_asked_for_by_name_is_the_one_taken_even_where_an_earlier_one_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a second route registered after ``"fused"`` (which applies to the library's VAE),
+    asking for the second runs it and records it, and a second route that does not apply is
+    refused with its own reason; ``"auto"`` still takes the first that applies."""
+    from pyro_vae.infer.trace import log_weights
+
+    vae, x = _vae(), _x()
+    ran = []
+
+    def plain(model, guide, data, kwargs, data_plate, strategy):
+        def fn(x, k):
+            ran.append(k)
+            return log_weights(model, guide, x, k)
+
+        return fn
+
+    monkeypatch.setitem(ROUTES, "plain", plain)
+    monkeypatch.setitem(ROUTES, "never", lambda *a: "it recognizes no program")
+    assert list(ROUTES) == ["fused", "plain", "never"]
+    named = _estimate(vae, x, route="plain")
+    assert named.route == "plain" and ran  # its function computed the weights
+    given = _estimate(vae, x, log_weights_fn=plain(vae.model, vae.guide, (x,), {}, "data", "auto"))
+    torch.testing.assert_close(named.per_example, given.per_example, rtol=0, atol=0)
+    with pytest.raises(
+        ConfigError,
+        match=whole("route 'never' does not apply: it recognizes no program; use route='traced'"),
+    ):
+        _estimate(vae, x, route="never")
+    assert _estimate(vae, x).route == "fused"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.runtime.distributed import ProcessGroup, all_reduce_sum, current_group
 
 
@@ -47,6 +47,7 @@ def sharded_estimate(
     blocks ``rank, rank + world_size, ...`` (moved to ``device`` if given); the per-example
     tensors of every block are summed into place over the group (the other ranks contribute
     zeros, so the gather is exact) and every rank returns the full result, in data order.
+    Data with no points is refused (``DataError``).
     """
     if kwargs.get("keep_log_weights"):
         raise ConfigError(
@@ -66,6 +67,10 @@ def sharded_estimate(
         with torch.random.fork_rng(devices=_cuda_devices(inputs)):
             torch.manual_seed(block_seed(seed, b))
             results.append((lo, hi, estimator(model, guide, *inputs, **kwargs)))
+    if n == 0:
+        raise DataError(
+            "no data points to evaluate; pass a non-empty tensor, Dataset or DataLoader"
+        )
     if not results:  # more processes than blocks: this rank still learns the result's shapes
         lo, hi, fetch = next(iter(_blocks(data, block_size)))
         results.append((lo, lo, estimator(model, guide, *_on(fetch(), device), **kwargs)))
