@@ -1146,3 +1146,49 @@ REPORT_AND_DIAGNOSTIC_REFUSALS = [
 def test_report_diagnostic_and_usage_refusals_are_checked_whole(call, exc_type, message):
     with pytest.raises(exc_type, match=whole(message)):
         call()
+
+
+def test_two_enumerated_sites_are_one_term_named_by_both():
+    """With sites summed out, the model's terms are one entry named by the enumerated sites
+    joined by ``+``, whose value is the whole log weight, and the guide has no terms."""
+    from pyro_vae.infer import trace
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(PI), infer={"enumerate": "parallel"})
+            d = pyro.sample("d", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Normal(MU[c] + d, 1.0))
+            pyro.sample("x", dist.Normal(z, S), obs=x[:, 0])
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x[:, 0], 1.0))
+
+    x = torch.tensor([[-2.5], [0.4], [5.0]])
+    terms = trace.particle_terms(model, guide, 4, x)
+    assert terms.enumerated == ["c", "d"]
+    assert list(terms.log_p) == ["c+d"] and terms.log_q == {}
+    torch.testing.assert_close(terms.log_weights(), terms.log_p["c+d"])
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_a_scale_given_as_a_tensor_is_read_by_its_value(factor):
+    """``poutine.scale`` with a tensor factor: a factor of ones is no scale at all, any other
+    is listed for every site it covers; the terms are scored unscaled either way."""
+    from pyro_vae.infer import trace
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[:, 0])
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x[:, 0] / 2, 0.5**0.5))
+
+    x = torch.tensor([[-1.0], [0.5], [2.0]])
+    terms = trace.particle_terms(poutine.scale(model, torch.tensor(factor)), guide, 3, x)
+    expected = {} if factor == 1.0 else {"z": factor, "x": factor}
+    assert {n: float(s) for n, s in terms.scales.items()} == expected
+    log_px = dist.Normal(0.0, 2**0.5).log_prob(x[:, 0])
+    torch.testing.assert_close(terms.log_weights(), log_px.expand(3, -1), rtol=0, atol=1e-5)
