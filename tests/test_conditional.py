@@ -656,3 +656,20 @@ def test_the_kind_refuses_an_unknown_condition_source_whole() -> None:
         match=whole("unknown condition_on 'pixels'; choose one of ['labels', 'quadrant']"),
     ):
         ConditionalKind(condition_on="pixels")
+
+
+def test_the_cvae_kind_s_prior_is_the_config_s_p_z_unless_a_conditional_prior_is_asked_for(
+    images,
+) -> None:
+    """ConditionalKind() builds p(z) from the config's prior, N(0, I) at site "z" whatever the
+    label; conditional_prior=True makes it a learned p(z | c), moved by the labels."""
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    pyro.set_rng_seed(0)
+    plain = ConditionalKind(num_classes=3).build(CONFIG)
+    pz = poutine.trace(plain.model).get_trace(images, labels).nodes["z"]["fn"]
+    assert torch.all(pz.mean == 0) and torch.all(pz.stddev == 1)
+    assert plain.conditional_prior is False
+    pyro.set_rng_seed(0)
+    learned = ConditionalKind(conditional_prior=True, num_classes=3).build(CONFIG)
+    pz = poutine.trace(learned.model).get_trace(images, labels).nodes["z"]["fn"]
+    assert learned.conditional_prior is True and not torch.all(pz.mean == 0)

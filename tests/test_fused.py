@@ -391,3 +391,37 @@ def test_fused_log_weights_draw_on_the_posterior_s_device_whatever_the_default_d
             got = fused(x, 7)
     assert got.device == torch.device("cpu")
     assert torch.equal(got, ref)
+
+
+def test_fused_log_weights_score_bernoulli_pixels_in_tiles_without_running_the_decoder(
+    monkeypatch,
+) -> None:
+    """Under torch.no_grad a plain MLP decoder's Bernoulli pixels are scored by its tiled
+    log-density (MLPBernoulliLogProb), which never runs the decoder module; with autograd on
+    the decoder runs once. Both give the traced log weights."""
+    from pyro_vae.infer.trace import log_weights
+    from pyro_vae.models.fused import FusedLogWeights
+    from pyro_vae.parts.nets import MLPDecoder
+
+    vae = _vae("normal", "bernoulli", "diagonal", "mlp").eval()
+    x = _data_for("bernoulli")
+    fused = FusedLogWeights(vae)
+    assert fused.tiled is not None
+    with torch.no_grad():
+        pyro.set_rng_seed(7)
+        ref = log_weights(vae.model, vae.guide, x, 5, particle_dim=-2)
+    calls: list[torch.Size] = []
+    forward = MLPDecoder.forward
+
+    def counted(self: MLPDecoder, z: torch.Tensor) -> torch.Tensor:
+        calls.append(z.shape)
+        return forward(self, z)
+
+    monkeypatch.setattr(MLPDecoder, "forward", counted)
+    for grad, runs in ((False, 0), (True, 1)):
+        calls.clear()
+        pyro.set_rng_seed(7)
+        with torch.set_grad_enabled(grad):
+            lw = fused(x, 5)
+        assert len(calls) == runs
+        torch.testing.assert_close(lw.detach(), ref, rtol=1e-5, atol=1e-4)

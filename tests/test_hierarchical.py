@@ -787,3 +787,57 @@ def test_layers_of_the_configs_posterior_family_get_its_options_and_other_famili
     assert [q.num_params for q in hvae.posteriors] == [12, 6]
     mixed = build_hierarchical(config, (4, 2), posteriors=("full_rank", "low_rank"))
     assert isinstance(mixed.posteriors[0], FullRankNormal) and mixed.posteriors[1].rank == 1
+
+
+def test_an_unknown_activation_given_to_the_constructor_is_refused_whole():
+    with pytest.raises(
+        ConfigError,
+        match=whole(
+            f"unknown activation 'sigmoid'; choose one of {list(hierarchical.ACTIVATIONS)}"
+        ),
+    ):
+        HierarchicalVAE(
+            (6,), (3, 2), ((8,), (8,)), Normal(), StandardNormal(2),
+            [DiagonalNormal(3), DiagonalNormal(2)], [DiagonalNormal(3)], activation="sigmoid",
+        )  # fmt: skip
+
+
+def test_the_kind_refuses_an_unknown_inference_when_its_options_are_checked():
+    """The option hook refuses it before any model is built, with the whole message."""
+    message = "unknown inference 'top_down'; choose one of ['bottom_up', 'ladder']"
+    kind = hierarchical.HierarchicalKind
+    assert kind.check_options({}) is None and kind.check_options({"inference": "ladder"}) is None
+    with pytest.raises(ConfigError, match=whole(message)):
+        kind.check_options({"inference": "top_down"})
+    with pytest.raises(ConfigError, match=whole(message)):
+        ModelConfig(event_shape=(6,), kind="hvae", kind_options={"inference": "top_down"})
+
+
+class _NoMeanFamily(DiagonalNormal):
+    """A diagonal normal pushed through tanh: a family whose distribution has no ``mean``."""
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        return dist.TransformedDistribution(
+            super().forward(params), [dist.transforms.TanhTransform()]
+        )
+
+
+def test_bottom_up_encode_is_the_first_layer_s_posterior_of_x_alone():
+    """Bottom-up q(z1 | x) is posteriors[0] on encoders[0](x): with one affine encoder it is
+    N(W x + b, softplus(.) + 1e-6) in closed form, and no layer above is evaluated (a top
+    family without a mean, which a pass through the means would need, does not matter)."""
+    torch.manual_seed(0)
+    hvae = HierarchicalVAE(
+        (2, 3), (3, 2), ((), (4,)), Normal(), StandardNormal(2),
+        [DiagonalNormal(3), _NoMeanFamily(2)], [DiagonalNormal(3)],
+    )  # fmt: skip
+    x = torch.randn(5, 2, 3)
+    layer = _affine(hvae.encoders[0])
+    params = x.reshape(5, 6) @ layer.weight.detach().T + layer.bias.detach()
+    with torch.no_grad():
+        q = hvae.encode(x)
+    assert q.batch_shape == (5,) and q.event_shape == (3,)
+    torch.testing.assert_close(q.mean, params[:, :3])
+    torch.testing.assert_close(q.stddev, torch.nn.functional.softplus(params[:, 3:]) + 1e-6)
+    with pytest.raises(NotImplementedError):  # a pass through the means meets the top family
+        hvae.reconstruct(x)

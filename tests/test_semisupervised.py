@@ -615,3 +615,14 @@ def test_an_m2_task_whose_objective_gained_a_kl_weight_refuses_the_step_whole():
         match=whole("M2's enumerated ELBO is trained with KL weight 1; drop --beta and --warmup"),
     ):
         task.batch_loss(torch.rand(4, 6), 0.0)
+
+
+def test_float_label_rows_come_back_in_the_dtype_asked_for(m2, x) -> None:
+    """One-hot float64 rows are cast to the dtype asked for (float32 here, also the model's
+    default), so the classification loss keeps the model's float32."""
+    rows = torch.eye(3, dtype=torch.float64)[[0, 2, 1, 1]]
+    expected = torch.eye(3, dtype=torch.float32)[[0, 2, 1, 1]]
+    got = m2.one_hot(rows, torch.float32)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert m2.one_hot(rows).dtype == torch.float32
+    assert m2.classification_loss(x, rows).dtype == torch.float32
