@@ -500,6 +500,19 @@ def test_constructor_refuses_a_ladder_of_non_diagonal_families():
     )
 
 
+def test_constructor_refuses_a_ladder_with_a_non_diagonal_conditional_prior() -> None:
+    """The refusal names the conditional prior's role and index, not only the posteriors'."""
+    with pytest.raises(ConfigError) as exc:
+        HierarchicalVAE(
+            (6,), (3, 2), ((8,), (8,)), Normal(), StandardNormal(2),
+            [DiagonalNormal(3), DiagonalNormal(2)], [FullRankNormal(3)], "ladder",
+        )  # fmt: skip
+    assert _one_line(exc) == (
+        "inference 'ladder' merges diagonal normals, but conditional_priors[0] is FullRankNormal; "
+        "use the 'diagonal' family for every layer or inference 'bottom_up'"
+    )
+
+
 def test_constructor_refuses_a_prior_bound_to_the_top_posterior_without_the_ladder():
     from pyro_vae.parts.priors import VampPrior
 

@@ -377,3 +377,25 @@ def test_each_worker_s_tiles_fill_one_core_s_cache_not_all_the_threads(monkeypat
     kept = mlp_bernoulli._thread_buffers.kept[1]
     assert [b.shape[0] for b in kept.inputs] == [64, 64] and kept.logits.shape[0] == 64
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_float64_tiles_on_one_thread_are_sized_by_float64_rows(monkeypatch) -> None:
+    """At one worker, a "cache" of 100 float64 rows (200 float32 rows) gives float64 latents
+    100-row tiles: 150 rows run as two tiles in kept buffers of 100 rows, with the plain
+    log-density's values."""
+    decoder = _decoder(hidden=(16,)).double()
+    tiled = MLPBernoulliLogProb.of(decoder)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(mlp_bernoulli, "parallel_threads", lambda: 1)
+    monkeypatch.setattr(mlp_bernoulli, "cache_bytes", lambda level=2: 100 * tiled.row_size * 8)
+    assert tiled.tile_rows(torch.device("cpu"), torch.float64) == 100
+    torch.manual_seed(0)
+    z = torch.randn(15, 10, 3, dtype=torch.float64)
+    x = torch.rand(10, 20, dtype=torch.float64).round()
+    with torch.no_grad():
+        got = tiled(z, x)
+        ref = _reference(decoder, z, x)
+    kept = mlp_bernoulli._thread_buffers.kept[1]
+    assert [b.shape[0] for b in kept.inputs] == [100, 100] and kept.logits.shape[0] == 100
+    assert kept.logits.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-10)
