@@ -457,3 +457,28 @@ def test_a_read_only_run_reads_the_checkpoint_and_writes_nothing(tmp_path):
     )
     fresh = ReadOnlyRun(RunDir(tmp_path / "fresh"))
     assert str(fresh) == str(tmp_path / "fresh") and not fresh.has_checkpoint()
+
+
+def test_resume_refuses_data_that_differ_from_those_a_fit_recorded(tmp_path):
+    """A run written by ``fit`` itself (run directory and model config, no pipeline) records
+    its data's fingerprint under ``data_fingerprint``; resuming it on other data of the same
+    shape is refused before anything is trained, and config.json is left as it was."""
+    from pyro_vae.errors import DataError
+    from pyro_vae.models import build_vae
+    from pyro_vae.runs import RunDir
+    from pyro_vae.train import TrainConfig, data_fingerprint, fit
+
+    data, model_config = tiny()
+    path = tmp_path / "run"
+    config = TrainConfig(epochs=1, batch_size=8, seed=0, valid_num_samples=3)
+    fit(build_vae(model_config), data, config, RunDir(path), model_config, progress=False)
+    recorded = (path / "config.json").read_text()
+    assert json.loads(recorded)["data_fingerprint"] == data_fingerprint(data)
+    other, _ = tiny(seed=1)
+    with pytest.raises(DataError) as info:
+        resume_run(path, epochs=2, progress=False, data=other)
+    assert str(info.value) == (
+        f"the train, valid, test data differ from those {path} was trained on (sizes or "
+        "sha256 in its config.json); restore the original data, or train a new run on these"
+    )
+    assert (path / "config.json").read_text() == recorded

@@ -626,3 +626,33 @@ def test_float_label_rows_come_back_in_the_dtype_asked_for(m2, x) -> None:
     assert got.dtype == torch.float32 and torch.equal(got, expected)
     assert m2.one_hot(rows).dtype == torch.float32
     assert m2.classification_loss(x, rows).dtype == torch.float32
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_an_m2_task_of_a_kind_without_a_labelled_weight_weighs_the_labelled_bound_by_one():
+    """A user's kind that names only ``alpha`` and ``labels_per_class`` gets labelled weight
+    1: for ``ignoring_m2`` on 3 unlabelled points and the labelled point r (label 0), the loss
+    per unlabelled point is -mean log p(x) - (log p(r) - log 3) + alpha log 3."""
+    from types import SimpleNamespace
+
+    from pyro_vae.train.semisupervised import SemiSupervisedTask
+
+    logits = torch.linspace(-2, 2, 6, dtype=F64)
+    g = torch.Generator().manual_seed(3)
+    unlabelled = torch.bernoulli(torch.full((3, 6), 0.5, dtype=F64), generator=g)
+    r = torch.tensor([0.0, 1, 1, 0, 1, 0], dtype=F64)
+    data = SimpleNamespace(
+        train=r.expand(2, 6).clone(),
+        labels={"train": torch.tensor([0, 0]), "valid": torch.tensor([0])},
+    )
+    kind = SimpleNamespace(alpha=0.3, labels_per_class=None)
+    task = SemiSupervisedTask(
+        ignoring_m2(logits), make_objective("elbo"), kind=kind, data=data, seed=0
+    )
+    assert task.labelled_weight == 1.0
+    bernoulli = dist.Bernoulli(logits=logits)
+    log_p_u = float(bernoulli.log_prob(unlabelled).sum(-1).mean())
+    labelled_bound = float(bernoulli.log_prob(r).sum()) - math.log(3)
+    expected = -log_p_u - labelled_bound + 0.3 * math.log(3)
+    loss = task.batch_loss(unlabelled, 0.0).loss_sum.item() / 3
+    assert loss == pytest.approx(expected, abs=1e-4)

@@ -888,3 +888,20 @@ def test_engine_build_replicates_the_loss_module_on_the_engine_s_device(monkeypa
     assert device_ids == [1]
     assert module is engine.module and module.model is model
     assert engine.device == device and engine.group is group
+
+
+def test_an_fp16_engine_unscales_the_gradients_with_the_optimizer_before_returning():
+    """``Engine.backward`` under a gradient scaler (a CPU ``GradScaler`` standing in for fp16's
+    CUDA one) leaves the true gradients, ready to clip: loss 3w at w = 1 gives the gradient 3
+    whatever the loss was scaled by (here 1024), unscaled through the optimizer, so the step
+    that follows uses them as they are (w = 1 - 0.1 * 3)."""
+    from pyro_vae.train.parallel import Engine, LossModule
+
+    w = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    engine = Engine(LossModule(torch.nn.Linear(1, 1), lambda x: x), precision="32")
+    engine.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    engine.backward((3 * w).sum(), optimizer)
+    assert w.grad.tolist() == [3.0]
+    engine.step(optimizer)
+    assert w.tolist() == pytest.approx([0.7])
