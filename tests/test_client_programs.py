@@ -122,6 +122,28 @@ def test_inference_report_scores_every_row_under_the_given_plate_name():
         assert n == 6
 
 
+def test_inference_report_scores_iwae_k_in_batches_of_the_given_size():
+    """Under one seed the IWAE-3 row is exactly what log_likelihood gives with the same
+    ``batch_size`` after the importance-sampling pass the report runs first."""
+    from pyro_vae.infer import inference_report
+
+    def wide_guide(x):
+        with pyro.plate("batch", x.shape[0]):
+            loc = (x - B) @ W @ POST_COV / S**2
+            pyro.sample("latent", dist.MultivariateNormal(loc, covariance_matrix=2 * POST_COV))
+
+    x = sample_x(6, seed=3)
+    options = {"data_plate": "batch", "batch_size": 2}
+    pyro.set_rng_seed(0)
+    report = inference_report(pyro_example_model, wide_guide, x, num_samples=20, ks=(3,), **options)
+    pyro.set_rng_seed(0)
+    log_likelihood(
+        pyro_example_model, wide_guide, x, num_samples=20, keep_log_weights=True, **options
+    )
+    iwae = log_likelihood(pyro_example_model, wide_guide, x, num_samples=3, **options)
+    assert report.rows[1] == ("IWAE-3", iwae.mean, iwae.stderr, 6)
+
+
 def test_inference_report_lists_iwae_k_only_below_the_importance_sample_count():
     """IWAE-1 is the ELBO row itself, IWAE-k with k = K draws is the IS (K) row itself and one
     with k > K would need more draws than IS takes, so of ks (1, 2, 3, 20, 50) with K = 20 only

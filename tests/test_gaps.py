@@ -300,3 +300,16 @@ def test_a_program_with_two_data_plate_dims_is_scored_exactly_by_log_likelihood(
     r = log_likelihood(two_dim_model, two_dim_guide, X, num_samples=4000)
     exact = dist.Normal(0.0, 3.0**0.5).log_prob(X[:, 0])
     assert (r.per_example - exact).abs().max() < 0.05
+
+
+def test_elbos_use_a_thousand_samples_per_point_by_default():
+    """Left at its default, ``elbo_samples`` is 1000: with num_samples=3, the amortized ELBO
+    is exactly the one log_likelihood gives under the same seed with 1000 samples."""
+    pyro.set_rng_seed(0)
+    gaps = inference_gaps(
+        plain_model, plain_guide, X, family=lambda p: dist.Normal(p[..., :1], 1.0).to_event(1),
+        init_params=lambda x: torch.zeros(x.shape[0], 1), num_steps=1, num_samples=3,
+    )  # fmt: skip
+    pyro.set_rng_seed(0)
+    alone = log_likelihood(plain_model, plain_guide, X, num_samples=1000)
+    assert torch.equal(gaps.elbo_amortized, alone.elbo_per_example)

@@ -853,3 +853,16 @@ def test_dreg_reads_the_dependency_of_a_guide_that_a_keyword_argument_switches_o
     assert torch.isfinite(make_objective("dreg", 3).loss(two_model, two_guide, X).loss)
     with pytest.raises(ConfigError, match=whole(DEPENDENT_GUIDE_REFUSAL)):
         make_objective("dreg", 3).loss(two_model, two_guide, X, coupled=True)
+
+
+def test_kl_weight_scales_only_the_latent_terms_of_model_and_guide():
+    """log w = log p(x | z) + w (log p(z) - log q(z | x)) - log q(aux): a guide site the model
+    observes ('aux', not latent) enters unweighted, as the observed model site 'x' does."""
+    from pyro_vae.infer import ParticleTerms
+
+    log_p = {"z": torch.tensor([[-1.0]]), "x": torch.tensor([[-2.0]])}
+    log_q = {"z": torch.tensor([[-0.5]]), "aux": torch.tensor([[-3.0]])}
+    terms = ParticleTerms(log_p, log_q, ["z"], {}, {}, None, None)
+    expected = -2.0 + 0.25 * (-1.0 - -0.5) - -3.0
+    assert torch.equal(terms.log_weights(kl_weight=0.25), torch.tensor([[expected]]))
+    assert torch.equal(terms.log_weights(), torch.tensor([[-2.0 - 1.0 + 0.5 + 3.0]]))
