@@ -352,11 +352,6 @@ def test_ais_standard_error_is_the_delta_method_over_the_weights_of_the_chains()
     C - 1 divisor, computed here from the weights directly."""
     draws: list[torch.Tensor] = []
 
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
-
     def guide(x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x / 2, 1.0).to_event(1))
@@ -365,7 +360,9 @@ def test_ais_standard_error_is_the_delta_method_over_the_weights_of_the_chains()
     x = torch.tensor([[0.3], [-1.2], [2.0], [0.9]])
     chains = 3
     pyro.set_rng_seed(0)
-    r = ais_log_likelihood(model, guide, x, num_steps=1, num_chains=chains, leapfrog_steps=1)
+    r = ais_log_likelihood(
+        plain_model, guide, x, num_steps=1, num_chains=chains, leapfrog_steps=1
+    )
     z = draws[-1].double()  # the chains' starting points: the guide's last run
     assert z.shape == (chains, 4, 1)
     xd = x.double()

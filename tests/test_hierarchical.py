@@ -488,28 +488,23 @@ def test_builder_refusals(kwargs, message):
     assert _one_line(exc) == message
 
 
-def test_constructor_refuses_a_ladder_of_non_diagonal_families():
+@pytest.mark.parametrize("role", ["posteriors", "conditional_priors"])
+def test_constructor_refuses_a_ladder_of_non_diagonal_families(role: str) -> None:
+    """The refusal names the role and index of the first non-diagonal family: a posterior, or
+    a conditional prior."""
+    families = {
+        "posteriors": [DiagonalNormal(3), DiagonalNormal(2)],
+        "conditional_priors": [DiagonalNormal(3)],
+    }
+    families[role][0] = FullRankNormal(3)
     with pytest.raises(ConfigError) as exc:
         HierarchicalVAE(
             (6,), (3, 2), ((8,), (8,)), Normal(), StandardNormal(2),
-            [FullRankNormal(3), DiagonalNormal(2)], [DiagonalNormal(3)], "ladder",
+            families["posteriors"], families["conditional_priors"], "ladder",
         )  # fmt: skip
     assert _one_line(exc) == (
-        "inference 'ladder' merges diagonal normals, but posteriors[0] is FullRankNormal; use the "
+        f"inference 'ladder' merges diagonal normals, but {role}[0] is FullRankNormal; use the "
         "'diagonal' family for every layer or inference 'bottom_up'"
-    )
-
-
-def test_constructor_refuses_a_ladder_with_a_non_diagonal_conditional_prior() -> None:
-    """The refusal names the conditional prior's role and index, not only the posteriors'."""
-    with pytest.raises(ConfigError) as exc:
-        HierarchicalVAE(
-            (6,), (3, 2), ((8,), (8,)), Normal(), StandardNormal(2),
-            [DiagonalNormal(3), DiagonalNormal(2)], [FullRankNormal(3)], "ladder",
-        )  # fmt: skip
-    assert _one_line(exc) == (
-        "inference 'ladder' merges diagonal normals, but conditional_priors[0] is FullRankNormal; "
-        "use the 'diagonal' family for every layer or inference 'bottom_up'"
     )
 
 

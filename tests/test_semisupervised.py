@@ -261,6 +261,17 @@ def ignoring_m2(logits: torch.Tensor):
     return m2
 
 
+def labelled_copies_of(r: torch.Tensor):
+    """Training data whose two labelled points are both ``r`` with label 0 (a valid split with
+    label 0 too): the labelled bound is the same whichever points a task draws."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        train=r.expand(2, *r.shape).clone(),
+        labels={"train": torch.tensor([0, 0]), "valid": torch.tensor([0])},
+    )
+
+
 def test_log_likelihood_is_exact_for_an_m2_that_ignores_y_and_z(x):
     logits = torch.linspace(-2, 2, 6, dtype=F64)
     m2 = ignoring_m2(logits)
@@ -369,7 +380,6 @@ def test_m2_task_weighs_a_smaller_labelled_batch_per_labelled_point():
     and q(y | r) picks class 0 (all logits equal). The task's sums, divided by the 5
     unlabelled points as the loop divides them, are per unlabelled point and per labelled
     point; the loss per unlabelled point is -mean U + w (-L) + alpha log 3 (m2_loss)."""
-    from types import SimpleNamespace
 
     from pyro_vae.models.semisupervised import SemiSupervisedKind
     from pyro_vae.train.semisupervised import SemiSupervisedTask
@@ -380,10 +390,7 @@ def test_m2_task_weighs_a_smaller_labelled_batch_per_labelled_point():
     unlabelled = torch.bernoulli(torch.full((5, 6), 0.5, dtype=F64), generator=g)
     r = torch.tensor([1.0, 0, 0, 1, 1, 0], dtype=F64)
     # every labelled point is r with label 0, so the known answer holds whichever are drawn
-    data = SimpleNamespace(
-        train=r.expand(2, 6).clone(),
-        labels={"train": torch.tensor([0, 0]), "valid": torch.tensor([0])},
-    )
+    data = labelled_copies_of(r)
     alpha, weight = 0.3, 0.5
     kind = SemiSupervisedKind(labels_per_class=None, alpha=alpha, labelled_weight=weight)
     task = SemiSupervisedTask(m2, make_objective("elbo"), kind=kind, data=data, seed=0)
@@ -641,10 +648,7 @@ def test_an_m2_task_of_a_kind_without_a_labelled_weight_weighs_the_labelled_boun
     g = torch.Generator().manual_seed(3)
     unlabelled = torch.bernoulli(torch.full((3, 6), 0.5, dtype=F64), generator=g)
     r = torch.tensor([0.0, 1, 1, 0, 1, 0], dtype=F64)
-    data = SimpleNamespace(
-        train=r.expand(2, 6).clone(),
-        labels={"train": torch.tensor([0, 0]), "valid": torch.tensor([0])},
-    )
+    data = labelled_copies_of(r)
     kind = SimpleNamespace(alpha=0.3, labels_per_class=None)
     task = SemiSupervisedTask(
         ignoring_m2(logits), make_objective("elbo"), kind=kind, data=data, seed=0
