@@ -8,6 +8,13 @@ benchmarks/mutation.md). Run from the repository root:
     python benchmarks/mutation_sample.py run      # generate (first time), then run the sample
     python benchmarks/mutation_sample.py report   # table per package, survivors
     python benchmarks/mutation_sample.py names    # the sampled mutant names, one a line
+    python benchmarks/mutation_sample.py sweep --max-cost 5   # every mutant of cheap functions
+    python benchmarks/mutation_sample.py swept --max-cost 5   # their table and survivors
+
+``sweep`` is a census rather than a sample: it runs every mutant of each function whose tests
+(mutmut's map from functions to tests, with their recorded durations) take at most
+``--max-cost`` seconds in all, cheapest functions first. A surviving mutant runs all of its
+function's tests, so the cost bounds the time a survivor takes.
 
 ``--per-package`` (default 10) and ``--seed`` (default 0) fix the sample: a generator seeded
 with ``f"{seed}:{package}"`` draws that many names from each package's sorted mutant names.
@@ -120,6 +127,67 @@ def run(args: argparse.Namespace) -> None:
         mutmut("run", "--max-children", str(args.max_children), *todo[i : i + CHUNK])
 
 
+def function_of(name: str) -> str:
+    return name.rsplit("__mutmut_", 1)[0]
+
+
+def test_costs() -> dict[str, float]:
+    """Seconds of recorded test time that reach each mutated function (mutmut's stats)."""
+    stats = json.loads((MUTANTS / "mutmut-stats.json").read_text())
+    durations = stats["duration_by_test"]
+    return {
+        function: sum(durations.get(test, 0.0) for test in tests)
+        for function, tests in stats["tests_by_mangled_function_name"].items()
+    }
+
+
+def swept_functions(args: argparse.Namespace, results: dict) -> list[str]:
+    """The functions whose tests cost at most ``--max-cost`` seconds, cheapest first."""
+    costs = test_costs()
+    functions = {function_of(n) for n in results}
+    cheap = [f for f in functions if costs.get(f, 0.0) <= args.max_cost]
+    return sorted(cheap, key=lambda f: (costs.get(f, 0.0), f))
+
+
+def sweep(args: argparse.Namespace) -> None:
+    results = all_results()
+    if not results:
+        raise SystemExit("no mutmut results under mutants/; run `mutation_sample.py run` first")
+    functions = swept_functions(args, results)
+    todo = [
+        n
+        for f in functions
+        for n in sorted(results)
+        if function_of(n) == f and (args.rerun or results[n] is None)
+    ]
+    print(f"{len(functions)} functions, {len(todo)} mutants to run", flush=True)
+    step = 200  # results are saved per mutant; a chunk keeps the cheapest functions first
+    for i in range(0, len(todo), step):
+        mutmut("run", "--max-children", str(args.max_children), *todo[i : i + step])
+
+
+def swept(args: argparse.Namespace) -> None:
+    results = all_results()
+    functions = swept_functions(args, results)
+    equivalent = equivalent_names()
+    print("| package | functions | mutants | killed | survived | timeout | not run | equivalent |")
+    print("|---" * 8 + "|")
+    survivors = []
+    for package in PACKAGES:
+        mine = [f for f in functions if package_of(f) == package]
+        names = [n for n in results if function_of(n) in set(mine)]
+        status = Counter(STATUS.get(results[n], "suspicious") for n in names)
+        eq = sum(1 for n in names if n in equivalent)
+        cells = [package, len(mine), len(names), status["killed"], status["survived"],
+                 status["timeout"], status["not checked"], eq]  # fmt: skip
+        print("| " + " | ".join(map(str, cells)) + " |")
+        survivors += sorted(
+            n for n in names if STATUS.get(results[n]) == "survived" and n not in equivalent
+        )
+    print(f"\nnot caught, not listed as equivalent ({len(survivors)}):")
+    print("\n".join(f"  {n}" for n in survivors))
+
+
 def report(args: argparse.Namespace) -> None:
     results = all_results()
     if not results:
@@ -173,16 +241,22 @@ def report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("run", "report", "names"))
+    parser.add_argument("command", choices=("run", "report", "names", "sweep", "swept"))
     parser.add_argument("--per-package", type=int, default=10, help="mutants drawn per package")
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed")
     parser.add_argument("--max-children", type=int, default=1, help="mutmut's workers")
+    parser.add_argument("--max-cost", type=float, default=5.0,
+                        help="sweep: the most seconds of tests a swept function may have")
     parser.add_argument("--rerun", action="store_true", help="rerun sampled mutants with results")
     args = parser.parse_args()
     if args.command == "run":
         run(args)
     elif args.command == "report":
         report(args)
+    elif args.command == "sweep":
+        sweep(args)
+    elif args.command == "swept":
+        swept(args)
     else:
         for names in drawn_names(args, all_results()).values():
             print("\n".join(names))
