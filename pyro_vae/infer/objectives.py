@@ -283,11 +283,14 @@ def free_bits_loss(
         sum_n E_q[log p(x_n | z)] - batch * kl_weight * sum_d max(free_bits, KL_d)
 
     (Kingma et al. 2016, "Improved Variational Inference with Inverse Autoregressive Flow",
-    with one group per latent dimension). One sample of z per data point.
+    with one group per latent dimension). One sample of z per data point, drawn without a
+    particle dimension (one copy of the data), so programs that cannot carry a dimension left of
+    their plates train with free bits as with the ELBO.
     """
     terms = particle_terms(
-        model, guide, 1, x, *args, particle_dim=particle_dim, data_plate=data_plate, **kwargs
-    )
+        model, guide, 1, x, *args, particle_dim=particle_dim, data_plate=data_plate,
+        strategy="replicate", **kwargs,
+    )  # fmt: skip
     batch = x.shape[0]
     penalty = 0.0
     for name in terms.latent:
