@@ -260,7 +260,7 @@ def test_a_gaps_report_refuses_what_it_cannot_score_with_the_whole_message(
 
 # --- a real run: each row is its estimator's result under the same random draws ------------
 
-D, L = 3, 2
+D, L = 4, 2
 
 
 class Conditional(nn.Module):
