@@ -269,3 +269,58 @@ def test_data_without_points_is_refused_before_any_estimate():
         with pytest.raises(DataError, match=whole(message)):
             sharded_estimate(counted, None, None, *data, block_size=3, group=group)
     assert calls == []
+
+
+def test_a_block_seeds_the_cpu_and_the_gpus_that_hold_it_and_no_other(monkeypatch):
+    """A block on CPU data seeds the CPU generator only: no CUDA generator is reseeded, since
+    the block's fork saved none (``torch.manual_seed`` would reseed every GPU and leave the
+    caller's CUDA draws changed). A block on CUDA devices 2 and 0 seeds those two, each with the
+    block's seed (stand-ins carry the devices and record the calls: this machine need not have
+    a GPU). Draws from the CPU generator follow the block seed exactly."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from pyro_vae.infer import sharded
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: calls.append(("all", s)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: calls.append(("current", s)))
+
+    class OnDevice:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            calls.append(("device", self.index))
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", OnDevice)
+
+    @dataclasses.dataclass
+    class Draws:
+        values: torch.Tensor
+
+    def first_draw(model, guide, x):
+        return Draws(torch.rand(x.shape[0]))
+
+    estimate = sharded.sharded_estimate(first_draw, None, None, torch.zeros(5), block_size=2)
+    assert calls == []
+    assert estimate.values[4] == torch.rand(1, generator=torch.Generator().manual_seed(
+        sharded.block_seed(0, 2)))[0]
+    sharded._seed_block(1234, (torch.zeros(2), torch.ones(3)))
+    assert calls == []
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(1234)))
+
+    def on(device: torch.device) -> SimpleNamespace:
+        return SimpleNamespace(device=device)
+
+    gpus = (on(torch.device("cuda", 2)), on(torch.device("cpu")), on(torch.device("cuda", 0)))
+    sharded._seed_block(99, gpus)
+    assert calls == [("device", 0), ("current", 99), ("device", 2), ("current", 99)]
+
+    seeds = []
+    monkeypatch.setattr(torch, "mps", SimpleNamespace(manual_seed=seeds.append), raising=False)
+    sharded._seed_block(7, (on(torch.device("mps")),))
+    assert seeds == [7]

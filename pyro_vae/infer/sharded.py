@@ -65,7 +65,7 @@ def sharded_estimate(
             continue
         inputs = _on(fetch(), device)
         with torch.random.fork_rng(devices=_cuda_devices(inputs)):
-            torch.manual_seed(block_seed(seed, b))
+            _seed_block(block_seed(seed, b), inputs)
             results.append((lo, hi, estimator(model, guide, *inputs, **kwargs)))
     if n == 0:
         raise DataError(
@@ -158,6 +158,21 @@ def _as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
 
 def _on(inputs: tuple[torch.Tensor, ...], device) -> tuple[torch.Tensor, ...]:
     return inputs if device is None else tuple(v.to(device) for v in inputs)
+
+
+def _seed_block(seed: int, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Seed the generators a block's draws use, and no others: the CPU's, each CUDA device
+    holding one of the inputs (those ``fork_rng`` saved, so the caller gets them back as they
+    were), and any other accelerator (``mps``) holding one. ``torch.manual_seed`` would also
+    reseed every GPU the block does not use, whose state no fork saved."""
+    torch.random.default_generator.manual_seed(seed)
+    for index in _cuda_devices(inputs):
+        with torch.cuda.device(index):
+            torch.cuda.manual_seed(seed)
+    for kind in sorted({v.device.type for v in inputs} - {"cpu", "cuda"}):
+        seed_device = getattr(getattr(torch, kind, None), "manual_seed", None)
+        if seed_device is not None:  # mps, xpu (``meta`` has no generator)
+            seed_device(seed)
 
 
 def _cuda_devices(data: tuple[torch.Tensor, ...]) -> list[int]:
