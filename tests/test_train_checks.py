@@ -93,11 +93,11 @@ def test_the_loader_s_reason_is_its_first_sentence_cut_at_160_characters_or_the_
     assert _reason(RuntimeError("a" * 200)) == "a" * 160
     assert _reason(RuntimeError("b" * 160 + "c")) == "b" * 160
     assert _reason(RuntimeError("first. second")) == "first"
-    assert (
-        _reason(RuntimeError("Weights only load failed.\nWeightsUnpickler error: Unsupported "
-                             "global: GLOBAL os.system. Check the docs\nmore"))  # fmt: skip
-        == "Unsupported global: GLOBAL os.system"
+    refused = RuntimeError(
+        "Weights only load failed.\nWeightsUnpickler error: Unsupported global: GLOBAL "
+        "os.system. Check the docs\nmore"
     )
+    assert _reason(refused) == "Unsupported global: GLOBAL os.system"
 
 
 def test_a_state_mismatch_counts_the_differences_after_the_first():
@@ -196,9 +196,7 @@ def test_the_progress_bar_shows_the_last_epoch_s_train_and_valid_figures(capsys)
     result = fit(vae, data, TrainConfig(epochs=2, batch_size=10, valid_num_samples=2))
     last = result.history[-1]
     bar = re.split(r"[\r\n]", capsys.readouterr().err.strip())[-1]
-    assert bar.endswith(
-        f", train={last['train_elbo']:.2f}, valid={last['valid_elbo']:.2f}]"
-    ), bar
+    assert bar.endswith(f", train={last['train_elbo']:.2f}, valid={last['valid_elbo']:.2f}]"), bar
 
 
 def test_the_random_state_holds_the_cuda_generators_only_once_cuda_is_in_use(monkeypatch):
