@@ -313,15 +313,28 @@ def test_a_cuda_random_state_on_a_machine_without_it_is_refused_whole():
     )
 
 
-@pytest.mark.parametrize("damage", ["missing", "wrong type"])
+@pytest.mark.parametrize(
+    "damage",
+    ["missing", "wrong type", "numpy key too large", "numpy key negative", "python", "python -"],
+)
 def test_an_unreadable_random_state_is_one_checkpoint_error(damage):
+    """A damaged state is refused, never restored wrapped: a NumPy key value outside uint32
+    (NumPy would take it modulo 2**32) and a Python state value outside 32 bits included."""
     from pyro_vae.train.rng import get_rng_state, set_rng_state
 
     state = get_rng_state()
     if damage == "missing":
         del state["python"]
-    else:
+    elif damage == "wrong type":
         state["numpy"] = state["numpy"][:3]
+    elif damage.startswith("numpy key"):
+        name, keys, *rest = state["numpy"]
+        keys = keys.clone()
+        keys[5] = 2**32 + 7 if damage.endswith("large") else -1
+        state["numpy"] = (name, keys, *rest)
+    else:
+        version, mt, gauss = state["python"]
+        state["python"] = (version, (2**40 if damage == "python" else -1, *mt[1:]), gauss)
     with pytest.raises(CheckpointError) as info:
         set_rng_state(state)
     message = str(info.value)

@@ -39,9 +39,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     try:
         torch.set_rng_state(state["torch"])
         version, mt, gauss = state["python"]
+        if any(not 0 <= int(v) < 2**32 for v in mt):  # setstate would keep the low 32 bits
+            raise ValueError("the Python state holds values outside [0, 2**32)")
         random.setstate((version, tuple(mt), gauss))
         name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        keys = keys.numpy()
+        if keys.size and (keys.min() < 0 or keys.max() >= 2**32):
+            # get_rng_state writes NumPy's uint32 key; a value outside it is not a key
+            raise ValueError("the NumPy key holds values outside [0, 2**32)")
+        np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, cached))
         cuda = state.get("cuda")
         if cuda is not None:
             if not torch.cuda.is_available() or torch.cuda.device_count() < len(cuda):
@@ -51,7 +57,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
                     "on a machine with that many GPUs, or start a new run"
                 )
             torch.cuda.set_rng_state_all(cuda)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
         raise CheckpointError(
             f"the checkpoint's random-number state is unreadable ({exc}); it is corrupted, "
             "restart the run with --overwrite"
