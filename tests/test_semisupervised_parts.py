@@ -246,7 +246,7 @@ def test_m2_loss_with_a_protocol_objective_adds_the_cross_entropy_of_classificat
     classification_loss, bit for bit: in the logits' dtype (bfloat16 under autocast) and
     summed point by point. Its value is -log q(y | x) of the float64 logits, to bfloat16's
     precision."""
-    m2 = small_m2(1)
+    m2 = small_m2(2)
     xu, xl = points(5, seed=3), points(16, seed=4)
     yl = torch.tensor([0, 1, 2, 0, 2, 1, 1, 0, 2, 2, 0, 1, 0, 0, 2, 1])
     objective = RecordingObjective()
