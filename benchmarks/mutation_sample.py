@@ -142,11 +142,50 @@ def test_costs() -> dict[str, float]:
 
 
 def swept_functions(args: argparse.Namespace, results: dict) -> list[str]:
-    """The functions whose tests cost at most ``--max-cost`` seconds, cheapest first."""
+    """The functions whose tests cost at most ``--max-cost`` seconds, cheapest first.
+
+    The first sweep records them (``mutants/sweep-cost{max_cost}.json``): new tests add to the
+    costs, and the census stays the same set of functions."""
+    path = MUTANTS / f"sweep-cost{args.max_cost:g}.json"
+    if path.exists():
+        return json.loads(path.read_text())
     costs = test_costs()
     functions = {function_of(n) for n in results}
     cheap = [f for f in functions if costs.get(f, 0.0) <= args.max_cost]
-    return sorted(cheap, key=lambda f: (costs.get(f, 0.0), f))
+    chosen = sorted(cheap, key=lambda f: (costs.get(f, 0.0), f))
+    path.write_text(json.dumps(chosen, indent=1))
+    return chosen
+
+
+def census_estimate(args: argparse.Namespace, results: dict, functions: list[str]) -> str:
+    """Caught share of all non-equivalent mutants: the swept functions counted in full, the
+    others estimated from the sample ``--seed``/``--per-package`` (its mutants outside them),
+    package by package; the range takes each package's 95% Wilson interval of the sampled part
+    at its low and at its high end together (a conservative interval)."""
+    swept_set, equivalent = set(functions), equivalent_names()
+    drawn = drawn_names(args, results)
+    caught = low = high = total = 0.0
+    for package in PACKAGES:
+        names = [n for n in results if package_of(n) == package and n not in equivalent]
+        inside = [n for n in names if function_of(n) in swept_set]
+        counted = sum(1 for n in inside if STATUS.get(results[n]) == "killed")
+        rest = len(names) - len(inside)
+        picked = [
+            n for n in drawn[package]
+            if n in results and n not in equivalent and function_of(n) not in swept_set
+            and results[n] is not None
+        ]  # fmt: skip
+        k = sum(1 for n in picked if STATUS.get(results[n]) == "killed")
+        lo, hi = wilson(k, len(picked))
+        caught += counted + rest * (k / len(picked) if picked else 0.0)
+        low += counted + rest * lo
+        high += counted + rest * hi
+        total += len(names)
+    return (
+        f"all three packages, swept functions in full and the rest from sample seed "
+        f"{args.seed}: {caught / total:.1%} ({low / total:.1%}-{high / total:.1%}) of "
+        f"non-equivalent mutants caught"
+    )
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -184,6 +223,8 @@ def swept(args: argparse.Namespace) -> None:
         survivors += sorted(
             n for n in names if STATUS.get(results[n]) == "survived" and n not in equivalent
         )
+    if sample_file(args).exists():
+        print("\n" + census_estimate(args, results, functions))
     print(f"\nnot caught, not listed as equivalent ({len(survivors)}):")
     print("\n".join(f"  {n}" for n in survivors))
 
