@@ -171,9 +171,11 @@ def ais_log_likelihood(
     with z_0 ~ f_0 and z_t from an HMC transition that leaves f_t invariant (``leapfrog_steps``
     leapfrog steps, identity mass, Metropolis correction). E[w] = p(x) (Neal 2001; Wu, Burda,
     Salakhutdinov & Grosse 2017 for decoder-based models), so log mean_c w_c over C chains is a
-    stochastic lower bound that tightens as T grows. Step sizes are adapted per chain and data
-    point after each transition, eps <- eps * exp(0.5 (a - target_accept)) with a the
-    acceptance probability, as Wu et al. adapt theirs toward a target acceptance rate.
+    stochastic lower bound that tightens as T grows. Each data point has one step size, shared
+    by its chains and adapted after each transition, eps <- eps * exp(0.5 (a - target_accept))
+    with a the chains' mean acceptance probability, as Wu et al. adapt theirs toward a target
+    acceptance rate (a step size per chain, adapted from its own acceptance, biases the
+    estimate).
     Estimates per point carry a delta-method standard error across the C chains. Sites a
     handler scales (``poutine.scale``) are scored without the scale, as in
     [`log_likelihood`][pyro_vae.infer.importance.log_likelihood]; a point-mass guide is refused.
@@ -286,7 +288,7 @@ def _ais_batch(
             log0 = torch.where(accept, n0, log0)
             log1 = torch.where(accept, n1, log1)
             accept_sum += prob
-            # adapt each chain's step size toward the target acceptance probability
+            # adapt each point's step size toward the target, from its chains' mean acceptance
             eps = eps * torch.exp(ADAPT * (prob.mean(0, keepdim=True) - target_accept))
     lse = torch.logsumexp(log_w, 0)
     est = lse - math.log(chains)

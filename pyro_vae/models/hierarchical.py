@@ -386,7 +386,9 @@ def check_hidden(hidden: Any, num_layers: int) -> tuple[tuple[int, ...], ...]:
     out = []
     for widths in hidden:
         ok = isinstance(widths, Sequence) and not isinstance(widths, (str, bytes))
-        bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, numbers.Integral)]
+        bad = ok and [
+            w for w in widths if isinstance(w, bool) or not isinstance(w, numbers.Integral)
+        ]
         if not ok or bad or any(w < 1 for w in widths):
             raise ConfigError(
                 f"hidden widths must be lists of positive integers, got {widths!r} in "
