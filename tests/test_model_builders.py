@@ -260,7 +260,7 @@ def test_a_top_prior_of_the_wrong_size_is_refused_naming_the_top_layer():
         ([[True], [3]], "[True]"),
         ([[0], [3]], "[0]"),
     ],
-    ids=repr,
+    ids=["a number", "text", "bytes", "a float", "a bool", "zero"],
 )
 def test_a_level_of_hidden_widths_that_is_not_a_list_of_positive_integers_is_refused_whole(
     hidden, shown
