@@ -305,8 +305,16 @@ def test_a_block_seeds_the_cpu_and_the_gpus_that_hold_it_and_no_other(monkeypatc
     def first_draw(model, guide, x):
         return Draws(torch.rand(x.shape[0]))
 
+    forked = []
+    fork_rng = torch.random.fork_rng
+
+    def recording_fork(devices=None, **kwargs):
+        forked.append(devices)
+        return fork_rng(devices=devices, **kwargs)
+
+    monkeypatch.setattr(torch.random, "fork_rng", recording_fork)
     estimate = sharded.sharded_estimate(first_draw, None, None, torch.zeros(5), block_size=2)
-    assert calls == []
+    assert calls == [] and forked == [[], [], []]  # no GPU's state touched, none forked
     assert estimate.values[4] == torch.rand(1, generator=torch.Generator().manual_seed(
         sharded.block_seed(0, 2)))[0]
     sharded._seed_block(1234, (torch.zeros(2), torch.ones(3)))
