@@ -642,3 +642,25 @@ def test_keyword_arguments_reach_the_guide_in_every_pass_mutual_information_incl
     assert shifted.mutual_information == pytest.approx(plain.mutual_information, abs=1e-9)
     assert shifted.mutual_information == pytest.approx(float(-0.5 * ppca.var.log().sum()), rel=0.1)
     torch.testing.assert_close(shifted.sites["z"].kl_per_dim, plain.sites["z"].kl_per_dim)
+
+
+def test_a_distribution_without_a_support_is_discrete_when_it_enumerates():
+    """A distribution whose ``support`` is not implemented is read as discrete from its
+    ``has_enumerate_support`` flag."""
+    import pyro.distributions as dist
+
+    from pyro_vae.infer.collapse import _is_discrete
+
+    class NoSupport(dist.TorchDistribution):
+        arg_constraints: dict = {}
+
+        def __init__(self, enumerates: bool):
+            self.has_enumerate_support = enumerates
+            super().__init__(torch.Size(), torch.Size())
+
+        @property
+        def support(self):
+            raise NotImplementedError
+
+    assert _is_discrete(NoSupport(True)) is True
+    assert _is_discrete(NoSupport(False)) is False

@@ -216,3 +216,11 @@ def test_a_route_asked_for_by_name_is_the_one_taken_even_where_an_earlier_one_ap
     ):
         _estimate(vae, x, route="never")
     assert _estimate(vae, x).route == "fused"
+
+
+def test_choose_route_left_to_its_defaults_takes_the_fused_route_for_the_library_vae():
+    """``choose_route`` called as a user calls it, without a strategy, takes the fused route
+    (the fused provider declines any strategy but ``auto`` and ``vectorized``)."""
+    vae, x = _vae(), _x()
+    name, log_weights = choose_route("auto", vae.model, vae.guide, (x,), {})
+    assert name == "fused" and callable(log_weights)

@@ -335,3 +335,18 @@ def test_an_m2_task_whose_objective_gained_a_warm_up_refuses_the_step_whole():
         match=whole("M2's enumerated ELBO is trained with KL weight 1; drop --beta and --warmup"),
     ):
         task.batch_loss(torch.rand(4, 6), 0.5)
+
+
+def test_an_elbo_task_validates_with_10_importance_samples_by_default():
+    """The IWAE row of an ELBO task's validation is named for its 10 samples unless another
+    count is given."""
+    from pyro_vae.train.tasks import ELBOTask
+
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    valid = (torch.rand(4, 6, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    task = ELBOTask(vae, make_objective("elbo"))
+    assert task.valid_num_samples == 10
+    assert sorted(task.validate(valid)) == ["valid_elbo", "valid_elbo_stderr", "valid_iwae10"]
+    three = ELBOTask(vae, make_objective("elbo"), valid_num_samples=3)
+    assert sorted(three.validate(valid)) == ["valid_elbo", "valid_elbo_stderr", "valid_iwae3"]
