@@ -433,3 +433,38 @@ def test_arviz_is_imported_with_its_future_warnings_hidden_and_others_shown(monk
         az = _arviz()
     assert az.__file__ == str(tmp_path / "arviz.py")
     assert [(w.category, str(w.message)) for w in seen] == [(UserWarning, "a note")]
+
+
+def test_an_ais_result_reads_as_its_mean_stderr_steps_chains_and_acceptance():
+    """The one-line reading of an AIS result: the mean of the points' estimates, its standard
+    error over the points (sd / sqrt(N) = 1.768 / sqrt(2)), T, C and the mean acceptance."""
+    result = AISResult(
+        per_example=torch.tensor([-2.0, -4.5]),
+        per_example_stderr=torch.tensor([0.3, 0.4]),
+        acceptance=torch.tensor([0.5, 0.75]),
+        num_steps=10,
+        num_chains=4,
+    )
+    assert str(result) == (
+        "log p(x) ~ -3.250 +- 1.250 nats (AIS, 10 steps, 4 chains, acceptance 0.62)"
+    )
+
+
+def test_the_gaps_of_a_vae_start_at_its_encoder_in_its_posterior_family():
+    """``vae_inference_gaps`` is ``inference_gaps`` with the VAE's posterior family and its
+    encoder as the starting parameters, figure for figure under one seed."""
+    from pyro_vae.infer.gaps import inference_gaps, vae_inference_gaps
+    from pyro_vae.models import ModelConfig, build_vae
+
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(event_shape=(5,), latent_dim=2, hidden=(6,)))
+    x = (torch.rand(3, 5, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    options = dict(num_samples=20, elbo_samples=20, num_steps=5, num_particles=2)
+    pyro.set_rng_seed(3)
+    got = vae_inference_gaps(vae, x, **options)
+    pyro.set_rng_seed(3)
+    want = inference_gaps(
+        vae.model, vae.guide, x, family=vae.posterior, init_params=vae.encoder, **options
+    )
+    for name in ("log_px", "elbo_amortized", "elbo_local"):
+        assert torch.equal(getattr(got, name), getattr(want, name))

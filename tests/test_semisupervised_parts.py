@@ -405,3 +405,10 @@ def test_labels_for_sampling_are_drawn_on_the_parameters_device_whatever_the_def
     with torch.device("meta"):
         got = m2.sample(5)
     assert got.device.type == "cpu" and torch.equal(got, expected)
+
+
+def test_an_m2_model_scores_as_many_values_as_one_data_point_holds():
+    from pyro_vae.models import ModelConfig
+
+    m2 = build_semisupervised(ModelConfig(event_shape=(2, 3), latent_dim=2, hidden=(4,)), 3)
+    assert m2.num_data_elements() == 6
