@@ -340,6 +340,16 @@ def test_an_unreadable_random_state_is_one_checkpoint_error(damage):
     message = str(info.value)
     assert message.startswith("the checkpoint's random-number state is unreadable (")
     assert message.endswith("); it is corrupted, restart the run with --overwrite")
+    reasons = {
+        "numpy key too large": "the NumPy key holds values outside [0, 2**32)",
+        "numpy key negative": "the NumPy key holds values outside [0, 2**32)",
+        "python": "the Python state holds values outside [0, 2**32)",
+    }
+    if damage in reasons:
+        assert message == (
+            f"the checkpoint's random-number state is unreadable ({reasons[damage]}); it is "
+            "corrupted, restart the run with --overwrite"
+        )
 
 
 def _linear_state(**changes):

@@ -508,6 +508,13 @@ MORE_REFUSALS = [
         "y.long() (or pass one-hot float rows)",
     ),
     (
+        "boolean labels",
+        lambda: one_hot_labels(torch.tensor([True, False]), 3),
+        DataError,
+        "labels must be integer class indices, got dtype torch.bool; convert them with "
+        "y.long() (or pass one-hot float rows)",
+    ),
+    (
         "quadrant without images",
         lambda: _quadrant_cvae().condition(None),
         DataError,

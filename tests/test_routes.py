@@ -224,3 +224,11 @@ def test_choose_route_left_to_its_defaults_takes_the_fused_route_for_the_library
     vae, x = _vae(), _x()
     name, log_weights = choose_route("auto", vae.model, vae.guide, (x,), {})
     assert name == "fused" and callable(log_weights)
+
+
+def test_the_fused_route_asked_for_with_extra_arguments_is_refused_with_the_reason_whole():
+    vae, x = _vae(), _x()
+    reason = "route 'fused' does not apply: the programs are given arguments beyond the data; "
+    for data, kwargs in (((x, x), {}), ((x,), {"scale": 1.0})):
+        with pytest.raises(ConfigError, match=whole(reason + "use route='traced'")):
+            choose_route("fused", vae.model, vae.guide, data, kwargs)

@@ -350,3 +350,48 @@ def test_an_elbo_task_validates_with_10_importance_samples_by_default():
     assert sorted(task.validate(valid)) == ["valid_elbo", "valid_elbo_stderr", "valid_iwae10"]
     three = ELBOTask(vae, make_objective("elbo"), valid_num_samples=3)
     assert sorted(three.validate(valid)) == ["valid_elbo", "valid_elbo_stderr", "valid_iwae3"]
+
+
+def test_fit_refuses_a_split_replaced_by_points_of_another_shape_whole():
+    """``DataSplits`` checks its splits when it is made; a split replaced afterwards is
+    checked again by ``fit`` against the model's event shape, before any training."""
+    vae = build_vae(ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,)))
+    data = six_feature_data()
+    data.valid = torch.rand(5, 5)
+    with pytest.raises(
+        DataError,
+        match=whole(
+            "the valid split points have shape (5,) but the model expects (6,); reshape the "
+            "data to (N, 6) or build the model with the data's event_shape"
+        ),
+    ):
+        fit(vae, data, TrainConfig(epochs=1, batch_size=10), progress=False)
+
+
+def test_fit_hashes_the_data_once_and_records_each_epoch_s_elapsed_seconds(tmp_path, monkeypatch):
+    """With a run directory, the data's fingerprint is computed once (a streamed split would
+    otherwise be read twice) and recorded; each epoch's ``seconds`` is the time since the fit
+    began, within the fit's own elapsed time."""
+    import time
+
+    import pyro_vae.train.loop as loop
+
+    calls = []
+    fingerprint = loop.data_fingerprint
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fingerprint(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "data_fingerprint", counted)
+    config = ModelConfig(event_shape=(6,), latent_dim=2, hidden=(8,))
+    torch.manual_seed(0)
+    run = RunDir(tmp_path / "run")
+    began = time.perf_counter()
+    result = fit(build_vae(config), six_feature_data(), TrainConfig(epochs=2, batch_size=10),
+                 run, config, progress=False)  # fmt: skip
+    elapsed = time.perf_counter() - began
+    assert len(calls) == 1
+    assert run.read_json(RunDir.CONFIG)["data_fingerprint"] == fingerprint(six_feature_data())
+    seconds = [epoch["seconds"] for epoch in result.history]
+    assert 0 < seconds[0] <= seconds[1] <= elapsed
