@@ -12,6 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from refusals import whole
 
 from pyro_vae.errors import ConfigError, DataError
@@ -200,3 +201,24 @@ def test_a_registered_route_is_taken_by_name_and_by_auto_and_its_name_is_then_ta
         ),
     ):
         log_likelihood(model, exact_guide, X, num_samples=4, route="quick")
+
+
+def test_the_particle_dim_is_the_first_free_dim_left_of_every_plate():
+    """-1 for programs without plates; one left of the outermost vectorized plate of either
+    program otherwise."""
+    from pyro_vae.infer.trace import plate_particle_dim
+
+    def traced(*dims):
+        def program():
+            stack = [pyro.plate(f"p{d}", 2, dim=d) for d in dims]
+            for plate in stack:
+                plate.__enter__()
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+            for plate in reversed(stack):
+                plate.__exit__(None, None, None)
+
+        return poutine.trace(program).get_trace()
+
+    assert plate_particle_dim(traced(), traced()) == -1
+    assert plate_particle_dim(traced(-1), traced()) == -2
+    assert plate_particle_dim(traced(), traced(-1, -3)) == -4
