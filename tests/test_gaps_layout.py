@@ -12,6 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from assumption_programs import exact_log_px
 from refusals import whole
 
 from pyro_vae.errors import ConfigError
@@ -23,11 +24,6 @@ from pyro_vae.infer.trace import log_weights
 X = torch.tensor([[-1.5], [-0.2], [0.4], [1.1], [2.7]], dtype=torch.float64)
 #: the fixed encoder q(z | x) = N(A x, S^2)
 A, S = 0.3, 0.9
-
-
-def exact_log_px(x: torch.Tensor) -> torch.Tensor:
-    """log N(x; 0, 2), x: (N, 1) -> (N,)."""
-    return -0.5 * (math.log(2 * math.pi * 2) + x[:, 0] ** 2 / 2)
 
 
 def encoder_kl(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from assumption_programs import X, exact_log_px
 from pyro import poutine
 from refusals import whole
 
@@ -26,13 +27,6 @@ from pyro_vae.infer import (
     make_objective,
     trace,
 )
-
-X = torch.tensor([[-1.5], [-0.2], [0.4], [1.1], [2.7]])
-
-
-def exact_log_px(x: torch.Tensor) -> torch.Tensor:
-    """log N(x; 0, 2), x: (N, 1) -> (N,)."""
-    return -0.5 * (math.log(2 * math.pi * 2) + x[:, 0] ** 2 / 2)
 
 
 def model(x, annealing_factor=1.0):

@@ -119,6 +119,13 @@ def same_call(call, expected) -> bool:
     )
 
 
+def assert_calls(calls: list, expected: list) -> None:
+    """The recorded calls are the expected ones, in order and no others (``same_call``)."""
+    assert len(calls) == len(expected)
+    for call, want in zip(calls, expected, strict=True):
+        assert same_call(call, want), (call, want)
+
+
 def test_a_gaps_report_prints_every_row_under_its_label_from_its_own_estimate(monkeypatch):
     """With the estimators' results known (4 points, the first 3 a subset), the whole table by
     hand: ELBO -6 +- sd(2, 0, 1, -3)/2 = 1.080, IWAE-3 -5, IS -4.5 +- sqrt(5/3)/2 = 0.645, the
@@ -168,9 +175,7 @@ def test_a_gaps_report_prints_every_row_under_its_label_from_its_own_estimate(mo
             "ais_per_example": rec.ais.per_example, "data_plate": "points",
         }),
     ]  # fmt: skip
-    assert len(rec.calls) == len(expected)
-    for call, want in zip(rec.calls, expected, strict=True):
-        assert same_call(call, want), (call, want)
+    assert_calls(rec.calls, expected)
 
 
 def test_a_report_asks_its_estimators_for_the_documented_defaults(monkeypatch):
@@ -209,9 +214,7 @@ def test_a_report_asks_its_estimators_for_the_documented_defaults(monkeypatch):
             "ais_per_example": rec.ais.per_example, "data_plate": "data",
         }),
     ]  # fmt: skip
-    assert len(rec.calls) == len(expected)
-    for call, want in zip(rec.calls, expected, strict=True):
-        assert same_call(call, want), (call, want)
+    assert_calls(rec.calls, expected)
 
 
 def test_the_report_table_shows_a_non_finite_stderr_as_a_dash_and_no_khat_line_without_one():

@@ -12,6 +12,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from assumption_programs import exact_guide, exact_log_px
+from assumption_programs import plain_model as model
 from pyro import poutine
 from refusals import whole
 
@@ -25,22 +27,6 @@ from pyro_vae.infer.trace import (
 )
 
 X = torch.tensor([[-1.5], [-0.2], [0.4], [1.1], [2.7]], dtype=torch.float64)
-
-
-def exact_log_px(x: torch.Tensor) -> torch.Tensor:
-    """log N(x; 0, 2), x: (N, 1) -> (N,)."""
-    return -0.5 * (math.log(2 * math.pi * 2) + x[:, 0] ** 2 / 2)
-
-
-def model(x):
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
-        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
-
-
-def exact_guide(x):
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
 
 
 # --- the one scale factor of the importance-weighted bounds --------------------------------

@@ -12,30 +12,14 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from assumption_programs import X, exact_guide, exact_log_px
+from assumption_programs import plain_model as model
 from pyro import poutine
 from refusals import whole
 
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.infer import importance, log_likelihood
 from pyro_vae.infer.trace import LatentDependencies, latent_dependencies
-
-X = torch.tensor([[-1.5], [-0.2], [0.4], [1.1], [2.7]])
-
-
-def exact_log_px(x: torch.Tensor) -> torch.Tensor:
-    """log N(x; 0, 2), x: (N, 1) -> (N,)."""
-    return -0.5 * (math.log(2 * math.pi * 2) + x[:, 0] ** 2 / 2)
-
-
-def model(x, **kwargs):
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
-        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
-
-
-def exact_guide(x, **kwargs):
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))
 
 
 def failing_model(error: Exception):
